@@ -1,0 +1,85 @@
+"""Resolve layers given as modules or as dotted names, in one place.
+
+Captum accepts modules for attribution methods and strings for TCAV only
+(Captum #918); every captum_concepts class accepts both, through
+:func:`resolve_layer`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import List, Optional, Sequence, Union
+
+from torch import nn
+
+__all__ = ["LayerSpec", "resolve_layer", "resolve_layers", "layer_name"]
+
+LayerSpec = Union[str, nn.Module]
+
+
+def _module_names(model: nn.Module) -> List[str]:
+    return [name for name, _ in model.named_modules() if name]
+
+
+def resolve_layer(model: nn.Module, layer: LayerSpec, argument: str = "layer") -> nn.Module:
+    """Return the submodule of ``model`` that ``layer`` names.
+
+    Args:
+        model (nn.Module): the model that contains the layer.
+        layer (str or nn.Module): a dotted name as in ``model.named_modules()``
+            (``"layer4.1.conv2"``, ``"features.3"``) or a module of ``model``.
+        argument (str): the argument name used in error messages.
+
+    Returns:
+        nn.Module: the layer.
+
+    Raises:
+        ValueError: the name does not exist (the message lists close names) or
+            the module is not part of ``model``.
+        TypeError: ``layer`` is neither a string nor a module.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(layer, str):
+        if layer == "":
+            return model
+        modules = dict(model.named_modules())
+        if layer in modules:
+            return modules[layer]
+        names = _module_names(model)
+        close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
+        shown = ", ".join(repr(n) for n in names[:30]) + (", ..." if len(names) > 30 else "")
+        raise ValueError(
+            f"{argument}={layer!r} is not a submodule of {type(model).__name__}.{hint} "
+            f"Available names: {shown}"
+        )
+    if isinstance(layer, nn.Module):
+        if layer is model or any(m is layer for m in model.modules()):
+            return layer
+        raise ValueError(
+            f"{argument} is a {type(layer).__name__} module that is not part of "
+            f"{type(model).__name__}; pass one of model.named_modules() or its name"
+        )
+    raise TypeError(
+        f"{argument} must be a module of the model or its dotted name (str), got {type(layer).__name__}"
+    )
+
+
+def resolve_layers(
+    model: nn.Module, layers: Union[LayerSpec, Sequence[LayerSpec]], argument: str = "layers"
+) -> List[nn.Module]:
+    """:func:`resolve_layer` for one layer or a sequence of them; always returns a list."""
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    if not isinstance(layers, Sequence):
+        raise TypeError(f"{argument} must be a layer or a sequence of layers, got {type(layers)}")
+    return [resolve_layer(model, lay, argument=f"{argument}[{i}]") for i, lay in enumerate(layers)]
+
+
+def layer_name(model: nn.Module, layer: nn.Module) -> Optional[str]:
+    """The dotted name of ``layer`` inside ``model`` (``""`` for the model itself)."""
+    for name, module in model.named_modules():
+        if module is layer:
+            return name
+    return None

@@ -1,0 +1,3 @@
+"""captum_concepts.concept: public names are re-exported here."""
+
+__all__: list = []

@@ -1,0 +1,19 @@
+"""Offline real data and small models for tests, tutorials and experiments."""
+
+from .canvas import TwoDigitCanvas, make_two_digit_canvas
+from .digits import DigitsData, load_digits_tensors
+from .models import DigitsCNN
+from .training import TrainResult, accuracy, pretrained_digits_cnn, train_classifier, train_digits_cnn
+
+__all__ = [
+    "DigitsData",
+    "load_digits_tensors",
+    "DigitsCNN",
+    "TrainResult",
+    "accuracy",
+    "train_classifier",
+    "train_digits_cnn",
+    "pretrained_digits_cnn",
+    "TwoDigitCanvas",
+    "make_two_digit_canvas",
+]

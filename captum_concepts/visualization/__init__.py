@@ -1,0 +1,3 @@
+"""captum_concepts.visualization: public names are re-exported here."""
+
+__all__: list = []
