@@ -1,3 +1,21 @@
-"""captum_concepts.visualization: public names are re-exported here."""
+"""captum_concepts.visualization: matplotlib figures for every method.
 
-__all__: list = []
+The functions follow ``captum.attr.visualization.visualize_image_attr``: they take plain
+tensors or arrays (so they never depend on a fitted object), accept ``plt_fig_axis=(fig, axes)``
+to draw into existing axes, ``use_pyplot`` / ``cmap`` / ``title`` / ``fig_size``, return
+``(fig, axes)`` and never call ``plt.show()``.
+"""
+
+from ._attribution_grid import visualize_attribution_grid, visualize_embedding_attributions
+from ._concepts import visualize_concept_grid, visualize_relevance_matrix, visualize_similarity_matrices
+from ._curves import visualize_pointing_game_curve, visualize_score_curve
+
+__all__ = [
+    "visualize_attribution_grid",
+    "visualize_embedding_attributions",
+    "visualize_score_curve",
+    "visualize_pointing_game_curve",
+    "visualize_concept_grid",
+    "visualize_similarity_matrices",
+    "visualize_relevance_matrix",
+]

@@ -1,0 +1,155 @@
+"""Shared plumbing for the plotting functions: figures, arrays, map scaling.
+
+Every public plotting function follows ``captum.attr.visualization.visualize_image_attr``:
+it draws into ``plt_fig_axis=(fig, axes)`` when given, otherwise creates a figure
+(through ``pyplot`` when ``use_pyplot=True``, else a bare ``Figure`` with an Agg canvas
+that no pyplot state ever sees), returns ``(fig, axes)`` and never calls ``plt.show()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+ArrayLike = Any  # numpy array, torch tensor or nested sequence of numbers
+
+_SIGNS = ("all", "positive", "negative", "absolute_value")
+_DEFAULT_CMAPS = {"all": "bwr", "positive": "Greens", "negative": "Reds", "absolute_value": "Blues"}
+
+
+def to_numpy(x: ArrayLike, argument: str = "x") -> np.ndarray:
+    """A float numpy copy of a tensor / array / nested list (tensors are detached and moved to CPU)."""
+    if x is None:
+        raise TypeError(f"{argument} must be an array or tensor, got None")
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    try:
+        return np.array(x, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{argument} must be convertible to a float array: {err}") from None
+
+
+def check_ndim(x: np.ndarray, ndims: Sequence[int], argument: str, meaning: str) -> None:
+    if x.ndim not in ndims:
+        raise ValueError(f"{argument} must have shape {meaning}, got an array of shape {tuple(x.shape)}")
+
+
+def prepare_figure(
+    plt_fig_axis: Optional[Tuple[Figure, Any]],
+    nrows: int,
+    ncols: int,
+    fig_size: Tuple[float, float],
+    use_pyplot: bool,
+    squeeze: bool = False,
+    **subplot_kw: Any,
+) -> Tuple[Figure, Any]:
+    """``(fig, axes)`` with an ``(nrows, ncols)`` object array of axes (or one Axes when squeezed)."""
+    if plt_fig_axis is not None:
+        if not isinstance(plt_fig_axis, (tuple, list)) or len(plt_fig_axis) != 2:
+            raise TypeError("plt_fig_axis must be a (figure, axes) pair")
+        fig, axes = plt_fig_axis
+        arr = np.asarray(axes, dtype=object).reshape(-1)
+        if arr.size != nrows * ncols:
+            raise ValueError(
+                f"plt_fig_axis must hold {nrows * ncols} axes ({nrows} x {ncols}), got {arr.size}"
+            )
+        arr = arr.reshape(nrows, ncols)
+        return fig, (arr[0, 0] if squeeze and arr.size == 1 else arr)
+    if use_pyplot:
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(nrows, ncols, figsize=fig_size, squeeze=False, subplot_kw=subplot_kw or None)
+    else:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        fig = Figure(figsize=fig_size)
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(nrows, ncols, squeeze=False, subplot_kw=subplot_kw or None)
+    axes = np.asarray(axes, dtype=object)
+    return fig, (axes[0, 0] if squeeze and axes.size == 1 else axes)
+
+
+def check_sign(sign: str) -> None:
+    if sign not in _SIGNS:
+        raise ValueError(f"sign must be one of {_SIGNS}, got {sign!r}")
+
+
+def scale_map(attr: np.ndarray, sign: str = "all", outlier_perc: float = 2.0) -> np.ndarray:
+    """Scale a 2-D map like Captum's ``visualize_image_attr``: the chosen sign, divided by the
+    ``100 - outlier_perc`` percentile of its magnitude and clipped to ``[-1, 1]`` (``[0, 1]`` for
+    one-signed choices). An all-zero map stays zero."""
+    check_sign(sign)
+    if not 0 <= outlier_perc < 100:
+        raise ValueError(f"outlier_perc must be in [0, 100), got {outlier_perc}")
+    if sign == "positive":
+        attr = np.clip(attr, 0, None)
+    elif sign == "negative":
+        attr = np.clip(-attr, 0, None)
+    elif sign == "absolute_value":
+        attr = np.abs(attr)
+    mags = np.abs(attr[np.isfinite(attr)])
+    top = float(np.percentile(mags, 100 - outlier_perc)) if mags.size else 0.0
+    if top <= 0:
+        top = float(mags.max()) if mags.size and mags.max() > 0 else 1.0
+    low = -1.0 if sign == "all" else 0.0
+    return np.clip(attr / top, low, 1.0)
+
+
+def sign_limits(sign: str) -> Tuple[float, float]:
+    return (-1.0, 1.0) if sign == "all" else (0.0, 1.0)
+
+
+def default_cmap(sign: str, cmap: Union[str, Any, None]) -> Union[str, Any]:
+    return cmap if cmap is not None else _DEFAULT_CMAPS[sign]
+
+
+def image_for_display(image: ArrayLike, argument: str = "original_image") -> np.ndarray:
+    """``(H, W)`` or ``(H, W, 3)`` in ``[0, 1]`` from ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)`` (C = 1 or 3).
+
+    Channels-first is assumed when the first axis has 1 or 3 entries and the last does not;
+    values are min-max scaled for display (a constant image becomes zeros).
+    """
+    img = to_numpy(image, argument)
+    if img.ndim == 3:
+        if img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+            img = np.moveaxis(img, 0, -1)
+        elif img.shape[0] in (1, 3) and img.shape[-1] in (1, 3) and img.shape[0] < img.shape[-1]:
+            img = np.moveaxis(img, 0, -1)
+        if img.shape[-1] == 1:
+            img = img[..., 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[-1] != 3):
+        raise ValueError(
+            f"{argument} must have shape (H, W), (C, H, W) or (H, W, C) with C in (1, 3), "
+            f"got {tuple(to_numpy(image, argument).shape)}"
+        )
+    lo, hi = np.nanmin(img), np.nanmax(img)
+    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+
+
+def show_image(ax: Axes, image: np.ndarray, alpha: float = 1.0) -> None:
+    if image.ndim == 2:
+        ax.imshow(image, cmap="gray", vmin=0, vmax=1, alpha=alpha, interpolation="nearest")
+    else:
+        ax.imshow(image, alpha=alpha, interpolation="nearest")
+
+
+def clear_ticks(ax: Axes) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def labels_or_default(labels: Optional[Sequence[str]], n: int, argument: str, prefix: str) -> list:
+    if labels is None:
+        return [f"{prefix}{i}" for i in range(n)]
+    labels = [str(s) for s in labels]
+    if len(labels) != n:
+        raise ValueError(f"{argument} must have {n} entries, got {len(labels)}")
+    return labels
+
+
+def finish(fig: Figure, title: Optional[str]) -> None:
+    if title:
+        fig.suptitle(title)

@@ -1,0 +1,215 @@
+"""Concept figures: top images per factor, factor similarity matrices with their eigenvalues,
+concept relevance heat maps."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from ._common import (
+    ArrayLike,
+    check_ndim,
+    clear_ticks,
+    finish,
+    image_for_display,
+    labels_or_default,
+    prepare_figure,
+    show_image,
+    to_numpy,
+)
+
+
+def visualize_concept_grid(
+    images: ArrayLike,
+    masks: Optional[ArrayLike] = None,
+    factor_images: Optional[ArrayLike] = None,
+    concept_names: Optional[Sequence[str]] = None,
+    plt_fig_axis: Optional[Tuple[Figure, Any]] = None,
+    mask_color: str = "red",
+    title: Optional[str] = None,
+    fig_size: Optional[Tuple[float, float]] = None,
+    use_pyplot: bool = True,
+) -> Tuple[Figure, np.ndarray]:
+    """Top images of each concept (one row per concept), optionally with masks and the
+    concept's pixel factor image (Saini & Papalexakis, Figs. 3-5).
+
+    Args:
+        images: ``(K, T, H, W)``, ``(K, T, C, H, W)`` or ``(K, T, H, W, C)`` — the ``T`` top
+            examples of each of ``K`` concepts (e.g. ``x[concepts.top_examples(T)]``).
+        masks: optional ``(K, T, H, W)`` or ``(K, H, W)`` (one mask per concept) masks; the
+            ``> 0.5`` region's outline is drawn on each image in ``mask_color``.
+        factor_images: optional ``(K, H, W)`` / ``(K, C, H, W)`` pixel factor per concept, shown in
+            an extra first column ("factor").
+        concept_names: ``K`` row labels (default ``"concept k"``).
+        plt_fig_axis, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+
+    Returns:
+        ``(fig, axes)``, ``axes`` an object array ``(K, T)`` or ``(K, T + 1)``.
+    """
+    imgs = to_numpy(images, "images")
+    check_ndim(imgs, (4, 5), "images", "(concepts, top examples, H, W) or with a channel axis")
+    n_concepts, n_top = imgs.shape[:2]
+    shown = [[image_for_display(imgs[k, t], "images") for t in range(n_top)] for k in range(n_concepts)]
+    hw = shown[0][0].shape[:2]
+    mask_arr = None
+    if masks is not None:
+        mask_arr = to_numpy(masks, "masks")
+        if mask_arr.ndim == 3:
+            mask_arr = np.repeat(mask_arr[:, None], n_top, axis=1)
+        if mask_arr.shape != (n_concepts, n_top) + tuple(hw):
+            raise ValueError(
+                f"masks must have shape {(n_concepts, n_top) + tuple(hw)} or {(n_concepts,) + tuple(hw)}, "
+                f"got {tuple(to_numpy(masks, 'masks').shape)}"
+            )
+    factors = None
+    if factor_images is not None:
+        fac = to_numpy(factor_images, "factor_images")
+        if fac.shape[0] != n_concepts:
+            raise ValueError(f"factor_images must hold {n_concepts} images, got {fac.shape[0]}")
+        factors = [image_for_display(f, "factor_images") for f in fac]
+    names = labels_or_default(concept_names, n_concepts, "concept_names", "concept ")
+    offset = 1 if factors is not None else 0
+    cols = n_top + offset
+    if fig_size is None:
+        fig_size = (1.1 * cols + 0.6, 1.1 * n_concepts + (0.5 if title else 0.2))
+    fig, axes = prepare_figure(plt_fig_axis, n_concepts, cols, fig_size, use_pyplot)
+    for k in range(n_concepts):
+        if factors is not None:
+            axes[k, 0].imshow(factors[k], cmap="viridis", interpolation="nearest")
+            clear_ticks(axes[k, 0])
+            if k == 0:
+                axes[k, 0].set_title("factor", fontsize=8)
+        for t in range(n_top):
+            ax = axes[k, t + offset]
+            show_image(ax, shown[k][t])
+            if mask_arr is not None and mask_arr[k, t].max() > 0.5 and mask_arr[k, t].min() <= 0.5:
+                ax.contour(mask_arr[k, t] > 0.5, levels=[0.5], colors=mask_color, linewidths=1.0)
+            clear_ticks(ax)
+        axes[k, 0].set_ylabel(names[k], fontsize=8, rotation=0, ha="right", va="center")
+    finish(fig, title)
+    return fig, axes
+
+
+def visualize_similarity_matrices(
+    matrices: Union[ArrayLike, Sequence[ArrayLike]],
+    layer_names: Optional[Sequence[str]] = None,
+    plt_fig_axis: Optional[Tuple[Figure, Any]] = None,
+    cmap: Union[str, Any] = "viridis",
+    title: Optional[str] = None,
+    fig_size: Optional[Tuple[float, float]] = None,
+    use_pyplot: bool = True,
+) -> Tuple[Figure, np.ndarray]:
+    """Cosine-similarity matrices between concept factors, one per layer, plus their
+    eigenvalue spectra in a last panel (Saini & Papalexakis, Fig. 6: deeper layers are
+    closer to the identity, whose eigenvalues are all 1).
+
+    Args:
+        matrices: ``(L, d, d)`` or a list of ``L`` symmetric ``(d, d)`` matrices (e.g. the cosine
+            similarity between the columns of each layer's neuron factor ``O_j``).
+        layer_names: ``L`` panel titles.
+        plt_fig_axis: ``(fig, axes)`` with ``L + 1`` axes.
+        cmap, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+
+    Returns:
+        ``(fig, axes)``, ``axes`` an object array of ``L + 1`` axes: the matrices, then the spectra.
+    """
+    if isinstance(matrices, (list, tuple)):
+        mats = [to_numpy(m, "matrices") for m in matrices]
+    else:
+        arr = to_numpy(matrices, "matrices")
+        mats = [arr] if arr.ndim == 2 else list(arr)
+    if not mats:
+        raise ValueError("matrices must hold at least one matrix")
+    for i, m in enumerate(mats):
+        if m.ndim != 2 or m.shape[0] != m.shape[1]:
+            raise ValueError(f"matrices[{i}] must be square (d, d), got shape {tuple(m.shape)}")
+    names = labels_or_default(layer_names, len(mats), "layer_names", "layer ")
+    n = len(mats)
+    if fig_size is None:
+        fig_size = (2.6 * (n + 1), 2.8 + (0.4 if title else 0))
+    fig, axes = prepare_figure(plt_fig_axis, 1, n + 1, fig_size, use_pyplot)
+    axes = axes.reshape(-1)
+    for i, (m, name) in enumerate(zip(mats, names)):
+        im = axes[i].imshow(m, cmap=cmap, vmin=min(0.0, float(m.min())), vmax=1.0, interpolation="nearest")
+        axes[i].set_title(name, fontsize=9)
+        axes[i].set_xlabel("factor", fontsize=8)
+        if i == 0:
+            axes[i].set_ylabel("factor", fontsize=8)
+    fig.colorbar(im, ax=list(axes[:n]), shrink=0.7)
+    spec = axes[n]
+    for m, name in zip(mats, names):
+        eig = np.sort(np.linalg.eigvalsh((m + m.T) / 2))[::-1]
+        spec.plot(np.arange(1, len(eig) + 1), eig, "o-", markersize=3, label=name)
+    spec.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="identity")
+    spec.set_xlabel("rank", fontsize=8)
+    spec.set_ylabel("eigenvalue", fontsize=8)
+    spec.set_title("eigenvalues", fontsize=9)
+    spec.legend(fontsize=7)
+    spec.grid(alpha=0.3)
+    finish(fig, title)
+    return fig, axes
+
+
+def visualize_relevance_matrix(
+    relevance: ArrayLike,
+    concept_names: Optional[Sequence[str]] = None,
+    plt_fig_axis: Optional[Tuple[Figure, Axes]] = None,
+    cmap: Union[str, Any] = "magma",
+    annotate: Optional[bool] = None,
+    vmin: Optional[float] = None,
+    vmax: Optional[float] = 1.0,
+    title: Optional[str] = None,
+    fig_size: Optional[Tuple[float, float]] = None,
+    use_pyplot: bool = True,
+) -> Tuple[Figure, Axes]:
+    """Heat map of a concept relevance matrix ``rel(a, b) = cos(v_a, v_b)`` (Gu & Tresp, Fig. 3).
+
+    Args:
+        relevance: ``(K, K)`` (or ``(K, J)``) matrix.
+        concept_names: ``K`` names for both axes (for a square matrix).
+        annotate: write each value in its cell (default: when ``K <= 12``).
+        vmin, vmax: colour limits (default ``vmin`` = the matrix minimum, ``vmax`` = 1).
+        plt_fig_axis, cmap, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+
+    Returns:
+        ``(fig, ax)``.
+    """
+    mat = to_numpy(relevance, "relevance")
+    check_ndim(mat, (2,), "relevance", "(K, K)")
+    rows, cols = mat.shape
+    names = None
+    if concept_names is not None:
+        names = labels_or_default(concept_names, rows, "concept_names", "")
+    if annotate is None:
+        annotate = max(rows, cols) <= 12
+    if fig_size is None:
+        side = min(10.0, 1.5 + 0.45 * max(rows, cols))
+        fig_size = (side + 1, side)
+    fig, ax = prepare_figure(plt_fig_axis, 1, 1, fig_size, use_pyplot, squeeze=True)
+    im = ax.imshow(mat, cmap=cmap, vmin=float(mat.min()) if vmin is None else vmin, vmax=vmax)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    if names is not None:
+        ax.set_yticks(range(rows))
+        ax.set_yticklabels(names, fontsize=8)
+        if cols == rows:
+            ax.set_xticks(range(cols))
+            ax.set_xticklabels(names, fontsize=8, rotation=45, ha="right")
+    if annotate:
+        mid = (im.norm.vmin + im.norm.vmax) / 2
+        for i in range(rows):
+            for j in range(cols):
+                ax.text(
+                    j,
+                    i,
+                    f"{mat[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if mat[i, j] > mid else "white",
+                )
+    if title:
+        ax.set_title(title)
+    return fig, ax
