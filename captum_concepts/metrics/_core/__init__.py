@@ -1,0 +1,1 @@
+"""Private implementations; public names are re-exported by ``captum_concepts.metrics``."""

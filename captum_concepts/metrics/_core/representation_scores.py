@@ -1,0 +1,303 @@
+"""Representation scores of Bertolini, Clevert & Montanari (SPEC §2; paper §3–4).
+
+Functions in the style of ``captum.metrics.infidelity`` / ``sensitivity_max``: an
+explanation function first, then ``inputs``, the noise, ``max_examples_per_batch``,
+and ``**kwargs`` forwarded to the explanation function; one value per example.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..._utils.common import TensorOrTuple, check_batch, format_inputs
+from ._explain import check_positive_int, draw_noise, explain_copies, resolve_explainer
+from .normalization import minmax_normalize
+
+__all__ = ["noise_score", "noise_benchmark", "variance_score", "drift_score"]
+
+NoiseSpec = Union[None, Callable[..., TensorOrTuple], torch.Tensor, Tuple[torch.Tensor, ...]]
+
+
+def _stack_heads(values: list) -> torch.Tensor:
+    return values[0] if len(values) == 1 else torch.stack(values)
+
+
+def _mae_to_reference(maps: torch.Tensor, n_ref: int) -> torch.Tensor:
+    """``maps`` ``(C, N, ...)``: copies ``0..n_ref-1`` are references; the mean over the
+    other copies of ``mean_pixels |Nrm(ref) - Nrm(other)|``, shape ``(n_ref, N)``."""
+    nrm = minmax_normalize(maps.flatten(2), start_dim=2)
+    ref, other = nrm[:n_ref], nrm[n_ref:]
+    return (ref.unsqueeze(1) - other.unsqueeze(0)).abs().mean(dim=-1).mean(dim=1)
+
+
+def _check_differentiable(differentiable: Any) -> bool:
+    if not isinstance(differentiable, bool):
+        raise TypeError(f"differentiable must be a bool, got {type(differentiable).__name__}")
+    return differentiable
+
+
+def noise_score(
+    explanation_func: Callable[..., Any],
+    inputs: TensorOrTuple,
+    noise_func: NoiseSpec = None,
+    n_noise: int = 1,
+    max_examples_per_batch: Optional[int] = None,
+    differentiable: bool = False,
+    **kwargs: Any,
+) -> torch.Tensor:
+    r"""Noise score (informativeness), paper eq. (1):
+    ``NS(x) = mean_pixels |Nrm(E(x)) - Nrm(E(x̃))|``, ``x̃`` a noise input.
+
+    ``Nrm`` rescales each example's map to ``[0, 1]`` (min–max; a constant map
+    becomes all zeros **[choice, SPEC §2]**), so ``0 <= NS <= 1``. With
+    ``n_noise > 1`` the score is averaged over that many independent noise inputs.
+    The inputs and all noise inputs go through ``explanation_func`` together
+    (stacked along the batch dimension), so an ``EmbeddingAttribution`` computes
+    them with one forward and one backward pass.
+
+    Args:
+        explanation_func (callable or attribution object): ``explanation_func(inputs,
+            **kwargs)`` returning one map per example, shape ``(N, ...)`` (a tuple of
+            tensors for tuple inputs counts as one map: the tensors are flattened and
+            joined before normalising). An object with an ``attribute`` method, e.g.
+            an :class:`~captum_concepts.attr.EmbeddingAttribution`, may be passed
+            directly. A returned *list* of maps (an ``EmbeddingAttribution`` over
+            several layers) gives one score per list entry.
+        inputs (Tensor or tuple of Tensors): the meaningful inputs, batch first.
+        noise_func (callable, Tensor or None, optional): ``None`` draws standard
+            normal noise of the inputs' shape (**[choice, SPEC §2]**);
+            a callable ``noise_func(inputs)`` returns a noise input shaped like
+            ``inputs``; a tensor (tuple) *is* the noise input (then ``n_noise`` must
+            be 1). Default: None.
+        n_noise (int, optional): independent noise inputs to average over. Default: 1.
+        max_examples_per_batch (int, optional): upper bound on the examples per
+            call of ``explanation_func``; a call holds at least the ``N`` inputs (or
+            one noise copy of them). Default: None (everything in one call).
+        differentiable (bool, optional): keep the autograd graph, so that the score
+            can enter a training loss (``loss = task_loss - gamma * NS.mean()``).
+            ``explanation_func`` must then return maps with a graph; an
+            ``EmbeddingAttribution`` gets ``create_graph=True`` automatically.
+            Default: False (detached result).
+        **kwargs: forwarded to ``explanation_func`` (e.g. ``target``,
+            ``additional_forward_args``, ``embedding_dims``); per-example ``target``,
+            ``additional_forward_args`` and ``baselines`` are repeated for the noise copies.
+
+    Returns:
+        Tensor: ``(N,)`` scores in ``[0, 1]`` (``(L, N)`` if ``explanation_func``
+        returns a list of ``L`` maps).
+
+    Raises:
+        ValueError: maps with the wrong batch size, NaN/inf maps, noise of another
+            shape than ``inputs``, ``n_noise < 1``.
+    """
+    differentiable = _check_differentiable(differentiable)
+    check_positive_int(n_noise, "n_noise")
+    func, kw = resolve_explainer(explanation_func, kwargs, per_dim=False, differentiable=differentiable)
+    inp, was_tuple = format_inputs(inputs)
+    check_batch(inp)
+    copies = [inp] + draw_noise(noise_func, inp, was_tuple, n_noise)
+    heads = explain_copies(func, kw, copies, was_tuple, max_examples_per_batch, differentiable)
+    return _stack_heads([_mae_to_reference(h, 1)[0] for h in heads])
+
+
+def noise_benchmark(
+    explanation_func: Callable[..., Any],
+    inputs: TensorOrTuple,
+    noise_func: Optional[Callable[..., TensorOrTuple]] = None,
+    n_draws: int = 8,
+    max_examples_per_batch: Optional[int] = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    r"""Noise benchmark, paper eq. (2): ``NS0 = mean |Nrm(E(x̃1)) - Nrm(E(x̃2))|`` for two
+    independent noise inputs, averaged over ``n_draws`` pairs.
+
+    ``inputs`` only fix the shape, dtype and device of the noise (and the batch the
+    per-example ``kwargs`` such as ``target`` refer to); the result is the noise
+    score the model would reach if the inputs were themselves noise — the
+    reference line of a score curve.
+
+    Args:
+        explanation_func: as in :func:`noise_score`.
+        inputs (Tensor or tuple of Tensors): template batch ``(N, ...)``.
+        noise_func (callable or None, optional): as in :func:`noise_score`, but a fixed
+            tensor is not accepted (the draws must be independent). Default: None
+            (standard normal).
+        n_draws (int, optional): independent pairs. Default: 8.
+        max_examples_per_batch (int, optional): as in :func:`noise_score`.
+        **kwargs: forwarded to ``explanation_func``.
+
+    Returns:
+        Tensor: ``(N,)`` per-slot benchmark values in ``[0, 1]``; the benchmark value
+        is their mean. ``(L, N)`` for a list of ``L`` maps.
+    """
+    check_positive_int(n_draws, "n_draws")
+    if noise_func is not None and not callable(noise_func):
+        raise TypeError(
+            "noise_func of noise_benchmark must be None or a callable (independent draws are needed), "
+            f"got {type(noise_func).__name__}"
+        )
+    func, kw = resolve_explainer(explanation_func, kwargs, per_dim=False, differentiable=False)
+    inp, was_tuple = format_inputs(inputs)
+    check_batch(inp)
+    copies = draw_noise(noise_func, inp, was_tuple, 2 * n_draws)
+    heads = explain_copies(func, kw, copies, was_tuple, max_examples_per_batch, differentiable=False)
+    return _stack_heads([_benchmark_from_maps(h) for h in heads])
+
+
+def _benchmark_from_maps(maps: torch.Tensor) -> torch.Tensor:
+    """``maps`` ``(2K, N, ...)`` of ``K`` noise pairs -> ``(N,)``."""
+    nrm = minmax_normalize(maps.flatten(2), start_dim=2)
+    return (nrm[0::2] - nrm[1::2]).abs().mean(dim=-1).mean(dim=0)
+
+
+def variance_score(
+    explanation_func: Callable[..., Any],
+    inputs: TensorOrTuple,
+    threshold: Optional[float] = None,
+    max_examples_per_batch: Optional[int] = None,
+    differentiable: bool = False,
+    **kwargs: Any,
+) -> torch.Tensor:
+    r"""Variance score (conciseness), paper eq. (3):
+    ``VS(x) = mean_pixels Var_d[Nrm(M_d(x))]`` over the channel-aggregated,
+    per-embedding-dimension maps ``M_d`` (not aggregated over ``d``).
+
+    Each map ``M_d`` of each example is min–max normalised on its own (constant →
+    zeros); the population variance over ``d`` is then at most ``1/4``
+    (Popoviciu), reached when every pixel is on in half the dimensions and off in
+    the others. With one embedding dimension the score is 0.
+
+    Args:
+        explanation_func (callable or attribution object): returns per-dimension maps
+            of shape ``(N, D, ...)`` (e.g. ``(N, D, H, W)``). An
+            :class:`~captum_concepts.attr.EmbeddingAttribution` (or its bound
+            ``attribute``) may be passed directly: ``return_per_dim=True`` is then set
+            for it.
+        inputs (Tensor or tuple of Tensors): inputs, batch first.
+        threshold (float, optional): binarise the normalised maps first (paper §4.3):
+            a pixel is 1 where ``Nrm(M_d) > threshold``, else 0. Must lie in
+            ``[0, 1)``; not differentiable. Default: None (no binarisation).
+        max_examples_per_batch (int, optional): as in :func:`noise_score`.
+        differentiable (bool, optional): keep the autograd graph (see
+            :func:`noise_score`). Default: False.
+        **kwargs: forwarded to ``explanation_func``.
+
+    Returns:
+        Tensor: ``(N,)`` scores in ``[0, 1/4]`` (``(L, N)`` for a list of ``L`` maps).
+    """
+    differentiable = _check_differentiable(differentiable)
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+            raise ValueError(f"threshold must be None or a float in [0, 1), got {threshold!r}")
+        if differentiable:
+            raise ValueError(
+                "threshold binarises the maps and has no gradient; use threshold=None "
+                "with differentiable=True"
+            )
+    func, kw = resolve_explainer(explanation_func, kwargs, per_dim=True, differentiable=differentiable)
+    inp, was_tuple = format_inputs(inputs)
+    check_batch(inp)
+    heads = explain_copies(func, kw, [inp], was_tuple, max_examples_per_batch, differentiable)
+    return _stack_heads([_variance_from_maps(h[0], threshold) for h in heads])
+
+
+def _variance_from_maps(maps: torch.Tensor, threshold: Optional[float]) -> torch.Tensor:
+    if maps.dim() < 3:
+        raise ValueError(
+            "variance_score needs per-dimension maps of shape (N, D, ...) such as (N, D, H, W); "
+            f"explanation_func returned shape {tuple(maps.shape)}"
+        )
+    nrm = minmax_normalize(maps.flatten(2), start_dim=2)
+    if threshold is not None:
+        nrm = (nrm > threshold).to(nrm.dtype)
+    return nrm.var(dim=1, unbiased=False).mean(dim=-1)
+
+
+def _clip_bounds(clip_range: Any, inputs: Tuple[torch.Tensor, ...]) -> list:
+    if clip_range is None:
+        return [None] * len(inputs)
+    if isinstance(clip_range, str):
+        if clip_range != "data":
+            raise ValueError(f"clip_range must be 'data', None or (lo, hi), got {clip_range!r}")
+        return [(x.min().item(), x.max().item()) for x in inputs]
+    if (
+        isinstance(clip_range, (tuple, list))
+        and len(clip_range) == 2
+        and all(isinstance(v, (int, float)) for v in clip_range)
+        and clip_range[0] <= clip_range[1]
+    ):
+        return [tuple(clip_range)] * len(inputs)
+    raise ValueError(f"clip_range must be 'data', None or (lo, hi) with lo <= hi, got {clip_range!r}")
+
+
+def drift_score(
+    explanation_func: Callable[..., Any],
+    inputs: TensorOrTuple,
+    epsilons: Union[Sequence[float], torch.Tensor],
+    noise_func: NoiseSpec = None,
+    n_noise: int = 1,
+    drift_func: Optional[Callable[..., TensorOrTuple]] = None,
+    clip_range: Union[str, None, Tuple[float, float]] = "data",
+    max_examples_per_batch: Optional[int] = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    r"""Relative change of the noise score under dataset drift (paper §4.4).
+
+    For each ``ε``: ``x_ε = clip(x + ε·n, lo, hi)`` with a drift direction ``n``
+    (standard normal by default) and the relative change of the batch-mean noise
+    score ``(mean NS(x_ε) - mean NS(x)) / mean NS(x)``. The paper reports that it
+    falls as ``ε`` grows (negative Spearman correlation).
+
+    **[choice]** One drift direction ``n`` and the same noise inputs ``x̃`` serve
+    every ``ε`` (common random numbers: the curve over ``ε`` is not blurred by
+    fresh noise at each point), and all drifted batches, the clean batch and the
+    noise inputs go through ``explanation_func`` together.
+
+    Args:
+        explanation_func: as in :func:`noise_score`.
+        inputs (Tensor or tuple of Tensors): clean inputs, batch first.
+        epsilons (sequence of float or 1-D Tensor): non-negative drift strengths.
+        noise_func, n_noise: the noise inputs of the noise score, as in :func:`noise_score`.
+        drift_func (callable, optional): ``drift_func(inputs)`` returns the drift
+            direction ``n`` shaped like ``inputs``. Default: None (standard normal).
+        clip_range ("data", None or (lo, hi), optional): clip ``x_ε`` to
+            ``[lo, hi]``; ``"data"`` uses each input tensor's own min and max
+            (default); None does not clip.
+        max_examples_per_batch (int, optional): as in :func:`noise_score`.
+        **kwargs: forwarded to ``explanation_func``.
+
+    Returns:
+        Tensor: ``(len(epsilons),)`` relative changes (``(L, E)`` for a list of ``L`` maps).
+
+    Raises:
+        ValueError: negative or non-finite ``epsilons``; the clean noise score is 0
+            (the relative change is undefined).
+    """
+    eps = torch.as_tensor(epsilons, dtype=torch.float64).flatten()
+    if eps.numel() == 0 or not torch.isfinite(eps).all() or (eps < 0).any():
+        raise ValueError(f"epsilons must be a non-empty sequence of finite values >= 0, got {epsilons!r}")
+    check_positive_int(n_noise, "n_noise")
+    func, kw = resolve_explainer(explanation_func, kwargs, per_dim=False, differentiable=False)
+    inp, was_tuple = format_inputs(inputs)
+    check_batch(inp)
+    bounds = _clip_bounds(clip_range, inp)
+    (direction,) = draw_noise(drift_func, inp, was_tuple, 1, argument="drift_func")
+    drifted = []
+    for e in eps.tolist():
+        xs = []
+        for x, d, b in zip(inp, direction, bounds):
+            xe = x + e * d
+            xs.append(xe if b is None else xe.clamp(b[0], b[1]))
+        drifted.append(tuple(xs))
+    noise = draw_noise(noise_func, inp, was_tuple, n_noise)
+    heads = explain_copies(func, kw, [inp, *drifted, *noise], was_tuple, max_examples_per_batch, False)
+    out = []
+    for h in heads:
+        ns = _mae_to_reference(h, 1 + len(drifted)).mean(dim=1)  # (1 + E,)
+        if ns[0].item() <= 0 or math.isnan(ns[0].item()):
+            raise ValueError("the noise score of the clean inputs is 0, so its relative change is undefined")
+        out.append((ns[1:] - ns[0]) / ns[0])
+    return _stack_heads(out)
