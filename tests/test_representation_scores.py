@@ -273,3 +273,115 @@ def test_bounds_on_arbitrary_maps(data, threshold):
     )
     assert 0 <= vs.item() <= 0.25 + 1e-12
     assert 0 <= ns.item() <= 1
+
+
+# ----------------------------------------------------------------------------- EmbeddingAttribution
+class SoftplusEncoder(nn.Module):
+    """Two conv layers and a linear bottleneck with softplus (non-zero second derivatives)."""
+
+    def __init__(self, d: int = 6) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.act1 = nn.Softplus()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1, stride=2)
+        self.act2 = nn.Softplus()
+        self.bottleneck = nn.Linear(4 * 4 * 4, d)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        h = self.act2(self.conv2(self.act1(self.conv1(x))))
+        return self.head(self.bottleneck(h.flatten(1)))
+
+
+def test_embedding_attribution_passed_directly():
+    from captum_concepts.attr import EmbeddingAttribution
+
+    torch.manual_seed(0)
+    model = SoftplusEncoder().eval()
+    x = torch.rand(4, 1, 8, 8)
+    noise = torch.randn_like(x)
+    ea = EmbeddingAttribution(model, "bottleneck", layer="conv2")
+    by_hand_ns = noise_score(ea.attribute, x, noise_func=noise)
+    assert torch.allclose(noise_score(ea, x, noise_func=noise), by_hand_ns)
+    per_dim_maps = ea.attribute(x, return_per_dim=True)
+    assert per_dim_maps.shape == (4, 6, 8, 8)
+    expected = minmax_normalize(per_dim_maps, start_dim=2).var(dim=1, unbiased=False).mean(dim=(1, 2))
+    for func in (ea, ea.attribute):  # return_per_dim=True is set for an EmbeddingAttribution
+        assert torch.allclose(variance_score(func, x), expected)
+    assert (expected <= 0.25).all() and (expected > 0).all()
+
+
+def test_differentiable_scores_reach_encoder_parameters_and_train():
+    from captum_concepts.attr import EmbeddingAttribution
+
+    torch.manual_seed(0)
+    model = SoftplusEncoder().eval()  # no dropout/batch norm: eval mode trains the same
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    noise = torch.randn_like(x)
+    ea = EmbeddingAttribution(model, "bottleneck", layer="conv2", embedding_aggregator="var")
+    ns = noise_score(ea, x, noise_func=noise, differentiable=True).mean()
+    vs = variance_score(ea, x, differentiable=True).mean()
+    task = nn.functional.cross_entropy(model(x), y)
+    (task - 0.1 * ns - 0.1 * vs).backward()
+    for p in (model.conv1.weight, model.conv2.weight, model.bottleneck.weight):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+    # gradient ascent on VS really raises it
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    start = variance_score(ea, x).mean().item()
+    for _ in range(5):
+        opt.zero_grad()
+        (-variance_score(ea, x, differentiable=True).mean()).backward()
+        opt.step()
+    assert variance_score(ea, x).mean().item() > start + 0.02
+    assert not variance_score(ea, x).requires_grad  # detached unless asked
+
+
+# ----------------------------------------------------------------------------- score curves
+def test_score_curve_one_pass_matches_per_layer_scores():
+    from captum_concepts.attr import EmbeddingAttribution
+    from captum_concepts.metrics import ScoreCurve, score_curve
+
+    torch.manual_seed(0)
+    model = SoftplusEncoder().eval()
+    x = torch.rand(5, 1, 8, 8)
+    noise = torch.randn_like(x)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    curve = score_curve(
+        model, "bottleneck", nn.Conv2d, x, noise_func=noise, benchmark=False, method="gradcam"
+    )
+    handle.remove()
+    assert calls == [10]  # one forward pass of inputs + noise for both layers
+    assert isinstance(curve, ScoreCurve) and curve.layers == ["conv1", "conv2"]
+    assert curve.per_example.shape == (2, 5) and curve.benchmark is None
+    for i, name in enumerate(curve.layers):
+        ea = EmbeddingAttribution(model, "bottleneck", layer=name, method="gradcam")
+        assert torch.allclose(curve.per_example[i], noise_score(ea, x, noise_func=noise), atol=1e-6)
+    vcurve = score_curve(model, "bottleneck", ["conv1", "act2"], x, score="variance")
+    ea = EmbeddingAttribution(model, "bottleneck", layer="act2")
+    assert torch.allclose(vcurve.per_example[1], variance_score(ea, x), atol=1e-6)
+    assert (vcurve.values <= 0.25).all()
+
+
+def test_score_curve_benchmark_and_plot(monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from captum_concepts.metrics import score_curve
+
+    monkeypatch.setattr(plt, "show", lambda *a, **k: pytest.fail("plot() must not call plt.show()"))
+    torch.manual_seed(0)
+    model = SoftplusEncoder().eval()
+    curve = score_curve(model, "bottleneck", ["conv1", "conv2"], torch.rand(4, 1, 8, 8), n_benchmark_draws=3)
+    assert curve.benchmark.shape == curve.benchmark_std.shape == (2,)
+    assert ((curve.benchmark > 0) & (curve.benchmark < 1)).all()
+    fig, ax = curve.plot(label="softplus")
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "softplus" in labels and "noise benchmark" in labels
+    plt.close(fig)
+    with pytest.raises(ValueError, match="score must be"):
+        score_curve(model, "bottleneck", ["conv1"], torch.rand(2, 1, 8, 8), score="entropy")
+    with pytest.raises(ValueError, match="no submodule"):
+        score_curve(model, "bottleneck", nn.Conv1d, torch.rand(2, 1, 8, 8))

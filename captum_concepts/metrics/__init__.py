@@ -1,6 +1,7 @@
 """captum_concepts.metrics: public names are re-exported here."""
 
 from ._core.representation_scores import drift_score, noise_benchmark, noise_score, variance_score
+from ._core.score_curve import ScoreCurve, score_curve
 
 __all__: list = []
-__all__ += ["noise_score", "noise_benchmark", "variance_score", "drift_score"]
+__all__ += ["noise_score", "noise_benchmark", "variance_score", "drift_score", "score_curve", "ScoreCurve"]

@@ -1,0 +1,214 @@
+"""Score curves: a representation score at every source layer from one attribution call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+from torch import nn
+
+from ..._utils.common import TensorOrTuple, check_batch, format_inputs
+from ..._utils.layers import LayerSpec, layer_name
+from ._explain import check_positive_int, draw_noise, explain_copies
+from .representation_scores import _benchmark_from_maps, _mae_to_reference, _variance_from_maps
+
+__all__ = ["ScoreCurve", "score_curve"]
+
+SCORES = ("noise", "variance")
+
+
+@dataclass
+class ScoreCurve:
+    """What :func:`score_curve` returns: one score value per source layer.
+
+    Attributes:
+        layers (list of str): the source layers' dotted names (``"input"`` for the inputs).
+        values (Tensor): ``(L,)`` mean score over the examples, per layer.
+        per_example (Tensor): ``(L, N)`` the score of every example.
+        benchmark (Tensor or None): ``(L,)`` noise benchmark ``NS0`` per layer (noise
+            score only; None for the variance score or ``benchmark=False``).
+        benchmark_std (Tensor or None): ``(L,)`` standard deviation of the benchmark
+            over its draws (the shaded band of :meth:`plot`).
+        score (str): ``"noise"`` or ``"variance"``.
+        method (str): the base attribution method.
+    """
+
+    layers: List[str]
+    values: torch.Tensor
+    per_example: torch.Tensor = field(repr=False)
+    benchmark: Optional[torch.Tensor]
+    benchmark_std: Optional[torch.Tensor] = field(repr=False)
+    score: str
+    method: str
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def plot(
+        self,
+        label: Optional[str] = None,
+        plt_fig_axis: Optional[Tuple[Any, Any]] = None,
+        show_benchmark: bool = True,
+        **kwargs: Any,
+    ) -> Tuple[Any, Any]:
+        """Plot the curve (and the benchmark, dashed with a ±1 std band); returns ``(fig, ax)``.
+
+        Never calls ``plt.show()``. Pass ``plt_fig_axis=(fig, ax)`` of an earlier plot to
+        draw several curves together (e.g. trained vs random weights, with
+        ``show_benchmark=False`` for the second). ``kwargs`` go to
+        :func:`captum_concepts.visualization.visualize_score_curve`.
+        """
+        from ...visualization import visualize_score_curve
+
+        bench = self.benchmark if show_benchmark else None
+        kwargs.setdefault("ylabel", f"{self.score} score")
+        if self.score == "variance":
+            kwargs.setdefault("ylim", (0.0, 0.26))
+        return visualize_score_curve(
+            {label or self.method: self.values},
+            layer_names=self.layers,
+            benchmark=bench,
+            benchmark_band=self.benchmark_std if bench is not None else None,
+            plt_fig_axis=plt_fig_axis,
+            **kwargs,
+        )
+
+
+def _resolve_layer_list(
+    model: nn.Module, layers: Union[Sequence[Optional[LayerSpec]], Type[nn.Module], Tuple[type, ...]]
+) -> List[Optional[LayerSpec]]:
+    if isinstance(layers, type) or (
+        isinstance(layers, tuple) and layers and all(isinstance(c, type) for c in layers)
+    ):
+        found = [m for m in model.modules() if isinstance(m, layers)]
+        if not found:
+            raise ValueError(f"layers={layers!r}: the model has no submodule of this type")
+        return found
+    if isinstance(layers, (str, nn.Module)) or layers is None:
+        return [layers]
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers is empty; pass at least one layer")
+    return layers
+
+
+def score_curve(
+    model: nn.Module,
+    embedding_layer: Optional[LayerSpec],
+    layers: Union[Sequence[Optional[LayerSpec]], Type[nn.Module]],
+    inputs: TensorOrTuple,
+    score: str = "noise",
+    method: str = "gradient",
+    channel_aggregator: Any = "mean",
+    embedding_aggregator: Any = "var",
+    upsample: Optional[str] = "nearest",
+    attribute_to_layer_input: bool = False,
+    noise_func: Any = None,
+    n_noise: int = 1,
+    benchmark: bool = True,
+    n_benchmark_draws: int = 8,
+    threshold: Optional[float] = None,
+    additional_forward_args: Any = None,
+    embedding_dims: Any = None,
+    internal_batch_size: Optional[int] = None,
+    max_examples_per_batch: Optional[int] = None,
+    strategy: str = "auto",
+) -> ScoreCurve:
+    r"""A representation score at every source layer: ``l ↦ mean_x NS^(l)(x)`` (or ``VS^(l)``).
+
+    All layers come from the same passes: one
+    :class:`~captum_concepts.attr.EmbeddingAttribution` over the list of layers runs one
+    forward and one (batched) backward pass from the embedding on a batch that stacks
+    the inputs, their noise inputs and the benchmark's noise pairs — not ``L`` passes.
+
+    Args:
+        model (nn.Module): the model.
+        embedding_layer (nn.Module, str or None): the layer whose output is the embedding
+            (None: the model output).
+        layers (list of layers, or a module type): the source layers (modules, dotted
+            names, None for the inputs), or a type such as ``nn.Conv2d`` for every
+            submodule of that type in definition order.
+        inputs (Tensor or tuple of Tensors): the meaningful inputs, batch first.
+        score (str): ``"noise"`` (default) or ``"variance"``.
+        method, channel_aggregator, embedding_aggregator, upsample,
+        attribute_to_layer_input, strategy: as in
+            :class:`~captum_concepts.attr.EmbeddingAttribution` (same defaults).
+            ``embedding_aggregator`` is unused by the variance score (per-dimension maps).
+        noise_func, n_noise: noise inputs of the noise score, as in :func:`noise_score`.
+            The benchmark draws its pairs with ``noise_func`` when it is callable, else
+            standard normal noise.
+        benchmark (bool): also compute the noise benchmark curve (noise score only). Default True.
+        n_benchmark_draws (int): noise pairs of the benchmark. Default 8.
+        threshold (float, optional): binarisation of the variance score (see
+            :func:`variance_score`).
+        additional_forward_args, embedding_dims, internal_batch_size: passed to
+            ``EmbeddingAttribution.attribute``.
+        max_examples_per_batch (int, optional): bound on the examples per attribution call
+            (whole copies of the batch, as in :func:`noise_score`). Default None: one call.
+
+    Returns:
+        ScoreCurve: per-layer values, per-example scores, the benchmark curve, ``.plot()``.
+    """
+    from ...attr import EmbeddingAttribution
+
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    check_positive_int(n_noise, "n_noise")
+    check_positive_int(n_benchmark_draws, "n_benchmark_draws")
+    if threshold is not None and score != "variance":
+        raise ValueError("threshold applies to score='variance' only")
+    layer_list = _resolve_layer_list(model, layers)
+    ea = EmbeddingAttribution(
+        model,
+        embedding_layer=embedding_layer,
+        layer=layer_list,
+        method=method,
+        channel_aggregator=channel_aggregator,
+        embedding_aggregator=embedding_aggregator,
+        upsample=upsample,
+        attribute_to_layer_input=attribute_to_layer_input,
+        strategy=strategy,
+    )
+    names = ["input" if lay is None else layer_name(model, lay) for lay in ea.layer]
+    inp, was_tuple = format_inputs(inputs)
+    check_batch(inp)
+    kwargs = dict(
+        additional_forward_args=additional_forward_args,
+        embedding_dims=embedding_dims,
+        internal_batch_size=internal_batch_size,
+        return_per_dim=score == "variance",
+    )
+    copies = [inp]
+    if score == "noise":
+        copies += draw_noise(noise_func, inp, was_tuple, n_noise)
+        if benchmark:
+            copies += draw_noise(
+                None if not callable(noise_func) else noise_func, inp, was_tuple, 2 * n_benchmark_draws
+            )
+    heads = explain_copies(ea.attribute, kwargs, copies, was_tuple, max_examples_per_batch, False)
+
+    bench = bench_std = None
+    if score == "variance":
+        per_example = torch.stack([_variance_from_maps(h[0], threshold) for h in heads])
+    else:
+        per_example = torch.stack([_mae_to_reference(h[: 1 + n_noise], 1)[0] for h in heads])
+        if benchmark:
+            draws = [_pairwise(h[1 + n_noise :]) for h in heads]  # (K,) per layer
+            bench = torch.stack([d.mean() for d in draws])
+            bench_std = torch.stack([d.std(unbiased=False) for d in draws])
+    return ScoreCurve(
+        layers=names,
+        values=per_example.mean(dim=1),
+        per_example=per_example,
+        benchmark=bench,
+        benchmark_std=bench_std,
+        score=score,
+        method=method,
+    )
+
+
+def _pairwise(maps: torch.Tensor) -> torch.Tensor:
+    """Benchmark value of each noise pair (mean over the batch): ``(K,)``."""
+    k = maps.shape[0] // 2
+    return torch.stack([_benchmark_from_maps(maps[2 * i : 2 * i + 2]).mean() for i in range(k)])
