@@ -1,0 +1,442 @@
+"""Solvers for coupled non-negative matrix factorisation (private).
+
+The problem (SPEC.md §5), written for ``B`` blocks ``X_b`` of shape ``(r_b, N)``
+(pixel channels first, then layers) that share the example factor ``F``
+``(d, N)``::
+
+    J = sum_b w_b ||X_b - W_b F||^2 + sum_b lambda_b ||W_b||^2 + lambda_F ||F||^2
+        + beta * sum_{k, g} ||F[k, I_g]||_2
+
+``w_b`` are per-block weights (all 1 for the paper's objective), ``lambda_b`` is
+``lambda_P`` for pixel blocks and ``lambda_O`` for activation blocks, and the last
+term is a group lasso over user-given groups of examples ``I_g``.
+
+Layout: the block factors are kept *transposed and stacked* as one tensor
+``Wt`` of shape ``(d, R)`` with ``R = sum_b r_b`` (block ``b`` is the column slice
+``Wt[:, off_b:off_b + r_b]``). The data blocks themselves are never stacked or
+copied: every product with the data runs block by block. With this layout both
+sub-problems have the same form -- rows of ``H`` minimising
+``<B, H H^T> - 2 <A, H> + reg * ||H||^2`` -- so one multiplicative update and one
+HALS sweep serve both ``F`` and ``Wt``.
+
+Sufficient statistics. Only three quantities sum over examples:
+``S = F X^T`` (per block, stacked as ``St`` ``(d, R)``), ``G = F F^T`` ``(d, d)``
+and, with group sparsity, the per-group squared row norms of ``F``; plus the data
+moments once at the start. They are all computed in :func:`example_statistics` /
+:func:`data_moments` and then passed through a ``reduce`` callable (identity
+here). Sharding the examples over ``torch.distributed`` ranks only needs
+``reduce = all_reduce(SUM)``: the ``F`` update is local to each example, the
+``Wt`` update and the objective only read the reduced statistics.
+
+The objective is never recomputed from a residual: with ``B = Wt diag(w) Wt^T``
+``sum_b w_b ||X_b - W_b F||^2 = sum_b w_b ||X_b||^2 - 2 <Wt diag(w), St> + <B, G>``
+(trace identities), which costs ``O(d R + d^2)`` per iteration, evaluated in
+float64 from the float32 statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "EPS",
+    "CoupledProblem",
+    "Statistics",
+    "SolverResult",
+    "data_moments",
+    "example_statistics",
+    "weighted_projection",
+    "weighted_gram",
+    "objective",
+    "mu_update",
+    "hals_update",
+    "random_init",
+    "solve",
+    "solve_examples",
+]
+
+EPS = 1e-10  # added to multiplicative-update denominators; absolute, data in [0, 1]-ish scale
+Reduce = Callable[[Tensor], Tensor]
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
+@dataclass
+class CoupledProblem:
+    """The data and the fixed hyper-parameters of one coupled factorisation.
+
+    Attributes:
+        blocks: the ``B`` data blocks, each ``(r_b, N)``, non-negative, any strides
+            (transposed views are fine, nothing is copied).
+        block_weights: ``w_b`` per block.
+        block_lambdas: ``lambda_b`` per block (L2 penalty on ``W_b``).
+        lambda_f: L2 penalty on ``F``.
+        group_index: ``(N,)`` long tensor of group ids in ``[0, n_groups)`` or None.
+        n_groups: number of groups.
+        group_sparsity: ``beta`` of the group lasso on ``F``.
+    """
+
+    blocks: Sequence[Tensor]
+    block_weights: Sequence[float]
+    block_lambdas: Sequence[float]
+    lambda_f: float = 0.0
+    group_index: Optional[Tensor] = None
+    n_groups: int = 0
+    group_sparsity: float = 0.0
+    offsets: List[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.offsets = [0]
+        for x in self.blocks:
+            self.offsets.append(self.offsets[-1] + x.shape[0])
+        ref = self.blocks[0]
+        self.row_weight = torch.cat(
+            [
+                torch.full((x.shape[0],), float(w), dtype=ref.dtype, device=ref.device)
+                for x, w in zip(self.blocks, self.block_weights)
+            ]
+        )
+        self.row_lambda = torch.cat(
+            [
+                torch.full((x.shape[0],), float(lam), dtype=ref.dtype, device=ref.device)
+                for x, lam in zip(self.blocks, self.block_lambdas)
+            ]
+        )
+        # per-row penalty relative to the row's weight: the Wt update divides by w_r
+        self.row_reg = self.row_lambda / self.row_weight
+        if not bool((self.row_reg > 0).any()):
+            self.row_reg = 0.0
+
+    @property
+    def n_rows(self) -> int:
+        return self.offsets[-1]
+
+    @property
+    def n_examples(self) -> int:
+        return self.blocks[0].shape[1]
+
+    @property
+    def uses_groups(self) -> bool:
+        return self.group_index is not None and self.group_sparsity > 0
+
+    def block_slices(self):
+        return zip(self.blocks, self.offsets[:-1], self.offsets[1:], self.block_weights)
+
+
+@dataclass
+class Statistics:
+    """Quantities summed over examples: ``St = F X^T`` ``(d, R)``, ``G = F F^T``,
+    per-group squared row norms of ``F`` ``(d, n_groups)`` (or None)."""
+
+    St: Tensor
+    G: Tensor
+    group_sq: Optional[Tensor] = None
+
+    def rescale(self, s: Tensor) -> None:
+        """Update in place for ``F <- diag(s) F`` (no pass over the data)."""
+        self.St.mul_(s[:, None])
+        self.G.mul_(s[:, None] * s[None, :])
+        if self.group_sq is not None:
+            self.group_sq.mul_((s * s)[:, None])
+
+
+@dataclass
+class SolverResult:
+    Wt: Tensor
+    F: Tensor
+    loss_history: List[float]
+    n_iter: int
+    converged: bool
+
+
+def data_moments(problem: CoupledProblem, reduce: Reduce = _identity) -> Tensor:
+    """``(B, 2)`` float64: per block ``[sum(X_b), ||X_b||^2]`` (sums over examples, reduced)."""
+    rows = [torch.stack([x.sum(dtype=torch.float64), x.double().pow(2).sum()]) for x in problem.blocks]
+    return reduce(torch.stack(rows))
+
+
+def _group_sq(F: Tensor, group_index: Tensor, n_groups: int) -> Tensor:
+    return torch.zeros(F.shape[0], n_groups, dtype=F.dtype, device=F.device).index_add_(1, group_index, F * F)
+
+
+def example_statistics(problem: CoupledProblem, F: Tensor, reduce: Reduce = _identity) -> Statistics:
+    """The one place that sums over examples: ``St = F X^T``, ``G = F F^T`` (+ group norms).
+
+    This is the seam for example-sharded fitting: ``reduce`` receives each
+    statistic computed on the local examples and must return its global sum.
+    """
+    St = torch.empty(F.shape[0], problem.n_rows, dtype=F.dtype, device=F.device)
+    for x, start, stop, _ in problem.block_slices():
+        St[:, start:stop] = torch.mm(F, x.t())
+    group_sq = _group_sq(F, problem.group_index, problem.n_groups) if problem.uses_groups else None
+    return Statistics(
+        St=reduce(St), G=reduce(F @ F.t()), group_sq=None if group_sq is None else reduce(group_sq)
+    )
+
+
+def weighted_projection(
+    problem: CoupledProblem, Wt: Tensor, blocks: Optional[Sequence[Tensor]] = None
+) -> Tensor:
+    """``A = sum_b w_b W_b^T X_b`` ``(d, N)`` -- local to each example, no reduction."""
+    blocks = problem.blocks if blocks is None else blocks
+    A = None
+    for x, (_, start, stop, w) in zip(blocks, problem.block_slices()):
+        if A is None:
+            A = torch.mm(Wt[:, start:stop], x)
+            if w != 1.0:
+                A.mul_(w)
+        else:
+            A.addmm_(Wt[:, start:stop], x, alpha=w)
+    return A
+
+
+def weighted_gram(problem: CoupledProblem, Wt: Tensor) -> Tensor:
+    """``B = Wt diag(w) Wt^T`` ``(d, d)``."""
+    return (Wt * problem.row_weight) @ Wt.t()
+
+
+def objective(problem: CoupledProblem, moments: Tensor, Wt: Tensor, stats: Statistics, B: Tensor) -> float:
+    """``J`` from the statistics alone (trace identities, float64), see the module docstring."""
+    w = torch.as_tensor(list(problem.block_weights), dtype=torch.float64, device=moments.device)
+    Wd, Sd, Gd = Wt.double(), stats.St.double(), stats.G.double()
+    value = (w * moments[:, 1]).sum().to(Wd.device)
+    value = value - 2.0 * (Wd * Sd * problem.row_weight.double()).sum() + (B.double() * Gd).sum()
+    if torch.is_tensor(problem.row_reg):
+        value = value + (Wd.pow(2) * problem.row_lambda.double()).sum()
+    if problem.lambda_f > 0:
+        value = value + problem.lambda_f * torch.diagonal(Gd).sum()
+    if stats.group_sq is not None:
+        value = value + problem.group_sparsity * stats.group_sq.double().clamp_min(0).sqrt().sum()
+    return float(value)
+
+
+def _group_norms(problem: CoupledProblem, F: Tensor, reduce: Reduce) -> Tensor:
+    """``||F[k, I_g(n)]||`` gathered per example ``(d, N)``."""
+    sq = reduce(_group_sq(F, problem.group_index, problem.n_groups))
+    return sq.sqrt_()[:, problem.group_index]
+
+
+def mu_update(
+    H: Tensor,
+    A: Tensor,
+    B: Tensor,
+    reg,
+    group_term: Optional[Tensor] = None,
+) -> None:
+    """One multiplicative update of all rows of ``H`` in place.
+
+    ``H <- H * A / (B H + reg * H + group_term + eps)`` (Lee & Seung; SPEC §5).
+    ``reg`` is a float or a ``(M,)`` tensor (per column of ``H``); ``group_term``
+    the group-lasso gradient ``(beta / 2) H / ||H[k, I_g]||`` or None.
+    """
+    den = B @ H
+    if torch.is_tensor(reg):
+        den.addcmul_(H, reg)
+    elif reg > 0:
+        den.add_(H, alpha=float(reg))
+    if group_term is not None:
+        den.add_(group_term)
+    den.add_(EPS)
+    H.mul_(A.div(den))
+
+
+def hals_update(
+    H: Tensor,
+    A: Tensor,
+    B: Tensor,
+    reg,
+    max_sweeps: int = 1,
+    rel_stop: float = 0.1,
+    group_index: Optional[Tensor] = None,
+    n_groups: int = 0,
+    group_coef: float = 0.0,
+    reduce: Reduce = _identity,
+) -> int:
+    """HALS: exact block coordinate descent over the ``d`` rows of ``H``, in place.
+
+    Row ``k`` minimises ``B_kk ||h||^2 - 2 c^T h + reg ||h||^2`` (+ group lasso)
+    over ``h >= 0`` with ``c = A_k - B_k H + B_kk H_k``: the closed form is
+    ``h = max(0, c) / (B_kk + reg)``, followed by the non-negative group
+    soft-threshold ``h_g *= max(0, 1 - (beta/2) / ||(B_kk + reg) h_g||)`` when a
+    group lasso is active. Several sweeps re-use the same ``A`` and ``B`` (the
+    expensive products with the data): "accelerated HALS" (Gillis & Glineur,
+    2012). Sweeps stop once a sweep changes ``H`` by less than ``rel_stop``
+    times the change of the first sweep. Returns the number of sweeps done.
+    """
+    d = H.shape[0]
+    diag = B.diagonal().tolist()
+    vector_reg = torch.is_tensor(reg)
+    first = None
+    sweeps = 0
+    for _ in range(max_sweeps):
+        before = H.clone() if max_sweeps > 1 else None
+        for k in range(d):
+            c = torch.addmv(A[k], H.t(), B[k], alpha=-1.0)
+            c.add_(H[k], alpha=diag[k])
+            if vector_reg:
+                c.clamp_(min=0).div_((reg + diag[k]).clamp_(min=EPS))
+            else:
+                den = diag[k] + float(reg)
+                if den <= 0:  # a dead component (its partner row is all zero) stays dead
+                    H[k].zero_()
+                    continue
+                c.clamp_(min=0).div_(den)
+                if group_index is not None and group_coef > 0:
+                    sq = reduce(
+                        torch.zeros(n_groups, dtype=c.dtype, device=c.device).index_add_(
+                            0, group_index, c * c
+                        )
+                    )
+                    shrink = (1.0 - (0.5 * group_coef) / (den * sq.sqrt()).clamp_min(EPS)).clamp_(min=0)
+                    c.mul_(shrink[group_index])
+            H[k] = c
+        sweeps += 1
+        if before is None:
+            break
+        change = float((H - before).pow(2).sum())
+        if first is None:
+            first = change
+        elif change <= rel_stop * rel_stop * first:
+            break
+    return sweeps
+
+
+def random_init(
+    n_components: int,
+    n_rows: int,
+    n_examples: int,
+    mean: float,
+    random_state: int,
+    dtype: torch.dtype,
+    device: torch.device,
+):
+    """``Wt (d, R)`` and ``F (d, N)`` with entries ``sqrt(mean / d) * |z|``, ``z ~ N(0, 1)``.
+
+    Drawn in float64 on the CPU from a seeded generator, so the start is
+    identical on every device and for every dtype.
+    """
+    gen = torch.Generator().manual_seed(int(random_state))
+    scale = math.sqrt(max(mean, 1e-12) / n_components)
+    Wt = torch.randn(n_components, n_rows, generator=gen, dtype=torch.float64).abs_().mul_(scale)
+    F = torch.randn(n_components, n_examples, generator=gen, dtype=torch.float64).abs_().mul_(scale)
+    return Wt.to(device=device, dtype=dtype), F.to(device=device, dtype=dtype)
+
+
+def _normalize_rows(Wt: Tensor, F: Tensor, stats: Optional[Statistics] = None) -> None:
+    """Unit-norm rows of ``Wt`` (columns of the stacked ``[P; O]``); ``F``'s rows absorb the scale."""
+    norms = Wt.norm(dim=1)
+    alive = norms > 0
+    s = torch.where(alive, norms, torch.ones_like(norms))
+    Wt.div_(s[:, None])
+    F.mul_(s[:, None])
+    if stats is not None:
+        stats.rescale(s)
+
+
+def _update_f(problem, solver, F, A, B, reduce, max_sweeps):
+    if solver == "mu":
+        group_term = None
+        if problem.uses_groups:
+            group_term = F.div(_group_norms(problem, F, reduce).add_(EPS)).mul_(0.5 * problem.group_sparsity)
+        mu_update(F, A, B, problem.lambda_f, group_term)
+    else:
+        hals_update(
+            F,
+            A,
+            B,
+            problem.lambda_f,
+            max_sweeps=max_sweeps,
+            group_index=problem.group_index if problem.uses_groups else None,
+            n_groups=problem.n_groups,
+            group_coef=problem.group_sparsity,
+            reduce=reduce,
+        )
+
+
+def solve(
+    problem: CoupledProblem,
+    Wt: Tensor,
+    F: Tensor,
+    solver: str = "mu",
+    max_iter: int = 500,
+    tol: float = 1e-4,
+    normalize: bool = True,
+    reduce: Reduce = _identity,
+    max_sweeps: int = 8,
+) -> SolverResult:
+    """Alternate ``F`` and ``Wt`` updates until the relative change of ``J`` is below ``tol``.
+
+    One iteration: ``A = sum_b w_b W_b^T X_b`` -> update ``F`` -> statistics
+    ``St, G`` (reduced) -> update ``Wt`` -> optional unit-norm rows of ``Wt``
+    (``F`` and the statistics rescaled, the product unchanged) -> ``J`` from the
+    statistics. Two passes over the data per iteration, as plain NMF.
+    ``loss_history[0]`` is ``J`` at the start; ``Wt`` and ``F`` are updated in place.
+    """
+    if solver not in ("mu", "hals"):
+        raise ValueError(f"solver must be 'mu' or 'hals', got {solver!r}")
+    moments = data_moments(problem, reduce)
+    if normalize:
+        _normalize_rows(Wt, F)
+    stats = example_statistics(problem, F, reduce)
+    B = weighted_gram(problem, Wt)
+    history = [objective(problem, moments, Wt, stats, B)]
+    converged = False
+    for _ in range(max_iter):
+        A = weighted_projection(problem, Wt)
+        _update_f(problem, solver, F, A, B, reduce, max_sweeps)
+        del A
+        stats = example_statistics(problem, F, reduce)
+        if solver == "mu":
+            mu_update(Wt, stats.St, stats.G, problem.row_reg)
+        else:
+            hals_update(Wt, stats.St, stats.G, problem.row_reg, max_sweeps=max_sweeps)
+        if normalize:
+            _normalize_rows(Wt, F, stats)
+        B = weighted_gram(problem, Wt)
+        history.append(objective(problem, moments, Wt, stats, B))
+        prev, cur = history[-2], history[-1]
+        if abs(prev - cur) <= tol * max(abs(prev), 1e-30):
+            converged = True
+            break
+    return SolverResult(Wt=Wt, F=F, loss_history=history, n_iter=len(history) - 1, converged=converged)
+
+
+def solve_examples(
+    problem: CoupledProblem,
+    Wt: Tensor,
+    blocks: Sequence[Tensor],
+    max_iter: int = 500,
+    tol: float = 1e-4,
+) -> Tensor:
+    """Non-negative least squares for a new ``F`` ``(d, M)`` with ``Wt`` fixed.
+
+    Uses HALS whatever the fitting solver: with ``Wt`` fixed the problem is
+    convex and HALS is exact coordinate descent on it. The group lasso is not
+    applied (new examples have no group). ``A`` is computed once (one pass over
+    the data); every iteration then costs ``O(d^2 M)``.
+    """
+    A = weighted_projection(problem, Wt, blocks)
+    B = weighted_gram(problem, Wt)
+    diag = B.diagonal() + problem.lambda_f
+    F = A.clamp(min=0).div_(diag.clamp_min(EPS)[:, None])
+    prev = None
+    for _ in range(max_iter):
+        hals_update(F, A, B, problem.lambda_f, max_sweeps=1)
+        # J(F) up to a constant: <B + lambda_F I, F F^T> - 2 <A, F>
+        FF = F @ F.t()
+        cur = float(
+            (B.double() * FF.double()).sum()
+            + problem.lambda_f * FF.diagonal().double().sum()
+            - 2.0 * (A.double() * F.double()).sum()
+        )
+        if prev is not None and abs(prev - cur) <= tol * max(abs(prev), 1e-30):
+            break
+        prev = cur
+    return F

@@ -1,0 +1,681 @@
+"""Coupled NMF concept discovery over pixels, neurons of several layers and examples.
+
+Saini & Papalexakis, "Analyzing Representations inside Convolutional Neural
+Networks" (SPEC.md §5).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from captum.concept import Concept
+from sklearn.base import BaseEstimator
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..._utils.layers import LayerSpec
+from . import cnmf_solvers as solvers
+from .activations import POOLS, collect_blocks
+
+__all__ = ["CoupledNMFConcepts"]
+
+Matrix = Union[Tensor, np.ndarray]
+SOLVERS = ("mu", "hals")
+SHIFTS = (None, "min")
+
+
+class _ExampleDataset(Dataset):
+    """Indexable view of selected examples; batches collate to one input tensor (what TCAV expects)."""
+
+    def __init__(self, inputs: Tensor, indices: Tensor) -> None:
+        self.inputs = inputs
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.inputs[self.indices[i]]
+
+
+class CoupledNMFConcepts(BaseEstimator):
+    r"""Unsupervised concepts shared by pixels, neurons of several layers and examples.
+
+    Factorises pixel blocks ``D_i`` (channel ``i`` of every input, ``S_i x N``) and
+    activation blocks ``A_j`` (layer ``j``, ``a_j x N``) with a shared example
+    factor ``F`` (``d x N``)::
+
+        J = sum_i w_i ||D_i - P_i F||^2 + sum_j w_j ||A_j - O_j F||^2
+            + lambda_p sum_i ||P_i||^2 + lambda_o sum_j ||O_j||^2 + lambda_f ||F||^2
+            + group_sparsity * sum_{k, g} ||F[k, I_g]||_2
+
+    with all factors non-negative (SPEC §5; the ``w`` are 1 unless
+    ``block_weights`` says otherwise). Row ``k`` of ``F`` is concept ``k``'s
+    affinity with every example, column ``k`` of ``P_i`` its pixel pattern in
+    channel ``i`` and column ``k`` of ``O_j`` its neurons in layer ``j``.
+
+    The stacked matrix ``[D_0; ...; A_L]`` is never built: every product with
+    the data runs block by block, and the objective comes from the sufficient
+    statistics ``X F^T`` and ``F F^T`` (trace identities) at no extra pass. Runs
+    on any device (the factors live on ``device``), float32 by default.
+
+    Args:
+        n_concepts (int): the rank ``d``. Default: 20.
+        model (nn.Module, optional): the model to read ``layers`` from in
+            :meth:`fit` / :meth:`transform`. Not needed for :meth:`fit_matrices`.
+        layers (sequence of str or nn.Module): layers whose outputs become
+            activation blocks, as modules or dotted names, shallow to deep.
+            They must be non-negative (ReLU outputs, pooled ReLU outputs).
+        include_pixels (bool): in :meth:`fit`, add one pixel block per input
+            channel (inputs must be non-negative, e.g. images in ``[0, 1]``).
+            :meth:`fit_matrices` uses the blocks it is given. Default: True.
+        lambda_p, lambda_o, lambda_f (float): L2 penalties on ``P_i``, ``O_j``
+            and ``F``. Default: 0.
+        group_sparsity (float): weight ``beta`` of the group lasso on ``F``
+            over the ``groups`` passed to :meth:`fit` (e.g. class labels): it
+            drives whole groups of a concept's row of ``F`` to zero. The paper
+            cites Kim, Monteiro & Park for group-sparse NMF; we use the
+            ``l1/l2`` mixed norm over (concept, group) pairs. Default: 0.
+        normalize_columns (bool): after each iteration rescale so that every
+            column of the stacked ``[P_0; ...; O_L]`` has unit norm, ``F``'s rows
+            absorbing the scale (the product, hence the data term, is unchanged).
+            **[choice]** The paper asks unit columns for each ``P_i`` and ``O_j``;
+            with a shared ``F`` that cannot hold in every block at once without
+            changing the fit, so the norm is taken over the stacked column. With
+            ``lambda_p``/``lambda_o`` the penalties then mostly fix the split
+            between blocks; the paper uses unit norms *instead of* them.
+            Default: True.
+        block_weights (None, "balanced" or sequence of float): ``w`` per block,
+            pixel blocks first then layers. None: all 1, the paper's objective
+            (= plain NMF of the stacked matrix). "balanced": ``w_b`` proportional
+            to ``1 / ||X_b||^2`` (scaled so the weighted total equals the
+            unweighted one), so that a large layer does not drown the rest.
+            **[choice]** Default: None.
+        solver ("mu" or "hals"): "mu" is the paper's multiplicative update
+            (SPEC §5, with ``eps = 1e-10`` in the denominators); "hals" is
+            hierarchical ALS (exact block coordinate descent over the ``d``
+            concepts) on the same statistics with up to 8 inner sweeps per pass
+            over the data -- the same objective, reached in far fewer passes.
+            Default: "mu".
+        max_iter (int): iterations (each one pass of ``F`` and one of the block
+            factors). Default: 500.
+        tol (float): stop when ``|J_prev - J| <= tol * J_prev``. Default: 1e-4.
+        random_state (int or None): seed of the random start (drawn in float64 on
+            the CPU, so identical on every device). With an int, runs on the CPU
+            are identical bit for bit. Default: 0.
+        device (str or torch.device, optional): where the factors live. None:
+            the model's device in :meth:`fit`, the data's in :meth:`fit_matrices`.
+        pool ("none", "mean" or "max"): per-channel spatial pooling of
+            convolutional layer outputs in :meth:`fit` (``a_j`` becomes the
+            number of channels) for layers too large to keep whole.
+            Default: "none".
+        shift (None or "min"): what to do with negative entries. None (default)
+            raises a ``ValueError``. ``"min"`` subtracts, from every row (pixel
+            or neuron) whose minimum over the fitted examples is negative, that
+            minimum; the same shift is applied in :meth:`transform` (and the
+            result clipped at 0). Shifted blocks are copied.
+        batch_size (int): batch size for the forward passes of :meth:`fit` and
+            :meth:`transform` when a tensor is given. Default: 256.
+        dtype (torch.dtype): dtype of the data and factors. Default: float32.
+
+    Memory: the blocks take ``4 * N * (sum_i S_i + sum_j a_j)`` bytes (float32);
+    the factors and statistics add ``4 * d * (N + 3 R)`` bytes with
+    ``R = sum_i S_i + sum_j a_j``. In :meth:`fit` a tensor input is collected into
+    preallocated storage (pixel blocks are views of the input when its dtype
+    and device already match); a loader's batches are concatenated per block,
+    so the peak adds the largest block once. Use ``pool`` to shrink big layers.
+
+    Attributes:
+        example_factors_ (Tensor): ``F``, ``(d, N)``.
+        pixel_factors_ (list of Tensor): ``P_i``, ``(S_i, d)`` each.
+        neuron_factors_ (list of Tensor): ``O_j``, ``(a_j, d)`` each.
+        loss_history_ (list of float): ``J`` at the start and after each iteration.
+        n_iter_ (int): iterations run. ``converged_`` (bool): ``tol`` reached.
+        block_names_ (list of str): ``"pixels[i]"`` then the layer names.
+        block_weights_ (list of float): the ``w`` used.
+        layer_names_, layer_shapes_, input_shape_: what :meth:`fit` collected.
+
+    Example::
+
+        >>> cnmf = CoupledNMFConcepts(10, model, layers=["block2.pool", "embedding_relu"])
+        >>> cnmf.fit(x_train)                    # images in [0, 1]
+        >>> cnmf.top_classes(y_train, k=3)       # (10, 3) class ids per concept
+        >>> concepts = cnmf.to_captum_concepts(x_train, k=50)
+        >>> TCAV(model, ["block3.pool"]).interpret(x, [[concepts[0], concepts[1]]], target=3)
+    """
+
+    def __init__(
+        self,
+        n_concepts: int = 20,
+        model: Optional[nn.Module] = None,
+        layers: Sequence[LayerSpec] = (),
+        include_pixels: bool = True,
+        lambda_p: float = 0.0,
+        lambda_o: float = 0.0,
+        lambda_f: float = 0.0,
+        group_sparsity: float = 0.0,
+        normalize_columns: bool = True,
+        block_weights: Union[None, str, Sequence[float]] = None,
+        solver: str = "mu",
+        max_iter: int = 500,
+        tol: float = 1e-4,
+        random_state: Optional[int] = 0,
+        device: Union[None, str, torch.device] = None,
+        pool: str = "none",
+        shift: Optional[str] = None,
+        batch_size: int = 256,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.n_concepts = n_concepts
+        self.model = model
+        self.layers = layers
+        self.include_pixels = include_pixels
+        self.lambda_p = lambda_p
+        self.lambda_o = lambda_o
+        self.lambda_f = lambda_f
+        self.group_sparsity = group_sparsity
+        self.normalize_columns = normalize_columns
+        self.block_weights = block_weights
+        self.solver = solver
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.device = device
+        self.pool = pool
+        self.shift = shift
+        self.batch_size = batch_size
+        self.dtype = dtype
+
+    # ------------------------------------------------------------------ validation
+    def _check_params(self) -> None:
+        if not isinstance(self.n_concepts, (int, np.integer)) or self.n_concepts < 1:
+            raise ValueError(f"n_concepts must be a positive int, got {self.n_concepts!r}")
+        for name in ("lambda_p", "lambda_o", "lambda_f", "group_sparsity", "tol"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0 or not np.isfinite(value):
+                raise ValueError(f"{name} must be a finite float >= 0, got {value!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 0:
+            raise ValueError(f"max_iter must be an int >= 0, got {self.max_iter!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.shift not in SHIFTS:
+            raise ValueError(f"shift must be None or 'min', got {self.shift!r}")
+        if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if self.random_state is not None and not isinstance(self.random_state, (int, np.integer)):
+            raise TypeError(f"random_state must be an int or None, got {type(self.random_state).__name__}")
+        if self.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype must be a floating torch dtype, got {self.dtype!r}")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "example_factors_"):
+            raise RuntimeError(
+                "this CoupledNMFConcepts is not fitted yet; call fit() or fit_matrices() first"
+            )
+
+    def _as_block(self, x: Matrix, argument: str, device: torch.device) -> Tensor:
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{argument} must be a 2-D tensor or numpy array, got {type(x).__name__}")
+        if x.dim() != 2 or x.numel() == 0:
+            raise ValueError(f"{argument} must be a non-empty 2-D matrix (features, N), got {tuple(x.shape)}")
+        if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int32, torch.int64)):
+            raise TypeError(f"{argument} must hold real numbers, got dtype {x.dtype}")
+        return x.to(device=device, dtype=self.dtype)
+
+    def _prepare_blocks(
+        self,
+        pixel_blocks: Sequence[Matrix],
+        activation_blocks: Sequence[Matrix],
+        names: List[str],
+        device: torch.device,
+        fitting: bool,
+    ) -> List[Tensor]:
+        """Validated blocks on ``device`` in ``dtype``; negatives raise or are shifted (``shift``)."""
+        blocks = [self._as_block(x, f"pixel_blocks[{i}]", device) for i, x in enumerate(pixel_blocks)]
+        blocks += [
+            self._as_block(x, f"activation_blocks[{j}]", device) for j, x in enumerate(activation_blocks)
+        ]
+        if not blocks:
+            raise ValueError("no data: give at least one pixel or activation block")
+        n = blocks[0].shape[1]
+        for name, x in zip(names, blocks):
+            if x.shape[1] != n:
+                raise ValueError(
+                    f"every block needs the same number of examples N={n}; {name} has {x.shape[1]}"
+                )
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{name} contains NaN or infinite values")
+        if fitting:
+            self.shift_ = [None] * len(blocks)
+        out = []
+        for b, (name, x) in enumerate(zip(names, blocks)):
+            if fitting and self.shift == "min":
+                row_min = x.amin(dim=1)
+                if bool((row_min < 0).any()):
+                    self.shift_[b] = row_min.clamp(max=0)
+            shift = self.shift_[b] if b < len(self.shift_) else None
+            if shift is not None:
+                x = (x - shift[:, None]).clamp_(min=0)
+            elif fitting or self.shift is None:
+                low = float(x.min())
+                if low < 0:
+                    raise ValueError(self._negative_message(name, b < len(pixel_blocks), low))
+            else:
+                x = x.clamp(min=0)
+            out.append(x)
+        return out
+
+    @staticmethod
+    def _negative_message(name: str, is_pixel: bool, low: float) -> str:
+        if is_pixel:
+            fix = (
+                "pass unnormalised images (e.g. in [0, 1], before mean/std normalisation), "
+                "set include_pixels=False, or use shift='min'"
+            )
+        else:
+            fix = "read a layer after a ReLU (or a pooled ReLU output), or use shift='min'"
+        return f"coupled NMF needs non-negative data, but {name} has minimum {low:.4g}: {fix}"
+
+    def _block_weights(self, blocks: List[Tensor], moments: Tensor) -> List[float]:
+        n = len(blocks)
+        if self.block_weights is None:
+            return [1.0] * n
+        if isinstance(self.block_weights, str):
+            if self.block_weights != "balanced":
+                raise ValueError(
+                    f"block_weights must be None, 'balanced' or a sequence, got {self.block_weights!r}"
+                )
+            energy = moments[:, 1].clamp_min(1e-30)
+            w = energy.sum() / (n * energy)
+            return [float(v) for v in w]
+        weights = [float(v) for v in self.block_weights]
+        if len(weights) != n or any(not np.isfinite(v) or v <= 0 for v in weights):
+            raise ValueError(
+                f"block_weights must hold {n} positive floats (pixel blocks then layers), "
+                f"got {self.block_weights!r}"
+            )
+        return weights
+
+    def _group_index(self, groups: Any, n: int, device: torch.device) -> Tuple[Optional[Tensor], int]:
+        if groups is None:
+            if self.group_sparsity > 0:
+                raise ValueError("group_sparsity > 0 needs groups: one group id (e.g. the label) per example")
+            return None, 0
+        values = groups.detach().cpu().numpy() if isinstance(groups, Tensor) else np.asarray(groups)
+        if values.ndim != 1 or len(values) != n:
+            raise ValueError(
+                f"groups must be 1-D with one entry per example (N={n}), got shape {values.shape}"
+            )
+        _, inverse = np.unique(values, return_inverse=True)
+        return torch.as_tensor(inverse.reshape(-1), dtype=torch.long, device=device), int(inverse.max()) + 1
+
+    def _resolve_device(self, fallback: torch.device) -> torch.device:
+        return torch.device(self.device) if self.device is not None else fallback
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, inputs_or_loader: Union[Tensor, Iterable[Any]], groups: Any = None) -> CoupledNMFConcepts:
+        """Collect pixel channels and layer outputs, then factorise them.
+
+        Args:
+            inputs_or_loader (Tensor or iterable): inputs ``(N, C, H, W)`` (or any
+                ``(N, ...)``), or a loader whose batches are tensors or
+                ``(inputs, labels, ...)`` tuples (only the first element is used).
+                Streamed through ``model`` in one pass (forward hooks only, via
+                ``ModelGuard``; the model is left as it was).
+            groups (array-like, optional): ``(N,)`` group id per example for
+                ``group_sparsity`` (e.g. class labels).
+
+        Returns:
+            self
+        """
+        self._check_params()
+        if not self.include_pixels and not self.layers:
+            raise ValueError("nothing to factorise: include_pixels=False and no layers")
+        if self.layers and self.model is None:
+            raise ValueError("layers were given but model is None; pass the model whose layers to read")
+        fallback = None
+        if self.model is not None:
+            p = next(self.model.parameters(), None)
+            fallback = p.device if p is not None else None
+        if fallback is None:
+            fallback = (
+                inputs_or_loader.device if isinstance(inputs_or_loader, Tensor) else torch.device("cpu")
+            )
+        device = self._resolve_device(fallback)
+        collected = collect_blocks(
+            self.model,
+            list(self.layers),
+            inputs_or_loader,
+            include_pixels=self.include_pixels,
+            pool=self.pool,
+            batch_size=self.batch_size,
+            device=device,
+            dtype=self.dtype,
+        )
+        self.input_shape_ = collected.input_shape
+        self.layer_names_ = collected.layer_names
+        self.layer_shapes_ = collected.layer_shapes
+        self._fitted_on_inputs = True
+        return self._fit_blocks(collected.pixel_blocks, collected.activation_blocks, groups, device)
+
+    def fit_matrices(
+        self,
+        pixel_blocks: Sequence[Matrix] = (),
+        activation_blocks: Sequence[Matrix] = (),
+        groups: Any = None,
+    ) -> CoupledNMFConcepts:
+        """Factorise raw matrices: ``pixel_blocks`` ``S_i x N`` and ``activation_blocks`` ``a_j x N``.
+
+        Tensors (any strides, e.g. transposed views) or numpy arrays; converted to
+        ``dtype`` on ``device`` (no copy when they already match). Either list
+        may be empty; ``include_pixels``, ``model`` and ``layers`` are not used.
+        """
+        self._check_params()
+        pixel_blocks, activation_blocks = list(pixel_blocks or ()), list(activation_blocks or ())
+        first = (pixel_blocks + activation_blocks)[:1]
+        fallback = first[0].device if first and isinstance(first[0], Tensor) else torch.device("cpu")
+        self.input_shape_ = None
+        self.layer_names_ = [f"activation_blocks[{j}]" for j in range(len(activation_blocks))]
+        self.layer_shapes_ = [(int(np.shape(x)[0]),) for x in activation_blocks]
+        self._fitted_on_inputs = False
+        return self._fit_blocks(pixel_blocks, activation_blocks, groups, self._resolve_device(fallback))
+
+    def _fit_blocks(self, pixel_blocks, activation_blocks, groups, device) -> CoupledNMFConcepts:
+        n_pixel = len(pixel_blocks)
+        names = [f"pixels[{i}]" for i in range(n_pixel)] + list(self.layer_names_)
+        blocks = self._prepare_blocks(pixel_blocks, activation_blocks, names, device, fitting=True)
+        n = blocks[0].shape[1]
+        group_index, n_groups = self._group_index(groups, n, device)
+        lambdas = [self.lambda_p] * n_pixel + [self.lambda_o] * len(activation_blocks)
+        problem = solvers.CoupledProblem(blocks, [1.0] * len(blocks), lambdas)
+        moments = solvers.data_moments(problem)
+        weights = self._block_weights(blocks, moments)
+        problem = solvers.CoupledProblem(
+            blocks, weights, lambdas, float(self.lambda_f), group_index, n_groups, float(self.group_sparsity)
+        )
+        seed = self.random_state
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        mean = float(moments[:, 0].sum() / (problem.n_rows * n))
+        Wt, F = solvers.random_init(self.n_concepts, problem.n_rows, n, mean, seed, self.dtype, device)
+        result = solvers.solve(
+            problem,
+            Wt,
+            F,
+            solver=self.solver,
+            max_iter=int(self.max_iter),
+            tol=float(self.tol),
+            normalize=bool(self.normalize_columns),
+        )
+        self._components = result.Wt
+        self._offsets = problem.offsets
+        self._n_pixel_blocks = n_pixel
+        self.example_factors_ = result.F
+        factors = [
+            result.Wt[:, a:b].t().contiguous() for a, b in zip(problem.offsets[:-1], problem.offsets[1:])
+        ]
+        self.pixel_factors_ = factors[:n_pixel]
+        self.neuron_factors_ = factors[n_pixel:]
+        self.loss_history_ = result.loss_history
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.block_weights_ = weights
+        self.block_names_ = names
+        return self
+
+    # ------------------------------------------------------------------ projection
+    def transform(self, new_inputs_or_matrices: Any, max_iter: Optional[int] = None) -> Tensor:
+        """Concept affinities ``F_new`` ``(d, M)`` of new examples, all block factors fixed.
+
+        Args:
+            new_inputs_or_matrices: inputs or a loader (as in :meth:`fit`; needs a
+                model fitted through :meth:`fit`), or a pair
+                ``(pixel_blocks, activation_blocks)`` of matrix lists shaped as in
+                :meth:`fit_matrices`.
+            max_iter (int, optional): HALS iterations (default: ``self.max_iter``).
+
+        Solves the non-negative least-squares problem for ``F`` with HALS
+        (convex, so the solution does not depend on the fitting solver), with
+        ``lambda_f`` and the block weights, without the group lasso (new
+        examples have no group).
+        """
+        self._check_fitted()
+        x = new_inputs_or_matrices
+        device = self.example_factors_.device
+        if isinstance(x, tuple) and len(x) == 2 and all(isinstance(v, (list, tuple)) for v in x):
+            pixel_blocks, activation_blocks = list(x[0]), list(x[1])
+        else:
+            if not self._fitted_on_inputs:
+                raise ValueError(
+                    "this model was fitted with fit_matrices(); "
+                    "pass (pixel_blocks, activation_blocks) to transform"
+                )
+            collected = collect_blocks(
+                self.model,
+                list(self.layers),
+                x,
+                include_pixels=self.include_pixels,
+                pool=self.pool,
+                batch_size=self.batch_size,
+                device=device,
+                dtype=self.dtype,
+            )
+            pixel_blocks, activation_blocks = collected.pixel_blocks, collected.activation_blocks
+        n_act = len(self._offsets) - 1 - self._n_pixel_blocks
+        if len(pixel_blocks) != self._n_pixel_blocks or len(activation_blocks) != n_act:
+            raise ValueError(
+                f"transform needs {self._n_pixel_blocks} pixel blocks and {n_act} activation blocks "
+                f"like fit, "
+                f"got {len(pixel_blocks)} and {len(activation_blocks)}"
+            )
+        blocks = self._prepare_blocks(
+            pixel_blocks, activation_blocks, self.block_names_, device, fitting=False
+        )
+        for b, (x_b, a, c) in enumerate(zip(blocks, self._offsets[:-1], self._offsets[1:])):
+            if x_b.shape[0] != c - a:
+                raise ValueError(
+                    f"{self.block_names_[b]} has {x_b.shape[0]} rows, expected {c - a} as in fit"
+                )
+        problem = solvers.CoupledProblem(
+            blocks, self.block_weights_, [self.lambda_p] * len(blocks), float(self.lambda_f)
+        )
+        iters = self.max_iter if max_iter is None else max_iter
+        return solvers.solve_examples(
+            problem, self._components, blocks, max_iter=int(iters), tol=float(self.tol)
+        )
+
+    # ------------------------------------------------------------------ analyses
+    def top_examples(self, k: int = 10) -> Tensor:
+        """Indices ``(d, k)`` of the ``k`` examples with the largest ``F[c, :]`` per concept ``c``."""
+        self._check_fitted()
+        k = self._check_k(k, self.example_factors_.shape[1])
+        return self.example_factors_.topk(k, dim=1).indices
+
+    def class_scores(self, labels: Any) -> Tuple[Tensor, Tensor]:
+        """Summed affinity per concept and class: ``(scores (d, n_classes), classes (n_classes,))``."""
+        self._check_fitted()
+        values = labels.detach().cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+        n = self.example_factors_.shape[1]
+        if values.ndim != 1 or len(values) != n:
+            raise ValueError(
+                f"labels must be 1-D with one entry per fitted example (N={n}), got {values.shape}"
+            )
+        classes, inverse = np.unique(values, return_inverse=True)
+        F = self.example_factors_
+        index = torch.as_tensor(inverse.reshape(-1), device=F.device)
+        scores = torch.zeros(F.shape[0], len(classes), dtype=F.dtype, device=F.device).index_add_(1, index, F)
+        return scores, torch.as_tensor(classes)
+
+    def top_classes(self, labels: Any, k: int = 3) -> Tensor:
+        """The ``k`` classes with the largest summed ``F[c, class]`` per concept, ``(d, k)`` (Table 1).
+
+        Entries are the label values themselves (not positions).
+        """
+        scores, classes = self.class_scores(labels)
+        k = self._check_k(k, scores.shape[1])
+        return classes[scores.topk(k, dim=1).indices.cpu()]
+
+    def neuron_similarity(
+        self, layer: Union[int, str] = 0, return_eigenvalues: bool = False
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """Cosine similarity ``(d, d)`` between the concepts' neuron vectors (columns of ``O_j``).
+
+        Args:
+            layer (int or str): index into ``neuron_factors_`` or a layer name.
+            return_eigenvalues (bool): also return the eigenvalues of the
+                (symmetric) similarity matrix, descending. The paper reads a
+                matrix close to the identity (eigenvalues near 1, small mean of
+                the first few) as concepts using separate neurons.
+        """
+        self._check_fitted()
+        j = self._layer_index(layer)
+        O = self.neuron_factors_[j].double()
+        unit = O / O.norm(dim=0).clamp_min(1e-30)
+        sim = (unit.t() @ unit).to(self.example_factors_.dtype)
+        if not return_eigenvalues:
+            return sim
+        eig = torch.linalg.eigvalsh(sim.double().cpu()).flip(0).to(sim.dtype)
+        return sim, eig
+
+    def factor_images(self, shape: Optional[Sequence[int]] = None) -> Tensor:
+        """Pixel factors as images ``(d, C, H, W)``: ``P_i[:, c]`` reshaped, stacked over channels.
+
+        Args:
+            shape: ``(H, W)`` (or ``(C, H, W)``) of one channel; default: the
+                input shape seen by :meth:`fit`.
+        """
+        self._check_fitted()
+        if not self.pixel_factors_:
+            raise ValueError("no pixel blocks were fitted (include_pixels=False or empty pixel_blocks)")
+        if shape is None:
+            if not self.input_shape_:
+                raise ValueError("shape is needed when the model was fitted with fit_matrices()")
+            shape = self.input_shape_[1:] if len(self.input_shape_) > 1 else self.input_shape_
+        shape = tuple(int(s) for s in shape)
+        size = self.pixel_factors_[0].shape[0]
+        if len(shape) > 1 and shape[0] == len(self.pixel_factors_) and int(np.prod(shape[1:])) == size:
+            shape = shape[1:]  # (C, H, W) given
+        if int(np.prod(shape)) != size:
+            raise ValueError(
+                f"shape {shape} has {int(np.prod(shape))} pixels but the pixel blocks have {size}"
+            )
+        return torch.stack([p.t().reshape(-1, *shape) for p in self.pixel_factors_], dim=1)
+
+    def factor_masks(self, inputs: Tensor, k: int = 1, quantile: float = 0.5) -> Tuple[Tensor, Tensor]:
+        """The paper's median masks of the factor images, applied to each concept's top examples.
+
+        Args:
+            inputs (Tensor): the fitted examples ``(N, C, H, W)`` in fit order.
+            k (int): top examples per concept.
+            quantile (float): threshold of each factor image (0.5: the median).
+
+        Returns:
+            ``(masks, overlays)``: ``masks`` bool ``(d, C, H, W)`` -- pixels whose factor
+            value is above the factor image's ``quantile``; ``overlays``
+            ``(d, k, C, H, W)`` -- the top-``k`` examples times the mask.
+        """
+        self._check_fitted()
+        if not isinstance(inputs, Tensor):
+            raise TypeError(f"inputs must be the fitted examples as a tensor, got {type(inputs).__name__}")
+        if not 0.0 <= quantile < 1.0:
+            raise ValueError(f"quantile must be in [0, 1), got {quantile}")
+        n = self.example_factors_.shape[1]
+        if inputs.shape[0] != n:
+            raise ValueError(f"inputs must hold the {n} fitted examples in fit order, got {inputs.shape[0]}")
+        images = self.factor_images(inputs.shape[2:] if inputs.dim() > 2 else inputs.shape[1:])
+        flat = images.reshape(images.shape[0], -1)
+        thresholds = flat.float().quantile(quantile, dim=1).to(flat.dtype)
+        masks = (flat > thresholds[:, None]).reshape(images.shape)
+        top = self.top_examples(k).to(inputs.device)
+        chosen = inputs[top.reshape(-1)].reshape(top.shape[0], top.shape[1], *inputs.shape[1:])
+        overlays = chosen * masks.to(inputs.device).reshape(chosen.shape[0], 1, *chosen.shape[2:])
+        return masks, overlays
+
+    def neighbor_concepts(self, k: int = 30, batch_size: int = 1024) -> Tensor:
+        """For each example, the concept distribution ``(N, d)`` of its ``k`` nearest neighbours.
+
+        Neighbours by Euclidean distance between columns of ``F`` (the example
+        itself excluded); each neighbour counts for the concept it has most
+        affinity with (argmax of its column), so rows sum to 1.
+        """
+        self._check_fitted()
+        F = self.example_factors_.t()
+        n, d = F.shape
+        k = self._check_k(k, n - 1)
+        best = F.argmax(dim=1)
+        out = torch.zeros(n, d, dtype=F.dtype, device=F.device)
+        for start in range(0, n, batch_size):
+            rows = F[start : start + batch_size]
+            dist = torch.cdist(rows, F)
+            dist[torch.arange(rows.shape[0]), torch.arange(start, start + rows.shape[0])] = float("inf")
+            nearest = dist.topk(k, dim=1, largest=False).indices
+            out[start : start + rows.shape[0]].scatter_add_(
+                1, best[nearest], torch.full(nearest.shape, 1.0 / k, dtype=F.dtype, device=F.device)
+            )
+        return out
+
+    def to_captum_concepts(
+        self,
+        inputs: Tensor,
+        k: int = 50,
+        concepts: Optional[Sequence[int]] = None,
+        batch_size: Optional[int] = None,
+        first_id: int = 0,
+        name_prefix: str = "cnmf",
+    ) -> List[Concept]:
+        """Each concept's top-``k`` examples as a :class:`captum.concept.Concept` for ``TCAV``.
+
+        Args:
+            inputs (Tensor): the fitted examples ``(N, ...)`` in fit order.
+            k (int): examples per concept (its ``top_examples``).
+            concepts (sequence of int, optional): which concepts (default: all ``d``).
+            batch_size (int, optional): batch size of each concept's ``DataLoader``
+                (default: ``k``, one batch).
+            first_id (int): id of the first concept; ids must be unique across
+                all concepts given to one ``TCAV`` (e.g. your random concept).
+            name_prefix (str): names are ``f"{name_prefix}{c}"``.
+
+        Returns:
+            list of ``Concept(id, name, data_iter)``; each ``data_iter`` is a
+            ``DataLoader`` yielding input tensors, as ``TCAV`` expects.
+        """
+        self._check_fitted()
+        if not isinstance(inputs, Tensor):
+            raise TypeError(f"inputs must be the fitted examples as a tensor, got {type(inputs).__name__}")
+        n = self.example_factors_.shape[1]
+        if inputs.shape[0] != n:
+            raise ValueError(f"inputs must hold the {n} fitted examples in fit order, got {inputs.shape[0]}")
+        top = self.top_examples(k).cpu()
+        chosen = range(self.n_concepts) if concepts is None else [int(c) for c in concepts]
+        out = []
+        for i, c in enumerate(chosen):
+            if not 0 <= c < self.n_concepts:
+                raise ValueError(f"concepts must be in [0, {self.n_concepts}), got {c}")
+            loader = DataLoader(_ExampleDataset(inputs, top[c]), batch_size=batch_size or top.shape[1])
+            out.append(Concept(first_id + i, f"{name_prefix}{c}", loader))
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    def _layer_index(self, layer: Union[int, str]) -> int:
+        n = len(self.neuron_factors_)
+        if isinstance(layer, str):
+            if layer not in self.layer_names_:
+                raise ValueError(f"layer {layer!r} was not fitted; fitted layers: {self.layer_names_}")
+            return self.layer_names_.index(layer)
+        if isinstance(layer, (int, np.integer)) and -n <= layer < n:
+            return int(layer) % n
+        raise ValueError(f"layer must be a fitted layer name or an index in [0, {n}), got {layer!r}")
+
+    @staticmethod
+    def _check_k(k: int, limit: int) -> int:
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        if k > limit:
+            raise ValueError(f"k={k} is larger than the {limit} available")
+        return int(k)
