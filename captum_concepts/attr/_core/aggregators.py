@@ -1,0 +1,81 @@
+"""Aggregators over a multiset of maps (SPEC §1): mean, mean-absolute, population variance.
+
+One place for the channel aggregator ``rho_C`` and the embedding aggregator ``rho_D`` of
+:class:`~captum_concepts.attr.EmbeddingAttribution`; the representation scores reuse it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+
+__all__ = ["Aggregator", "AGGREGATORS", "aggregate", "check_aggregator", "is_mean"]
+
+Aggregator = Union[str, Callable[[torch.Tensor, int], torch.Tensor]]
+
+
+def _mean(t: torch.Tensor, dim: int) -> torch.Tensor:
+    return t.mean(dim)
+
+
+def _abs(t: torch.Tensor, dim: int) -> torch.Tensor:
+    return t.abs().mean(dim)
+
+
+def _var(t: torch.Tensor, dim: int) -> torch.Tensor:
+    # population variance (1/|M|), as in the paper; a single element has variance 0
+    return t.var(dim, correction=0)
+
+
+AGGREGATORS = {"mean": _mean, "abs": _abs, "var": _var}
+
+
+def check_aggregator(how: Aggregator, argument: str = "aggregator") -> Aggregator:
+    """Return ``how`` if it is a known aggregator name or a callable, else raise."""
+    if callable(how):
+        return how
+    if isinstance(how, str) and how in AGGREGATORS:
+        return how
+    raise ValueError(
+        f"{argument} must be one of {sorted(AGGREGATORS)} or a callable (tensor, dim) -> tensor, got {how!r}"
+    )
+
+
+def is_mean(how: Aggregator) -> bool:
+    """True for the built-in (linear) mean aggregator."""
+    return isinstance(how, str) and how == "mean"
+
+
+def aggregate(t: torch.Tensor, dim: int, how: Aggregator = "mean") -> torch.Tensor:
+    """Aggregate ``t`` over dimension ``dim``, removing it.
+
+    Args:
+        t (Tensor): any tensor.
+        dim (int): the dimension that holds the multiset.
+        how (str or callable): ``"mean"`` (``mean m``), ``"abs"`` (``mean |m|``), ``"var"``
+            (population variance, ``mean (m - mean m)^2``) or a callable ``(tensor, dim) -> tensor``
+            that must remove ``dim``.
+
+    Returns:
+        Tensor: ``t`` with dimension ``dim`` removed.
+
+    Example::
+
+        >>> aggregate(torch.tensor([[1.0, 3.0]]), 1, "var")
+        tensor([1.])
+    """
+    how = check_aggregator(how, "how")
+    fn = AGGREGATORS[how] if isinstance(how, str) else how
+    if not -t.dim() <= dim < t.dim():
+        raise ValueError(f"dim={dim} is out of range for a tensor of shape {tuple(t.shape)}")
+    d = dim % t.dim()
+    expected = t.shape[:d] + t.shape[d + 1 :]
+    out = fn(t, d)
+    if not isinstance(out, torch.Tensor) or out.shape != expected:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"aggregator {how!r} must map a tensor of shape {tuple(t.shape)} aggregated over dim {dim} "
+            f"to shape {tuple(expected)}, got {got}"
+        )
+    return out

@@ -1,0 +1,460 @@
+"""EmbeddingAttribution: attribute every component of an embedding to the input or to any
+earlier layer, aggregated over channels and embedding dimensions (SPEC §1, Bertolini et al. §2).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from captum.attr import GradientAttribution, LayerAttribution
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_form, run_forward
+from ..._utils.hooks import ModelGuard
+from ..._utils.layers import LayerSpec, layer_name, resolve_layer
+from .aggregators import Aggregator, aggregate, check_aggregator, is_mean
+from .upsampling import check_upsample, upsample_maps
+
+__all__ = ["EmbeddingAttribution", "METHODS", "STRATEGIES"]
+
+METHODS = ("gradient", "activation_gradient", "gradcam")
+STRATEGIES = ("auto", "batched", "loop")
+
+# Rough budget for the gradients of one chunk of embedding dimensions when
+# internal_batch_size is None (the intermediate gradients of the head scale alike).
+_CHUNK_BUDGET_BYTES = 512 * 2**20
+_MAX_AUTO_CHUNK = 64
+
+Maps = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
+
+
+class EmbeddingAttribution(LayerAttribution, GradientAttribution):
+    r"""Attribution maps of an embedding (no target class) w.r.t. the input or earlier layers.
+
+    Every embedding component ``z_d`` (``d = 1..D``) is treated as its own output node. A base
+    saliency method gives per-channel maps ``A_d`` at the source layer ``l``; they are aggregated
+    over channels (``rho_C``), then over embedding dimensions (``rho_D``), then upsampled to the
+    input's resolution (``U``)::
+
+        E(x) = U( rho_D( { rho_C(A_d(x)) }_{d=1..D} ) )
+
+    ============================  =========================================  ==========================
+    ``method``                    ``A_d``                                    Captum when ``D = 1``
+    ============================  =========================================  ==========================
+    ``"gradient"``                ``dz_d/dF``                                ``LayerGradientXActivation(
+                                                                             multiply_by_inputs=False)``,
+                                                                             ``Saliency(abs=False)``
+    ``"activation_gradient"``     ``F * dz_d/dF``                            ``LayerGradientXActivation``,
+                                                                             ``InputXGradient``
+    ``"gradcam"``                 ``alpha_c * F_c``, ``alpha_c`` = spatial   ``LayerGradCam(
+                                  mean of ``dz_d/dF_c``                      attr_dim_summation=False)``
+    ============================  =========================================  ==========================
+
+    (``LayerGradCam`` with its default ``attr_dim_summation=True`` returns the channel *sum*,
+    i.e. ``C`` times our ``channel_aggregator="mean"`` map; we never apply a ReLU.)
+
+    Shapes: a source tensor ``F`` of shape ``(N, C, *S)`` (``S = (L,)`` for 1-D, ``(H, W)`` for 2-D
+    feature maps) gives maps ``(N, *S)``; a dense source ``(N, K)`` is ``K`` channels of one pixel and
+    gives one value per example, shape ``(N,)``. Layer maps are upsampled to the spatial size of
+    ``inputs[0]`` (a one-pixel map is copied over the whole input) unless ``upsample=None`` or
+    ``inputs[0]`` has no spatial dimensions; input maps are already at the input's resolution.
+
+    Cost. *Linear* cases (``embedding_aggregator="mean"`` with ``channel_aggregator="mean"``, any
+    method, and ``return_per_dim=False``) use one backward pass of ``mean_d z_d``: the mean over ``d``
+    commutes with the gradient, with ``F *`` and with Grad-CAM's spatial mean. All other cases need
+    the ``D`` gradients ``dz_d/dF``. They come from ONE forward pass; the backward passes start at the
+    embedding and stop at the lowest source layer (``torch.autograd.grad`` w.r.t. the layer outputs
+    never traverses the layers below). ``strategy`` picks how the ``D`` vector-Jacobian products
+    are run:
+
+    - ``"batched"``: ``torch.autograd.grad(..., is_grads_batched=True)`` on chunks of
+      ``internal_batch_size`` dimensions (one vmapped backward per chunk). Fastest on GPUs.
+    - ``"loop"``: one backward pass of the head per dimension, reusing the single forward graph
+      (``retain_graph=True``). Measured fastest on CPU, where vmapped convolution backward passes
+      are slower than plain ones (see ``benchmarks/RESULTS.md``).
+    - ``"auto"`` (default): ``"batched"`` when the embedding lives on a CUDA device, ``"loop"``
+      otherwise.
+
+    Several source layers (``layer`` a list) share the same forward pass and the same backward
+    pass(es): a list of ``L`` layers costs what the lowest one costs, not ``L`` times.
+
+    Args:
+        model (nn.Module): the model. It is called as ``model(*inputs, *additional_forward_args)``.
+        embedding_layer (nn.Module or str, optional): the layer whose output, flattened to
+            ``(N, D)``, is the embedding. Default None: the model output is the embedding.
+        layer (nn.Module, str, None or a list/tuple of them, optional): the source layer(s).
+            None means the model inputs. A list gives a list of results, one per entry (an entry
+            None means the inputs), all from the same passes. Default: None.
+        method (str): ``"gradient"`` (default), ``"activation_gradient"`` or ``"gradcam"``.
+        channel_aggregator (str or callable): ``rho_C``: ``"mean"`` (default), ``"abs"`` (mean of
+            absolute values), ``"var"`` (population variance) or a callable ``(tensor, dim) -> tensor``.
+        embedding_aggregator (str or callable): ``rho_D``, same choices. Default ``"var"``.
+        upsample (str or None): ``"nearest"`` (default, the paper's: each superpixel copied over
+            its patch), ``"bilinear"`` or None (keep the layer's resolution).
+        attribute_to_layer_input (bool): attribute to the layers' inputs instead of their outputs,
+            as in Captum. Default False.
+        strategy (str): ``"auto"`` (default), ``"batched"`` or ``"loop"``; see above.
+
+    Layers must run exactly once per forward pass (a reused module raises ``ValueError``).
+    The model runs in eval mode inside :meth:`attribute` (see :class:`ModelGuard`); every hook and
+    flag is restored afterwards, also after an exception. Hooks hand a clone of each captured
+    tensor to the rest of the model, so in-place operations downstream cannot corrupt it.
+
+    ``multiplies_by_inputs`` is True for ``"activation_gradient"`` and ``"gradcam"`` (both multiply
+    by the activations), False for ``"gradient"``. ``has_convergence_delta()`` is False. The class
+    is a Captum ``LayerAttribution`` and ``GradientAttribution`` (like ``LayerGradCam``);
+    ``self.layer`` is the resolved module, None (inputs) or a list of them.
+
+    Example::
+
+        >>> ea = EmbeddingAttribution(model, embedding_layer="embedding", layer="block2.relu")
+        >>> maps = ea.attribute(images)                          # (N, H0, W0), var of channel means
+        >>> per_dim = ea.attribute(images, return_per_dim=True)  # (N, D, H0, W0)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        embedding_layer: Optional[LayerSpec] = None,
+        layer: Union[None, LayerSpec, Sequence[Optional[LayerSpec]]] = None,
+        method: str = "gradient",
+        channel_aggregator: Aggregator = "mean",
+        embedding_aggregator: Aggregator = "var",
+        upsample: Optional[str] = "nearest",
+        attribute_to_layer_input: bool = False,
+        strategy: str = "auto",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self._multi = isinstance(layer, (list, tuple))
+        if self._multi and len(layer) == 0:
+            raise ValueError("layer is an empty list; pass at least one layer (None means the inputs)")
+        entries = list(layer) if self._multi else [layer]
+        layers = [
+            None if lay is None else resolve_layer(model, lay, f"layer[{i}]" if self._multi else "layer")
+            for i, lay in enumerate(entries)
+        ]
+        LayerAttribution.__init__(self, model, layers if self._multi else layers[0])
+        GradientAttribution.__init__(self, model)
+        self._layers: List[Optional[nn.Module]] = layers
+        self.embedding_layer = (
+            None if embedding_layer is None else resolve_layer(model, embedding_layer, "embedding_layer")
+        )
+        self.method = method
+        self.channel_aggregator = check_aggregator(channel_aggregator, "channel_aggregator")
+        self.embedding_aggregator = check_aggregator(embedding_aggregator, "embedding_aggregator")
+        self.upsample = check_upsample(upsample, "upsample")
+        self.attribute_to_layer_input = bool(attribute_to_layer_input)
+        self.strategy = strategy
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self.method != "gradient"
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ public
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        additional_forward_args: Any = None,
+        embedding_dims: Union[None, int, Sequence[int], torch.Tensor] = None,
+        internal_batch_size: Optional[int] = None,
+        return_per_dim: bool = False,
+        show_progress: bool = False,
+        create_graph: bool = False,
+    ) -> Union[Maps, List[Maps]]:
+        r"""Compute the embedding attribution maps.
+
+        Args:
+            inputs (Tensor or tuple of Tensor): the batch, ``(N, C0, *S0)`` each (any shape with a
+                batch dimension first).
+            additional_forward_args (Any, optional): extra arguments appended to the forward call
+                after the inputs (Captum's convention).
+            embedding_dims (int, sequence of int or 1-D tensor, optional): the embedding
+                dimensions (indices into the flattened ``(N, D)`` embedding) to explain. Default
+                None: all ``D``.
+            internal_batch_size (int, optional): the number of embedding dimensions whose
+                gradients are computed together (one vmapped backward with ``strategy="batched"``);
+                bounds memory at about ``internal_batch_size x`` (size of the source activations).
+                Default None: as many as fit a 512 MiB budget, at most 64.
+            return_per_dim (bool): if True return the channel-aggregated per-dimension maps
+                ``U(rho_C(A_d))`` of shape ``(N, D, *S0)`` (the variance score needs them) instead
+                of the embedding-aggregated maps. Default False.
+            show_progress (bool): show a tqdm bar over the chunks of embedding dimensions.
+            create_graph (bool): if True the maps stay differentiable w.r.t. the model parameters
+                (for score constraints in training; piecewise-linear activations have zero second
+                derivatives, use e.g. softplus). Default False: detached maps.
+
+        Returns:
+            For one source: a tensor ``(N, *S0)`` (``(N, D, *S0)`` with ``return_per_dim``), or a
+            tuple of them for tuple inputs (``layer=None``) and for layers with several input/output
+            tensors. For a list of layers: a list of such results, in the same order.
+        """
+        inputs_t, _was_tuple = format_inputs(inputs)
+        n = check_batch(inputs_t)
+        if internal_batch_size is not None and (
+            isinstance(internal_batch_size, bool)
+            or not isinstance(internal_batch_size, int)
+            or internal_batch_size < 1
+        ):
+            raise ValueError(
+                f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}"
+            )
+        model = self.forward_func
+        with ModelGuard(model, freeze_parameters=not create_graph) as guard, torch.enable_grad():
+            x = tuple(_prepare_input(t, i, self._layers) for i, t in enumerate(inputs_t))
+            captured, embedded = self._register_hooks(guard, model)
+            output = run_forward(model, x, additional_forward_args)
+            z = self._embedding(model, output, embedded, n)
+            z = _select_dims(z, embedding_dims)
+            sources = self._sources(model, captured, x)
+            flat = [t for group in sources for t in group]
+            per_source = self._compute(
+                z, flat, internal_batch_size, return_per_dim, show_progress, create_graph
+            )
+        size = tuple(inputs_t[0].shape[2:]) if inputs_t[0].dim() > 2 else ()
+        results, k = [], 0
+        for lay, group in zip(self._layers, sources):
+            maps = []
+            for t in group:
+                m = per_source[k]
+                k += 1
+                if lay is not None:
+                    spatial = max(t.dim() - 2, 0)
+                    m = upsample_maps(m, size, self.upsample, spatial_dims=spatial)
+                maps.append(m if create_graph else m.detach())
+            results.append(restore_form(tuple(maps), _was_tuple if lay is None else len(maps) > 1))
+        return results if self._multi else results[0]
+
+    # ------------------------------------------------------------------ forward
+    def _register_hooks(self, guard: ModelGuard, model: nn.Module):
+        captured: Dict[nn.Module, List[Tuple[torch.Tensor, ...]]] = {}
+        for lay in self._layers:
+            if lay is None or lay in captured:
+                continue
+            captured[lay] = []
+            store = captured[lay]
+            if self.attribute_to_layer_input:
+
+                def pre_hook(module, args, store=store):
+                    kept, passed = _capture(args, "input of layer " + repr(layer_name(model, module)))
+                    store.append(kept)
+                    return passed
+
+                guard.register_forward_pre_hook(lay, pre_hook)
+            else:
+
+                def hook(module, args, out, store=store):
+                    kept, passed = _capture(out, "output of layer " + repr(layer_name(model, module)))
+                    store.append(kept)
+                    return passed
+
+                guard.register_forward_hook(lay, hook)
+        embedded: List[torch.Tensor] = []
+        if self.embedding_layer is not None:
+
+            def emb_hook(module, args, out):
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(
+                        f"embedding_layer {layer_name(model, module)!r} must output a tensor, "
+                        f"got {type(out).__name__}"
+                    )
+                embedded.append(out)
+                return out.clone()
+
+            guard.register_forward_hook(self.embedding_layer, emb_hook)
+        return captured, embedded
+
+    def _embedding(self, model: nn.Module, output: Any, embedded: List[torch.Tensor], n: int) -> torch.Tensor:
+        if self.embedding_layer is None:
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(
+                    f"the model output is the embedding (embedding_layer=None) and must be a tensor, "
+                    f"got {type(output).__name__}; pass embedding_layer"
+                )
+            z, where = output, "the model output"
+        else:
+            where = f"embedding_layer {layer_name(model, self.embedding_layer)!r}"
+            if len(embedded) != 1:
+                raise ValueError(
+                    f"{where} ran {len(embedded)} times in one forward pass; it must run exactly once"
+                )
+            z = embedded[0]
+        if z.dim() == 0 or z.shape[0] != n:
+            raise ValueError(f"{where} has shape {tuple(z.shape)}; expected batch size {n} first")
+        z = z.reshape(n, -1)
+        if z.shape[1] == 0:
+            raise ValueError(f"{where} has D = 0 dimensions (shape {tuple(z.shape)}); nothing to attribute")
+        if not z.requires_grad:
+            raise ValueError(f"{where} does not depend differentiably on the inputs or the source layers")
+        return z
+
+    def _sources(
+        self, model: nn.Module, captured, x: Tuple[torch.Tensor, ...]
+    ) -> List[Tuple[torch.Tensor, ...]]:
+        sources = []
+        for i, lay in enumerate(self._layers):
+            if lay is None:
+                sources.append(x)
+                continue
+            got = captured[lay]
+            arg = f"layer[{i}]" if self._multi else "layer"
+            if len(got) != 1:
+                what = "never reached by the forward pass" if not got else f"run {len(got)} times per forward"
+                raise ValueError(
+                    f"{arg}={layer_name(model, lay)!r} was {what}; EmbeddingAttribution needs a layer that "
+                    "runs exactly once"
+                )
+            sources.append(got[0])
+        return sources
+
+    # ------------------------------------------------------------------ gradients
+    def _compute(
+        self,
+        z: torch.Tensor,
+        flat: List[torch.Tensor],
+        internal_batch_size: Optional[int],
+        return_per_dim: bool,
+        show_progress: bool,
+        create_graph: bool,
+    ) -> List[torch.Tensor]:
+        acts = [_as_channels(t if create_graph else t.detach()) for t in flat]
+        n, d_total = z.shape
+        if not return_per_dim and is_mean(self.embedding_aggregator) and is_mean(self.channel_aggregator):
+            grads = _grad(z.mean(1).sum(), flat, None, False, create_graph)
+            return [self._channel_maps(g.unsqueeze(0), a)[0] for g, a in zip(grads, acts)]
+
+        chunk = internal_batch_size or _auto_chunk(flat, d_total)
+        strategy = self.strategy
+        if strategy == "auto":
+            strategy = "batched" if z.is_cuda else "loop"
+        starts = range(0, d_total, chunk)
+        pieces: List[List[torch.Tensor]] = [[] for _ in flat]
+        for a in tqdm(starts, disable=not show_progress, desc="EmbeddingAttribution", unit="chunk"):
+            b = min(a + chunk, d_total)
+            if strategy == "batched":
+                onehot = torch.zeros(b - a, n, d_total, dtype=z.dtype, device=z.device)
+                onehot[torch.arange(b - a), :, torch.arange(a, b)] = 1
+                grads = _grad(z, flat, onehot, True, create_graph)
+            else:
+                per_d = []
+                for d in range(a, b):
+                    onehot = torch.zeros_like(z)
+                    onehot[:, d] = 1
+                    per_d.append(_grad(z, flat, onehot, False, create_graph))
+                grads = [torch.stack(gs) for gs in zip(*per_d)]
+            for piece, g, act in zip(pieces, grads, acts):
+                piece.append(self._channel_maps(g, act))  # (B, N, *S)
+        out = []
+        for piece in pieces:
+            per_dim = torch.cat(piece).movedim(0, 1)  # (N, D, *S)
+            out.append(per_dim if return_per_dim else aggregate(per_dim, 1, self.embedding_aggregator))
+        return out
+
+    def _channel_maps(self, g: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """``rho_C(A_d)`` for a chunk: ``g`` (B, N, C, *S) gradients, ``act`` (N, C, *S) -> (B, N, *S)."""
+        g = g.reshape(g.shape[0], *act.shape)
+        if self.method == "gradient":
+            attr = g
+        elif self.method == "activation_gradient":
+            attr = g * act
+        else:
+            alpha = g.mean(dim=tuple(range(3, g.dim())), keepdim=True) if g.dim() > 3 else g
+            attr = alpha * act
+        return aggregate(attr, 2, self.channel_aggregator)
+
+
+def _prepare_input(t: torch.Tensor, i: int, layers: List[Optional[nn.Module]]) -> torch.Tensor:
+    if t.is_floating_point() or t.is_complex():
+        return t.detach().requires_grad_(True)
+    if any(lay is None for lay in layers):
+        raise TypeError(
+            f"inputs[{i}] has dtype {t.dtype}; attributing to the inputs (layer=None) needs floating-point "
+            "inputs (attribute to a layer instead, e.g. the embedding lookup)"
+        )
+    return t
+
+
+def _capture(value: Any, what: str) -> Tuple[Tuple[torch.Tensor, ...], Any]:
+    """Keep the original tensors, pass clones on (in-place ops downstream must not touch ours)."""
+    items = value if isinstance(value, tuple) else (value,)
+    tensors = [t for t in items if isinstance(t, torch.Tensor)]
+    if not tensors:
+        raise TypeError(f"the {what} holds no tensor (got {type(value).__name__})")
+    kept = []
+    for t in items:
+        if isinstance(t, torch.Tensor) and not t.requires_grad:
+            # e.g. an embedding lookup of integer inputs with frozen weights: start the graph here
+            if not t.is_floating_point():
+                raise ValueError(f"the {what} has dtype {t.dtype}; gradients need floating-point tensors")
+            t = t.detach().requires_grad_(True)
+        kept.append(t)
+    tensors = [t for t in kept if isinstance(t, torch.Tensor)]
+    passed = [t.clone() if isinstance(t, torch.Tensor) else t for t in kept]
+    if not isinstance(value, tuple):
+        return tuple(tensors), passed[0]
+    rebuilt = type(value)(*passed) if hasattr(type(value), "_fields") else tuple(passed)
+    return tuple(tensors), rebuilt
+
+
+def _as_channels(t: torch.Tensor) -> torch.Tensor:
+    return t.unsqueeze(1) if t.dim() == 1 else t
+
+
+def _select_dims(z: torch.Tensor, embedding_dims) -> torch.Tensor:
+    d = z.shape[1]
+    if embedding_dims is None:
+        return z
+    if isinstance(embedding_dims, bool):
+        raise TypeError("embedding_dims must be an int, a sequence of ints or a 1-D tensor, got a bool")
+    if isinstance(embedding_dims, int):
+        embedding_dims = [embedding_dims]
+    idx = torch.as_tensor(embedding_dims)
+    if idx.dim() != 1 or (idx.numel() > 0 and idx.is_floating_point()):
+        raise TypeError(
+            f"embedding_dims must be an int, a sequence of ints or a 1-D tensor, got {embedding_dims!r}"
+        )
+    if idx.numel() == 0:
+        raise ValueError("embedding_dims is empty (D = 0); select at least one embedding dimension")
+    bad = idx[(idx < 0) | (idx >= d)]
+    if bad.numel():
+        raise ValueError(f"embedding_dims {bad.tolist()} out of range for an embedding with D = {d}")
+    return z[:, idx.to(device=z.device, dtype=torch.long)]
+
+
+def _auto_chunk(flat: List[torch.Tensor], d_total: int) -> int:
+    per_dim = sum(t.numel() * t.element_size() for t in flat) * 3
+    return int(max(1, min(d_total, _MAX_AUTO_CHUNK, _CHUNK_BUDGET_BYTES // max(per_dim, 1))))
+
+
+def _grad(
+    out: torch.Tensor,
+    inputs: List[torch.Tensor],
+    grad_outputs: Optional[torch.Tensor],
+    batched: bool,
+    create_graph: bool,
+) -> List[torch.Tensor]:
+    grads = torch.autograd.grad(
+        out,
+        inputs,
+        grad_outputs=grad_outputs,
+        retain_graph=True,
+        create_graph=create_graph,
+        allow_unused=True,
+        is_grads_batched=batched,
+    )
+    for g in grads:
+        if g is None:
+            raise ValueError(
+                "the embedding does not depend on a source layer (or input): check that embedding_layer "
+                "comes after every entry of layer in the forward pass"
+            )
+    return list(grads)
