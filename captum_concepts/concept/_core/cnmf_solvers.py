@@ -158,7 +158,11 @@ class SolverResult:
 
 def data_moments(problem: CoupledProblem, reduce: Reduce = _identity) -> Tensor:
     """``(B, 2)`` float64: per block ``[sum(X_b), ||X_b||^2]`` (sums over examples, reduced)."""
-    rows = [torch.stack([x.sum(dtype=torch.float64), x.double().pow(2).sum()]) for x in problem.blocks]
+    # reductions accumulate in float64 without a float64 copy of the data
+    rows = [
+        torch.stack([x.sum(dtype=torch.float64), torch.linalg.vector_norm(x, dtype=torch.float64).square()])
+        for x in problem.blocks
+    ]
     return reduce(torch.stack(rows))
 
 
@@ -205,11 +209,13 @@ def weighted_gram(problem: CoupledProblem, Wt: Tensor) -> Tensor:
 def objective(problem: CoupledProblem, moments: Tensor, Wt: Tensor, stats: Statistics, B: Tensor) -> float:
     """``J`` from the statistics alone (trace identities, float64), see the module docstring."""
     w = torch.as_tensor(list(problem.block_weights), dtype=torch.float64, device=moments.device)
-    Wd, Sd, Gd = Wt.double(), stats.St.double(), stats.G.double()
-    value = (w * moments[:, 1]).sum().to(Wd.device)
-    value = value - 2.0 * (Wd * Sd * problem.row_weight.double()).sum() + (B.double() * Gd).sum()
+    f64 = torch.float64
+    Gd = stats.G.double()
+    value = (w * moments[:, 1]).sum().to(Wt.device)
+    # float32 element products, float64 sums: no float64 copies of the (d, R) factors
+    value = value - 2.0 * (Wt * stats.St).mul_(problem.row_weight).sum(dtype=f64) + (B.double() * Gd).sum()
     if torch.is_tensor(problem.row_reg):
-        value = value + (Wd.pow(2) * problem.row_lambda.double()).sum()
+        value = value + (Wt * Wt).mul_(problem.row_lambda).sum(dtype=f64)
     if problem.lambda_f > 0:
         value = value + problem.lambda_f * torch.diagonal(Gd).sum()
     if stats.group_sq is not None:
@@ -300,7 +306,8 @@ def hals_update(
         sweeps += 1
         if before is None:
             break
-        change = float((H - before).pow(2).sum())
+        # reduced: sharded ranks must agree on the number of sweeps
+        change = float(reduce((H - before).pow(2).sum().reshape(1)))
         if first is None:
             first = change
         elif change <= rel_stop * rel_stop * first:
@@ -370,6 +377,7 @@ def solve(
     normalize: bool = True,
     reduce: Reduce = _identity,
     max_sweeps: int = 8,
+    moments: Optional[Tensor] = None,
 ) -> SolverResult:
     """Alternate ``F`` and ``Wt`` updates until the relative change of ``J`` is below ``tol``.
 
@@ -378,10 +386,12 @@ def solve(
     (``F`` and the statistics rescaled, the product unchanged) -> ``J`` from the
     statistics. Two passes over the data per iteration, as plain NMF.
     ``loss_history[0]`` is ``J`` at the start; ``Wt`` and ``F`` are updated in place.
+    ``moments``: :func:`data_moments` if already computed (saves two passes).
     """
     if solver not in ("mu", "hals"):
         raise ValueError(f"solver must be 'mu' or 'hals', got {solver!r}")
-    moments = data_moments(problem, reduce)
+    if moments is None:
+        moments = data_moments(problem, reduce)
     if normalize:
         _normalize_rows(Wt, F)
     stats = example_statistics(problem, F, reduce)

@@ -15,6 +15,7 @@ from sklearn.base import BaseEstimator
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..._utils import distributed as dist_utils
 from ..._utils.layers import LayerSpec
 from . import cnmf_solvers as solvers
 from .activations import POOLS, collect_blocks
@@ -119,6 +120,17 @@ class CoupledNMFConcepts(BaseEstimator):
         batch_size (int): batch size for the forward passes of :meth:`fit` and
             :meth:`transform` when a tensor is given. Default: 256.
         dtype (torch.dtype): dtype of the data and factors. Default: float32.
+        distributed (bool): example-sharded fitting on the default
+            ``torch.distributed`` process group: every rank calls :meth:`fit` /
+            :meth:`fit_matrices` on its own examples (e.g. from a loader with a
+            ``DistributedSampler``) and the sums over examples (``X F^T``,
+            ``F F^T``, the data moments, group norms) are all-reduced, so the
+            block factors equal the single-process fit on all the examples
+            (rank 0's first, then rank 1's, ...) up to float rounding, and
+            ``example_factors_`` holds this rank's columns of that fit's ``F``
+            (``_utils.distributed.gather_columns`` joins them). Every rank must
+            pass the same blocks (rows) and parameters. Without a process group
+            it is a plain fit. Default: False.
 
     Memory: the blocks take ``4 * N * (sum_i S_i + sum_j a_j)`` bytes (float32);
     the factors and statistics add ``4 * d * (N + 3 R)`` bytes with
@@ -167,6 +179,7 @@ class CoupledNMFConcepts(BaseEstimator):
         shift: Optional[str] = None,
         batch_size: int = 256,
         dtype: torch.dtype = torch.float32,
+        distributed: bool = False,
     ) -> None:
         self.n_concepts = n_concepts
         self.model = model
@@ -187,6 +200,7 @@ class CoupledNMFConcepts(BaseEstimator):
         self.shift = shift
         self.batch_size = batch_size
         self.dtype = dtype
+        self.distributed = distributed
 
     # ------------------------------------------------------------------ validation
     def _check_params(self) -> None:
@@ -249,21 +263,21 @@ class CoupledNMFConcepts(BaseEstimator):
                 raise ValueError(
                     f"every block needs the same number of examples N={n}; {name} has {x.shape[1]}"
                 )
-            if not bool(torch.isfinite(x).all()):
+            if not bool(self._reduce_min(torch.isfinite(x.sum(dtype=torch.float64)).to(torch.int32).reshape(1))):
                 raise ValueError(f"{name} contains NaN or infinite values")
         if fitting:
             self.shift_ = [None] * len(blocks)
         out = []
         for b, (name, x) in enumerate(zip(names, blocks)):
             if fitting and self.shift == "min":
-                row_min = x.amin(dim=1)
+                row_min = self._reduce_min(x.amin(dim=1))
                 if bool((row_min < 0).any()):
                     self.shift_[b] = row_min.clamp(max=0)
             shift = self.shift_[b] if b < len(self.shift_) else None
             if shift is not None:
                 x = (x - shift[:, None]).clamp_(min=0)
             elif fitting or self.shift is None:
-                low = float(x.min())
+                low = float(self._reduce_min(x.min().reshape(1)))
                 if low < 0:
                     raise ValueError(self._negative_message(name, b < len(pixel_blocks), low))
             else:
@@ -312,8 +326,15 @@ class CoupledNMFConcepts(BaseEstimator):
             raise ValueError(
                 f"groups must be 1-D with one entry per example (N={n}), got shape {values.shape}"
             )
+        if self.distributed:
+            known = np.unique(np.concatenate(dist_utils.all_gather_objects(np.unique(values))))
+            inverse = np.searchsorted(known, values)
+            return torch.as_tensor(inverse.reshape(-1), dtype=torch.long, device=device), len(known)
         _, inverse = np.unique(values, return_inverse=True)
         return torch.as_tensor(inverse.reshape(-1), dtype=torch.long, device=device), int(inverse.max()) + 1
+
+    def _reduce_min(self, t: Tensor) -> Tensor:
+        return dist_utils.all_reduce_min(t) if self.distributed else t
 
     def _resolve_device(self, fallback: torch.device) -> torch.device:
         return torch.device(self.device) if self.device is not None else fallback
@@ -390,11 +411,14 @@ class CoupledNMFConcepts(BaseEstimator):
         n_pixel = len(pixel_blocks)
         names = [f"pixels[{i}]" for i in range(n_pixel)] + list(self.layer_names_)
         blocks = self._prepare_blocks(pixel_blocks, activation_blocks, names, device, fitting=True)
-        n = blocks[0].shape[1]
-        group_index, n_groups = self._group_index(groups, n, device)
+        n_local = blocks[0].shape[1]
+        group_index, n_groups = self._group_index(groups, n_local, device)
         lambdas = [self.lambda_p] * n_pixel + [self.lambda_o] * len(activation_blocks)
         problem = solvers.CoupledProblem(blocks, [1.0] * len(blocks), lambdas)
-        moments = solvers.data_moments(problem)
+        # sharded: sums over examples are all-reduced, F's start is the global one's columns
+        reduce = dist_utils.all_reduce_sum if self.distributed else (lambda t: t)
+        offset, n = dist_utils.shard_offset(n_local) if self.distributed else (0, n_local)
+        moments = solvers.data_moments(problem, reduce)
         weights = self._block_weights(blocks, moments)
         problem = solvers.CoupledProblem(
             blocks, weights, lambdas, float(self.lambda_f), group_index, n_groups, float(self.group_sparsity)
@@ -402,8 +426,12 @@ class CoupledNMFConcepts(BaseEstimator):
         seed = self.random_state
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
+            if self.distributed:  # one random start for all ranks
+                seed = dist_utils.all_gather_objects(seed)[0]
         mean = float(moments[:, 0].sum() / (problem.n_rows * n))
         Wt, F = solvers.random_init(self.n_concepts, problem.n_rows, n, mean, seed, self.dtype, device)
+        if n != n_local:
+            F = F[:, offset : offset + n_local].contiguous()
         result = solvers.solve(
             problem,
             Wt,
@@ -412,6 +440,8 @@ class CoupledNMFConcepts(BaseEstimator):
             max_iter=int(self.max_iter),
             tol=float(self.tol),
             normalize=bool(self.normalize_columns),
+            reduce=reduce,
+            moments=moments,
         )
         self._components = result.Wt
         self._offsets = problem.offsets
