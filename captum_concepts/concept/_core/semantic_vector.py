@@ -1,0 +1,642 @@
+"""Semantic vectors (Gu & Tresp): concepts as directions in a layer's feature space.
+
+SPEC.md §3. For a concept ``c`` with examples ``I_c`` and the features ``φ(x)`` of
+one layer (flattened to ``D`` units):
+
+- binarised features ``a_i = 1[φ(x_i) > 0]`` and ``â_i = a_i / ||a_i||``;
+- ``A_c = Σ_i â_i`` and the semantic vector ``v_c = A_c / ||A_c||``;
+- activation rates ``r_c = (1/M) Σ_i a_i``;
+- degree of diversity ``D_c = 1 − (1/M) Σ_i cos(a_i, v_c)``. Because
+  ``cos(a_i, v_c) = â_i · v_c``, this equals ``1 − ||A_c|| / M``: one streaming
+  pass gives every quantity, and memory does not grow with the number of examples.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import (
+    Any,
+    Dict,
+    Hashable,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from torch import nn
+
+from ..._utils.common import TensorOrTuple, check_batch, format_inputs, run_forward
+from ..._utils.hooks import ModelGuard
+from ..._utils.layers import LayerSpec, resolve_layer
+
+__all__ = ["SemanticVector", "ConceptRanking", "PerturbationResult"]
+
+ConceptKey = Union[str, int, Hashable]
+
+
+class ConceptRanking(NamedTuple):
+    """Concepts ranked per input (:meth:`SemanticVector.explain`).
+
+    Attributes:
+        names: ``N`` lists of ``k`` concept names, best first.
+        indices: ``(N, k)`` concept indices into ``concept_names_``.
+        scores: ``(N, k)`` cosine similarities ``cos(φ(x), v_c)``.
+    """
+
+    names: List[List[ConceptKey]]
+    indices: torch.Tensor
+    scores: torch.Tensor
+
+
+@dataclass
+class PerturbationResult:
+    """Change of the ground-truth class probability for each perturbation (paper Table 1).
+
+    Each field is a tensor ``(N,)``: ``p_perturbed − p_original`` per example.
+
+    Attributes:
+        single_unit: the unit ``argmax v_c`` set to ``scale ×`` the layer's largest activation.
+        semantic_mask: the features multiplied by ``mask_c = 1[r_c > threshold]``.
+        permuted_mask: the features multiplied by a random permutation of ``mask_c``.
+        random_unit: a random unit set to ``scale ×`` the layer's largest activation.
+    """
+
+    single_unit: torch.Tensor
+    semantic_mask: torch.Tensor
+    permuted_mask: torch.Tensor
+    random_unit: torch.Tensor
+
+    def means(self) -> Dict[str, float]:
+        """The mean change per perturbation, as in the paper's Table 1."""
+        return {name: float(getattr(self, name).mean()) for name in _PERTURBATIONS}
+
+
+_PERTURBATIONS = ("single_unit", "semantic_mask", "permuted_mask", "random_unit")
+
+
+def _set_unit(units: torch.Tensor, scale: float):
+    """An edit of flat features ``(B, D)``: unit ``units[i]`` of row ``i`` becomes ``scale × max(row i)``."""
+
+    def edit(flat: torch.Tensor) -> torch.Tensor:
+        new = flat.clone()
+        rows = torch.arange(flat.shape[0], device=flat.device)
+        new[rows, units.to(flat.device)] = scale * flat.max(dim=1).values
+        return new
+
+    return edit
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once the layer has run: the rest of the forward is not needed."""
+
+
+def _as_input_tuple(batch: Any, argument: str) -> Tuple[torch.Tensor, ...]:
+    if isinstance(batch, torch.Tensor):
+        return (batch,)
+    if isinstance(batch, (tuple, list)):
+        return format_inputs(tuple(batch), argument=argument)[0]
+    raise TypeError(f"{argument} must yield tensors or tuples of tensors, got {type(batch).__name__}")
+
+
+def _split(tensors: Tuple[torch.Tensor, ...], batch_size: int) -> Iterator[Tuple[torch.Tensor, ...]]:
+    n = tensors[0].shape[0]
+    for start in range(0, n, batch_size):
+        yield tuple(t[start : start + batch_size] for t in tensors)
+
+
+def _input_batches(data: Any, batch_size: int, argument: str) -> Iterator[Tuple[torch.Tensor, ...]]:
+    """A tensor or a tuple of tensors is one data set (split into batches); any other
+    iterable (DataLoader, list, generator) yields batches (a tensor or a tuple/list of inputs)."""
+    if isinstance(data, torch.Tensor) or isinstance(data, tuple):
+        tensors = _as_input_tuple(data, argument)
+        check_batch(tensors, argument=argument)
+        yield from _split(tensors, batch_size)
+        return
+    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        raise TypeError(
+            f"{argument} must be a tensor, a tuple of tensors or an iterable of batches "
+            f"(e.g. a DataLoader), got {type(data).__name__}"
+        )
+    for batch in data:
+        yield _as_input_tuple(batch, argument)
+
+
+def _labelled_batches(
+    data: Any, batch_size: int, argument: str
+) -> Iterator[Tuple[Tuple[torch.Tensor, ...], torch.Tensor]]:
+    """Batches ``(x..., y)``: the last element is the label tensor, the others are inputs."""
+    if isinstance(data, tuple):
+        batches: Iterable = _split(_as_input_tuple(data, argument), batch_size)
+    elif isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
+        raise TypeError(
+            f"{argument} must be a tuple (inputs..., labels) of tensors or an iterable of such "
+            f"batches (e.g. a DataLoader over a TensorDataset(x, y)), got {type(data).__name__}"
+        )
+    else:
+        batches = data
+    for batch in batches:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise TypeError(f"{argument} must yield (inputs..., labels) batches, got {type(batch).__name__}")
+        tensors = _as_input_tuple(batch, argument)
+        yield tensors[:-1], tensors[-1]
+
+
+def _membership(labels: torch.Tensor, n_classes: Optional[int]) -> torch.Tensor:
+    """Labels -> float membership ``(B, C)``: one-hot for class indices, ``> 0`` for multi-hot."""
+    if labels.dim() == 1:
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be integer class indices or multi-hot, got dtype {labels.dtype}")
+        if labels.numel() == 0:
+            return torch.zeros(0, n_classes or 1)
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or (n_classes is not None and high >= n_classes):
+            raise ValueError(f"labels must lie in [0, {n_classes or 'n_classes'}), got {low}..{high}")
+        width = n_classes if n_classes is not None else high + 1
+        return torch.nn.functional.one_hot(labels.long().cpu(), width).float()
+    if labels.dim() == 2:
+        if n_classes is not None and labels.shape[1] != n_classes:
+            raise ValueError(f"multi-hot labels have {labels.shape[1]} columns, n_classes={n_classes}")
+        return (labels > 0).float().cpu()
+    raise ValueError(
+        f"labels must be (B,) class indices or (B, C) multi-hot, got shape {tuple(labels.shape)}"
+    )
+
+
+class _ConceptSums:
+    """Running ``Σ a``, ``Σ â`` and counts per concept (float64); rows grow with new classes."""
+
+    def __init__(self) -> None:
+        self.a = self.ahat = self.counts = None
+        self.shape: Optional[Tuple[int, ...]] = None
+
+    def _grow(self, n_concepts: int, d: int, device: torch.device) -> None:
+        if self.a is None:
+            self.a = torch.zeros(n_concepts, d, dtype=torch.float64, device=device)
+            self.ahat = torch.zeros_like(self.a)
+            self.counts = torch.zeros(n_concepts, dtype=torch.float64, device=device)
+        elif n_concepts > self.a.shape[0]:
+            pad = n_concepts - self.a.shape[0]
+            self.a = torch.nn.functional.pad(self.a, (0, 0, 0, pad))
+            self.ahat = torch.nn.functional.pad(self.ahat, (0, 0, 0, pad))
+            self.counts = torch.nn.functional.pad(self.counts, (0, pad))
+
+    def add(self, feats: torch.Tensor, shape: Tuple[int, ...], member: torch.Tensor) -> None:
+        if self.shape is None:
+            self.shape = shape
+        elif shape != self.shape:
+            raise ValueError(f"layer output shape changed between batches: {self.shape} then {shape}")
+        self._grow(member.shape[1], feats.shape[1], feats.device)
+        a = (feats > 0).to(torch.float32)
+        norms = a.sum(dim=1, keepdim=True).sqrt_()
+        a_hat = a / norms.clamp_min(1.0)  # rows without an active unit stay 0
+        w = torch.nn.functional.pad(member, (0, self.a.shape[0] - member.shape[1]))
+        w = w.to(device=a.device, dtype=torch.float32).t()  # (C, B)
+        self.a += (w @ a).double()
+        self.ahat += (w @ a_hat).double()
+        self.counts += w.sum(dim=1).double()
+
+
+class SemanticVector(BaseEstimator):
+    r"""Semantic vectors of named concepts at one layer (Gu & Tresp, SPEC.md §3).
+
+    Fitting streams over data: each batch is forwarded up to ``layer``, binarised
+    (``a = 1[φ(x) > 0]``) and added into per-concept sums, so memory depends on the
+    layer size and the number of concepts, never on the number of examples. The
+    forward pass stops as soon as ``layer`` has run (the layer's first call in a
+    forward; a module reused later in ``forward`` is captured at its first use).
+
+    Layers whose activations can be negative (a convolution before its ReLU, tanh,
+    batch-norm outputs): binarisation at 0 is still defined -- a unit counts as
+    active when it is strictly positive -- so vectors, rates and masks describe
+    the *positive* responses of such a layer. An example with no positive unit has
+    ``â_i = 0``: it adds nothing to ``A_c``, counts in ``M`` and therefore raises
+    ``D_c`` (its cosine with ``v_c`` is taken as 0).
+
+    Args:
+        model (nn.Module): the model.
+        layer (str or nn.Module): the feature layer ``φ``, a module of ``model`` or
+            its dotted name (``"block3.pool"``). Its output must be a tensor
+            ``(N, ...)``; it is flattened to ``(N, D)``.
+        batch_size (int): batch size used when data is given as tensors. Default: 256.
+        device (torch.device or str, optional): device the batches are moved to;
+            default: the device of the model's first parameter (inputs stay where
+            they are for a model without parameters).
+        random_state (int, optional): seed for the random permutation and the random
+            unit of :meth:`perturbation_check`.
+
+    Attributes (after fit):
+        concept_names_ (list): concept names in order (dict keys for :meth:`fit`;
+            the class labels ``0..C-1`` for :meth:`fit_from_labels`).
+        vectors_ (Tensor): ``(n_concepts, D)`` unit-norm semantic vectors ``v_c``.
+        activation_rates_ (Tensor): ``(n_concepts, D)`` activation rates ``r_c``.
+        diversity_ (Tensor): ``(n_concepts,)`` degrees of diversity ``D_c``.
+        n_examples_ (Tensor): ``(n_concepts,)`` number of examples ``M`` per concept.
+        layer_shape_ (tuple): shape of one example's layer output (without batch).
+
+    Example::
+
+        sv = SemanticVector(model, "block3.pool").fit_from_labels((x_train, y_train))
+        sv.relevance()                     # (10, 10) cosines between class concepts
+        sv.explain(x_test[:4], k=3)        # the 3 concepts closest to each input
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec,
+        batch_size: int = 256,
+        device: Optional[Union[str, torch.device]] = None,
+        random_state: Optional[int] = None,
+    ) -> None:
+        self.model = model
+        self.layer = layer
+        self.batch_size = batch_size
+        self.device = device
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ helpers
+    def _validate(self) -> nn.Module:
+        if not isinstance(self.model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        return resolve_layer(self.model, self.layer)
+
+    def _target_device(self) -> Optional[torch.device]:
+        if self.device is not None:
+            return torch.device(self.device)
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else None
+
+    def _move(self, tensors: Tuple[torch.Tensor, ...]) -> Tuple[torch.Tensor, ...]:
+        device = self._target_device()
+        return tensors if device is None else tuple(t.to(device) for t in tensors)
+
+    def _features(
+        self,
+        batches: Iterable[Tuple[Tuple[torch.Tensor, ...], Any]],
+        layer: nn.Module,
+        additional_forward_args: Any = None,
+    ) -> Iterator[Tuple[torch.Tensor, Tuple[int, ...], Any]]:
+        """For each ``(inputs, extra)`` yield ``(features (B, D), layer shape, extra)``.
+
+        One :class:`ModelGuard` for the whole stream; no autograd graph is built and
+        the forward pass stops once ``layer`` has produced its output.
+        """
+        captured: List[torch.Tensor] = []
+
+        def capture(_module, _inp, out):
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(
+                    f"the output of layer {self.layer!r} must be a tensor, got {type(out).__name__}"
+                )
+            captured.append(out)
+            raise _StopForward
+
+        with ModelGuard(self.model) as guard, torch.no_grad():
+            guard.register_forward_hook(layer, capture)
+            for inputs, extra in batches:
+                captured.clear()
+                try:
+                    run_forward(self.model, self._move(inputs), additional_forward_args)
+                except _StopForward:
+                    pass
+                if not captured:
+                    raise ValueError(f"layer {self.layer!r} was not called in the model's forward pass")
+                out = captured[0]
+                yield out.reshape(out.shape[0], -1), tuple(out.shape[1:]), extra
+
+    def _fit_stream(
+        self, names: Optional[List[ConceptKey]], stream: Iterable[Tuple[torch.Tensor, Tuple[int, ...], Any]]
+    ) -> SemanticVector:
+        """Accumulate ``Σ a`` and ``Σ â`` per concept from ``(features, shape, membership (B, C))``.
+
+        ``C`` may grow while streaming (classes discovered from labels); ``names=None``
+        names the concepts ``0..C-1``.
+        """
+        sums = _ConceptSums()
+        for feats, shape, member in stream:
+            sums.add(feats, shape, member)
+        if sums.counts is None:
+            raise ValueError("no data: every concept must have at least one example")
+        names = list(range(sums.counts.shape[0])) if names is None else names
+        counts = sums.counts
+        empty = [names[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+        if empty:
+            raise ValueError(f"concepts with no examples: {empty}; each concept needs at least one example")
+        norm = sums.ahat.norm(dim=1)
+        self.concept_names_ = list(names)
+        self.layer_shape_ = sums.shape
+        self.n_examples_ = counts.round().long().cpu()
+        self.vectors_ = (sums.ahat / norm.clamp_min(1e-300)[:, None]).float()
+        self.activation_rates_ = (sums.a / counts[:, None]).float()
+        self.diversity_ = (1.0 - norm / counts).float()
+        return self
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, concepts: Mapping[ConceptKey, Any], additional_forward_args: Any = None) -> SemanticVector:
+        """Fit one semantic vector per named concept.
+
+        Args:
+            concepts (dict): ``{name: data}``. ``data`` is a tensor ``(M, ...)`` or a
+                tuple of tensors (the model's inputs, split into ``batch_size``
+                batches), or an iterable of batches such as a ``DataLoader``; each
+                batch is a tensor or a tuple/list of input tensors (a
+                ``DataLoader(TensorDataset(x))`` yields ``[x]``: fine). Labels must
+                not be part of the batches here (see :meth:`fit_from_labels`).
+            additional_forward_args: appended to every forward call, as in Captum.
+
+        Returns:
+            self
+
+        Raises:
+            ValueError: a concept has no examples.
+        """
+        if not isinstance(concepts, Mapping) or len(concepts) == 0:
+            raise TypeError("concepts must be a non-empty dict {name: tensor or data loader}")
+        layer = self._validate()
+        names = list(concepts.keys())
+        n = len(names)
+
+        def batches():
+            for index, name in enumerate(names):
+                for inputs in _input_batches(concepts[name], self.batch_size, f"concepts[{name!r}]"):
+                    member = torch.zeros(inputs[0].shape[0], n)
+                    member[:, index] = 1.0
+                    yield inputs, member
+
+        return self._fit_stream(names, self._features(batches(), layer, additional_forward_args))
+
+    def fit_from_labels(
+        self, data: Any, n_classes: Optional[int] = None, additional_forward_args: Any = None
+    ) -> SemanticVector:
+        """Fit one semantic vector per class from labelled data: concept ``i`` is class ``i``.
+
+        Args:
+            data: a tuple ``(inputs..., labels)`` of tensors, or an iterable of such
+                batches (``DataLoader(TensorDataset(x, y))``). Labels are integer
+                class indices ``(B,)`` or multi-hot ``(B, C)`` (an example belongs
+                to every class whose entry is > 0: multi-label data).
+            n_classes (int, optional): number of classes ``C``; default: the largest
+                label + 1 (integer labels) or the width of the multi-hot labels.
+            additional_forward_args: appended to every forward call.
+
+        Returns:
+            self, with ``concept_names_ == [0, 1, ..., C-1]``.
+
+        Raises:
+            ValueError: a class in ``0..C-1`` has no example, or a label is out of range.
+        """
+        layer = self._validate()
+        if n_classes is not None and (not isinstance(n_classes, int) or n_classes < 1):
+            raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
+
+        def batches():
+            for inputs, labels in _labelled_batches(data, self.batch_size, "data"):
+                member = _membership(labels, n_classes)
+                if member.shape[0] != inputs[0].shape[0]:
+                    raise ValueError(f"{member.shape[0]} labels for a batch of {inputs[0].shape[0]} inputs")
+                yield inputs, member
+
+        self._fit_stream(None, self._features(batches(), layer, additional_forward_args))
+        if n_classes is not None and len(self.concept_names_) < n_classes:
+            missing = list(range(len(self.concept_names_), n_classes))
+            raise ValueError(f"concepts with no examples: {missing}; each class needs at least one example")
+        return self
+
+    # ------------------------------------------------------------------ fitted state
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "vectors_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit or fit_from_labels")
+
+    def concept_index(self, concept: ConceptKey) -> int:
+        """Index of ``concept`` in ``concept_names_`` (a name, or an integer index)."""
+        self._check_fitted()
+        for i, name in enumerate(self.concept_names_):
+            if name == concept and type(name) is type(concept):
+                return i
+        if isinstance(concept, (int, np.integer)) and not isinstance(concept, bool):
+            if 0 <= int(concept) < len(self.concept_names_):
+                return int(concept)
+            raise ValueError(f"concept index {concept} out of range for {len(self.concept_names_)} concepts")
+        close = difflib.get_close_matches(str(concept), [str(n) for n in self.concept_names_], n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown concept {concept!r}.{hint} Known: {self.concept_names_[:20]}")
+
+    def class_rows(self, concepts: Optional[Sequence[ConceptKey]] = None) -> torch.Tensor:
+        """Row of ``vectors_`` used for each class: ``(num_classes,)`` long.
+
+        ``concepts=None``: class ``t`` is concept ``t`` (concept order; with
+        :meth:`fit_from_labels`, concept ``t`` *is* class ``t``). Otherwise entry
+        ``t`` of ``concepts`` names (or indexes) the concept of class ``t``.
+        """
+        self._check_fitted()
+        if concepts is None:
+            names = self.concept_names_
+            ints = [n for n in names if isinstance(n, (int, np.integer)) and not isinstance(n, bool)]
+            if len(ints) == len(names) and list(names) != list(range(len(names))):
+                raise ValueError(
+                    f"concept names {names[:10]} are integers but not 0..{len(names) - 1}; pass "
+                    "concepts=[concept of class 0, concept of class 1, ...] to map classes to concepts"
+                )
+            return torch.arange(len(names))
+        if isinstance(concepts, (str, bytes)) or not isinstance(concepts, Sequence):
+            raise TypeError("concepts must be a sequence: entry t names the concept of class t")
+        return torch.tensor([self.concept_index(c) for c in concepts], dtype=torch.long)
+
+    def masks(self, threshold: float = 0.5) -> torch.Tensor:
+        """Binary masks ``1[r_c > threshold]`` of shape ``(n_concepts, *layer_shape_)`` (bool).
+
+        SPEC.md §3 **[choice]**: the paper thresholds "the SeVec" at 0.5, but a
+        unit-norm vector has almost no entries above 0.5, so the threshold applies
+        to the activation rate ``r_c`` (the share of the concept's examples in
+        which the unit is active).
+        """
+        self._check_fitted()
+        if not 0.0 <= float(threshold) < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+        return (self.activation_rates_ > threshold).reshape(-1, *self.layer_shape_)
+
+    def relevance(self) -> torch.Tensor:
+        """Relevance matrix ``rel(a, b) = cos(v_a, v_b)``, ``(n_concepts, n_concepts)``."""
+        self._check_fitted()
+        return self.vectors_ @ self.vectors_.t()
+
+    # ------------------------------------------------------------------ new data
+    def transform(self, inputs: TensorOrTuple, additional_forward_args: Any = None) -> torch.Tensor:
+        """The flattened layer features ``φ(x)`` of ``inputs``: ``(N, D)``."""
+        self._check_fitted()
+        layer = self._validate()
+        batches = ((b, None) for b in _input_batches(format_inputs(inputs)[0], self.batch_size, "inputs"))
+        feats = [f for f, _, _ in self._features(batches, layer, additional_forward_args)]
+        return torch.cat(feats).to(self.vectors_.device)
+
+    def similarity(
+        self, inputs: TensorOrTuple, additional_forward_args: Any = None, binarize: bool = False
+    ) -> torch.Tensor:
+        """Cosine similarity ``cos(φ(x), v_c)`` of each input with each concept: ``(N, n_concepts)``.
+
+        Raw features by default (SPEC.md §3, retrieval); ``binarize=True`` uses
+        ``1[φ(x) > 0]`` instead. An input whose features are all zero gets 0.
+        """
+        feats = self.transform(inputs, additional_forward_args)
+        if binarize:
+            feats = (feats > 0).float()
+        feats = feats.float()
+        return (feats @ self.vectors_.t()) / feats.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def rank(
+        self, inputs: TensorOrTuple, concept: ConceptKey, k: int = 10, additional_forward_args: Any = None
+    ):
+        """The ``k`` inputs closest to ``concept`` (retrieval, paper Fig. 1).
+
+        Returns:
+            ``torch.return_types.topk``: ``values`` (k,) cosines and ``indices`` (k,)
+            into ``inputs``, best first (``k`` is capped at ``N``).
+        """
+        index = self.concept_index(concept)
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        sim = self.similarity(inputs, additional_forward_args)[:, index]
+        return torch.topk(sim, min(k, sim.shape[0]))
+
+    def explain(
+        self,
+        inputs: TensorOrTuple,
+        vocabulary: Optional[Sequence[ConceptKey]] = None,
+        k: int = 3,
+        additional_forward_args: Any = None,
+    ) -> ConceptRanking:
+        """The ``k`` concepts of ``vocabulary`` closest to each input (paper Table 3).
+
+        Args:
+            inputs: tensor or tuple of tensors ``(N, ...)``.
+            vocabulary: concept names or indices to choose from (textures,
+                materials...); default: every concept.
+            k: concepts per input (capped at the vocabulary size).
+        """
+        self._check_fitted()
+        vocab = (
+            list(range(len(self.concept_names_)))
+            if vocabulary is None
+            else [self.concept_index(c) for c in vocabulary]
+        )
+        if not vocab:
+            raise ValueError("vocabulary must name at least one concept")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        sim = self.similarity(inputs, additional_forward_args)[:, vocab]
+        scores, pos = torch.topk(sim, min(k, len(vocab)), dim=1)
+        indices = torch.tensor(vocab, device=pos.device)[pos]
+        names = [[self.concept_names_[i] for i in row] for row in indices.tolist()]
+        return ConceptRanking(names, indices, scores)
+
+    # ------------------------------------------------------------------ Table 1
+    def perturbation_check(
+        self,
+        inputs: TensorOrTuple,
+        targets: Union[torch.Tensor, Sequence[int]],
+        concepts: Optional[Sequence[ConceptKey]] = None,
+        threshold: float = 0.5,
+        scale: float = 1.5,
+        additional_forward_args: Any = None,
+    ) -> PerturbationResult:
+        """The paper's Table 1: how perturbing the layer changes the ground-truth probability.
+
+        For each input with ground-truth class ``t`` (concept ``c`` per
+        :meth:`class_rows`), the layer output ``φ(x)`` is replaced by
+
+        (a) ``single_unit``: ``φ(x)`` with unit ``argmax v_c`` set to ``scale ×
+            max φ(x)`` (the largest activation of this example at the layer);
+        (b) ``semantic_mask``: ``φ(x) · mask_c`` with ``mask_c = 1[r_c > threshold]``;
+        (c) ``permuted_mask``: ``φ(x) ·`` a random permutation of ``mask_c`` (one
+            per example, seeded by ``random_state``);
+        (d) ``random_unit``: as (a) for a unit drawn uniformly at random,
+
+        and the change of ``softmax(model(x))[t]`` is recorded.
+
+        Args:
+            inputs: tensor or tuple of tensors ``(N, ...)``.
+            targets: ground-truth classes ``(N,)``.
+            concepts: class-to-concept map (see :meth:`class_rows`).
+            threshold: activation-rate threshold of the masks. Default: 0.5.
+            scale: factor of the largest activation for (a) and (d). Default: 1.5.
+
+        Returns:
+            :class:`PerturbationResult` with ``(N,)`` changes; ``.means()`` gives the table row.
+        """
+        self._check_fitted()
+        layer = self._validate()
+        inputs_t, _ = format_inputs(inputs)
+        n = check_batch(inputs_t)
+        rows = self.class_rows(concepts)
+        targets_t = torch.as_tensor(targets).long().flatten().cpu()
+        if targets_t.shape[0] != n:
+            raise ValueError(f"targets must have one class per input ({n}), got {targets_t.shape[0]}")
+        if int(targets_t.min()) < 0 or int(targets_t.max()) >= rows.shape[0]:
+            raise ValueError(
+                f"targets must lie in [0, {rows.shape[0]}), got {targets_t.min()}..{targets_t.max()}"
+            )
+        masks = self.masks(threshold).reshape(len(self.concept_names_), -1).float()
+        generator = torch.Generator().manual_seed(
+            int(np.random.RandomState(self.random_state).randint(2**31 - 1))
+            if not isinstance(self.random_state, int)
+            else self.random_state
+        )
+        d = masks.shape[1]
+        perm = torch.argsort(torch.rand(n, d, generator=generator), dim=1)
+        random_units = torch.randint(d, (n,), generator=generator)
+        concept_of = rows[targets_t]
+        changes: Dict[str, List[torch.Tensor]] = {name: [] for name in _PERTURBATIONS}
+        edit: Dict[str, Any] = {}
+
+        def replace(_module, _inp, out):
+            if edit.get("fn") is None:
+                return None
+            flat = out.reshape(out.shape[0], -1)
+            return edit["fn"](flat).reshape(out.shape)
+
+        with ModelGuard(self.model) as guard, torch.no_grad():
+            guard.register_forward_hook(layer, replace)
+            for start in range(0, n, self.batch_size):
+                sl = slice(start, start + self.batch_size)
+                batch = self._move(tuple(t[sl] for t in inputs_t))
+                tgt = targets_t[sl]
+                cpt = concept_of[sl]
+                mask_b = masks[cpt]
+                perm_mask = torch.gather(mask_b, 1, perm[sl].to(mask_b.device))
+                top_unit = self.vectors_[cpt].argmax(dim=1)
+
+                edits = {
+                    "single_unit": _set_unit(top_unit, scale),
+                    "semantic_mask": lambda flat, m=mask_b: flat * m.to(flat),
+                    "permuted_mask": lambda flat, m=perm_mask: flat * m.to(flat),
+                    "random_unit": _set_unit(random_units[sl], scale),
+                }
+                edit["fn"] = None
+                base = self._probability(run_forward(self.model, batch, additional_forward_args), tgt)
+                for name, fn in edits.items():
+                    edit["fn"] = fn
+                    out = run_forward(self.model, batch, additional_forward_args)
+                    changes[name].append((self._probability(out, tgt) - base).cpu())
+                edit["fn"] = None
+        return PerturbationResult(**{name: torch.cat(v) for name, v in changes.items()})
+
+    @staticmethod
+    def _probability(logits: Any, targets: torch.Tensor) -> torch.Tensor:
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            raise ValueError("perturbation_check needs a model returning (N, num_classes) logits")
+        if int(targets.max()) >= logits.shape[1]:
+            raise ValueError(f"targets must be < the model's {logits.shape[1]} outputs")
+        probs = torch.softmax(logits.float(), dim=1)
+        return probs.gather(1, targets.to(probs.device)[:, None]).squeeze(1)
