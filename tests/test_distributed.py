@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from captum_concepts._utils import distributed as du
-from captum_concepts.concept import CoupledNMFConcepts
+from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
 
 N = 40
 WORLD = 2
@@ -38,6 +38,23 @@ def _model() -> nn.Module:
 
 def _images(n: int = N) -> torch.Tensor:
     return torch.rand(n, 1, 6, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+
+def _labels(n: int = N) -> torch.Tensor:
+    y = torch.arange(n) % 4
+    y[-3:] = 4  # class 4 only in rank 1's shard: the concepts are the union over ranks
+    return y
+
+
+def _semantic(model: nn.Module, distributed: bool, x: torch.Tensor, y: torch.Tensor) -> dict:
+    by_label = SemanticVector(model, "1", batch_size=6, distributed=distributed).fit_from_labels((x, y))
+    named = SemanticVector(model, "3", batch_size=6, distributed=distributed).fit(
+        {"low": x[y < 2], "high": x[y >= 2]}
+    )
+    return {
+        name: [sv.vectors_, sv.activation_rates_, sv.diversity_, sv.n_examples_, sv.concept_names_]
+        for name, sv in (("labels", by_label), ("named", named))
+    }
 
 
 def _cnmf(**kw) -> CoupledNMFConcepts:
@@ -83,6 +100,9 @@ def _sharded_worker() -> dict:
     loader = DataLoader(data, batch_size=7, sampler=DistributedSampler(data, shuffle=False))
     cnmf = _cnmf(model=_model(), layers=["1", "4"], distributed=True).fit(loader)
     out["loader"] = _summary(cnmf)
+    out["semantic"] = _semantic(
+        _model(), True, _images()[rows.start : rows.stop], _labels()[rows.start : rows.stop]
+    )
     return out
 
 
@@ -146,3 +166,17 @@ def test_helpers_without_process_group_are_single_process():
     a = _cnmf(distributed=True).fit_matrices(pixels, acts)
     b = _cnmf().fit_matrices(pixels, acts)
     assert torch.equal(a.example_factors_, b.example_factors_)
+
+
+@pytest.mark.parametrize("fit", ["labels", "named"])
+def test_sharded_semantic_vectors_equal_single_process(sharded, fit):
+    single = _semantic(_model(), False, _images(), _labels())[fit]
+    assert single[4] == (list(range(5)) if fit == "labels" else ["low", "high"])
+    for rank in range(WORLD):
+        got = sharded[rank]["semantic"][fit]
+        for a, b in zip(got[:4], single[:4]):
+            np.testing.assert_allclose(a, b.numpy(), rtol=1e-6, atol=1e-7)
+        assert got[4] == single[4]
+    # one shard alone gives different vectors (rank 0 has no class 4 at all)
+    half = _semantic(_model(), False, _images()[: N // 2], _labels()[: N // 2])["named"]
+    assert not np.allclose(half[1].numpy(), sharded[0]["semantic"]["named"][1])

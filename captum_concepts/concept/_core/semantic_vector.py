@@ -35,6 +35,7 @@ import torch
 from sklearn.base import BaseEstimator
 from torch import nn
 
+from ..._utils import distributed as dist_utils
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, run_forward
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, resolve_layer
@@ -205,6 +206,19 @@ class _ConceptSums:
         self.ahat += (w @ a_hat).double()
         self.counts += w.sum(dim=1).double()
 
+    def all_reduce(self, device: Optional[torch.device]) -> None:
+        """Sum over ``torch.distributed`` ranks; concepts seen on any rank exist on all."""
+        mine = None if self.counts is None else (self.a.shape[0], self.a.shape[1], self.shape)
+        known = [m for m in dist_utils.all_gather_objects(mine) if m is not None]
+        if not known:
+            return
+        if len({m[2] for m in known}) > 1:
+            raise ValueError(f"ranks saw different layer output shapes: {sorted({m[2] for m in known})}")
+        self.shape = known[0][2]
+        self._grow(max(m[0] for m in known), known[0][1], self.a.device if self.a is not None else device)
+        reduce = dist_utils.all_reduce_sum
+        self.a, self.ahat, self.counts = reduce(self.a), reduce(self.ahat), reduce(self.counts)
+
 
 class SemanticVector(BaseEstimator):
     r"""Semantic vectors of named concepts at one layer (Gu & Tresp, SPEC.md §3).
@@ -233,6 +247,13 @@ class SemanticVector(BaseEstimator):
             they are for a model without parameters).
         random_state (int, optional): seed for the random permutation and the random
             unit of :meth:`perturbation_check`.
+        distributed (bool): example-sharded fitting on the default
+            ``torch.distributed`` process group: each rank passes its own examples
+            (e.g. a loader with a ``DistributedSampler``) and the per-concept sums
+            of ``a`` and ``â`` and the counts are all-reduced, so every rank ends
+            with the vectors of all the examples (equal to a single-process fit up
+            to float rounding). Concepts are the union over ranks. Without a
+            process group it is a plain fit. Default: False.
 
     Attributes (after fit):
         concept_names_ (list): concept names in order (dict keys for :meth:`fit`;
@@ -257,12 +278,14 @@ class SemanticVector(BaseEstimator):
         batch_size: int = 256,
         device: Optional[Union[str, torch.device]] = None,
         random_state: Optional[int] = None,
+        distributed: bool = False,
     ) -> None:
         self.model = model
         self.layer = layer
         self.batch_size = batch_size
         self.device = device
         self.random_state = random_state
+        self.distributed = distributed
 
     # ------------------------------------------------------------------ helpers
     def _validate(self) -> nn.Module:
@@ -327,6 +350,8 @@ class SemanticVector(BaseEstimator):
         sums = _ConceptSums()
         for feats, shape, member in stream:
             sums.add(feats, shape, member)
+        if self.distributed:
+            sums.all_reduce(self._target_device())
         if sums.counts is None:
             raise ValueError("no data: every concept must have at least one example")
         names = list(range(sums.counts.shape[0])) if names is None else names
