@@ -344,15 +344,16 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                 onehot = torch.zeros(b - a, n, d_total, dtype=z.dtype, device=z.device)
                 onehot[torch.arange(b - a), :, torch.arange(a, b)] = 1
                 grads = _grad(z, flat, onehot, True, create_graph)
-            else:
-                per_d = []
-                for d in range(a, b):
-                    onehot = torch.zeros_like(z)
-                    onehot[:, d] = 1
-                    per_d.append(_grad(z, flat, onehot, False, create_graph))
-                grads = [torch.stack(gs) for gs in zip(*per_d)]
-            for piece, g, act in zip(pieces, grads, acts):
-                piece.append(self._channel_maps(g, act))  # (B, N, *S)
+                for piece, g, act in zip(pieces, grads, acts):
+                    piece.append(self._channel_maps(g, act))  # (B, N, *S)
+                continue
+            # loop: reduce each gradient at once (a chunk of full-size gradients thrashes the cache)
+            for d in range(a, b):
+                onehot = torch.zeros_like(z)  # fresh each time: create_graph may keep it in the graph
+                onehot[:, d] = 1
+                grads = _grad(z, flat, onehot, False, create_graph)
+                for piece, g, act in zip(pieces, grads, acts):
+                    piece.append(self._channel_maps(g.unsqueeze(0), act))  # (1, N, *S)
         out = []
         for piece in pieces:
             per_dim = torch.cat(piece).movedim(0, 1)  # (N, D, *S)
