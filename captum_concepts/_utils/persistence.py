@@ -68,7 +68,7 @@ def load_state(path: PathLike, kind: str) -> Tuple[Dict[str, torch.Tensor], Dict
     except Exception as err:  # truncated zip, bad pickle opcodes, forbidden globals...
         raise ValueError(
             f"path={path!r} is not a readable captum_concepts file (corrupted, truncated or "
-            f"not saved by captum_concepts): {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            f"not saved by captum_concepts): {type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
         ) from None
     if not isinstance(payload, dict) or payload.get("magic") != _MAGIC:
         raise ValueError(f"path={path!r} was not saved by captum_concepts")

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..._utils import distributed as dist_utils
 from ..._utils.layers import LayerSpec
+from ..._utils.persistence import PathLike
 from . import cnmf_solvers as solvers
 from .activations import POOLS, collect_blocks
 
@@ -709,3 +710,29 @@ class CoupledNMFConcepts(BaseEstimator):
         if k > limit:
             raise ValueError(f"k={k} is larger than the {limit} available")
         return int(k)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: PathLike) -> None:
+        """Save the fitted factors, fitted attributes and parameters to ``path``.
+
+        A safe file: tensors via ``torch.save`` read back with ``weights_only=True``
+        and JSON metadata with the format and package versions (no pickled objects).
+        Neither the model nor ``out_of_core`` is saved; layers given as modules are
+        stored by their names.
+        """
+        from .estimator_io import save_coupled_nmf
+
+        save_coupled_nmf(self, path)
+
+    @classmethod
+    def load(cls, path: PathLike, model: Optional[nn.Module] = None) -> CoupledNMFConcepts:
+        """Load a :meth:`save` file (factors on the CPU). The analyses and ``transform`` of
+        matrices work at once; ``transform`` of inputs runs the model: pass ``model=``
+        here (or set ``est.model``).
+
+        Raises:
+            ValueError: a corrupted, truncated or foreign file.
+        """
+        from .estimator_io import load_coupled_nmf
+
+        return load_coupled_nmf(cls, path, model)

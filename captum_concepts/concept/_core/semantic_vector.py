@@ -39,6 +39,7 @@ from ..._utils import distributed as dist_utils
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, run_forward
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, resolve_layer
+from ..._utils.persistence import PathLike
 
 __all__ = ["SemanticVector", "ConceptRanking", "PerturbationResult"]
 
@@ -496,6 +497,31 @@ class SemanticVector(BaseEstimator):
         """Relevance matrix ``rel(a, b) = cos(v_a, v_b)``, ``(n_concepts, n_concepts)``."""
         self._check_fitted()
         return self.vectors_ @ self.vectors_.t()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: PathLike) -> None:
+        """Save the fitted vectors, rates, diversities and parameters to ``path``.
+
+        A safe file: tensors via ``torch.save`` read back with ``weights_only=True``
+        and JSON metadata with the format and package versions (no pickled objects).
+        The model is not saved; a ``layer`` given as a module is stored by its name.
+        Concept names must be ``str`` or ``int``.
+        """
+        from .estimator_io import save_semantic_vector
+
+        save_semantic_vector(self, path)
+
+    @classmethod
+    def load(cls, path: PathLike, model: Optional[nn.Module] = None) -> SemanticVector:
+        """Load a :meth:`save` file. ``relevance``/``masks`` work at once; ``transform``,
+        ``similarity`` & co. run the model: pass ``model=`` here (or set ``sv.model``).
+
+        Raises:
+            ValueError: a corrupted, truncated or foreign file.
+        """
+        from .estimator_io import load_semantic_vector
+
+        return load_semantic_vector(cls, path, model)
 
     # ------------------------------------------------------------------ new data
     def transform(self, inputs: TensorOrTuple, additional_forward_args: Any = None) -> torch.Tensor:
