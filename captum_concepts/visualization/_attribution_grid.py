@@ -94,7 +94,12 @@ def visualize_attribution_grid(
     offset = 1 if images is not None else 0
     total_cols = n_cols + offset
     if fig_size is None:
-        fig_size = (1.6 * total_cols + (0.8 if show_colorbar else 0), 1.6 * n_rows + (0.5 if title else 0))
+        h, w = maps.shape[2:]
+        cell_w, cell_h = (1.6, 1.6 * h / w) if w >= h else (1.6 * w / h, 1.6)
+        fig_size = (
+            cell_w * total_cols + 0.6 + (0.8 if show_colorbar else 0),
+            (cell_h + 0.25) * n_rows + (0.5 if title else 0.2),
+        )
     fig, axes = prepare_figure(plt_fig_axis, n_rows, total_cols, fig_size, use_pyplot)
     lo, hi = sign_limits(sign)
     cmap = default_cmap(sign, cmap)
@@ -104,7 +109,7 @@ def visualize_attribution_grid(
             show_image(axes[r, 0], images[r])
             clear_ticks(axes[r, 0])
             if r == 0:
-                axes[r, 0].set_title("input", fontsize=9)
+                axes[r, 0].set_title("image", fontsize=9)
         for c in range(n_cols):
             ax = axes[r, c + offset]
             scaled = scale_map(maps[r, c], sign, outlier_perc)

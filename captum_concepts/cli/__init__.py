@@ -1,0 +1,156 @@
+"""The ``captum-concepts`` command line (also ``python -m captum_concepts``).
+
+``captum-concepts demo --out DIR`` trains the small digits CNN and runs every method, writing PNG
+figures and ``DIR/report.html``. ``discover``, ``scores`` and ``saliency`` run the same analyses on
+your own model (a torchvision architecture name or ``module:factory``, optional ``--weights``) and
+your own images (an ImageFolder tree).
+
+Mistakes (a missing folder, an unknown layer, weights that do not fit) print one line and exit
+with status 2; ``--verbose`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+import warnings
+from typing import List, Optional
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
+
+
+def _common(p: argparse.ArgumentParser, out_default: str) -> None:
+    p.add_argument(
+        "--out", default=out_default, help=f"output folder for figures and report.html ({out_default})"
+    )
+    p.add_argument(
+        "--device", default="auto", help="torch device: auto (CUDA if available), cpu, cuda, cuda:1..."
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same report")
+    p.add_argument("--verbose", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _user_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and images")
+    g.add_argument(
+        "--model",
+        required=True,
+        help="a torchvision architecture name (resnet18, vgg16...) or an importable module.path:factory "
+        "that returns an nn.Module",
+    )
+    g.add_argument(
+        "--weights", help="state dict saved with torch.save (read with torch.load(weights_only=True))"
+    )
+    g.add_argument("--images", required=True, help="image folder in ImageFolder layout: DIR/<class>/<image>")
+    g.add_argument(
+        "--layers", nargs="+", required=True, metavar="LAYER", help="layer names as in model.named_modules()"
+    )
+    g.add_argument("--image-size", type=int, default=224, help="images are resized and center-cropped (224)")
+    g.add_argument(
+        "--channels", type=int, choices=(1, 3), default=3, help="image channels the model takes (3)"
+    )
+    g.add_argument(
+        "--normalize",
+        choices=("auto", "imagenet", "none"),
+        default="auto",
+        help="input normalisation: auto = ImageNet statistics for torchvision models, "
+        "none for module:factory",
+    )
+    g.add_argument(
+        "--max-images", type=int, default=200, help="at most this many images, spread over classes"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captum-concepts",
+        description="Embedding attributions, representation scores, semantic vectors and concept "
+        "discovery on top of Captum. Start with: captum-concepts demo --out demo_out",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="train a small CNN on scikit-learn's digits, run every method, write report.html (offline)",
+        description="Train the digits CNN and run every method; "
+        "writes OUT/report.html and OUT/figures/*.png.",
+    )
+    _common(demo, "demo_out")
+    demo.add_argument(
+        "--quick", action="store_true", help="fewer examples and epochs (for tests; ~3x faster)"
+    )
+
+    scores = sub.add_parser(
+        "scores",
+        help="embedding attributions and noise/variance score curves of your model",
+        description="Embedding attribution grids at LAYERS and noise / variance score curves "
+        "(trained vs random weights, with the noise benchmark).",
+    )
+    _user_model_args(scores)
+    scores.add_argument(
+        "--embedding-layer", help="the layer whose output is the embedding (default: the model output)"
+    )
+    _common(scores, "scores_out")
+
+    saliency = sub.add_parser(
+        "saliency",
+        help="semantic vectors per class and semantic vs plain saliency maps",
+        description="Semantic vectors of the image classes at the last of LAYERS, their relevance matrix, "
+        "and Semantic Guided Backprop / Gradient x Input next to the plain methods.",
+    )
+    _user_model_args(saliency)
+    _common(saliency, "saliency_out")
+
+    discover = sub.add_parser(
+        "discover",
+        help="unsupervised concepts shared by pixels and LAYERS (coupled NMF), checked with TCAV",
+        description="Coupled-NMF concepts over the pixels and the activations of LAYERS, their top images, "
+        "similarity spectra, top classes and TCAV scores.",
+    )
+    _user_model_args(discover)
+    discover.add_argument("--n-concepts", type=int, default=10, help="number of concepts (10)")
+    _common(discover, "discover_out")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; returns the exit status (0 on success)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    from ._loading import CLIError
+
+    try:
+        with warnings.catch_warnings():
+            # Captum's notes about its own hooks and default TCAV classifier are not for our users
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
+            if args.command == "demo":
+                from ._demo import run_demo
+
+                path = run_demo(args)
+            else:
+                from ._commands import run_user_command
+
+                path = run_user_command(args)
+    except KeyboardInterrupt:
+        print("captum-concepts: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one clear line unless --verbose
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        else:
+            text = str(err).strip().splitlines()
+            message = text[0] if text else type(err).__name__
+            if not isinstance(err, CLIError):
+                message = f"{type(err).__name__}: {message} (run with --verbose for the traceback)"
+            print(f"captum-concepts: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR if isinstance(err, CLIError) else EXIT_FAILURE
+    print(f"Report written to {path}")
+    return 0
