@@ -295,6 +295,12 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             raise ValueError(f"{where} has D = 0 dimensions (shape {tuple(z.shape)}); nothing to attribute")
         if not z.requires_grad:
             raise ValueError(f"{where} does not depend differentiably on the inputs or the source layers")
+        if not bool(torch.isfinite(z.detach()).all()):
+            bad = torch.nonzero(~torch.isfinite(z.detach()).all(dim=1)).flatten().tolist()
+            raise ValueError(
+                f"{where} holds NaN or infinite values for examples {bad[:10]}: check inputs for NaN/Inf "
+                "(their gradients would be meaningless)"
+            )
         return z
 
     def _sources(

@@ -160,8 +160,13 @@ class _SemanticGradientBase(GradientAttribution):
         n = check_batch(inputs_t)
         classes = _target_classes(target, n, self.masks.shape[0])
         layer_shape = tuple(self.masks.shape[1:])
+        for i, x in enumerate(inputs_t):
+            if not x.is_floating_point():
+                raise TypeError(f"inputs[{i}] has dtype {x.dtype}; gradients need floating-point inputs")
+        calls = []
 
         def mask_layer_gradient(_module, _args, out):
+            calls.append(1)
             if not isinstance(out, torch.Tensor):
                 raise TypeError(
                     f"the output of the semantic layer must be a tensor, got {type(out).__name__}"
@@ -185,6 +190,11 @@ class _SemanticGradientBase(GradientAttribution):
                         guard.register_forward_pre_hook(module, _guide_relu_input)
             guard.register_forward_hook(self.layer, mask_layer_gradient)
             gradients = self.gradient_func(self.forward_func, grad_inputs, target, additional_forward_args)
+        if not calls:
+            raise ValueError(
+                "layer was never reached by the forward pass, so no semantic mask was applied; "
+                "pass a layer that runs in model.forward"
+            )
         if self._guided:
             result = tuple(g.detach() for g in gradients)
         else:

@@ -399,6 +399,9 @@ class CoupledNMFConcepts(BaseEstimator):
         may be empty; ``include_pixels``, ``model`` and ``layers`` are not used.
         """
         self._check_params()
+        for argument, value in (("pixel_blocks", pixel_blocks), ("activation_blocks", activation_blocks)):
+            if isinstance(value, (Tensor, np.ndarray)):
+                raise TypeError(f"{argument} must be a list of matrices, got one {type(value).__name__}")
         pixel_blocks, activation_blocks = list(pixel_blocks or ()), list(activation_blocks or ())
         first = (pixel_blocks + activation_blocks)[:1]
         fallback = first[0].device if first and isinstance(first[0], Tensor) else torch.device("cpu")

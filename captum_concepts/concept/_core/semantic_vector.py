@@ -197,14 +197,18 @@ class _ConceptSums:
             self.shape = shape
         elif shape != self.shape:
             raise ValueError(f"layer output shape changed between batches: {self.shape} then {shape}")
+        if not bool(torch.isfinite(feats).all()):
+            raise ValueError("the layer output holds NaN or infinite values (check the inputs for NaN/Inf)")
         self._grow(member.shape[1], feats.shape[1], feats.device)
         a = (feats > 0).to(torch.float32)
-        norms = a.sum(dim=1, keepdim=True).sqrt_()
-        a_hat = a / norms.clamp_min(1.0)  # rows without an active unit stay 0
+        inv_norm = a.sum(dim=1).clamp_min(1.0).rsqrt()  # rows without an active unit: â = 0 anyway
         w = torch.nn.functional.pad(member, (0, self.a.shape[0] - member.shape[1]))
         w = w.to(device=a.device, dtype=torch.float32).t()  # (C, B)
-        self.a += (w @ a).double()
-        self.ahat += (w @ a_hat).double()
+        # Σ a and Σ â = Σ a/||a|| per concept with one matmul: [w; w/||a||] @ a.
+        both = (torch.cat([w, w * inv_norm[None]]) @ a).double()
+        c = w.shape[0]
+        self.a += both[:c]
+        self.ahat += both[c:]
         self.counts += w.sum(dim=1).double()
 
     def all_reduce(self, device: Optional[torch.device]) -> None:

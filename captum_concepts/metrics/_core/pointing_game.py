@@ -27,6 +27,8 @@ def _saliency(attributions: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"attributions must have shape (N, H, W) or (N, C, H, W), got {tuple(attributions.shape)}"
         )
+    if not bool(torch.isfinite(attributions).all()):
+        raise ValueError("attributions contain NaN or infinite values")
     return attributions.detach().float()
 
 
