@@ -1,8 +1,10 @@
 """captum_concepts.concept: public names are re-exported here."""
 
 from ._core.coupled_nmf import CoupledNMFConcepts
+from ._core.out_of_core import ActivationStore, OutOfCore
 from ._core.semantic_vector import ConceptRanking, PerturbationResult, SemanticVector
 
 __all__: list = []
 __all__ += ["SemanticVector", "ConceptRanking", "PerturbationResult"]
 __all__ += ["CoupledNMFConcepts"]
+__all__ += ["OutOfCore", "ActivationStore"]

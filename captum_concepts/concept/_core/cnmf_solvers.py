@@ -126,6 +126,17 @@ class CoupledProblem:
     def uses_groups(self) -> bool:
         return self.group_index is not None and self.group_sparsity > 0
 
+    # The solver's only passes over the data; a subclass may stream them
+    # (out_of_core.StreamedProblem reads the blocks from disk in chunks of examples).
+    def moments(self, reduce: Reduce = _identity) -> Tensor:
+        return data_moments(self, reduce)
+
+    def project(self, Wt: Tensor) -> Tensor:
+        return weighted_projection(self, Wt)
+
+    def statistics(self, F: Tensor, reduce: Reduce = _identity) -> Statistics:
+        return example_statistics(self, F, reduce)
+
     def block_slices(self):
         return zip(self.blocks, self.offsets[:-1], self.offsets[1:], self.block_weights)
 
@@ -158,9 +169,9 @@ class SolverResult:
 
 def data_moments(problem: CoupledProblem, reduce: Reduce = _identity) -> Tensor:
     """``(B, 2)`` float64: per block ``[sum(X_b), ||X_b||^2]`` (sums over examples, reduced)."""
-    # reductions accumulate in float64 without a float64 copy of the data
+    # per-row float32 reductions (fast, no copy of the data), totals in float64
     rows = [
-        torch.stack([x.sum(dtype=torch.float64), torch.linalg.vector_norm(x, dtype=torch.float64).square()])
+        torch.stack([x.sum(dim=1).double().sum(), torch.linalg.vector_norm(x, dim=1).double().square().sum()])
         for x in problem.blocks
     ]
     return reduce(torch.stack(rows))
@@ -391,18 +402,18 @@ def solve(
     if solver not in ("mu", "hals"):
         raise ValueError(f"solver must be 'mu' or 'hals', got {solver!r}")
     if moments is None:
-        moments = data_moments(problem, reduce)
+        moments = problem.moments(reduce)
     if normalize:
         _normalize_rows(Wt, F)
-    stats = example_statistics(problem, F, reduce)
+    stats = problem.statistics(F, reduce)
     B = weighted_gram(problem, Wt)
     history = [objective(problem, moments, Wt, stats, B)]
     converged = False
     for _ in range(max_iter):
-        A = weighted_projection(problem, Wt)
+        A = problem.project(Wt)
         _update_f(problem, solver, F, A, B, reduce, max_sweeps)
         del A
-        stats = example_statistics(problem, F, reduce)
+        stats = problem.statistics(F, reduce)
         if solver == "mu":
             mu_update(Wt, stats.St, stats.G, problem.row_reg)
         else:

@@ -19,6 +19,7 @@ from ..._utils import distributed as dist_utils
 from ..._utils.layers import LayerSpec
 from ..._utils.persistence import PathLike
 from . import cnmf_solvers as solvers
+from . import out_of_core as ooc
 from .activations import POOLS, collect_blocks
 
 __all__ = ["CoupledNMFConcepts"]
@@ -132,6 +133,13 @@ class CoupledNMFConcepts(BaseEstimator):
             (``_utils.distributed.gather_columns`` joins them). Every rank must
             pass the same blocks (rows) and parameters. Without a process group
             it is a plain fit. Default: False.
+        out_of_core (OutOfCore, optional): fit without holding the data in
+            memory: :meth:`fit` streams the pixel and layer rows to a file on
+            disk (float32 or float16) and the solver reads it in chunks of
+            examples sized to ``out_of_core.memory_budget``; the result equals the
+            in-memory fit up to float rounding (and the float16 rounding of the
+            stored data). :meth:`fit_store` fits a store you wrote yourself.
+            :meth:`fit_matrices` always works in memory. Default: None.
 
     Memory: the blocks take ``4 * N * (sum_i S_i + sum_j a_j)`` bytes (float32);
     the factors and statistics add ``4 * d * (N + 3 R)`` bytes with
@@ -181,6 +189,7 @@ class CoupledNMFConcepts(BaseEstimator):
         batch_size: int = 256,
         dtype: torch.dtype = torch.float32,
         distributed: bool = False,
+        out_of_core: Optional[ooc.OutOfCore] = None,
     ) -> None:
         self.n_concepts = n_concepts
         self.model = model
@@ -202,6 +211,7 @@ class CoupledNMFConcepts(BaseEstimator):
         self.batch_size = batch_size
         self.dtype = dtype
         self.distributed = distributed
+        self.out_of_core = out_of_core
 
     # ------------------------------------------------------------------ validation
     def _check_params(self) -> None:
@@ -225,6 +235,12 @@ class CoupledNMFConcepts(BaseEstimator):
             raise TypeError(f"random_state must be an int or None, got {type(self.random_state).__name__}")
         if self.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             raise ValueError(f"dtype must be a floating torch dtype, got {self.dtype!r}")
+        if self.out_of_core is not None:
+            if not isinstance(self.out_of_core, ooc.OutOfCore):
+                raise TypeError(
+                    f"out_of_core must be an OutOfCore or None, got {type(self.out_of_core).__name__}"
+                )
+            self.out_of_core.check()
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "example_factors_"):
@@ -264,7 +280,7 @@ class CoupledNMFConcepts(BaseEstimator):
                 raise ValueError(
                     f"every block needs the same number of examples N={n}; {name} has {x.shape[1]}"
                 )
-            if not bool(self._reduce_min(torch.isfinite(x.sum(dtype=torch.float64)).to(torch.int32).reshape(1))):
+            if not bool(self._reduce_min(torch.isfinite(x.sum()).to(torch.int32).reshape(1))):
                 raise ValueError(f"{name} contains NaN or infinite values")
         if fitting:
             self.shift_ = [None] * len(blocks)
@@ -370,6 +386,23 @@ class CoupledNMFConcepts(BaseEstimator):
                 inputs_or_loader.device if isinstance(inputs_or_loader, Tensor) else torch.device("cpu")
             )
         device = self._resolve_device(fallback)
+        if self.out_of_core is not None:
+            store = ooc.collect_to_store(
+                self.model,
+                list(self.layers),
+                inputs_or_loader,
+                self.out_of_core,
+                include_pixels=self.include_pixels,
+                pool=self.pool,
+                batch_size=self.batch_size,
+                device=device,
+            )
+            try:
+                self._fit_store(store, groups, device)
+            finally:
+                store.delete()
+            self._fitted_on_inputs = True
+            return self
         collected = collect_blocks(
             self.model,
             list(self.layers),
@@ -411,22 +444,101 @@ class CoupledNMFConcepts(BaseEstimator):
         self._fitted_on_inputs = False
         return self._fit_blocks(pixel_blocks, activation_blocks, groups, self._resolve_device(fallback))
 
+    def fit_store(self, store: ooc.ActivationStore, groups: Any = None) -> CoupledNMFConcepts:
+        """Factorise the blocks of an :class:`ActivationStore` (on disk) in chunks of examples.
+
+        Memory stays within ``out_of_core.memory_budget`` (``OutOfCore()``'s
+        default when ``out_of_core`` is None). Layer names and shapes are the
+        store's; ``transform`` then takes ``(pixel_blocks, activation_blocks)``.
+        """
+        self._check_params()
+        if not isinstance(store, ooc.ActivationStore):
+            raise TypeError(f"store must be an ActivationStore, got {type(store).__name__}")
+        self._fitted_on_inputs = False
+        return self._fit_store(store, groups, self._resolve_device(torch.device("cpu")))
+
+    def _fit_store(self, store: ooc.ActivationStore, groups: Any, device: torch.device) -> CoupledNMFConcepts:
+        n_act = len(store.block_rows) - store.n_pixel_blocks
+        self.input_shape_ = store.input_shape
+        self.layer_names_ = list(store.layer_names) or [f"activation_blocks[{j}]" for j in range(n_act)]
+        self.layer_shapes_ = list(store.layer_shapes) or [
+            (r,) for r in store.block_rows[store.n_pixel_blocks :]
+        ]
+        names = [f"pixels[{i}]" for i in range(store.n_pixel_blocks)] + list(self.layer_names_)
+        if not bool(self._reduce_min(torch.tensor([int(store.finite)]))):
+            raise ValueError("the stored data contains NaN or infinite values")
+        row_min = self._reduce_min(store.row_min)
+        offsets = np.cumsum([0] + store.block_rows)
+        self.shift_ = [None] * len(names)
+        shift = torch.zeros(store.n_features, dtype=torch.float64)
+        for b, (a, c) in enumerate(zip(offsets[:-1], offsets[1:])):
+            low = float(row_min[a:c].min())
+            if low < 0 and self.shift != "min":
+                raise ValueError(self._negative_message(names[b], b < store.n_pixel_blocks, low))
+            if low < 0:
+                self.shift_[b] = row_min[a:c].clamp(max=0).to(device=device, dtype=self.dtype)
+                shift[a:c] = row_min[a:c].clamp(max=0)
+        shift = shift.to(device=device, dtype=self.dtype) if any(v is not None for v in self.shift_) else None
+        settings = self.out_of_core or ooc.OutOfCore()
+        chunk_rows = ooc.plan_chunk_rows(
+            settings.budget_bytes(),
+            store.n_examples,
+            store.n_features,
+            int(self.n_concepts),
+            self.dtype,
+            store.storage_dtype,
+        )
+        lambdas = [self.lambda_p] * store.n_pixel_blocks + [self.lambda_o] * n_act
+        placeholders = [torch.empty(r, 0, dtype=self.dtype, device=device) for r in store.block_rows]
+        buffers: dict = {}  # chunk buffers shared by the problems built below
+
+        def make_problem(weights, group_index=None, n_groups=0):
+            return ooc.StreamedProblem(
+                store,
+                chunk_rows,
+                shift,
+                placeholders,
+                weights,
+                lambdas,
+                float(self.lambda_f),
+                group_index,
+                n_groups,
+                float(self.group_sparsity),
+                buffers=buffers,
+            )
+
+        return self._fit_problem(make_problem, store.n_pixel_blocks, names, groups, device)
+
     def _fit_blocks(self, pixel_blocks, activation_blocks, groups, device) -> CoupledNMFConcepts:
         n_pixel = len(pixel_blocks)
         names = [f"pixels[{i}]" for i in range(n_pixel)] + list(self.layer_names_)
         blocks = self._prepare_blocks(pixel_blocks, activation_blocks, names, device, fitting=True)
-        n_local = blocks[0].shape[1]
-        group_index, n_groups = self._group_index(groups, n_local, device)
         lambdas = [self.lambda_p] * n_pixel + [self.lambda_o] * len(activation_blocks)
-        problem = solvers.CoupledProblem(blocks, [1.0] * len(blocks), lambdas)
+
+        def make_problem(weights, group_index=None, n_groups=0):
+            return solvers.CoupledProblem(
+                blocks,
+                weights,
+                lambdas,
+                float(self.lambda_f),
+                group_index,
+                n_groups,
+                float(self.group_sparsity),
+            )
+
+        return self._fit_problem(make_problem, n_pixel, names, groups, device)
+
+    def _fit_problem(self, make_problem, n_pixel, names, groups, device) -> CoupledNMFConcepts:
+        """Random start, solve and fitted attributes; ``make_problem(weights, group_index, n_groups)``."""
+        problem = make_problem([1.0] * len(names))
+        n_local = problem.n_examples
+        group_index, n_groups = self._group_index(groups, n_local, device)
         # sharded: sums over examples are all-reduced, F's start is the global one's columns
         reduce = dist_utils.all_reduce_sum if self.distributed else (lambda t: t)
         offset, n = dist_utils.shard_offset(n_local) if self.distributed else (0, n_local)
-        moments = solvers.data_moments(problem, reduce)
-        weights = self._block_weights(blocks, moments)
-        problem = solvers.CoupledProblem(
-            blocks, weights, lambdas, float(self.lambda_f), group_index, n_groups, float(self.group_sparsity)
-        )
+        moments = problem.moments(reduce)
+        weights = self._block_weights(names, moments)
+        problem = make_problem(weights, group_index, n_groups)
         seed = self.random_state
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
