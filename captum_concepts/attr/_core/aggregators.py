@@ -6,7 +6,7 @@ One place for the channel aggregator ``rho_C`` and the embedding aggregator ``rh
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -15,18 +15,21 @@ __all__ = ["Aggregator", "AGGREGATORS", "aggregate", "check_aggregator", "is_mea
 Aggregator = Union[str, Callable[[torch.Tensor, int], torch.Tensor]]
 
 
-def _mean(t: torch.Tensor, dim: int) -> torch.Tensor:
+def _mean(t: torch.Tensor, dim: int, scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
     return t.mean(dim)
 
 
-def _abs(t: torch.Tensor, dim: int) -> torch.Tensor:
-    return t.abs().mean(dim)
+def _abs(t: torch.Tensor, dim: int, scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return (t.abs() if scratch is None else torch.abs(t, out=scratch)).mean(dim)
 
 
-def _var(t: torch.Tensor, dim: int) -> torch.Tensor:
+def _var(t: torch.Tensor, dim: int, scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
     # population variance (1/|M|), as in the paper; a single element has variance 0. Two-pass
     # centred formula: as accurate as torch.var and ~50x faster on CPU for a strided dim.
-    centred = t - t.mean(dim, keepdim=True)
+    mean = t.mean(dim, keepdim=True)
+    if scratch is not None:
+        return torch.sub(t, mean, out=scratch).square_().mean(dim)
+    centred = t - mean
     if centred.requires_grad:
         return (centred * centred).mean(dim)
     return centred.square_().mean(dim)  # centred is our own temporary: square in place
@@ -51,7 +54,9 @@ def is_mean(how: Aggregator) -> bool:
     return isinstance(how, str) and how == "mean"
 
 
-def aggregate(t: torch.Tensor, dim: int, how: Aggregator = "mean") -> torch.Tensor:
+def aggregate(
+    t: torch.Tensor, dim: int, how: Aggregator = "mean", scratch: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Aggregate ``t`` over dimension ``dim``, removing it.
 
     Args:
@@ -60,6 +65,9 @@ def aggregate(t: torch.Tensor, dim: int, how: Aggregator = "mean") -> torch.Tens
         how (str or callable): ``"mean"`` (``mean m``), ``"abs"`` (``mean |m|``), ``"var"``
             (population variance, ``mean (m - mean m)^2``) or a callable ``(tensor, dim) -> tensor``
             that must remove ``dim``.
+        scratch (Tensor, optional): a tensor of ``t``'s shape that the built-in aggregators may
+            overwrite with their temporaries (it may be ``t`` itself); saves an allocation per call
+            in hot loops. Never pass one that needs a graph. Callables ignore it.
 
     Returns:
         Tensor: ``t`` with dimension ``dim`` removed.
@@ -75,7 +83,9 @@ def aggregate(t: torch.Tensor, dim: int, how: Aggregator = "mean") -> torch.Tens
         raise ValueError(f"dim={dim} is out of range for a tensor of shape {tuple(t.shape)}")
     d = dim % t.dim()
     expected = t.shape[:d] + t.shape[d + 1 :]
-    out = fn(t, d)
+    if scratch is not None and (scratch.shape != t.shape or scratch.requires_grad):
+        raise ValueError("scratch must have the shape of t and must not require grad")
+    out = fn(t, d, scratch) if isinstance(how, str) else fn(t, d)
     if not isinstance(out, torch.Tensor) or out.shape != expected:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(

@@ -184,7 +184,8 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             internal_batch_size (int, optional): the number of embedding dimensions whose
                 gradients are computed together (one vmapped backward with ``strategy="batched"``);
                 bounds memory at about ``internal_batch_size x`` (size of the source activations).
-                Default None: as many as fit a 512 MiB budget, at most 64.
+                Default None: as many as fit a 512 MiB budget, at most 64. With ``strategy="loop"``
+                each gradient is reduced at once and this only sets the progress-bar steps.
             return_per_dim (bool): if True return the channel-aggregated per-dimension maps
                 ``U(rho_C(A_d))`` of shape ``(N, D, *S0)`` (the variance score needs them) instead
                 of the embedding-aggregated maps. Default False.
@@ -344,6 +345,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             strategy = "batched" if z.is_cuda else "loop"
         starts = range(0, d_total, chunk)
         pieces: List[List[torch.Tensor]] = [[] for _ in flat]
+        scratch: List[Optional[torch.Tensor]] = [None for _ in flat]
         for a in tqdm(starts, disable=not show_progress, desc="EmbeddingAttribution", unit="chunk"):
             b = min(a + chunk, d_total)
             if strategy == "batched":
@@ -353,30 +355,37 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                 for piece, g, act in zip(pieces, grads, acts):
                     piece.append(self._channel_maps(g, act))  # (B, N, *S)
                 continue
-            # loop: reduce each gradient at once (a chunk of full-size gradients thrashes the cache)
+            # loop: reduce each gradient at once (a chunk of full-size gradients thrashes the cache),
+            # with the temporaries in one reused buffer per source (fresh large tensors cost page faults)
             for d in range(a, b):
                 onehot = torch.zeros_like(z)  # fresh each time: create_graph may keep it in the graph
                 onehot[:, d] = 1
                 grads = _grad(z, flat, onehot, False, create_graph)
-                for piece, g, act in zip(pieces, grads, acts):
-                    piece.append(self._channel_maps(g.unsqueeze(0), act))  # (1, N, *S)
+                for i, (piece, g, act) in enumerate(zip(pieces, grads, acts)):
+                    if not create_graph and scratch[i] is None:
+                        scratch[i] = torch.empty_like(act)
+                    piece.append(self._channel_maps(g.unsqueeze(0), act, scratch[i]))  # (1, N, *S)
         out = []
         for piece in pieces:
             per_dim = torch.cat(piece).movedim(0, 1)  # (N, D, *S)
             out.append(per_dim if return_per_dim else aggregate(per_dim, 1, self.embedding_aggregator))
         return out
 
-    def _channel_maps(self, g: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """``rho_C(A_d)`` for a chunk: ``g`` (B, N, C, *S) gradients, ``act`` (N, C, *S) -> (B, N, *S)."""
+    def _channel_maps(
+        self, g: torch.Tensor, act: torch.Tensor, scratch: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``rho_C(A_d)`` for a chunk: ``g`` (B, N, C, *S) gradients, ``act`` (N, C, *S) -> (B, N, *S).
+
+        ``scratch`` (shape of ``act``, only with B = 1 and no graph) receives the temporaries.
+        """
         g = g.reshape(g.shape[0], *act.shape)
-        if self.method == "gradient":
-            attr = g
-        elif self.method == "activation_gradient":
-            attr = g * act
-        else:
-            alpha = g.mean(dim=tuple(range(3, g.dim())), keepdim=True) if g.dim() > 3 else g
-            attr = alpha * act
-        return aggregate(attr, 2, self.channel_aggregator)
+        if self.method == "gradcam" and g.dim() > 3:
+            g = g.mean(dim=tuple(range(3, g.dim())), keepdim=True)  # alpha_c, spatial mean
+        if scratch is None:
+            attr = g if self.method == "gradient" else g * act
+            return aggregate(attr, 2, self.channel_aggregator)
+        attr = g[0] if self.method == "gradient" else torch.mul(g[0], act, out=scratch)
+        return aggregate(attr, 1, self.channel_aggregator, scratch=scratch).unsqueeze(0)
 
 
 def _prepare_input(t: torch.Tensor, i: int, layers: List[Optional[nn.Module]]) -> torch.Tensor:

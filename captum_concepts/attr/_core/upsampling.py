@@ -49,7 +49,7 @@ def upsample_maps(
     k = len(size) if spatial_dims is None else spatial_dims
     lead = maps.shape[: maps.dim() - k]
     if k == 0:
-        return maps.reshape(*lead, *([1] * len(size))).expand(*lead, *size)
+        return maps.reshape(*lead, *([1] * len(size))).expand(*lead, *size).contiguous()
     if k != len(size):
         raise ValueError(
             f"cannot upsample maps with {k} spatial dimension(s) {tuple(maps.shape[-k:])} to the input size "
