@@ -11,6 +11,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from captum_concepts._utils import distributed as du
 from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
+from captum_concepts.metrics import score_curve
 
 N = 40
 WORLD = 2
@@ -57,6 +58,10 @@ def _semantic(model: nn.Module, distributed: bool, x: torch.Tensor, y: torch.Ten
     }
 
 
+def _curve(x: torch.Tensor):
+    return score_curve(_model().float(), "3", ["1", None], x.float(), score="variance")
+
+
 def _cnmf(**kw) -> CoupledNMFConcepts:
     base = dict(n_concepts=4, max_iter=25, tol=0.0, random_state=3, dtype=torch.float64)
     base.update(kw)
@@ -100,6 +105,8 @@ def _sharded_worker() -> dict:
     loader = DataLoader(data, batch_size=7, sampler=DistributedSampler(data, shuffle=False))
     cnmf = _cnmf(model=_model(), layers=["1", "4"], distributed=True).fit(loader)
     out["loader"] = _summary(cnmf)
+    curve = _curve(_images()[rows.start : rows.stop])
+    out["curve"] = du.all_reduce_mean(curve.per_example, dim=1)
     out["semantic"] = _semantic(
         _model(), True, _images()[rows.start : rows.stop], _labels()[rows.start : rows.stop]
     )
@@ -180,3 +187,11 @@ def test_sharded_semantic_vectors_equal_single_process(sharded, fit):
     # one shard alone gives different vectors (rank 0 has no class 4 at all)
     half = _semantic(_model(), False, _images()[: N // 2], _labels()[: N // 2])["named"]
     assert not np.allclose(half[1].numpy(), sharded[0]["semantic"]["named"][1])
+
+
+def test_score_curve_means_over_shards_equal_single_process(sharded):
+    single = _curve(_images())
+    for rank in range(WORLD):
+        np.testing.assert_allclose(sharded[rank]["curve"], single.values.numpy(), rtol=1e-5)
+    half = _curve(_images()[: N // 2])
+    assert not np.allclose(half.values.numpy(), sharded[0]["curve"], rtol=1e-5)

@@ -31,6 +31,7 @@ __all__ = [
     "all_reduce_sum",
     "all_reduce_min",
     "all_reduce_max",
+    "all_reduce_mean",
     "shard_offset",
     "shard_range",
     "gather_columns",
@@ -85,6 +86,20 @@ def all_reduce_min(t: Tensor) -> Tensor:
 def all_reduce_max(t: Tensor) -> Tensor:
     """Element-wise maximum over ranks."""
     return _all_reduce(t, dist.ReduceOp.MAX if dist.is_available() else None)
+
+
+def all_reduce_mean(values: Tensor, dim: int = -1) -> Tensor:
+    """Mean along ``dim`` over the examples of every rank (shards may differ in size).
+
+    E.g. a score curve computed on each rank's shard:
+    ``all_reduce_mean(curve.per_example, dim=1)`` is the single-process
+    ``curve.values`` of all the examples (sum and count all-reduced).
+    """
+    total = all_reduce_sum(values.sum(dim=dim, dtype=torch.float64))
+    count = all_reduce_sum(
+        torch.tensor([float(values.shape[dim])], dtype=torch.float64, device=values.device)
+    )
+    return (total / count).to(values.dtype)
 
 
 def shard_offset(n_local: int) -> Tuple[int, int]:
