@@ -1,0 +1,134 @@
+"""Shared pieces of the representation-score experiments (scores_*.py)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+# The machine is shared by several jobs: one thread per process avoids oversubscription
+# (measured: a 2-thread tiny conv backward was ~100x slower under load than 1 thread).
+torch.set_num_threads(1)
+# EmbeddingAttribution computes maps in eval mode and warns about training mode; training
+# loops below call it on purpose between optimiser steps.
+warnings.filterwarnings("ignore", message="model is in training mode")
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def print_table(title: str, header: List[str], rows: List[List[object]]) -> None:
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in cells:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+
+
+def _fmt(c: object) -> str:
+    if isinstance(c, float):
+        return f"{c:.3f}"
+    return str(c)
+
+
+class DigitsAutoencoder(nn.Module):
+    """Conv encoder (two conv layers + linear bottleneck), MLP decoder, linear classifier on
+    the bottleneck: the paper's §4.4/§4.5 set-up (SI 0.B) scaled to 8x8 (or 16x16) digits.
+
+    ``encoder.conv2`` is the layer the scores are computed at (as in the paper).
+    """
+
+    def __init__(
+        self, bottleneck: int = 32, activation: str = "softplus", image_size: int = 8, width: int = 16
+    ) -> None:
+        super().__init__()
+        act = nn.Softplus if activation == "softplus" else nn.ReLU
+        s = image_size // 4
+        self.image_size = image_size
+        self.encoder = nn.Sequential(
+            OrderedDict(
+                conv1=nn.Conv2d(1, width, 3, padding=1),
+                bn1=nn.BatchNorm2d(width),
+                act1=act(),
+                pool1=nn.MaxPool2d(2),
+                conv2=nn.Conv2d(width, 2 * width, 3, padding=1),
+                bn2=nn.BatchNorm2d(2 * width),
+                act2=act(),
+                pool2=nn.MaxPool2d(2),
+                flatten=nn.Flatten(),
+                bottleneck=nn.Linear(2 * width * s * s, bottleneck),
+            )
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(bottleneck, 128), nn.ReLU(), nn.Linear(128, image_size * image_size), nn.Sigmoid()
+        )
+        self.classifier = nn.Linear(bottleneck, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.encoder(x))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x)).reshape(x.shape)
+
+
+def train_autoencoder(
+    model: DigitsAutoencoder,
+    data,
+    epochs: int,
+    seed: int,
+    gamma_ns: float = 0.0,
+    gamma_vs: float = 0.0,
+    score_every: int = 1,
+    score_batch: Optional[int] = None,
+    classify: bool = True,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    score_kwargs: Optional[Dict] = None,
+) -> Dict[str, float]:
+    """``L = L_rec + L_cls - gamma_ns NS - gamma_vs VS`` (paper §4.5); scores at
+    ``encoder.conv2`` every ``score_every`` mini-batches. Returns accuracy and seconds."""
+    from captum_concepts.attr import EmbeddingAttribution
+    from captum_concepts.metrics import noise_score, variance_score
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    ea = EmbeddingAttribution(model, "encoder.bottleneck", layer="encoder.conv2", **(score_kwargs or {}))
+    x_tr, y_tr = data.x_train, data.y_train
+    start = time.perf_counter()
+    step = 0
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(x_tr), generator=g)
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            x, y = x_tr[idx], y_tr[idx]
+            z = model.encoder(x)
+            loss = nn.functional.mse_loss(model.decoder(z).reshape(x.shape), x)
+            if classify:
+                loss = loss + nn.functional.cross_entropy(model.classifier(z), y)
+            if (gamma_ns or gamma_vs) and step % score_every == 0:
+                xs = x if score_batch is None else x[:score_batch]
+                if gamma_ns:
+                    loss = loss - gamma_ns * noise_score(ea, xs, differentiable=True).mean()
+                if gamma_vs:
+                    loss = loss - gamma_vs * variance_score(ea, xs, differentiable=True).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+    seconds = time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+        rec = nn.functional.mse_loss(model.reconstruct(data.x_test), data.x_test).item()
+    return {"accuracy": acc, "seconds": seconds, "reconstruction_mse": rec}
