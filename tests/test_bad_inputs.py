@@ -8,8 +8,8 @@ have no hooks left and the same modes, ``requires_grad`` flags and parameters.
 
 Case counts (kept equal to the lists below by ``test_case_counts_match_the_docstring``):
 
-- ERROR_CASES: 177 cases that must raise a clear error: EmbeddingAttribution 32,
-  SemanticGuidedBackprop and SemanticGradientInput 15 each (30), SemanticVector 25,
+- ERROR_CASES: 179 cases that must raise a clear error: EmbeddingAttribution 32,
+  SemanticGuidedBackprop and SemanticGradientInput 16 each (32), SemanticVector 25,
   CoupledNMFConcepts 45, noise/benchmark/variance/drift scores and score_curve 27, pointing game 13,
   visualization 5.
 - RESULT_CASES: 32 cases with a documented correct result (D = 1 equals Captum, in-place and reused
@@ -367,6 +367,12 @@ def semantic_errors(cls):
             lambda: cls(CNN, "block3.pool", ONES).attribute(X.long(), target=0),
             TypeError,
             r"inputs\[0\] has dtype",
+        ),
+        E(
+            f"{n}-target-beyond-model-outputs",
+            lambda: cls(UNUSED, "relu", torch.ones(5, 3)).attribute(torch.rand(2, 4), target=4),
+            ValueError,
+            "target out of range: class 4 for a model with 3 outputs",
         ),
         E(
             f"{n}-layer-not-reached",

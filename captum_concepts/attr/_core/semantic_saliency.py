@@ -150,6 +150,19 @@ class _SemanticGradientBase(GradientAttribution):
     def has_convergence_delta(self) -> bool:
         return False
 
+    def _checked_forward(self, classes: torch.Tensor):
+        """The model, with a clear error for a target class beyond its outputs."""
+
+        def forward(*args):
+            out = self.forward_func(*args)
+            if isinstance(out, torch.Tensor) and out.dim() == 2 and int(classes.max()) >= out.shape[1]:
+                raise ValueError(
+                    f"target out of range: class {int(classes.max())} for a model with {out.shape[1]} outputs"
+                )
+            return out
+
+        return forward
+
     def attribute(
         self,
         inputs: TensorOrTuple,
@@ -189,7 +202,8 @@ class _SemanticGradientBase(GradientAttribution):
                     if isinstance(module, nn.ReLU):
                         guard.register_forward_pre_hook(module, _guide_relu_input)
             guard.register_forward_hook(self.layer, mask_layer_gradient)
-            gradients = self.gradient_func(self.forward_func, grad_inputs, target, additional_forward_args)
+            forward = self._checked_forward(classes)
+            gradients = self.gradient_func(forward, grad_inputs, target, additional_forward_args)
         if not calls:
             raise ValueError(
                 "layer was never reached by the forward pass, so no semantic mask was applied; "
