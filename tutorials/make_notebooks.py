@@ -251,13 +251,16 @@ seconds.""",
         """\
 from captum_concepts.data import DigitsCNN, make_two_digit_canvas, train_classifier
 
-train = make_two_digit_canvas(1500, canvas_size=(8, 16), split="train", random_state=0)
+train = make_two_digit_canvas(2000, canvas_size=(8, 16), split="train", random_state=0)
 test = make_two_digit_canvas(100, canvas_size=(8, 16), split="test", random_state=0)
 torch.manual_seed(0)
 canvas = train_classifier(DigitsCNN(image_size=(8, 16)), train.images, train.multi_hot,
-                          test.images, test.multi_hot, epochs=8, multilabel=True)
+                          test.images, test.multi_hot, epochs=10, multilabel=True)
 canvas_model = canvas.model
-print(f"both digits right on {canvas.test_accuracy:.0%} of the test canvases")
+with torch.no_grad():
+    top2 = canvas_model(test.images).topk(2, dim=1).indices.sort(dim=1).values
+both_right = (top2 == test.labels.sort(dim=1).values).all(dim=1).float().mean()
+print(f"the two largest logits are the two digits on {both_right:.0%} of the test canvases")
 
 # one semantic vector per class, fitted from the multi-hot labels
 canvas_sv = SemanticVector(canvas_model, "block3.pool").fit_from_labels((train.images, train.multi_hot))""",
@@ -487,14 +490,14 @@ from captum_concepts.data import accuracy
 from captum_concepts.metrics import noise_score, variance_score
 
 
-def train(gamma_ns=0.0, gamma_vs=0.0, epochs=4, seed=0, score_every=10, score_batch=16):
-    model = make_model(seed)
+def train(gamma_ns=0.0, gamma_vs=0.0, epochs=10, seed=0, score_every=15, score_batch=16):
+    model = make_model(seed).eval()   # no dropout / batch norm: eval mode trains the same
     ea = EmbeddingAttribution(model, embedding_layer="act3", layer="conv2")
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
-    step, history = 0, []
+    step = 0
     for _ in range(epochs):
-        for idx in torch.randperm(len(data.x_train), generator=gen).split(64):
+        for idx in torch.randperm(len(data.x_train), generator=gen).split(32):
             x, y = data.x_train[idx], data.y_train[idx]
             loss = nn.functional.cross_entropy(model(x), y)
             if (gamma_ns or gamma_vs) and step % score_every == 0:
@@ -506,7 +509,6 @@ def train(gamma_ns=0.0, gamma_vs=0.0, epochs=4, seed=0, score_every=10, score_ba
             loss.backward()
             opt.step()
             step += 1
-    model.eval()
     x_eval = data.x_test[:64]
     ns = noise_score(ea, x_eval).mean().item()
     vs = variance_score(ea, x_eval).mean().item()

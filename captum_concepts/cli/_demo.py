@@ -54,6 +54,7 @@ def run_demo(args: argparse.Namespace) -> Path:
     data = load_digits_tensors()
     trained = train_digits_cnn(data, seed=args.seed, epochs=4 if quick else 15)
     model = trained.model.to(device).eval()
+    report.add_timing("training", trained.seconds)
     bar.update()
     report.add_meta(
         f"captum_concepts {__version__}, torch {torch.__version__}, device {device}, "
@@ -75,7 +76,7 @@ def run_demo(args: argparse.Namespace) -> Path:
         class_names=DIGIT_NAMES,
         layers=SOURCE_LAYERS,
         embedding_layer="embedding_relu",
-        concept_layer="block3.pool",
+        concept_layer="block3.relu",  # binarised block3.pool is on for nearly every digit: little contrast
         random_model=lambda: DigitsCNN(),
         device=device,
         seed=args.seed,
@@ -123,6 +124,7 @@ def run_demo(args: argparse.Namespace) -> Path:
         fit_labels=canvas_train.multi_hot,
         eval_images=canvas_test.images,
         eval_labels=canvas_test.labels[:, 0],
+        concept_layer="block3.pool",  # the last pooling layer, as the paper's VGG16 pool5
         random_model=lambda: DigitsCNN(image_size=CANVAS_SIZE),
     )
     sv = S.run_section("Semantic saliency", _fit_canvas_vectors, report, canvas_ctx)

@@ -25,9 +25,9 @@ figure img { max-width: 62%; height: auto; border: 1px solid #eee; image-renderi
 figcaption { flex: 1; font-size: 0.95em; }
 figcaption h3 { margin: 0 0 0.4em 0; font-size: 1.02em; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 0.6em 0; }
-td, th { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: right; }
+td, th { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: left; }
 th { background: #f6f6f6; }
-td:first-child, th:first-child { text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .note { background: #fff8e1; border-left: 4px solid #f0c040; padding: 0.4em 0.8em; }
 """
 
@@ -132,6 +132,11 @@ class Report:
 
 def _paragraphs(text: str) -> str:
     return "".join(f"<p>{html.escape(p.strip())}</p>" for p in text.split("\n\n") if p.strip())
+
+
+def _cell(value: Any) -> str:
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"<td{' class=num' if numeric else ''}>{html.escape(_fmt(value))}</td>"
 
 
 def _fmt(value: Any) -> str:

@@ -78,7 +78,7 @@ def randomized_copy(model: nn.Module, seed: int) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- embedding attributions
-def embedding_attributions(ctx: Context, n_examples: int = 3, method: str = "activation_gradient") -> None:
+def embedding_attributions(ctx: Context, n_examples: int = 2, method: str = "activation_gradient") -> None:
     from ..attr import EmbeddingAttribution
 
     rep = ctx.report
@@ -410,51 +410,64 @@ def coupled_nmf(ctx: Context, n_concepts: int = 10, n_top: int = 6) -> None:
         "eigenvalues of each matrix. The paper finds deeper layers closer to the identity (eigenvalues "
         "near 1): concepts use separate neurons there, while shallow layers share generic features.",
     )
-    tcav = _tcav_scores(ctx, cnmf, x, top_classes[:, 0])
-    shares = cnmf.class_scores(ctx.fit_labels)[0].cpu()
-    shares = shares / shares.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    scores, _ = cnmf.class_scores(ctx.fit_labels)
+    scores = scores.cpu()
+    shares = scores / scores.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    control = scores.argmin(dim=1)  # the class each concept is least about: TCAV's negative control
+    tcav_top = _tcav_scores(ctx, cnmf, x, top_classes[:, 0])
+    tcav_control = _tcav_scores(ctx, cnmf, x, control)
+    layer = ctx.label(ctx.concept_layer)
     rows = []
     for k in range(n_concepts):
         cls = [int(c) for c in top_classes[k]]
-        row = [f"concept {k}", ", ".join(f"{ctx.class_names[c]} ({float(shares[k, c]):.0%})" for c in cls)]
-        row += [tcav[k] if tcav is not None else "n/a"]
-        rows.append(row)
+        rows.append(
+            [
+                f"concept {k}",
+                ", ".join(f"{ctx.class_names[c]} ({float(shares[k, c]):.0%})" for c in cls),
+                tcav_top[k],
+                ctx.class_names[int(control[k])],
+                tcav_control[k],
+            ]
+        )
     rep.add_table(
-        [
-            "concept",
-            "top classes (share of affinity)",
-            f"TCAV score for the top class at {ctx.label(ctx.concept_layer)}",
-        ],
+        ["concept", "top classes (share of affinity)", "TCAV, top class", "control class", "TCAV, control"],
         rows,
-        caption="Top classes per concept and TCAV validation: the TCAV score is the share of held-out "
-        "examples "
-        "of the concept's top class whose class score increases along the concept's CAV (concept's top "
-        "examples vs random examples). Well above 0.5 means the concept matters to that class.",
+        caption=f"TCAV validation at {layer}: the TCAV score is the share of held-out examples of a class "
+        "whose class score increases along the concept's CAV (the concept's top examples vs random "
+        "examples). A concept that matters to its top class scores well above 0.5 there; the control is "
+        "the class with the least affinity to the concept.",
     )
-    if tcav is not None:
-        import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 3))
-        ax.bar(range(n_concepts), tcav, color="tab:blue")
-        ax.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="chance")
-        ax.set_xticks(range(n_concepts))
-        ax.set_xticklabels(
-            [f"c{k}\n({ctx.class_names[int(top_classes[k, 0])]})" for k in range(n_concepts)], fontsize=8
-        )
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("TCAV score")
-        ax.legend(fontsize=8)
-        rep.add_figure(
-            fig,
-            "tcav_scores",
-            "TCAV scores of the discovered concepts",
-            "For each concept (its top class in brackets): the TCAV sign-count score of the class for a CAV "
-            "separating the concept's top examples from random examples. The paper validates its concepts "
-            "this way: scores far from 0.5 show the model's class decision uses the concept.",
-        )
+    fig, ax = plt.subplots(figsize=(7, 3))
+    pos = np.arange(n_concepts)
+    ax.bar(pos - 0.2, tcav_top, width=0.4, color="tab:blue", label="top class")
+    ax.bar(pos + 0.2, tcav_control, width=0.4, color="tab:gray", label="control class")
+    ax.axhline(0.5, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xticks(pos)
+    ax.set_xticklabels(
+        [
+            f"c{k}\n{ctx.class_names[int(top_classes[k, 0])]} / {ctx.class_names[int(control[k])]}"
+            for k in range(n_concepts)
+        ],
+        fontsize=7,
+    )
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("TCAV score")
+    ax.legend(fontsize=8, loc="lower right")
+    rep.add_figure(
+        fig,
+        "tcav_scores",
+        "TCAV scores of the discovered concepts",
+        f"For each concept (labels: top class / control class), the TCAV sign-count score at {layer} of its "
+        "top class (blue) and of its least related class (grey). The paper validates its concepts with "
+        "TCAV: a concept that drives its class has a score near 1 for it, while the control class should "
+        "not show the same dependence.",
+    )
 
 
-def _tcav_scores(ctx: Context, cnmf: object, x: torch.Tensor, classes: torch.Tensor) -> Optional[List[float]]:
+def _tcav_scores(ctx: Context, cnmf: object, x: torch.Tensor, classes: torch.Tensor) -> List[float]:
+    """TCAV sign-count score of class ``classes[c]`` for concept ``c`` (vs one random set)."""
     import tempfile
 
     from captum.concept import TCAV, Concept
@@ -462,14 +475,13 @@ def _tcav_scores(ctx: Context, cnmf: object, x: torch.Tensor, classes: torch.Ten
 
     k = max(1, min(20 if ctx.quick else 40, len(x) // 2))
     gen = torch.Generator().manual_seed(ctx.seed)
-    n_concepts = int(classes.shape[0])
     concepts = cnmf.to_captum_concepts(x, k=k, first_id=1)
     random_idx = torch.randperm(len(x), generator=gen)[:k]
     random_concept = Concept(0, "random", DataLoader(x[random_idx], batch_size=k))
     scores: List[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         tcav = TCAV(ctx.model, [ctx.concept_layer], save_path=tmp, show_progress=False)
-        for c in range(n_concepts):
+        for c in range(int(classes.shape[0])):
             cls = int(classes[c])
             inputs = ctx.eval_images[ctx.eval_labels == cls][: 20 if ctx.quick else 60].to(ctx.device)
             if len(inputs) == 0:
