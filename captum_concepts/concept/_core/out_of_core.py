@@ -58,10 +58,9 @@ class OutOfCore:
             factors alone need about ``s * d * (4 N + 6 R)`` bytes (``s`` = 4 for
             float32, ``d`` concepts, ``N`` examples, ``R`` features); the rest
             sets the chunk size. Too small a budget raises a ``ValueError`` that
-            states the minimum; a tenth of the budget is kept as slack for
-            per-chunk products. Not counted: the model and one forward batch
-            while collecting, and the footprint of Python, torch and its BLAS
-            workspaces.
+            states the minimum; an eighth of the budget is kept as slack for
+            per-chunk products and the BLAS library's workspace (a few MB). Not counted: the model and one forward batch
+            while collecting, and the footprint of Python and torch.
         directory (str, optional): where the activation file is written (default:
             the system temporary directory). :meth:`CoupledNMFConcepts.fit` deletes
             its file after fitting.
@@ -277,7 +276,7 @@ def plan_chunk_rows(
     loop = s * d * (4 * n + 6 * r)
     start = (8 + s) * d * (n + r)
     # + slack for per-chunk (d, chunk) products and allocator overhead
-    fixed = max(loop, start) + (1 << 16) + budget // 10
+    fixed = max(loop, start) + (1 << 16) + budget // 8
     per_row = r * (st + (s if s != st else 0))
     rows = (budget - fixed) // per_row
     if rows < 1:
