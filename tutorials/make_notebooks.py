@@ -216,7 +216,9 @@ from captum_concepts.visualization import visualize_relevance_matrix
 data = load_digits_tensors()
 model = pretrained_digits_cnn(seed=0).model
 
-sv = SemanticVector(model, "block3.pool", random_state=0).fit_from_labels((data.x_train, data.y_train))
+# block3.relu (before pooling): after max-pooling almost every unit fires for every digit, and
+# binarised features then barely separate the classes
+sv = SemanticVector(model, "block3.relu", random_state=0).fit_from_labels((data.x_train, data.y_train))
 print("vectors", tuple(sv.vectors_.shape), " diversity", sv.diversity_.numpy().round(2))
 fig, ax = visualize_relevance_matrix(sv.relevance(), concept_names=[str(d) for d in range(10)],
                                      title="relevance between digit concepts")""",
@@ -305,6 +307,10 @@ for name, a in acc.items():
     (
         "md",
         """\
+By default a hit needs *all* the kept energy inside the target's box (`hit_fraction=1.0`), so
+accuracies fall quickly as `m` grows on these tiny images; `hit_fraction=0.8` or a `tolerance` in
+pixels relax it.
+
 `SemanticGradientInput` works the same way for Gradient × Input. With an all-ones mask both
 methods equal Captum's `GuidedBackprop` and `InputXGradient` exactly.
 
