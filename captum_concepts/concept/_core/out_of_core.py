@@ -59,8 +59,9 @@ class OutOfCore:
             float32, ``d`` concepts, ``N`` examples, ``R`` features); the rest
             sets the chunk size. Too small a budget raises a ``ValueError`` that
             states the minimum; an eighth of the budget is kept as slack for
-            per-chunk products and the BLAS library's workspace (a few MB). Not counted: the model and one forward batch
-            while collecting, and the footprint of Python and torch.
+            per-chunk products and the BLAS library's workspace (a few MB).
+            Not counted: the model and one forward batch while collecting, and
+            the footprint of Python and torch.
         directory (str, optional): where the activation file is written (default:
             the system temporary directory). :meth:`CoupledNMFConcepts.fit` deletes
             its file after fitting.
