@@ -1,8 +1,8 @@
 """Model-state guarantee (issue 9): every public method that touches a model leaves it as it was.
 
-One parametrised test: 25 methods x 4 faults (none, an exception raised inside the forward
+One parametrised test: 26 methods x 4 faults (none, an exception raised inside the forward
 pass, one raised inside the backward pass by an autograd function, one raised by a full
-backward hook) = 100 cases. The model starts in a *mixed* state (training mode with one block
+backward hook) = 104 cases. The model starts in a *mixed* state (training mode with one block
 in eval mode, one block's parameters frozen) so that restoring "everything to eval" or
 "everything to requires_grad=True" would be caught. After each case: no hook left (the test's
 own backward hook excepted, counted in the snapshot), the same per-module train/eval flags,
@@ -22,7 +22,7 @@ from torch import nn
 from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.attr import EmbeddingAttribution, SemanticGradientInput, SemanticGuidedBackprop
 from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
-from captum_concepts.data import DigitsCNN
+from captum_concepts.data import DigitsCNN, accuracy
 from captum_concepts.metrics import drift_score, noise_benchmark, noise_score, score_curve, variance_score
 
 
@@ -148,6 +148,7 @@ METHODS: Dict[str, tuple] = {
     "SemanticVector.perturbation_check": (lambda m, x: _fitted_sv(m).perturbation_check(x, Y), False),
     "CoupledNMFConcepts.fit": (lambda m, x: _cnmf(m).fit(x), False),
     "CoupledNMFConcepts.transform": (lambda m, x: _fitted_cnmf(m).transform(x, max_iter=3), False),
+    "data.accuracy": (lambda m, x: accuracy(m, x, Y), False),
     "noise_score": (lambda m, x: noise_score(_ea(m, layer="net.block2.relu"), x), True),
     "noise_score(differentiable)": (
         lambda m, x: noise_score(_ea(m, layer="net.block2.relu"), x, differentiable=True),
@@ -213,4 +214,4 @@ def test_model_and_inputs_come_back_unchanged(method: str, fault: str):
 
 
 def test_every_method_is_listed():
-    assert len(METHODS) * len(FAULTS) == 100
+    assert len(METHODS) * len(FAULTS) == 104

@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .._utils.hooks import ModelGuard
 from .digits import DigitsData, load_digits_tensors
 from .models import DigitsCNN
 
@@ -32,10 +33,9 @@ def accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, multilabel: bool = False, batch_size: int = 512
 ) -> float:
     """Top-1 accuracy; for ``multilabel`` (``y`` multi-hot) the exact-set accuracy of
-    ``sigmoid(logits) > 0.5``. The model is evaluated in eval mode and its mode restored."""
-    was_training = model.training
-    model.eval()
-    try:
+    ``sigmoid(logits) > 0.5``. The model is evaluated in eval mode and every module's
+    mode restored (also after an exception)."""
+    with ModelGuard(model, warn_train_mode=False):
         correct = 0
         for start in range(0, len(x), batch_size):
             out = model(x[start : start + batch_size])
@@ -45,8 +45,6 @@ def accuracy(
             else:
                 correct += (out.argmax(dim=1) == yy).sum().item()
         return correct / len(x)
-    finally:
-        model.train(was_training)
 
 
 def train_classifier(
