@@ -213,7 +213,9 @@ def _variance_from_maps(maps: torch.Tensor, threshold: Optional[float]) -> torch
     nrm = minmax_normalize(maps.flatten(2), start_dim=2)
     if threshold is not None:
         nrm = (nrm > threshold).to(nrm.dtype)
-    return nrm.var(dim=1, unbiased=False).mean(dim=-1)
+    # population variance over d, two-pass (torch.var over a strided dim is slow on CPU)
+    centred = nrm - nrm.mean(dim=1, keepdim=True)
+    return centred.square().mean(dim=1).mean(dim=-1)
 
 
 def _clip_bounds(clip_range: Any, inputs: Tuple[torch.Tensor, ...]) -> list:
