@@ -98,9 +98,7 @@ class Report:
 
     def add_table(self, header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> None:
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>" for r in rows
-        )
+        body = "".join("<tr>" + "".join(_cell(v) for v in r) + "</tr>" for r in rows)
         cap = f"<p>{html.escape(caption)}</p>" if caption else ""
         self._current().blocks.append(f"{cap}<table><tr>{head}</tr>{body}</table>")
 
