@@ -8,8 +8,8 @@ have no hooks left and the same modes, ``requires_grad`` flags and parameters.
 
 Case counts (kept equal to the lists below by ``test_case_counts_match_the_docstring``):
 
-- ERROR_CASES: 179 cases that must raise a clear error: EmbeddingAttribution 32,
-  SemanticGuidedBackprop and SemanticGradientInput 16 each (32), SemanticVector 25,
+- ERROR_CASES: 181 cases that must raise a clear error: EmbeddingAttribution 32,
+  SemanticGuidedBackprop and SemanticGradientInput 17 each (34), SemanticVector 25,
   CoupledNMFConcepts 45, noise/benchmark/variance/drift scores and score_curve 27, pointing game 13,
   visualization 5.
 - RESULT_CASES: 32 cases with a documented correct result (D = 1 equals Captum, in-place and reused
@@ -367,6 +367,12 @@ def semantic_errors(cls):
             lambda: cls(CNN, "block3.pool", ONES).attribute(X.long(), target=0),
             TypeError,
             r"inputs\[0\] has dtype",
+        ),
+        E(
+            f"{n}-model-on-meta(model)",
+            lambda: cls(META, "block3.pool", ONES).attribute(X, target=0),
+            RuntimeError,
+            "device",
         ),
         E(
             f"{n}-target-beyond-model-outputs",
