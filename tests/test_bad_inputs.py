@@ -943,7 +943,7 @@ def R(case_id, fn):
 
 
 def _ea_d1_equals_captum():
-    head = OneDimHead(CNN)
+    head = OneDimHead(CNN).eval()
     ours = EmbeddingAttribution(head, embedding_aggregator="mean").attribute(X)
     ref = Saliency(head).attribute(X, target=0, abs=False)[:, 0]
     torch.testing.assert_close(ours, ref)
@@ -978,12 +978,12 @@ def _ea_train_mode():
 
 def _ea_extra_forward_args():
     got = EmbeddingAttribution(MULTI).attribute(X_MULTI, additional_forward_args=(3,))
-    want = EmbeddingAttribution(ScaleBound(MULTI, 3)).attribute(X_MULTI)
+    want = EmbeddingAttribution(ScaleBound(MULTI, 3).eval()).attribute(X_MULTI)
     assert isinstance(got, tuple) and all(torch.equal(a, b) for a, b in zip(got, want))
 
 
 def _ea_constant_embedding():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 5))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 5)).eval()
     nn.init.zeros_(model[1].weight)
     assert torch.equal(EmbeddingAttribution(model).attribute(X), torch.zeros(4, 8, 8))
 
@@ -1039,7 +1039,7 @@ def _semantic_nan_does_not_leak():
 
 
 def _sv_constant_layer():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.ReLU())
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.ReLU()).eval()
     nn.init.zeros_(model[1].weight)
     nn.init.zeros_(model[1].bias)
     est = SemanticVector(model, "2").fit({"a": X})
@@ -1048,7 +1048,7 @@ def _sv_constant_layer():
 
 
 def _sv_one_unit_layer():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 1), nn.ReLU())
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 1), nn.ReLU()).eval()
     est = SemanticVector(model, "2").fit_from_labels((X, Y))
     assert est.vectors_.shape == (3, 1) and set(est.vectors_.flatten().tolist()) <= {0.0, 1.0}
 
