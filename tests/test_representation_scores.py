@@ -385,3 +385,31 @@ def test_score_curve_benchmark_and_plot(monkeypatch):
         score_curve(model, "bottleneck", ["conv1"], torch.rand(2, 1, 8, 8), score="entropy")
     with pytest.raises(ValueError, match="no submodule"):
         score_curve(model, "bottleneck", nn.Conv1d, torch.rand(2, 1, 8, 8))
+
+
+def test_paper_claim_trained_and_random_curves_separate_in_deep_layers(trained_digits, digits):
+    """Paper §4.1 (act x grad): trained and random-weight curves close in shallow layers, apart in
+    deep ones (experiments/scores_1_trained_vs_random.py has the full curves)."""
+    from captum_concepts.data import DigitsCNN
+    from captum_concepts.metrics import score_curve
+
+    torch.manual_seed(10)
+    random_net = DigitsCNN().eval()
+    x = digits.x_test[:64]
+    curves = []
+    for model in (trained_digits.model, random_net):
+        torch.manual_seed(0)
+        curves.append(
+            score_curve(
+                model,
+                "embedding",
+                ["block1.relu", "block3.pool"],
+                x,
+                method="activation_gradient",
+                embedding_aggregator="mean",
+                benchmark=False,
+            ).values
+        )
+    trained, random = curves
+    assert trained[1] - random[1] > 0.05
+    assert trained[1] - random[1] > 2 * abs(trained[0] - random[0])
