@@ -16,7 +16,10 @@ Case counts (kept equal to the lists below by ``test_case_counts_match_the_docst
   ReLUs equal the plain model, train-mode models explained in eval mode and left in train mode,
   extra forward arguments, constant/zero maps and layers, zero rows/columns, rank > data, NaN
   confined to its example, empty boxes -> NaN, never a hit).
-- Hypothesis properties: 4 (x 15-25 generated examples each).
+- Hypothesis properties: 4 (20 generated examples each): scores within [0, 1] and [0, 1/4] on arbitrary
+  (constant, zero, spiky, negative) maps; pointing game in {0, 1} and equal to the classic game at
+  energy 0; coupled NMF finite and non-negative on sparse data with zero rows/columns; embedding
+  attributions finite on finite inputs.
 
 See RELIABILITY.md for the table of faults and what each returns.
 """
