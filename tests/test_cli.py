@@ -189,6 +189,11 @@ def test_errors_are_one_clear_line(user_setup, tmp_path, capsys):
     no_module = list(base)
     no_module[no_module.index("--model") + 1] = "no_such_module_xyz:f"
     _one_line_error(capsys, no_module, "no_such_module_xyz")
+    typo = list(base)
+    typo[typo.index("--model") + 1] = "resnet1800"
+    _one_line_error(capsys, typo, "unknown model", "resnet18")
+    if not torch.cuda.is_available():
+        _one_line_error(capsys, base + ["--device", "cuda"], "CUDA")
 
 
 def test_verbose_shows_the_traceback(user_setup, tmp_path, capsys):
