@@ -8,9 +8,10 @@ have no hooks left and the same modes, ``requires_grad`` flags and parameters.
 
 Case counts (kept equal to the lists below by ``test_case_counts_match_the_docstring``):
 
-- ERROR_CASES: 181 cases that must raise a clear error: EmbeddingAttribution 32,
+- ERROR_CASES: 194 cases that must raise a clear error: EmbeddingAttribution 32,
   SemanticGuidedBackprop and SemanticGradientInput 17 each (34), SemanticVector 25,
-  CoupledNMFConcepts 45, noise/benchmark/variance/drift scores and score_curve 27, pointing game 13,
+  CoupledNMFConcepts 45, its out-of-core mode (OutOfCore, ActivationStore, fit_store) 13,
+  noise/benchmark/variance/drift scores and score_curve 27, pointing game 13,
   visualization 5.
 - RESULT_CASES: 32 cases with a documented correct result (D = 1 equals Captum, in-place and reused
   ReLUs equal the plain model, train-mode models explained in eval mode and left in train mode,
@@ -28,7 +29,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import re
+import tempfile
 import warnings
 
 import numpy as np
@@ -46,7 +49,7 @@ from torch import nn
 
 from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.attr import EmbeddingAttribution, SemanticGradientInput, SemanticGuidedBackprop
-from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
+from captum_concepts.concept import ActivationStore, CoupledNMFConcepts, OutOfCore, SemanticVector
 from captum_concepts.data import DigitsCNN
 from captum_concepts.metrics import (
     drift_score,
@@ -686,6 +689,69 @@ CNMF_ERRORS = [
 ]
 
 
+_TMP = tempfile.TemporaryDirectory(prefix="captum_concepts_bad_inputs_")
+
+
+def ooc(**kw) -> CoupledNMFConcepts:
+    settings = kw.pop("settings", None) or OutOfCore(directory=_TMP.name)
+    return cn(model=CNN, layers=["block3.pool"], out_of_core=settings, **kw)
+
+
+def store(rows=(3, 2), **kw) -> ActivationStore:
+    return ActivationStore(os.path.join(_TMP.name, "store.bin"), list(rows), **kw)
+
+
+def _empty_store_fit():
+    return cn().fit_store(store().close())
+
+
+OUT_OF_CORE_ERRORS = [
+    E(
+        "ooc-budget-string",
+        lambda: ooc(settings=OutOfCore("lots")).fit(X),
+        ValueError,
+        "memory_budget must be",
+    ),
+    E("ooc-budget-negative", lambda: ooc(settings=OutOfCore(-5)).fit(X), ValueError, "memory_budget must be"),
+    E(
+        "ooc-storage-dtype",
+        lambda: ooc(settings=OutOfCore(storage_dtype=torch.int8)).fit(X),
+        ValueError,
+        "storage_dtype must be",
+    ),
+    E(
+        "ooc-not-settings",
+        lambda: cn(out_of_core="1GB").fit(X),
+        TypeError,
+        "out_of_core must be an OutOfCore",
+    ),
+    E(
+        "ooc-budget-too-small",
+        lambda: ooc(settings=OutOfCore(100, directory=_TMP.name)).fit(X),
+        ValueError,
+        "memory_budget=100 bytes is too small",
+    ),
+    E("ooc-nan-inputs", lambda: ooc().fit(X_NAN), ValueError, "NaN or infinite"),
+    E("ooc-negative-pixels", lambda: ooc().fit(X - 1), ValueError, r"pixels\[0\] has minimum"),
+    E(
+        "ooc-fit-store-type",
+        lambda: cn().fit_store("acts.bin"),
+        TypeError,
+        "store must be an ActivationStore",
+    ),
+    E("store-block-rows", lambda: store(rows=(0, 3)), ValueError, "block_rows must be positive"),
+    E("store-dtype", lambda: store(storage_dtype=torch.int8), ValueError, "storage_dtype must be"),
+    E(
+        "store-append-batch-mismatch",
+        lambda: store().append([torch.rand(4, 3), torch.rand(5, 2)]),
+        ValueError,
+        r"block 1 must be \(B, 2\)",
+    ),
+    E("store-append-count", lambda: store().append([torch.rand(4, 3)]), ValueError, "append needs 2 blocks"),
+    E("ooc-fit-empty-store", _empty_store_fit, ValueError, "store holds no examples"),
+]
+
+
 def const_explainer(t, **kw):
     return torch.zeros(t.shape[0], 8, 8)
 
@@ -916,7 +982,14 @@ VIS_ERRORS = [
 ]
 
 ERROR_CASES = (
-    EA_ERRORS + SEMANTIC_ERRORS + SV_ERRORS + CNMF_ERRORS + METRIC_ERRORS + POINTING_ERRORS + VIS_ERRORS
+    EA_ERRORS
+    + SEMANTIC_ERRORS
+    + SV_ERRORS
+    + CNMF_ERRORS
+    + OUT_OF_CORE_ERRORS
+    + METRIC_ERRORS
+    + POINTING_ERRORS
+    + VIS_ERRORS
 )
 
 

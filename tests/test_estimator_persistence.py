@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
+from captum_concepts.concept import CoupledNMFConcepts, OutOfCore, SemanticVector
 from captum_concepts.data import DigitsCNN
 
 
@@ -148,3 +148,15 @@ def test_loading_a_file_with_inconsistent_content_is_refused(tmp_path):
     save_state(tmp_path / "bad2.pt", "CoupledNMFConcepts", tensors, meta)
     with pytest.raises(ValueError, match="'components' is missing"):
         CoupledNMFConcepts.load(tmp_path / "bad2.pt")
+
+
+def test_out_of_core_fit_round_trip_leaves_no_file(tmp_path, model, data):
+    x, _, x_new = data
+    settings = OutOfCore("64MB", directory=str(tmp_path / "store"))
+    (tmp_path / "store").mkdir()
+    est = CoupledNMFConcepts(3, model, layers=["block3.pool"], max_iter=5, out_of_core=settings).fit(x)
+    assert list((tmp_path / "store").iterdir()) == []  # the activation file is deleted after fit
+    est.save(tmp_path / "ooc.pt")
+    loaded = CoupledNMFConcepts.load(tmp_path / "ooc.pt", model=model)
+    assert loaded.out_of_core is None  # a fit-time setting, not saved
+    assert torch.equal(loaded.transform(x_new), est.transform(x_new))

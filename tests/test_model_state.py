@@ -1,8 +1,8 @@
 """Model-state guarantee (issue 9): every public method that touches a model leaves it as it was.
 
-One parametrised test: 26 methods x 4 faults (none, an exception raised inside the forward
+One parametrised test: 27 methods x 4 faults (none, an exception raised inside the forward
 pass, one raised inside the backward pass by an autograd function, one raised by a full
-backward hook) = 104 cases. The model starts in a *mixed* state (training mode with one block
+backward hook) = 108 cases. The model starts in a *mixed* state (training mode with one block
 in eval mode, one block's parameters frozen) so that restoring "everything to eval" or
 "everything to requires_grad=True" would be caught. After each case: no hook left (the test's
 own backward hook excepted, counted in the snapshot), the same per-module train/eval flags,
@@ -21,7 +21,7 @@ from torch import nn
 
 from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.attr import EmbeddingAttribution, SemanticGradientInput, SemanticGuidedBackprop
-from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
+from captum_concepts.concept import CoupledNMFConcepts, OutOfCore, SemanticVector
 from captum_concepts.data import DigitsCNN, accuracy
 from captum_concepts.metrics import drift_score, noise_benchmark, noise_score, score_curve, variance_score
 
@@ -147,6 +147,10 @@ METHODS: Dict[str, tuple] = {
     "SemanticVector.explain": (lambda m, x: _fitted_sv(m).explain(x, k=2), False),
     "SemanticVector.perturbation_check": (lambda m, x: _fitted_sv(m).perturbation_check(x, Y), False),
     "CoupledNMFConcepts.fit": (lambda m, x: _cnmf(m).fit(x), False),
+    "CoupledNMFConcepts.fit(out_of_core)": (
+        lambda m, x: _cnmf(m).set_params(out_of_core=OutOfCore("64MB")).fit(x),
+        False,
+    ),
     "CoupledNMFConcepts.transform": (lambda m, x: _fitted_cnmf(m).transform(x, max_iter=3), False),
     "data.accuracy": (lambda m, x: accuracy(m, x, Y), False),
     "noise_score": (lambda m, x: noise_score(_ea(m, layer="net.block2.relu"), x), True),
@@ -214,4 +218,4 @@ def test_model_and_inputs_come_back_unchanged(method: str, fault: str):
 
 
 def test_every_method_is_listed():
-    assert len(METHODS) * len(FAULTS) == 104
+    assert len(METHODS) * len(FAULTS) == 108

@@ -460,6 +460,8 @@ class CoupledNMFConcepts(BaseEstimator):
         return self._fit_store(store, groups, self._resolve_device(torch.device("cpu")))
 
     def _fit_store(self, store: ooc.ActivationStore, groups: Any, device: torch.device) -> CoupledNMFConcepts:
+        if store.n_examples == 0:
+            raise ValueError("store holds no examples; append at least one batch before fitting")
         n_act = len(store.block_rows) - store.n_pixel_blocks
         self.input_shape_ = store.input_shape
         self.layer_names_ = list(store.layer_names) or [f"activation_blocks[{j}]" for j in range(n_act)]
