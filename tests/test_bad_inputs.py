@@ -13,7 +13,7 @@ Case counts (kept equal to the lists below by ``test_case_counts_match_the_docst
   CoupledNMFConcepts 45, its out-of-core mode (OutOfCore, ActivationStore, fit_store) 13,
   noise/benchmark/variance/drift scores and score_curve 27, pointing game 13,
   visualization 5.
-- RESULT_CASES: 32 cases with a documented correct result (D = 1 equals Captum, in-place and reused
+- RESULT_CASES: 33 cases with a documented correct result (D = 1 equals Captum, in-place and reused
   ReLUs equal the plain model, train-mode models explained in eval mode and left in train mode,
   extra forward arguments, constant/zero maps and layers, zero rows/columns, rank > data, NaN
   confined to its example, empty boxes -> NaN, never a hit).
@@ -1231,6 +1231,14 @@ def _cnmf_model_device():
     assert est.example_factors_.is_cuda
 
 
+def _distributed_without_process_group():
+    a = cn(max_iter=5, distributed=True).fit_matrices([mat(4, 6)])
+    b = cn(max_iter=5).fit_matrices([mat(4, 6)])
+    assert torch.equal(a.example_factors_, b.example_factors_)  # documented: a plain fit
+    sv_a = SemanticVector(CNN, "block3.pool", distributed=True).fit_from_labels((X, Y))
+    assert torch.equal(sv_a.vectors_, fitted_sv().vectors_)
+
+
 def _ns_constant_maps_are_zero():
     assert torch.equal(noise_score(const_explainer, X), torch.zeros(4))
 
@@ -1282,6 +1290,7 @@ RESULT_CASES = [
     R("cnmf-numpy-equals-tensor", _cnmf_numpy_equals_tensor),
     R("cnmf-train-mode-inplace-relu", _cnmf_train_mode_and_inplace),
     R("cnmf-model-on-cuda-inputs-on-cpu", _cnmf_model_device),
+    R("distributed-flag-without-process-group", _distributed_without_process_group),
     R("ns-constant-maps", _ns_constant_maps_are_zero),
     R("vs-D=1", _vs_one_dim_is_zero),
     R("pg-empty-box-nan", _pg_empty_box_nan),
