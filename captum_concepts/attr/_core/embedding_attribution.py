@@ -368,6 +368,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                     if not create_graph and scratch[i] is None:
                         scratch[i] = torch.empty_like(act)
                     piece.append(self._channel_maps(g.unsqueeze(0), act, scratch[i]))  # (1, N, *S)
+                del grads, g  # free before the next backward so the allocator reuses the memory
         out = []
         for piece in pieces:
             per_dim = torch.cat(piece).movedim(0, 1)  # (N, D, *S)
