@@ -14,9 +14,13 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = Path(__file__).resolve().parent
 
 SETUP = """\
+import os
+
 import matplotlib.pyplot as plt
 import torch
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # CI runs the notebooks in parallel: one thread each
+    torch.set_num_threads(1)
 torch.manual_seed(0)
 %matplotlib inline"""
 
@@ -553,6 +557,8 @@ def build() -> None:
         nb = new_notebook()
         nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
         nb.metadata["language_info"] = {"name": "python"}
+        # per-cell limit for nbmake (its default, 300 s, is tight on a loaded 2-core CI machine)
+        nb.metadata["execution"] = {"timeout": 900}
         nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells]
         for i, cell in enumerate(nb.cells):
             cell["id"] = f"{name[:2]}-{i:02d}"

@@ -95,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     scores.add_argument(
         "--embedding-layer", help="the layer whose output is the embedding (default: the model output)"
     )
+    scores.add_argument(
+        "--embedding-dims",
+        type=int,
+        metavar="K",
+        help="explain a random subset of K embedding components (default: all; the cost grows with it)",
+    )
+    scores.add_argument("--n-examples", type=int, default=32, help="images scored per curve (32)")
+    scores.add_argument(
+        "--benchmark-draws", type=int, default=4, help="noise pairs of the noise benchmark (4)"
+    )
     _common(scores, "scores_out")
 
     saliency = sub.add_parser(

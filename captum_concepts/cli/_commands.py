@@ -103,6 +103,22 @@ def run_user_command(args: argparse.Namespace) -> Path:
         layer_labels=[name[len("model.") :] if wrapped else name for name in layers],
     )
     if args.command == "scores":
+        if args.n_examples < 1 or args.benchmark_draws < 1:
+            raise CLIError("--n-examples and --benchmark-draws must be positive")
+        ctx.n_score_examples = args.n_examples
+        ctx.benchmark_draws = args.benchmark_draws
+        if args.embedding_dims is not None:
+            total = S.embedding_size(model, embedding_layer, data.images[:1].to(device))
+            if not 1 <= args.embedding_dims <= total:
+                raise CLIError(
+                    f"--embedding-dims must be in [1, {total}] (the embedding size), "
+                    f"got {args.embedding_dims}"
+                )
+            gen = torch.Generator().manual_seed(args.seed)
+            ctx.embedding_dims = torch.randperm(total, generator=gen)[: args.embedding_dims].sort().values
+            report.add_meta(
+                f"Embedding components explained: {args.embedding_dims} of {total}, drawn at random."
+            )
         S.embedding_attributions(ctx)
         S.score_curves(ctx)
     elif args.command == "saliency":

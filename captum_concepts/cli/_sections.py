@@ -40,6 +40,9 @@ class Context:
     seed: int
     quick: bool = False
     progress: bool = True
+    n_score_examples: int = 64
+    benchmark_draws: int = 8
+    embedding_dims: Optional[torch.Tensor] = None  # a subset of embedding components (None: all)
     layer_labels: List[str] = field(default_factory=list)
 
     def label(self, layer: Optional[str]) -> str:
@@ -102,7 +105,8 @@ def embedding_attributions(ctx: Context, n_examples: int = 2, method: str = "act
             method=method,
             embedding_aggregator=agg,
         )
-        per_agg[agg] = [m.detach().cpu() for m in ea.attribute(x)]
+        maps = ea.attribute(x, embedding_dims=ctx.embedding_dims, show_progress=ctx.progress)
+        per_agg[agg] = [m.detach().cpu() for m in maps]
     for i in range(len(idx)):
         for agg in AGGREGATORS:
             rows.append(torch.stack([m[i] for m in per_agg[agg]]))
@@ -132,19 +136,24 @@ def embedding_attributions(ctx: Context, n_examples: int = 2, method: str = "act
 def _embedding_dim(ctx: Context) -> str:
     if ctx.embedding_layer is None:
         return "output"
-    with torch.no_grad():
-        captured = {}
-        module = dict(ctx.model.named_modules())[ctx.embedding_layer]
-        handle = module.register_forward_hook(lambda m, i, o: captured.setdefault("z", o))
-        try:
-            ctx.model(ctx.eval_images[:1].to(ctx.device))
-        finally:
-            handle.remove()
-    return str(captured["z"][0].numel())
+    return str(embedding_size(ctx.model, ctx.embedding_layer, ctx.eval_images[:1].to(ctx.device)))
+
+
+def embedding_size(model: nn.Module, layer: Optional[str], x: torch.Tensor) -> int:
+    """Number of components of one example's flattened embedding (``layer`` None: the output)."""
+    from .._utils.hooks import ModelGuard
+
+    captured = {}
+    with ModelGuard(model) as guard, torch.no_grad():
+        if layer is not None:
+            module = dict(model.named_modules())[layer]
+            guard.register_forward_hook(module, lambda _m, _i, out: captured.setdefault("z", out))
+        out = model(x)
+    return int(captured.get("z", out)[0].numel())
 
 
 # --------------------------------------------------------------------------- representation scores
-def score_curves(ctx: Context, n_examples: int = 64) -> None:
+def score_curves(ctx: Context) -> None:
     from ..metrics import score_curve
 
     rep = ctx.report
@@ -156,11 +165,12 @@ def score_curves(ctx: Context, n_examples: int = 64) -> None:
         "noise inputs. The variance score (eq. 3) is the variance over embedding components of their "
         "normalised maps: high when components look at different places (a concise embedding).",
     )
-    x = ctx.eval_images[: n_examples // 4 if ctx.quick else n_examples].to(ctx.device)
+    n_examples = ctx.n_score_examples // 4 if ctx.quick else ctx.n_score_examples
+    x = ctx.eval_images[:n_examples].to(ctx.device)
     layers: List[Optional[str]] = [None] + list(ctx.layers)
     names = [ctx.label(s) for s in layers]
     random_model = ctx.random_model().to(ctx.device).eval()
-    n_draws = 2 if ctx.quick else 8
+    n_draws = 2 if ctx.quick else ctx.benchmark_draws
     curves = {}
     for score in ("noise", "variance"):
         for tag, model in (("trained", ctx.model), ("random weights", random_model)):
@@ -173,6 +183,7 @@ def score_curves(ctx: Context, n_examples: int = 64) -> None:
                 score=score,
                 method="gradient",
                 n_benchmark_draws=n_draws,
+                embedding_dims=ctx.embedding_dims,
                 benchmark=score == "noise" and tag == "trained",
             )
     trained = curves["noise", "trained"]
