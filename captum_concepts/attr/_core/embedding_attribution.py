@@ -73,7 +73,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
       ``internal_batch_size`` dimensions (one vmapped backward per chunk). The issue's H100
       measurements (ResNet-18) found it 14-336x faster than a Captum loop; our default on CUDA.
     - ``"loop"``: one backward pass of the head per dimension, reusing the single forward graph
-      (``retain_graph=True``), each gradient reduced at once. Measured 1.5-2.5x faster than
+      (``retain_graph=True``), each gradient reduced at once. Measured 1.5-3x faster than
       ``"batched"`` on CPU (``benchmarks/RESULTS.md``): max-pool backward has no vmap batching
       rule and falls back to a per-sample loop, and large batched temporaries thrash the cache.
     - ``"auto"`` (default): ``"batched"`` when the embedding lives on a CUDA device, ``"loop"``
