@@ -169,6 +169,17 @@ class _SemanticGradientBase(GradientAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
     ) -> TensorOrTuple:
+        r"""Semantic attributions (Guided Backprop or Gradient×Input, see the class).
+
+        Args:
+            inputs (Tensor or tuple of Tensors): ``(N, ...)`` each; tuple in, tuple out.
+            target (int, Tensor or list): output class per example (also selects the
+                mask); may be None only with a single mask.
+            additional_forward_args: appended to the forward call, as in Captum.
+
+        Returns:
+            Attributions with the shape of ``inputs`` (detached).
+        """
         inputs_t, was_tuple = format_inputs(inputs)
         n = check_batch(inputs_t)
         classes = _target_classes(target, n, self.masks.shape[0])
@@ -250,28 +261,16 @@ class SemanticGuidedBackprop(_SemanticGradientBase):
             *layer_shape)`` (bool or float; float values multiply the gradient).
         threshold (float): activation-rate threshold of the masks. Default: 0.5.
         concepts (sequence, optional): class-to-concept map (SemanticVector only).
+
+    Note: masks ``1[r_c > 0.5]`` are per unit, i.e. per (channel, position) of a conv
+    layer. Where objects appear at varying positions, few (channel, position) units
+    are active in more than half of a class's examples, and the mask can cut the paths
+    through the object itself (measured on two-digit canvases, see
+    ``experiments/README.md``): use a lower ``threshold`` or pass a position-free mask
+    tensor built from ``SemanticVector.activation_rates_``.
     """
 
     _guided = True
-
-    def attribute(
-        self,
-        inputs: TensorOrTuple,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-    ) -> TensorOrTuple:
-        r"""Semantic Guided Backprop attributions.
-
-        Args:
-            inputs (Tensor or tuple of Tensors): ``(N, ...)`` each; tuple in, tuple out.
-            target (int, Tensor or list): output class per example (also selects the
-                mask); may be None only with a single mask.
-            additional_forward_args: appended to the forward call, as in Captum.
-
-        Returns:
-            Attributions with the shape of ``inputs`` (detached).
-        """
-        return super().attribute(inputs, target, additional_forward_args)
 
 
 class SemanticGradientInput(_SemanticGradientBase):
@@ -286,22 +285,3 @@ class SemanticGradientInput(_SemanticGradientBase):
     Arguments, targets and the class-to-concept map are as in
     :class:`SemanticGuidedBackprop`.
     """
-
-    def attribute(
-        self,
-        inputs: TensorOrTuple,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-    ) -> TensorOrTuple:
-        r"""Semantic Gradient×Input attributions.
-
-        Args:
-            inputs (Tensor or tuple of Tensors): ``(N, ...)`` each; tuple in, tuple out.
-            target (int, Tensor or list): output class per example (also selects the
-                mask); may be None only with a single mask.
-            additional_forward_args: appended to the forward call, as in Captum.
-
-        Returns:
-            Attributions with the shape of ``inputs`` (detached).
-        """
-        return super().attribute(inputs, target, additional_forward_args)

@@ -197,7 +197,9 @@ class _ConceptSums:
             self.shape = shape
         elif shape != self.shape:
             raise ValueError(f"layer output shape changed between batches: {self.shape} then {shape}")
-        if not bool(torch.isfinite(feats).all()):
+        # One reduction instead of an elementwise isfinite pass (a NaN/Inf makes the sum
+        # non-finite; the exact check runs only then, ruling out overflow of a finite sum).
+        if not bool(torch.isfinite(feats.sum())) and not bool(torch.isfinite(feats).all()):
             raise ValueError("the layer output holds NaN or infinite values (check the inputs for NaN/Inf)")
         self._grow(member.shape[1], feats.shape[1], feats.device)
         a = (feats > 0).to(torch.float32)
