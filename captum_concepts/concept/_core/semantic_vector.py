@@ -554,7 +554,7 @@ class SemanticVector(BaseEstimator):
 
     def rank(
         self, inputs: TensorOrTuple, concept: ConceptKey, k: int = 10, additional_forward_args: Any = None
-    ):
+    ) -> torch.return_types.topk:
         """The ``k`` inputs closest to ``concept`` (retrieval, paper Fig. 1).
 
         Returns:
