@@ -379,3 +379,21 @@ def test_does_not_mutate_shared_model(trained_digits, x8):
         x8, create_graph=True
     )
     assert_same_state(before, model)
+
+
+def test_eval_mode_false_keeps_training_mode_without_warning(recwarn):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Dropout(0.5), nn.Linear(16, 4)).train()
+    x = torch.rand(3, 6)
+    kwargs = dict(method="gradient", embedding_aggregator="mean")
+    with pytest.warns(UserWarning, match="training mode"):
+        in_eval = EmbeddingAttribution(model, **kwargs).attribute(x)
+    assert model.training
+    recwarn.clear()
+    train_maps = [EmbeddingAttribution(model, eval_mode=False, **kwargs).attribute(x) for _ in range(2)]
+    assert not [w for w in recwarn if "training mode" in str(w.message)]
+    assert model.training
+    # dropout stays active: two calls differ, and differ from the eval-mode map
+    assert not torch.equal(train_maps[0], train_maps[1])
+    model.eval()
+    assert torch.allclose(EmbeddingAttribution(model, **kwargs).attribute(x), in_eval)

@@ -99,11 +99,15 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         attribute_to_layer_input (bool): attribute to the layers' inputs instead of their outputs,
             as in Captum. Default False.
         strategy (str): ``"auto"`` (default), ``"batched"`` or ``"loop"``; see above.
+        eval_mode (bool): run the model in eval mode inside :meth:`attribute` (default True; a
+            model in training mode then triggers a ``UserWarning``). Pass False inside a training
+            loop with score constraints: the model keeps its mode, and no warning is given.
 
     Layers must run exactly once per forward pass (a reused module raises ``ValueError``).
-    The model runs in eval mode inside :meth:`attribute` (see :class:`ModelGuard`); every hook and
-    flag is restored afterwards, also after an exception. Hooks hand a clone of each captured
-    tensor to the rest of the model, so in-place operations downstream cannot corrupt it.
+    With ``eval_mode=True`` the model runs in eval mode inside :meth:`attribute` (see
+    :class:`ModelGuard`); every hook and flag is restored afterwards, also after an exception.
+    Hooks hand a clone of each captured tensor to the rest of the model, so in-place operations
+    downstream cannot corrupt it.
 
     ``multiplies_by_inputs`` is True for ``"activation_gradient"`` and ``"gradcam"`` (both multiply
     by the activations), False for ``"gradient"``. ``has_convergence_delta()`` is False. The class
@@ -128,6 +132,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         upsample: Optional[str] = "nearest",
         attribute_to_layer_input: bool = False,
         strategy: str = "auto",
+        eval_mode: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -155,6 +160,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         self.upsample = check_upsample(upsample, "upsample")
         self.attribute_to_layer_input = bool(attribute_to_layer_input)
         self.strategy = strategy
+        self.eval_mode = bool(eval_mode)
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -213,7 +219,9 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                 f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}"
             )
         model = self.forward_func
-        with ModelGuard(model, freeze_parameters=not create_graph) as guard, torch.enable_grad():
+        with ModelGuard(
+            model, eval_mode=self.eval_mode, freeze_parameters=not create_graph
+        ) as guard, torch.enable_grad():
             x = tuple(_prepare_input(t, i, self._layers) for i, t in enumerate(inputs_t))
             captured, embedded = self._register_hooks(guard, model)
             output = run_forward(model, x, additional_forward_args)
