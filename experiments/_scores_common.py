@@ -18,6 +18,15 @@ torch.set_num_threads(1)
 warnings.filterwarnings("ignore", message="model is in training mode")
 
 
+# The (method, channel_aggregator, embedding_aggregator) settings the score experiments compare.
+ATTRIBUTION_CONFIGS = [
+    ("gradient", "mean", "var"),
+    ("activation_gradient", "mean", "var"),
+    ("gradient", "mean", "mean"),
+    ("activation_gradient", "mean", "mean"),
+]
+
+
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     from scipy.stats import spearmanr
 

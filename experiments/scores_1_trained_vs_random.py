@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 import torch
-from _scores_common import print_table
+from _scores_common import ATTRIBUTION_CONFIGS, print_table
 
 from captum_concepts.data import DigitsCNN, load_digits_tensors, pretrained_digits_cnn
 from captum_concepts.metrics import score_curve
@@ -21,19 +21,13 @@ from captum_concepts.metrics import score_curve
 LAYERS = ["block1.conv", "block1.relu", "block2.conv", "block2.pool", "block3.conv", "block3.pool"]
 N_EXAMPLES = 64
 SEEDS = (0, 1, 2)
-CONFIGS = [  # (method, channel_aggregator, embedding_aggregator)
-    ("gradient", "mean", "var"),
-    ("activation_gradient", "mean", "var"),
-    ("gradient", "mean", "mean"),
-    ("activation_gradient", "mean", "mean"),
-]
 
 
 def main() -> None:
     t0 = time.perf_counter()
     data = load_digits_tensors(upscale=2)
     x = data.x_test[:N_EXAMPLES]
-    for method, ch_agg, emb_agg in CONFIGS:
+    for method, ch_agg, emb_agg in ATTRIBUTION_CONFIGS:
         agg = dict(channel_aggregator=ch_agg, embedding_aggregator=emb_agg)
         trained, random, bench = [], [], []
         for seed in SEEDS:

@@ -13,7 +13,13 @@ from __future__ import annotations
 import time
 
 import torch
-from _scores_common import DigitsAutoencoder, print_table, spearman, train_autoencoder
+from _scores_common import (
+    ATTRIBUTION_CONFIGS,
+    DigitsAutoencoder,
+    print_table,
+    spearman,
+    train_autoencoder,
+)
 
 from captum_concepts.attr import EmbeddingAttribution
 from captum_concepts.data import load_digits_tensors
@@ -22,12 +28,6 @@ from captum_concepts.metrics import drift_score
 EPSILONS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0]
 SEEDS = (0, 1, 2)
 N_EXAMPLES = 128
-CONFIGS = [  # (method, channel_aggregator, embedding_aggregator)
-    ("gradient", "mean", "var"),
-    ("activation_gradient", "mean", "var"),
-    ("gradient", "mean", "mean"),
-    ("activation_gradient", "mean", "mean"),
-]
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
         model = DigitsAutoencoder(bottleneck=32, activation="relu", image_size=16)
         train_autoencoder(model, data, epochs=5, seed=seed, classify=False)
         models.append(model.eval())
-    for method, ch_agg, emb_agg in CONFIGS:
+    for method, ch_agg, emb_agg in ATTRIBUTION_CONFIGS:
         per_seed = []
         for seed, model in zip(SEEDS, models):
             ea = EmbeddingAttribution(
