@@ -214,7 +214,13 @@ def weighted_projection(
 
 def weighted_gram(problem: CoupledProblem, Wt: Tensor) -> Tensor:
     """``B = Wt diag(w) Wt^T`` ``(d, d)``."""
+    if _unweighted(problem):
+        return Wt @ Wt.t()
     return (Wt * problem.row_weight) @ Wt.t()
+
+
+def _unweighted(problem: CoupledProblem) -> bool:
+    return all(float(w) == 1.0 for w in problem.block_weights)
 
 
 def objective(problem: CoupledProblem, moments: Tensor, Wt: Tensor, stats: Statistics, B: Tensor) -> float:
@@ -224,7 +230,10 @@ def objective(problem: CoupledProblem, moments: Tensor, Wt: Tensor, stats: Stati
     Gd = stats.G.double()
     value = (w * moments[:, 1]).sum().to(Wt.device)
     # float32 element products, float64 sums: no float64 copies of the (d, R) factors
-    value = value - 2.0 * (Wt * stats.St).mul_(problem.row_weight).sum(dtype=f64) + (B.double() * Gd).sum()
+    cross = Wt * stats.St
+    if not _unweighted(problem):
+        cross.mul_(problem.row_weight)
+    value = value - 2.0 * cross.sum(dtype=f64) + (B.double() * Gd).sum()
     if torch.is_tensor(problem.row_reg):
         value = value + (Wt * Wt).mul_(problem.row_lambda).sum(dtype=f64)
     if problem.lambda_f > 0:
@@ -321,7 +330,7 @@ def hals_update(
         if before is None:
             break
         # reduced: sharded ranks must agree on the number of sweeps
-        change = float(reduce((H - before).pow(2).sum().reshape(1)))
+        change = float(reduce(torch.dist(H, before).square().reshape(1)))
         if first is None:
             first = change
         elif change <= rel_stop * rel_stop * first:
