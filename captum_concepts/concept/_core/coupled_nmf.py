@@ -6,6 +6,7 @@ Networks" (SPEC.md §5).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -496,22 +497,10 @@ class CoupledNMFConcepts(BaseEstimator):
         placeholders = [torch.empty(r, 0, dtype=self.dtype, device=device) for r in store.block_rows]
         buffers: dict = {}  # chunk buffers shared by the problems built below
 
-        def make_problem(weights, group_index=None, n_groups=0):
-            return ooc.StreamedProblem(
-                store,
-                chunk_rows,
-                shift,
-                placeholders,
-                weights,
-                lambdas,
-                float(self.lambda_f),
-                group_index,
-                n_groups,
-                float(self.group_sparsity),
-                buffers=buffers,
-            )
-
-        return self._fit_problem(make_problem, store.n_pixel_blocks, names, groups, device)
+        new_problem = functools.partial(
+            ooc.StreamedProblem, store, chunk_rows, shift, placeholders, buffers=buffers
+        )
+        return self._fit_problem(new_problem, lambdas, store.n_pixel_blocks, names, groups, device)
 
     def _fit_blocks(self, pixel_blocks, activation_blocks, groups, device) -> CoupledNMFConcepts:
         n_pixel = len(pixel_blocks)
@@ -519,21 +508,21 @@ class CoupledNMFConcepts(BaseEstimator):
         blocks = self._prepare_blocks(pixel_blocks, activation_blocks, names, device, fitting=True)
         lambdas = [self.lambda_p] * n_pixel + [self.lambda_o] * len(activation_blocks)
 
+        new_problem = functools.partial(solvers.CoupledProblem, blocks)
+        return self._fit_problem(new_problem, lambdas, n_pixel, names, groups, device)
+
+    def _fit_problem(self, new_problem, lambdas, n_pixel, names, groups, device) -> CoupledNMFConcepts:
+        """Random start, solve and fitted attributes.
+
+        ``new_problem(weights, lambdas, lambda_f, group_index, n_groups, group_sparsity)`` builds
+        the in-memory or streamed problem; only the block weights and groups vary here.
+        """
+
         def make_problem(weights, group_index=None, n_groups=0):
-            return solvers.CoupledProblem(
-                blocks,
-                weights,
-                lambdas,
-                float(self.lambda_f),
-                group_index,
-                n_groups,
-                float(self.group_sparsity),
+            return new_problem(
+                weights, lambdas, float(self.lambda_f), group_index, n_groups, float(self.group_sparsity)
             )
 
-        return self._fit_problem(make_problem, n_pixel, names, groups, device)
-
-    def _fit_problem(self, make_problem, n_pixel, names, groups, device) -> CoupledNMFConcepts:
-        """Random start, solve and fitted attributes; ``make_problem(weights, group_index, n_groups)``."""
         problem = make_problem([1.0] * len(names))
         n_local = problem.n_examples
         group_index, n_groups = self._group_index(groups, n_local, device)
