@@ -8,9 +8,9 @@ have no hooks left and the same modes, ``requires_grad`` flags and parameters.
 
 Case counts (kept equal to the lists below by ``test_case_counts_match_the_docstring``):
 
-- ERROR_CASES: 194 cases that must raise a clear error: EmbeddingAttribution 32,
+- ERROR_CASES: 195 cases that must raise a clear error: EmbeddingAttribution 32,
   SemanticGuidedBackprop and SemanticGradientInput 17 each (34), SemanticVector 25,
-  CoupledNMFConcepts 45, its out-of-core mode (OutOfCore, ActivationStore, fit_store) 13,
+  CoupledNMFConcepts 46, its out-of-core mode (OutOfCore, ActivationStore, fit_store) 13,
   noise/benchmark/variance/drift scores and score_curve 27, pointing game 13,
   visualization 5.
 - RESULT_CASES: 33 cases with a documented correct result (D = 1 equals Captum, in-place and reused
@@ -588,6 +588,14 @@ CNMF_ERRORS = [
     E(
         "cnmf-transform-rows",
         lambda: fitted_cnmf().transform(([mat(3, 2)], [mat(5, 2)])),
+        ValueError,
+        r"pixels\[0\] has 3 rows, expected 6",
+    ),
+    E(
+        "cnmf-transform-rows-shifted",
+        lambda: (
+            cn(shift="min").fit_matrices([mat(6, 5) - 0.5], [mat(5, 5)]).transform(([mat(3, 2)], [mat(5, 2)]))
+        ),
         ValueError,
         r"pixels\[0\] has 3 rows, expected 6",
     ),

@@ -278,7 +278,13 @@ class CoupledNMFConcepts(BaseEstimator):
         if not blocks:
             raise ValueError("no data: give at least one pixel or activation block")
         n = blocks[0].shape[1]
-        for name, x in zip(names, blocks):
+        for b, (name, x) in enumerate(zip(names, blocks)):
+            if not fitting and x.shape[0] != self._offsets[b + 1] - self._offsets[b]:
+                # checked before any shift is applied, which would fail to broadcast
+                raise ValueError(
+                    f"{name} has {x.shape[0]} rows, expected "
+                    f"{self._offsets[b + 1] - self._offsets[b]} as in fit"
+                )
             if x.shape[1] != n:
                 raise ValueError(
                     f"every block needs the same number of examples N={n}; {name} has {x.shape[1]}"
@@ -616,11 +622,6 @@ class CoupledNMFConcepts(BaseEstimator):
         blocks = self._prepare_blocks(
             pixel_blocks, activation_blocks, self.block_names_, device, fitting=False
         )
-        for b, (x_b, a, c) in enumerate(zip(blocks, self._offsets[:-1], self._offsets[1:])):
-            if x_b.shape[0] != c - a:
-                raise ValueError(
-                    f"{self.block_names_[b]} has {x_b.shape[0]} rows, expected {c - a} as in fit"
-                )
         problem = solvers.CoupledProblem(
             blocks, self.block_weights_, [self.lambda_p] * len(blocks), float(self.lambda_f)
         )
