@@ -142,11 +142,12 @@ def _embedding_dim(ctx: Context) -> str:
 def embedding_size(model: nn.Module, layer: Optional[str], x: torch.Tensor) -> int:
     """Number of components of one example's flattened embedding (``layer`` None: the output)."""
     from .._utils.hooks import ModelGuard
+    from .._utils.layers import resolve_layer
 
     captured = {}
     with ModelGuard(model) as guard, torch.no_grad():
         if layer is not None:
-            module = dict(model.named_modules())[layer]
+            module = resolve_layer(model, layer, "embedding layer")
             guard.register_forward_hook(module, lambda _m, _i, out: captured.setdefault("z", out))
         out = model(x)
     return int(captured.get("z", out)[0].numel())
