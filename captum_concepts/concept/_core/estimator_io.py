@@ -228,7 +228,11 @@ def load_estimator(cls: type, path: PathLike, model: Optional[nn.Module], overri
         )
     saved = set(params) - set(unsaved)
     params.update(overrides)
-    est = cls(model=model, **params)
+    if "model" in names:
+        params["model"] = model
+    elif model is not None:
+        raise TypeError(f"{cls.__name__} takes no model")
+    est = cls(**params)
     rules = {k: v for k, v in cls._parameter_constraints.items() if k in saved - set(overrides)}
     try:
         validate_params(est, rules)
