@@ -31,6 +31,7 @@ from ..._utils.validation import (
     Positives,
     RealNumber,
     check_fitted,
+    check_int,
     validate_params,
 )
 from . import block_prep
@@ -801,7 +802,7 @@ class CoupledNMFConcepts(BaseEstimator):
         k: int = 50,
         concepts: Optional[Sequence[int]] = None,
         batch_size: Optional[int] = None,
-        first_id: int = 0,
+        first_id: Optional[int] = None,
         name_prefix: str = "cnmf",
     ) -> List[Concept]:
         """Each concept's top-``k`` examples as a :class:`captum.concept.Concept` for ``TCAV``.
@@ -812,13 +813,21 @@ class CoupledNMFConcepts(BaseEstimator):
             concepts (sequence of int, optional): which concepts (default: all ``d``).
             batch_size (int, optional): batch size of each concept's ``DataLoader``
                 (default: ``k``, one batch).
-            first_id (int): id of the first concept; ids must be unique across
-                all concepts given to one ``TCAV`` (e.g. your random concept).
+            first_id (int, optional): id of the first concept (the others follow);
+                ids must be unique across all concepts given to one ``TCAV`` (e.g.
+                your random concept). Default: derived from the fingerprint below
+                (a multiple of ``n_concepts`` below ``2**31``, as Captum stores ids
+                as int32), so unique per fit.
             name_prefix (str): names are ``f"{name_prefix}{c}-{fp}"`` with ``fp`` a
-                fingerprint of this fit's factors (10 hex digits): Captum's ``TCAV``
-                caches activations and CAVs under ``save_path`` by concept id and
-                name, so names unique per fit keep a new fit from reusing the
-                results of an old one (the fingerprint survives save/load).
+                fingerprint (10 hex digits) of this fit's factors and of the chosen
+                top-``k`` examples.
+
+        Captum's ``TCAV`` caches activations under ``save_path`` by concept name
+        and id, and CAVs by concept ids alone: names and default ids unique per
+        fit (and per ``k``) keep a new fit from silently reusing an old fit's
+        activations and CAVs. With your own ``first_id``, use a fresh
+        ``save_path`` per fit. The same fit (also after save/load) gives the same
+        names and ids, so its cache is reused as intended.
 
         Returns:
             list of ``Concept(id, name, data_iter)``; each ``data_iter`` is a
@@ -831,8 +840,12 @@ class CoupledNMFConcepts(BaseEstimator):
         if inputs.shape[0] != n:
             raise ValueError(f"inputs must hold the {n} fitted examples in fit order, got {inputs.shape[0]}")
         top = self.top_examples(k).cpu()
-        fp = fingerprint(self._components, self.example_factors_)
         chosen = range(self.n_concepts) if concepts is None else [int(c) for c in concepts]
+        fp = fingerprint(self._components, self.example_factors_, top)
+        if first_id is None:  # Captum keeps class ids as int32: stay below 2**31
+            slots = 2**31 // self.n_concepts
+            first_id = int(fp, 16) % (slots - 1) * self.n_concepts
+        first_id = check_int(first_id, "first_id", low=0)
         out = []
         for i, c in enumerate(chosen):
             if not 0 <= c < self.n_concepts:
