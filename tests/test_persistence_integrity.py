@@ -112,15 +112,6 @@ SV_DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(SV_DAMAGE))
-def test_semantic_vector_content_is_validated(tmp_path, sv, case):
-    sv.save(tmp_path / "good.pt")
-    edit, message = SV_DAMAGE[case]
-    path = _resave(tmp_path, "SemanticVector", edit)
-    with pytest.raises(ValueError, match=f"path=.*bad.pt.*{message}"):
-        SemanticVector.load(path)
-
-
 CNMF_DAMAGE = {
     "negative factor": (lambda t, m: t["components"].__setitem__((0, 0), -1.0), "below 0"),
     "inf factor": (lambda t, m: t["example_factors"].__setitem__((0, 0), float("inf")), "NaN or infinite"),
@@ -132,13 +123,17 @@ CNMF_DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CNMF_DAMAGE))
-def test_coupled_nmf_content_is_validated(tmp_path, cnmf, case):
-    cnmf.save(tmp_path / "good.pt")
-    edit, message = CNMF_DAMAGE[case]
-    path = _resave(tmp_path, "CoupledNMFConcepts", edit)
+DAMAGE = {("sv", k): v for k, v in SV_DAMAGE.items()} | {("cnmf", k): v for k, v in CNMF_DAMAGE.items()}
+
+
+@pytest.mark.parametrize("which, case", sorted(DAMAGE))
+def test_loaded_content_is_validated(tmp_path, request, which, case):
+    cls = SemanticVector if which == "sv" else CoupledNMFConcepts
+    request.getfixturevalue(which).save(tmp_path / "good.pt")
+    edit, message = DAMAGE[which, case]
+    path = _resave(tmp_path, cls.__name__, edit)
     with pytest.raises(ValueError, match=f"path=.*bad.pt.*{message}"):
-        CoupledNMFConcepts.load(path)
+        cls.load(path)
 
 
 @pytest.mark.parametrize("version", [0, -5, True, 1.0, "2", 99])

@@ -168,6 +168,19 @@ class CoupledNMFConcepts(BaseEstimator):
     preallocated storage (pixel blocks are views of the input when its dtype
     and device already match); a loader's batches are concatenated per block,
     so the peak adds the largest block once. Use ``pool`` to shrink big layers.
+    The checks (finite, non-negative) use per-row reductions that never copy a
+    block, whatever its strides (a transposed view included); only
+    ``shift="min"`` copies the blocks it shifts.
+
+    Parameters are checked against the class's constraint table (types and
+    ranges; numpy integers accepted, ``bool`` refused where a number is
+    expected) together with the rules that tie them to the data (``block_weights``
+    length, ``group_sparsity`` needs ``groups``) at the start of :meth:`fit`,
+    :meth:`fit_matrices` and :meth:`fit_store`, before any data is read or any
+    forward pass runs. Methods that need a fit raise
+    ``sklearn.exceptions.NotFittedError`` before one. ``sklearn.base.clone``
+    keeps layers given as modules of ``model`` as their names, so a clone reads
+    its own copy of the model.
 
     Attributes:
         example_factors_ (Tensor): ``F``, ``(d, N)``.

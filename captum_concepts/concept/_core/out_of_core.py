@@ -63,7 +63,8 @@ class OutOfCore:
     """Settings of an out-of-core fit (pass as ``CoupledNMFConcepts(out_of_core=OutOfCore(...))``).
 
     Args:
-        memory_budget (int or str): bytes (or ``"512MB"``, ``"2GB"``) the fit may hold
+        memory_budget (int or str): bytes (a finite number up to ``2**60``, or
+            ``"512MB"``, ``"2GB"``) the fit may hold
             at once: the factors, their statistics and one chunk of examples. The
             factors alone need about ``s * d * (4 N + 6 R)`` bytes (``s`` = 4 for
             float32, ``d`` concepts, ``N`` examples, ``R`` features); the rest
@@ -72,9 +73,12 @@ class OutOfCore:
             per-chunk products and the BLAS library's workspace (a few MB).
             Not counted: the model and one forward batch while collecting, and
             the footprint of Python and torch.
-        directory (str, optional): where the activation file is written (default:
-            the system temporary directory). :meth:`CoupledNMFConcepts.fit` deletes
-            its file after fitting.
+        directory (str, optional): an existing, writable folder for the activation
+            file (default: the system temporary folder); checked before any data
+            is read. The file is anonymous: it is unlinked as soon as it is
+            opened (or never named, with ``O_TMPFILE``), so nothing is left in the
+            folder however the process ends -- an exception, SIGTERM, SIGKILL or
+            the out-of-memory killer; its space is freed when the fit finishes.
         storage_dtype (torch.float32 or torch.float16): dtype on disk. float16 halves
             the file and the reads; values are rounded to float16 (11-bit
             mantissa), and computation still runs in the estimator's ``dtype``.
