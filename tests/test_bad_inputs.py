@@ -455,7 +455,7 @@ SV_ERRORS = [
         "unknown concept 'rond'.*Did you mean: round",
     ),
     E("sv-concept-index-range", lambda: fitted_sv().concept_index(7), ValueError, "out of range"),
-    E("sv-mask-threshold", lambda: fitted_sv().masks(1.0), ValueError, "threshold must be in"),
+    E("sv-mask-threshold", lambda: fitted_sv().masks(1.0), ValueError, "threshold must be"),
     E("sv-rank-k", lambda: fitted_sv().rank(X, 0, k=0), ValueError, "k must be"),
     E("sv-explain-vocabulary", lambda: fitted_sv().explain(X, vocabulary=[]), ValueError, "vocabulary must"),
     E(

@@ -32,6 +32,7 @@ from ..._utils.validation import (
     RealNumber,
     check_fitted,
     check_int,
+    check_real,
     validate_params,
 )
 from . import block_prep
@@ -772,8 +773,7 @@ class CoupledNMFConcepts(BaseEstimator):
         self._check_fitted()
         if not isinstance(inputs, Tensor):
             raise TypeError(f"inputs must be the fitted examples as a tensor, got {type(inputs).__name__}")
-        if not 0.0 <= quantile < 1.0:
-            raise ValueError(f"quantile must be in [0, 1), got {quantile}")
+        check_real(quantile, "quantile", low=0.0, high=1.0, high_open=True)
         n = self.example_factors_.shape[1]
         if inputs.shape[0] != n:
             raise ValueError(f"inputs must hold the {n} fitted examples in fit order, got {inputs.shape[0]}")
@@ -880,11 +880,10 @@ class CoupledNMFConcepts(BaseEstimator):
 
     @staticmethod
     def _check_k(k: int, limit: int) -> int:
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
+        k = check_int(k, "k", low=1)
         if k > limit:
             raise ValueError(f"k={k} is larger than the {limit} available")
-        return int(k)
+        return k
 
     # ------------------------------------------------------------------ persistence
     _persistence_kind = "CoupledNMFConcepts"

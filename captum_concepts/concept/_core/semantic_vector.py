@@ -49,6 +49,7 @@ from ..._utils.validation import (
     Int,
     check_fitted,
     check_int,
+    check_real,
     seed_of,
     validate_params,
 )
@@ -520,8 +521,7 @@ class SemanticVector(BaseEstimator):
         which the unit is active).
         """
         self._check_fitted()
-        if not 0.0 <= float(threshold) < 1.0:
-            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+        check_real(threshold, "threshold", low=0.0, high=1.0, high_open=True)
         return (self.activation_rates_ > threshold).reshape(-1, *self.layer_shape_)
 
     def relevance(self) -> torch.Tensor:
@@ -636,8 +636,7 @@ class SemanticVector(BaseEstimator):
             into ``inputs``, best first (``k`` is capped at ``N``).
         """
         index = self.concept_index(concept)
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = check_int(k, "k", low=1)
         sim = self.similarity(inputs, additional_forward_args)[:, index]
         return torch.topk(sim, min(k, sim.shape[0]))
 
@@ -664,8 +663,7 @@ class SemanticVector(BaseEstimator):
         )
         if not vocab:
             raise ValueError("vocabulary must name at least one concept")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = check_int(k, "k", low=1)
         sim = self.similarity(inputs, additional_forward_args)[:, vocab]
         scores, pos = torch.topk(sim, min(k, len(vocab)), dim=1)
         indices = torch.tensor(vocab, device=pos.device)[pos]
