@@ -18,7 +18,13 @@ Data: 5 blocks like a 32x32 RGB input and two layers (1024, 1024, 1024, 8192,
 4096 rows = 15,360 stacked rows), each ``relu(W_b F + noise)`` with sparse
 non-negative rank-20 factors and 30 % noise; d = 20.
 
-Run: ``python benchmarks/coupled_nmf.py [--sizes 1000 10000] [--threads 1]``.
+4. ``--memory-only``: peak memory of ``fit_matrices`` on contiguous and on
+   transposed blocks and of ``fit`` through a model's layer at N = 10,000,
+   measured exactly with the kernel's resident high-water mark (``VmHWM``,
+   reset through ``/proc/self/clear_refs`` before each call; tracemalloc does
+   not see torch's allocations). Target: data + 30 MiB.
+
+Run: ``python benchmarks/coupled_nmf.py [--sizes 1000 10000] [--threads 1] [--memory-only]``.
 """
 
 from __future__ import annotations
@@ -92,6 +98,75 @@ class PeakRSS:
         return self.peak - self.base
 
 
+def peak_rss_reset() -> None:
+    """Reset the kernel's peak-resident-memory counter (VmHWM) of this process (Linux)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_extra(run) -> float:
+    """MiB by which ``run()`` raises the process's peak resident memory above its level before.
+
+    Exact, not sampled: the kernel's high-water mark (VmHWM) is reset just before
+    the call and read right after it (tracemalloc does not see torch's allocations).
+    """
+    gc.collect()
+    base = _status_kib("VmRSS")
+    peak_rss_reset()
+    run()
+    return (_status_kib("VmHWM") - base) / 1024
+
+
+def memory_check(n: int, repeats: int = 1) -> None:
+    """Peak memory of fit_matrices (contiguous and transposed blocks) and of fit (a model's layer).
+
+    The target: data + 30 MiB (the factors and statistics of d = 20 at N = 10,000 need
+    about 4 * d * (N + 3 R) bytes, a few MiB).
+    """
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3000, generator=g)  # examples x features
+    data_mb = x.numel() * 4 / 2**20
+    kw = dict(solver="hals", max_iter=5, tol=0)
+    cases = {
+        "fit_matrices, contiguous (features, N)": [x.t().contiguous()],
+        "fit_matrices, transposed view of (N, features)": [x.t()],
+    }
+    print(f"\n# peak memory, N={n}, d={RANK}: resident high-water mark (VmHWM) reset before each call")
+    for name in list(cases):
+        blocks = cases.pop(name)
+
+        def ours_fit(blocks=blocks):
+            return CoupledNMFConcepts(RANK, **kw).fit_matrices(blocks)
+
+        ours_fit()  # warm-up: allocator pools, BLAS buffers
+        extra = min(peak_extra(ours_fit) for _ in range(repeats))
+        verdict = "ok" if extra <= 30 else "OVER"
+        print(f"  {name:48s}: data {data_mb:6.1f} MiB + {extra:6.1f} MiB  ({verdict})")
+        del blocks, ours_fit
+    cases.clear()
+    del x
+    images = torch.rand(n, 1, 32, 32, generator=g)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 2048), torch.nn.ReLU()).eval()
+    acts_mb = n * 2048 * 4 / 2**20
+    fit = lambda: CoupledNMFConcepts(RANK, model, layers=["2"], **kw).fit(images)  # noqa: E731
+    fit()
+    extra = min(peak_extra(fit) for _ in range(repeats))
+    over = extra - acts_mb
+    print(
+        f"  {'fit(), 1x32x32 inputs + a 2048-unit layer':48s}: inputs {images.numel() * 4 / 2**20:.1f} MiB "
+        f"(pixel block = a view), activations {acts_mb:.1f} MiB + {over:6.1f} MiB  "
+        f"({'ok' if over <= 30 else 'OVER'})"
+    )
+
+
 def ours(blocks, **kwargs) -> CoupledNMFConcepts:
     est = CoupledNMFConcepts(RANK, **kwargs)
     return est.fit_matrices(blocks[:N_PIXEL_BLOCKS], blocks[N_PIXEL_BLOCKS:])
@@ -162,8 +237,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads for both sides")
     parser.add_argument("--mu-iter", type=int, default=100, help="max_iter of scikit-learn mu and ours mu")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory check (N=10,000)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.memory_only:
+        with threadpool_limits(args.threads):
+            memory_check(10_000)
+        return
     print(
         f"# coupled NMF benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{os.cpu_count()}-core CPU, "

@@ -45,6 +45,7 @@ from captum.testing.helpers.basic_models import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sklearn.exceptions import NotFittedError
 from torch import nn
 
 from captum_concepts._utils.hooks import assert_same_state, model_state
@@ -439,7 +440,7 @@ SV_ERRORS = [
         "was not called",
     ),
     E("sv-nan-inputs", lambda: sv().fit_from_labels((X_NAN, Y)), ValueError, "NaN or infinite"),
-    E("sv-unfitted-transform", lambda: sv().transform(X), RuntimeError, "not fitted"),
+    E("sv-unfitted-transform", lambda: sv().transform(X), NotFittedError, "not fitted"),
     E("sv-transform-empty", lambda: fitted_sv().transform(X[:0]), ValueError, "non-empty batch"),
     E(
         "sv-transform-channels(model)",
@@ -454,7 +455,7 @@ SV_ERRORS = [
         "unknown concept 'rond'.*Did you mean: round",
     ),
     E("sv-concept-index-range", lambda: fitted_sv().concept_index(7), ValueError, "out of range"),
-    E("sv-mask-threshold", lambda: fitted_sv().masks(1.0), ValueError, "threshold must be in"),
+    E("sv-mask-threshold", lambda: fitted_sv().masks(1.0), ValueError, "threshold must be"),
     E("sv-rank-k", lambda: fitted_sv().rank(X, 0, k=0), ValueError, "k must be"),
     E("sv-explain-vocabulary", lambda: fitted_sv().explain(X, vocabulary=[]), ValueError, "vocabulary must"),
     E(
@@ -584,7 +585,7 @@ CNMF_ERRORS = [
         ValueError,
         "block_weights must be",
     ),
-    E("cnmf-transform-unfitted", lambda: cn().transform(([mat(4, 5)], [])), RuntimeError, "not fitted"),
+    E("cnmf-transform-unfitted", lambda: cn().transform(([mat(4, 5)], [])), NotFittedError, "not fitted"),
     E(
         "cnmf-transform-rows",
         lambda: fitted_cnmf().transform(([mat(3, 2)], [mat(5, 2)])),
@@ -747,7 +748,7 @@ OUT_OF_CORE_ERRORS = [
         TypeError,
         "store must be an ActivationStore",
     ),
-    E("store-block-rows", lambda: store(rows=(0, 3)), ValueError, "block_rows must be positive"),
+    E("store-block-rows", lambda: store(rows=(0, 3)), ValueError, r"block_rows\[0\] must be an int >= 1"),
     E("store-dtype", lambda: store(storage_dtype=torch.int8), ValueError, "storage_dtype must be"),
     E(
         "store-append-batch-mismatch",

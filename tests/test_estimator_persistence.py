@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from captum_concepts.concept import CoupledNMFConcepts, OutOfCore, SemanticVector
 from captum_concepts.data import DigitsCNN
@@ -94,9 +95,9 @@ def test_coupled_nmf_fit_matrices_with_shift_round_trip(tmp_path):
 
 def test_save_refuses_unfitted_and_unsaveable(tmp_path, model, data):
     x, _, _ = data
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         SemanticVector(model, "block2.pool").save(tmp_path / "a.pt")
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         CoupledNMFConcepts(2).save(tmp_path / "b.pt")
     sv = SemanticVector(model, "block2.pool").fit({(1, 2): x[:10]})
     with pytest.raises(TypeError, match="concept names must be str or int"):

@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -174,7 +175,7 @@ def test_bad_input_errors(digits, digits_cnn):
         SemanticVector(digits_cnn, "block3.pool").fit(x)
     with pytest.raises(TypeError, match="labels"):
         SemanticVector(digits_cnn, "block3.pool").fit_from_labels((x, y.float()))
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         SemanticVector(digits_cnn, "block3.pool").relevance()
     sv = SemanticVector(digits_cnn, "block3.pool").fit_from_labels((x, y))
     with pytest.raises(ValueError, match="threshold"):

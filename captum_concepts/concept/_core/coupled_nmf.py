@@ -17,17 +17,36 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..._utils import distributed as dist_utils
-from ..._utils.layers import LayerSpec
+from ..._utils.layers import LayerSpec, resolve_layers
 from ..._utils.persistence import PathLike
+from ..._utils.validation import (
+    NONE,
+    AnyOf,
+    Bool,
+    DeviceSpec,
+    InstanceOf,
+    Int,
+    LayerList,
+    Options,
+    Positives,
+    RealNumber,
+    check_fitted,
+    check_int,
+    check_real,
+    validate_params,
+)
+from . import block_prep
 from . import cnmf_solvers as solvers
 from . import out_of_core as ooc
 from .activations import POOLS, collect_blocks
+from .estimator_io import clone_with_layer_names, fingerprint, load_estimator, save_estimator
 
 __all__ = ["CoupledNMFConcepts"]
 
 Matrix = Union[Tensor, np.ndarray]
 SOLVERS = ("mu", "hals")
 SHIFTS = (None, "min")
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 class _ExampleDataset(Dataset):
@@ -150,6 +169,19 @@ class CoupledNMFConcepts(BaseEstimator):
     preallocated storage (pixel blocks are views of the input when its dtype
     and device already match); a loader's batches are concatenated per block,
     so the peak adds the largest block once. Use ``pool`` to shrink big layers.
+    The checks (finite, non-negative) use per-row reductions that never copy a
+    block, whatever its strides (a transposed view included); only
+    ``shift="min"`` copies the blocks it shifts.
+
+    Parameters are checked against the class's constraint table (types and
+    ranges; numpy integers accepted, ``bool`` refused where a number is
+    expected) together with the rules that tie them to the data (``block_weights``
+    length, ``group_sparsity`` needs ``groups``) at the start of :meth:`fit`,
+    :meth:`fit_matrices` and :meth:`fit_store`, before any data is read or any
+    forward pass runs. Methods that need a fit raise
+    ``sklearn.exceptions.NotFittedError`` before one. ``sklearn.base.clone``
+    keeps layers given as modules of ``model`` as their names, so a clone reads
+    its own copy of the model.
 
     Attributes:
         example_factors_ (Tensor): ``F``, ``(d, N)``.
@@ -217,39 +249,58 @@ class CoupledNMFConcepts(BaseEstimator):
         self.out_of_core = out_of_core
 
     # ------------------------------------------------------------------ validation
-    def _check_params(self) -> None:
-        if not isinstance(self.n_concepts, (int, np.integer)) or self.n_concepts < 1:
-            raise ValueError(f"n_concepts must be a positive int, got {self.n_concepts!r}")
-        for name in ("lambda_p", "lambda_o", "lambda_f", "group_sparsity", "tol"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0 or not np.isfinite(value):
-                raise ValueError(f"{name} must be a finite float >= 0, got {value!r}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 0:
-            raise ValueError(f"max_iter must be an int >= 0, got {self.max_iter!r}")
-        if self.pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
-        if self.shift not in SHIFTS:
-            raise ValueError(f"shift must be None or 'min', got {self.shift!r}")
-        if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if self.random_state is not None and not isinstance(self.random_state, (int, np.integer)):
-            raise TypeError(f"random_state must be an int or None, got {type(self.random_state).__name__}")
-        if self.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-            raise ValueError(f"dtype must be a floating torch dtype, got {self.dtype!r}")
+    _parameter_constraints = {
+        "n_concepts": Int(1),
+        "model": AnyOf(NONE, InstanceOf((nn.Module,), "a torch.nn.Module")),
+        "layers": LayerList(),
+        "include_pixels": Bool(),
+        "lambda_p": RealNumber(0),
+        "lambda_o": RealNumber(0),
+        "lambda_f": RealNumber(0),
+        "group_sparsity": RealNumber(0),
+        "normalize_columns": Bool(),
+        "block_weights": AnyOf(NONE, Options(("balanced",)), Positives()),
+        "solver": Options(SOLVERS),
+        "max_iter": Int(0),
+        "tol": RealNumber(0),
+        "random_state": AnyOf(NONE, Int(0)),
+        "device": DeviceSpec(),
+        "pool": Options(POOLS),
+        "shift": Options(SHIFTS),
+        "batch_size": Int(1),
+        "dtype": Options(DTYPES),
+        "distributed": Bool(),
+        "out_of_core": AnyOf(NONE, InstanceOf((ooc.OutOfCore,), "an OutOfCore")),
+    }
+
+    def _check_params(
+        self, n_blocks: Optional[int] = None, groups: Any = None, n_examples: Optional[int] = None
+    ) -> None:
+        """Every parameter and the cross-parameter rules, before any data is read.
+
+        ``n_blocks`` / ``n_examples``: known before reading the data for tensor
+        inputs, matrices and stores (None: checked once known).
+        """
+        validate_params(self)
         if self.out_of_core is not None:
-            if not isinstance(self.out_of_core, ooc.OutOfCore):
-                raise TypeError(
-                    f"out_of_core must be an OutOfCore or None, got {type(self.out_of_core).__name__}"
-                )
             self.out_of_core.check()
+        if not isinstance(self.block_weights, (type(None), str)) and n_blocks is not None:
+            if len(self.block_weights) != n_blocks:
+                raise ValueError(
+                    f"block_weights must hold {n_blocks} weights, one per block (pixel blocks then "
+                    f"layers), got {len(self.block_weights)}"
+                )
+        if groups is None:
+            if self.group_sparsity > 0:
+                raise ValueError("group_sparsity > 0 needs groups: one group id (e.g. the label) per example")
+            return
+        shape = tuple(groups.shape) if hasattr(groups, "shape") else np.shape(groups)
+        if len(shape) != 1 or (n_examples is not None and shape[0] != n_examples):
+            expected = f"N={n_examples}" if n_examples is not None else "N"
+            raise ValueError(f"groups must be 1-D with one entry per example ({expected}), got shape {shape}")
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "example_factors_"):
-            raise RuntimeError(
-                "this CoupledNMFConcepts is not fitted yet; call fit() or fit_matrices() first"
-            )
+        check_fitted(self, "example_factors_", "fit, fit_matrices or fit_store")
 
     def _as_block(self, x: Matrix, argument: str, device: torch.device) -> Tensor:
         if isinstance(x, np.ndarray):
@@ -289,63 +340,37 @@ class CoupledNMFConcepts(BaseEstimator):
                 raise ValueError(
                     f"every block needs the same number of examples N={n}; {name} has {x.shape[1]}"
                 )
-            if not bool(self._reduce_min(torch.isfinite(x.sum()).to(torch.int32).reshape(1))):
-                raise ValueError(f"{name} contains NaN or infinite values")
+        extrema = [block_prep.row_extrema(x) for x in blocks]
+        shifts = block_prep.block_shifts(
+            names,
+            len(pixel_blocks),
+            [lo for lo, _ in extrema],
+            [hi for _, hi in extrema],
+            self.shift,
+            fitted=None if fitting else self.shift_,
+            reduce_min=self._reduce_min,
+        )
         if fitting:
-            self.shift_ = [None] * len(blocks)
-        out = []
-        for b, (name, x) in enumerate(zip(names, blocks)):
-            if fitting and self.shift == "min":
-                row_min = self._reduce_min(x.amin(dim=1))
-                if bool((row_min < 0).any()):
-                    self.shift_[b] = row_min.clamp(max=0)
-            shift = self.shift_[b] if b < len(self.shift_) else None
-            if shift is not None:
-                x = (x - shift[:, None]).clamp_(min=0)
-            elif fitting or self.shift is None:
-                low = float(self._reduce_min(x.min().reshape(1)))
-                if low < 0:
-                    raise ValueError(self._negative_message(name, b < len(pixel_blocks), low))
-            else:
-                x = x.clamp(min=0)
-            out.append(x)
-        return out
-
-    @staticmethod
-    def _negative_message(name: str, is_pixel: bool, low: float) -> str:
-        if is_pixel:
-            fix = (
-                "pass unnormalised images (e.g. in [0, 1], before mean/std normalisation), "
-                "set include_pixels=False, or use shift='min'"
-            )
-        else:
-            fix = "read a layer after a ReLU (or a pooled ReLU output), or use shift='min'"
-        return f"coupled NMF needs non-negative data, but {name} has minimum {low:.4g}: {fix}"
+            self.shift_ = [None if s is None else s.to(device=device, dtype=self.dtype) for s in shifts]
+        return [block_prep.apply_shift(x, s) for x, s in zip(blocks, shifts)]
 
     def _block_weights(self, blocks: List[Tensor], moments: Tensor) -> List[float]:
         n = len(blocks)
         if self.block_weights is None:
             return [1.0] * n
-        if isinstance(self.block_weights, str):
-            if self.block_weights != "balanced":
-                raise ValueError(
-                    f"block_weights must be None, 'balanced' or a sequence, got {self.block_weights!r}"
-                )
+        if isinstance(self.block_weights, str):  # "balanced" (the constraint table allows no other)
             energy = moments[:, 1].clamp_min(1e-30)
             w = energy.sum() / (n * energy)
             return [float(v) for v in w]
-        weights = [float(v) for v in self.block_weights]
-        if len(weights) != n or any(not np.isfinite(v) or v <= 0 for v in weights):
+        if len(self.block_weights) != n:  # a loader's block count is known only after collection
             raise ValueError(
-                f"block_weights must hold {n} positive floats (pixel blocks then layers), "
-                f"got {self.block_weights!r}"
+                f"block_weights must hold {n} weights, one per block (pixel blocks then layers), "
+                f"got {len(self.block_weights)}"
             )
-        return weights
+        return [float(v) for v in self.block_weights]
 
     def _group_index(self, groups: Any, n: int, device: torch.device) -> Tuple[Optional[Tensor], int]:
-        if groups is None:
-            if self.group_sparsity > 0:
-                raise ValueError("group_sparsity > 0 needs groups: one group id (e.g. the label) per example")
+        if groups is None:  # group_sparsity > 0 without groups was refused by _check_params
             return None, 0
         values = groups.detach().cpu().numpy() if isinstance(groups, Tensor) else np.asarray(groups)
         if values.ndim != 1 or len(values) != n:
@@ -381,19 +406,27 @@ class CoupledNMFConcepts(BaseEstimator):
         Returns:
             self
         """
-        self._check_params()
+        tensor_input = isinstance(inputs_or_loader, Tensor)
+        n_pixel = 0
+        if tensor_input and self.include_pixels:
+            n_pixel = inputs_or_loader.shape[1] if inputs_or_loader.dim() > 2 else 1
+        self._check_params(
+            n_blocks=n_pixel + len(self.layers) if tensor_input else None,
+            groups=groups,
+            n_examples=len(inputs_or_loader) if tensor_input and inputs_or_loader.dim() else None,
+        )
         if not self.include_pixels and not self.layers:
             raise ValueError("nothing to factorise: include_pixels=False and no layers")
         if self.layers and self.model is None:
             raise ValueError("layers were given but model is None; pass the model whose layers to read")
+        if self.layers:
+            resolve_layers(self.model, list(self.layers), argument="layers")
         fallback = None
         if self.model is not None:
             p = next(self.model.parameters(), None)
             fallback = p.device if p is not None else None
         if fallback is None:
-            fallback = (
-                inputs_or_loader.device if isinstance(inputs_or_loader, Tensor) else torch.device("cpu")
-            )
+            fallback = inputs_or_loader.device if tensor_input else torch.device("cpu")
         device = self._resolve_device(fallback)
         if self.out_of_core is not None:
             store = ooc.collect_to_store(
@@ -403,7 +436,7 @@ class CoupledNMFConcepts(BaseEstimator):
                 self.out_of_core,
                 include_pixels=self.include_pixels,
                 pool=self.pool,
-                batch_size=self.batch_size,
+                batch_size=int(self.batch_size),
                 device=device,
             )
             try:
@@ -418,7 +451,7 @@ class CoupledNMFConcepts(BaseEstimator):
             inputs_or_loader,
             include_pixels=self.include_pixels,
             pool=self.pool,
-            batch_size=self.batch_size,
+            batch_size=int(self.batch_size),
             device=device,
             dtype=self.dtype,
         )
@@ -440,12 +473,16 @@ class CoupledNMFConcepts(BaseEstimator):
         ``dtype`` on ``device`` (no copy when they already match). Either list
         may be empty; ``include_pixels``, ``model`` and ``layers`` are not used.
         """
-        self._check_params()
         for argument, value in (("pixel_blocks", pixel_blocks), ("activation_blocks", activation_blocks)):
             if isinstance(value, (Tensor, np.ndarray)):
                 raise TypeError(f"{argument} must be a list of matrices, got one {type(value).__name__}")
         pixel_blocks, activation_blocks = list(pixel_blocks or ()), list(activation_blocks or ())
         first = (pixel_blocks + activation_blocks)[:1]
+        self._check_params(
+            n_blocks=len(pixel_blocks) + len(activation_blocks),
+            groups=groups,
+            n_examples=int(np.shape(first[0])[1]) if first and len(np.shape(first[0])) == 2 else None,
+        )
         fallback = first[0].device if first and isinstance(first[0], Tensor) else torch.device("cpu")
         self.input_shape_ = None
         self.layer_names_ = [f"activation_blocks[{j}]" for j in range(len(activation_blocks))]
@@ -460,9 +497,9 @@ class CoupledNMFConcepts(BaseEstimator):
         default when ``out_of_core`` is None). Layer names and shapes are the
         store's; ``transform`` then takes ``(pixel_blocks, activation_blocks)``.
         """
-        self._check_params()
         if not isinstance(store, ooc.ActivationStore):
             raise TypeError(f"store must be an ActivationStore, got {type(store).__name__}")
+        self._check_params(n_blocks=len(store.block_rows), groups=groups, n_examples=store.n_examples)
         self._fitted_on_inputs = False
         return self._fit_store(store, groups, self._resolve_device(torch.device("cpu")))
 
@@ -476,20 +513,33 @@ class CoupledNMFConcepts(BaseEstimator):
             (r,) for r in store.block_rows[store.n_pixel_blocks :]
         ]
         names = [f"pixels[{i}]" for i in range(store.n_pixel_blocks)] + list(self.layer_names_)
-        if not bool(self._reduce_min(torch.tensor([int(store.finite)]))):
-            raise ValueError("the stored data contains NaN or infinite values")
-        row_min = self._reduce_min(store.row_min)
+        overflow = self._reduce_min(-torch.tensor(store.overflow, dtype=torch.int32)).neg()
+        if bool(overflow.any()):
+            name = names[int(torch.nonzero(overflow)[0])]
+            raise ValueError(
+                f"{name} holds values beyond +-65504, which overflow float16 storage (they would be "
+                "stored as inf): use OutOfCore(storage_dtype=torch.float32) or rescale the data"
+            )
         offsets = np.cumsum([0] + store.block_rows)
-        self.shift_ = [None] * len(names)
-        shift = torch.zeros(store.n_features, dtype=torch.float64)
-        for b, (a, c) in enumerate(zip(offsets[:-1], offsets[1:])):
-            low = float(row_min[a:c].min())
-            if low < 0 and self.shift != "min":
-                raise ValueError(self._negative_message(names[b], b < store.n_pixel_blocks, low))
-            if low < 0:
-                self.shift_[b] = row_min[a:c].clamp(max=0).to(device=device, dtype=self.dtype)
-                shift[a:c] = row_min[a:c].clamp(max=0)
-        shift = shift.to(device=device, dtype=self.dtype) if any(v is not None for v in self.shift_) else None
+        bounds = list(zip(offsets[:-1], offsets[1:]))
+        shifts = block_prep.block_shifts(
+            names,
+            store.n_pixel_blocks,
+            [store.row_min[a:c] for a, c in bounds],
+            [store.row_max[a:c] for a, c in bounds],
+            self.shift,
+            reduce_min=self._reduce_min,
+        )
+        self.shift_ = [None if s is None else s.to(device=device, dtype=self.dtype) for s in shifts]
+        shift = None
+        if any(s is not None for s in shifts):
+            shift = torch.cat(
+                [
+                    torch.zeros(c - a, dtype=torch.float64) if s is None else s.cpu()
+                    for (a, c), s in zip(bounds, shifts)
+                ]
+            )
+            shift = shift.to(device=device, dtype=self.dtype)
         settings = self.out_of_core or ooc.OutOfCore()
         chunk_rows = ooc.plan_chunk_rows(
             settings.budget_bytes(),
@@ -607,7 +657,7 @@ class CoupledNMFConcepts(BaseEstimator):
                 x,
                 include_pixels=self.include_pixels,
                 pool=self.pool,
-                batch_size=self.batch_size,
+                batch_size=int(self.batch_size),
                 device=device,
                 dtype=self.dtype,
             )
@@ -723,8 +773,7 @@ class CoupledNMFConcepts(BaseEstimator):
         self._check_fitted()
         if not isinstance(inputs, Tensor):
             raise TypeError(f"inputs must be the fitted examples as a tensor, got {type(inputs).__name__}")
-        if not 0.0 <= quantile < 1.0:
-            raise ValueError(f"quantile must be in [0, 1), got {quantile}")
+        check_real(quantile, "quantile", low=0.0, high=1.0, high_open=True)
         n = self.example_factors_.shape[1]
         if inputs.shape[0] != n:
             raise ValueError(f"inputs must hold the {n} fitted examples in fit order, got {inputs.shape[0]}")
@@ -766,7 +815,7 @@ class CoupledNMFConcepts(BaseEstimator):
         k: int = 50,
         concepts: Optional[Sequence[int]] = None,
         batch_size: Optional[int] = None,
-        first_id: int = 0,
+        first_id: Optional[int] = None,
         name_prefix: str = "cnmf",
     ) -> List[Concept]:
         """Each concept's top-``k`` examples as a :class:`captum.concept.Concept` for ``TCAV``.
@@ -777,9 +826,21 @@ class CoupledNMFConcepts(BaseEstimator):
             concepts (sequence of int, optional): which concepts (default: all ``d``).
             batch_size (int, optional): batch size of each concept's ``DataLoader``
                 (default: ``k``, one batch).
-            first_id (int): id of the first concept; ids must be unique across
-                all concepts given to one ``TCAV`` (e.g. your random concept).
-            name_prefix (str): names are ``f"{name_prefix}{c}"``.
+            first_id (int, optional): id of the first concept (the others follow);
+                ids must be unique across all concepts given to one ``TCAV`` (e.g.
+                your random concept). Default: derived from the fingerprint below
+                (a multiple of ``n_concepts`` below ``2**31``, as Captum stores ids
+                as int32), so unique per fit.
+            name_prefix (str): names are ``f"{name_prefix}{c}-{fp}"`` with ``fp`` a
+                fingerprint (10 hex digits) of this fit's factors and of the chosen
+                top-``k`` examples.
+
+        Captum's ``TCAV`` caches activations under ``save_path`` by concept name
+        and id, and CAVs by concept ids alone: names and default ids unique per
+        fit (and per ``k``) keep a new fit from silently reusing an old fit's
+        activations and CAVs. With your own ``first_id``, use a fresh
+        ``save_path`` per fit. The same fit (also after save/load) gives the same
+        names and ids, so its cache is reused as intended.
 
         Returns:
             list of ``Concept(id, name, data_iter)``; each ``data_iter`` is a
@@ -793,12 +854,17 @@ class CoupledNMFConcepts(BaseEstimator):
             raise ValueError(f"inputs must hold the {n} fitted examples in fit order, got {inputs.shape[0]}")
         top = self.top_examples(k).cpu()
         chosen = range(self.n_concepts) if concepts is None else [int(c) for c in concepts]
+        fp = fingerprint(self._components, self.example_factors_, top)
+        if first_id is None:  # Captum keeps class ids as int32: stay below 2**31
+            slots = 2**31 // self.n_concepts
+            first_id = int(fp, 16) % (slots - 1) * self.n_concepts
+        first_id = check_int(first_id, "first_id", low=0)
         out = []
         for i, c in enumerate(chosen):
             if not 0 <= c < self.n_concepts:
                 raise ValueError(f"concepts must be in [0, {self.n_concepts}), got {c}")
             loader = DataLoader(_ExampleDataset(inputs, top[c]), batch_size=batch_size or top.shape[1])
-            out.append(Concept(first_id + i, f"{name_prefix}{c}", loader))
+            out.append(Concept(first_id + i, f"{name_prefix}{c}-{fp}", loader))
         return out
 
     # ------------------------------------------------------------------ helpers
@@ -814,34 +880,119 @@ class CoupledNMFConcepts(BaseEstimator):
 
     @staticmethod
     def _check_k(k: int, limit: int) -> int:
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
+        k = check_int(k, "k", low=1)
         if k > limit:
             raise ValueError(f"k={k} is larger than the {limit} available")
-        return int(k)
+        return k
 
     # ------------------------------------------------------------------ persistence
+    _persistence_kind = "CoupledNMFConcepts"
+    _runtime_params = ("model", "out_of_core")
+
     def save(self, path: PathLike) -> None:
         """Save the fitted factors, fitted attributes and parameters to ``path``.
 
         A safe file: tensors via ``torch.save`` read back with ``weights_only=True``
-        and JSON metadata with the format and package versions (no pickled objects).
-        Neither the model nor ``out_of_core`` is saved; layers given as modules are
-        stored by their names.
+        and JSON metadata with the format and package versions (no pickled
+        objects), with a checksum verified on load; written atomically (a
+        temporary file in the same folder, then renamed). Neither the model nor
+        ``out_of_core`` is saved; layers given as modules are stored by their
+        names; parameters with no JSON form (callables) are recorded as unsaved.
         """
-        from .estimator_io import save_coupled_nmf
 
-        save_coupled_nmf(self, path)
+        save_estimator(self, path)
 
     @classmethod
-    def load(cls, path: PathLike, model: Optional[nn.Module] = None) -> CoupledNMFConcepts:
+    def load(cls, path: PathLike, model: Optional[nn.Module] = None, **params: Any) -> CoupledNMFConcepts:
         """Load a :meth:`save` file (factors on the CPU). The analyses and ``transform`` of
         matrices work at once; ``transform`` of inputs runs the model: pass ``model=``
-        here (or set ``est.model``).
+        here (or set ``est.model``). ``params`` set constructor parameters that were
+        not saved (``out_of_core``; callables such as a ``reshape_transform``, which a
+        ``UserWarning`` names when they are missing) or override saved ones.
 
         Raises:
-            ValueError: a corrupted, truncated or foreign file.
+            ValueError: a corrupted, damaged, truncated or foreign file.
         """
-        from .estimator_io import load_coupled_nmf
 
-        return load_coupled_nmf(cls, path, model)
+        return load_estimator(cls, path, model, params)
+
+    def _fitted_state(self) -> Tuple[dict, dict]:
+        shifts = {f"shift_{b}": s for b, s in enumerate(self.shift_) if s is not None}
+        fitted = {
+            "offsets": [int(o) for o in self._offsets],
+            "n_pixel_blocks": int(self._n_pixel_blocks),
+            "fitted_on_inputs": bool(self._fitted_on_inputs),
+            "shifted_blocks": sorted(int(k.split("_")[1]) for k in shifts),
+            "loss_history": [float(v) for v in self.loss_history_],
+            "n_iter": int(self.n_iter_),
+            "converged": bool(self.converged_),
+            "block_weights": [float(w) for w in self.block_weights_],
+            "block_names": list(self.block_names_),
+            "layer_names": list(self.layer_names_),
+            "layer_shapes": [[int(s) for s in shape] for shape in self.layer_shapes_],
+            "input_shape": None if self.input_shape_ is None else [int(s) for s in self.input_shape_],
+        }
+        tensors = {"components": self._components, "example_factors": self.example_factors_, **shifts}
+        return tensors, fitted
+
+    def _restore_fitted_state(self, reader: Any) -> None:
+        offsets = reader.ints("offsets", low=0)
+        n_blocks = len(offsets) - 1
+        if n_blocks < 1 or offsets[0] != 0 or any(b <= a for a, b in zip(offsets[:-1], offsets[1:])):
+            raise reader.error(f"bad block offsets {offsets[:8]}")
+        n_pixel = reader.value("n_pixel_blocks", (int,))
+        if not 0 <= n_pixel <= n_blocks:
+            raise reader.error(f"n_pixel_blocks={n_pixel} for {n_blocks} blocks")
+        d = int(self.n_concepts)
+        components = reader.tensor("components", self.dtype, (d, offsets[-1]), low=0.0)
+        example_factors = reader.tensor("example_factors", self.dtype, (d, None), low=0.0)
+        shifted = reader.ints("shifted_blocks", low=0)
+        if any(b >= n_blocks for b in shifted):
+            raise reader.error(f"shifted block index beyond the {n_blocks} blocks")
+        self.shift_ = [
+            reader.tensor(f"shift_{b}", self.dtype, (offsets[b + 1] - offsets[b],), high=0.0)
+            if b in shifted
+            else None
+            for b in range(n_blocks)
+        ]
+        names = reader.value("block_names", (list,))
+        layer_names = reader.value("layer_names", (list,))
+        weights = reader.value("block_weights", (list,))
+        if len(names) != n_blocks or len(weights) != n_blocks or len(layer_names) != n_blocks - n_pixel:
+            raise reader.error("block names, weights and offsets disagree")
+        if not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < float("inf") for w in weights
+        ):
+            raise reader.error("block weights must be positive finite numbers")
+        layer_shapes = reader.value("layer_shapes", (list,))
+        if len(layer_shapes) != n_blocks - n_pixel or not all(
+            isinstance(shape, list) and all(type(v) is int and v > 0 for v in shape) for shape in layer_shapes
+        ):
+            raise reader.error("bad layer shapes")
+        history = reader.value("loss_history", (list,))
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in history):
+            raise reader.error("the loss history must hold numbers")
+        n_iter = reader.value("n_iter", (int,))
+        if n_iter < 0:
+            raise reader.error(f"n_iter={n_iter} is negative")
+        self._components = components
+        self._offsets = offsets
+        self._n_pixel_blocks = n_pixel
+        self._fitted_on_inputs = reader.value("fitted_on_inputs", (bool,))
+        self.example_factors_ = example_factors
+        factors = [components[:, a:b].t().contiguous() for a, b in zip(offsets[:-1], offsets[1:])]
+        self.pixel_factors_ = factors[:n_pixel]
+        self.neuron_factors_ = factors[n_pixel:]
+        self.loss_history_ = [float(v) for v in history]
+        self.n_iter_ = n_iter
+        self.converged_ = reader.value("converged", (bool,))
+        self.block_weights_ = [float(w) for w in weights]
+        self.block_names_ = [str(n) for n in names]
+        self.layer_names_ = [str(n) for n in layer_names]
+        self.layer_shapes_ = [tuple(shape) for shape in layer_shapes]
+        shape = reader.ints("input_shape", low=1, allow_none=True)
+        self.input_shape_ = None if shape is None else tuple(shape)
+
+    # ------------------------------------------------------------------ scikit-learn
+    def __sklearn_clone__(self) -> CoupledNMFConcepts:
+        return clone_with_layer_names(self)

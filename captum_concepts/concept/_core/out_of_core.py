@@ -29,23 +29,33 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..._utils.validation import InvalidParameterError, RealNumber, check_int, check_option
 from . import cnmf_solvers as solvers
 
 __all__ = ["OutOfCore", "ActivationStore", "StreamedProblem", "collect_to_store", "parse_bytes"]
 
 _UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
 _STORAGE = {torch.float32: np.float32, torch.float16: np.float16}
+_FLOAT16_MAX = float(torch.finfo(torch.float16).max)
+
+
+MAX_BUDGET = 2**60  # 1 EiB: anything larger is a typo, not a machine
 
 
 def parse_bytes(value: Union[int, float, str], argument: str = "memory_budget") -> int:
     """``1 << 30``, ``"512MB"``, ``"2 GB"`` -> bytes (binary units: 1 MB = 2**20 bytes)."""
-    if isinstance(value, (int, float, np.integer)) and not isinstance(value, bool) and value > 0:
-        return int(value)
+    expected = (
+        f"{argument} must be a positive, finite number of bytes (at most 2**60) or a string like "
+        f"'512MB', got {value!r}"
+    )
     if isinstance(value, str):
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?B?)\s*", value.upper())
-        if match and match.group(2) in _UNITS:
-            return int(float(match.group(1)) * _UNITS[match.group(2)])
-    raise ValueError(f"{argument} must be a positive number of bytes or a string like '512MB', got {value!r}")
+        if not match or match.group(2) not in _UNITS:
+            raise ValueError(expected)
+        value = float(match.group(1)) * _UNITS[match.group(2)]
+    if not RealNumber(low=1, high=MAX_BUDGET).holds(value):
+        raise InvalidParameterError(expected)
+    return int(value)
 
 
 @dataclass
@@ -53,7 +63,8 @@ class OutOfCore:
     """Settings of an out-of-core fit (pass as ``CoupledNMFConcepts(out_of_core=OutOfCore(...))``).
 
     Args:
-        memory_budget (int or str): bytes (or ``"512MB"``, ``"2GB"``) the fit may hold
+        memory_budget (int or str): bytes (a finite number up to ``2**60``, or
+            ``"512MB"``, ``"2GB"``) the fit may hold
             at once: the factors, their statistics and one chunk of examples. The
             factors alone need about ``s * d * (4 N + 6 R)`` bytes (``s`` = 4 for
             float32, ``d`` concepts, ``N`` examples, ``R`` features); the rest
@@ -62,9 +73,12 @@ class OutOfCore:
             per-chunk products and the BLAS library's workspace (a few MB).
             Not counted: the model and one forward batch while collecting, and
             the footprint of Python and torch.
-        directory (str, optional): where the activation file is written (default:
-            the system temporary directory). :meth:`CoupledNMFConcepts.fit` deletes
-            its file after fitting.
+        directory (str, optional): an existing, writable folder for the activation
+            file (default: the system temporary folder); checked before any data
+            is read. The file is anonymous: it is unlinked as soon as it is
+            opened (or never named, with ``O_TMPFILE``), so nothing is left in the
+            folder however the process ends -- an exception, SIGTERM, SIGKILL or
+            the out-of-memory killer; its space is freed when the fit finishes.
         storage_dtype (torch.float32 or torch.float16): dtype on disk. float16 halves
             the file and the reads; values are rounded to float16 (11-bit
             mantissa), and computation still runs in the estimator's ``dtype``.
@@ -78,28 +92,49 @@ class OutOfCore:
         return parse_bytes(self.memory_budget)
 
     def check(self) -> None:
+        """Validate every setting (called by the estimator before any data is read)."""
         self.budget_bytes()
-        if self.storage_dtype not in _STORAGE:
-            raise ValueError(
-                f"storage_dtype must be torch.float32 or torch.float16, got {self.storage_dtype!r}"
-            )
+        check_option(self.storage_dtype, "storage_dtype", tuple(_STORAGE))
+        if self.directory is not None:
+            check_directory(self.directory, "OutOfCore(directory=...)")
+
+
+def check_directory(directory: Any, argument: str) -> str:
+    """``directory`` if it is an existing, writable folder; a clear error otherwise."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"{argument} must be a folder path (str), got {type(directory).__name__}")
+    path = os.fspath(directory)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{argument}: the folder {path!r} does not exist")
+    if not os.path.isdir(path):
+        raise NotADirectoryError(f"{argument}: {path!r} is a file, not a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"{argument}: the folder {path!r} is not writable")
+    return path
 
 
 class ActivationStore:
     """An ``N x R`` example-major matrix on disk, appended batch by batch, read in chunks.
 
     Args:
-        path (str): the file (created or truncated).
+        path (str, optional): the file (created or truncated; kept until you
+            delete it). None (the default): an anonymous file in ``directory``
+            that has no name on disk -- it is unlinked as soon as it is opened,
+            so nothing is left behind when the process ends, however it ends
+            (even SIGKILL or the out-of-memory killer).
         block_rows (sequence of int): ``r_b`` of every block (pixel blocks first, then layers).
         storage_dtype (torch.dtype): float32 or float16.
         n_pixel_blocks (int): how many of the blocks are pixel blocks.
+        directory (str, optional): folder of the anonymous file (default: the
+            system temporary folder).
 
-    While appending it records per-feature minima and whether every value is
-    finite, so a fit validates the data without another pass.
+    While appending it records per-feature minima and maxima and, for float16
+    storage, which blocks held finite values beyond float16's range
+    (``|x| > 65504``), so a fit validates the data without another pass.
 
     Example::
 
-        >>> store = ActivationStore("acts.bin", [64, 32], n_pixel_blocks=1)
+        >>> store = ActivationStore(None, [64, 32], n_pixel_blocks=1)
         >>> for x_pix, x_act in batches:          # (B, 64) and (B, 32) rows
         ...     store.append([x_pix, x_act])
         >>> cnmf = CoupledNMFConcepts(8, out_of_core=OutOfCore("256MB")).fit_store(store)
@@ -107,26 +142,34 @@ class ActivationStore:
 
     def __init__(
         self,
-        path: str,
+        path: Optional[str],
         block_rows: Sequence[int],
         storage_dtype: torch.dtype = torch.float32,
         n_pixel_blocks: int = 0,
+        directory: Optional[str] = None,
     ) -> None:
-        if storage_dtype not in _STORAGE:
-            raise ValueError(f"storage_dtype must be torch.float32 or torch.float16, got {storage_dtype!r}")
-        self.block_rows = [int(r) for r in block_rows]
-        if not self.block_rows or min(self.block_rows) < 1:
-            raise ValueError(f"block_rows must be positive ints, got {list(block_rows)}")
-        self.path = str(path)
+        check_option(storage_dtype, "storage_dtype", tuple(_STORAGE))
+        if isinstance(block_rows, (str, bytes)) or not isinstance(block_rows, Sequence) or not block_rows:
+            raise ValueError(f"block_rows must be a non-empty sequence of positive ints, got {block_rows!r}")
+        self.block_rows = [check_int(r, f"block_rows[{b}]", low=1) for b, r in enumerate(block_rows)]
+        self.n_pixel_blocks = check_int(n_pixel_blocks, "n_pixel_blocks", low=0, high=len(self.block_rows))
         self.storage_dtype = storage_dtype
-        self.n_pixel_blocks = int(n_pixel_blocks)
         self.n_examples = 0
         self.row_min = torch.full((self.n_features,), float("inf"), dtype=torch.float64)
-        self.finite = True
+        self.row_max = torch.full((self.n_features,), float("-inf"), dtype=torch.float64)
+        self.overflow = [False] * len(self.block_rows)  # finite values above float16's largest
         self.layer_names: List[str] = []
         self.layer_shapes: List[Tuple[int, ...]] = []
         self.input_shape: Optional[Tuple[int, ...]] = None
-        self._file = open(self.path, "wb")
+        self._writable = True
+        if path is None:
+            folder = None if directory is None else check_directory(directory, "directory")
+            # O_TMPFILE where the OS has it: the file never has a name
+            self._file = tempfile.TemporaryFile(prefix="cnmf-", suffix=".bin", dir=folder)
+            self.path: Optional[str] = None
+        else:
+            self.path = str(path)
+            self._file = open(self.path, "w+b")
 
     @property
     def n_features(self) -> int:
@@ -141,36 +184,58 @@ class ActivationStore:
         return self.n_examples * self.n_features * self.itemsize
 
     def append(self, rows: Sequence[Tensor]) -> None:
-        """Add a batch: one ``(B, r_b)`` tensor per block (examples as rows)."""
-        if self._file is None:
+        """Add a batch: one ``(B, r_b)`` tensor per block (examples as rows).
+
+        Raises:
+            ValueError: closed store or wrong shapes. NaN, infinite values and values
+                that overflow float16 storage are recorded and refused by the fit.
+        """
+        if not self._writable:
             raise ValueError("this ActivationStore is closed for writing")
         if len(rows) != len(self.block_rows):
             raise ValueError(f"append needs {len(self.block_rows)} blocks, got {len(rows)}")
         for b, (x, r) in enumerate(zip(rows, self.block_rows)):
             if x.dim() != 2 or x.shape[1] != r or x.shape[0] != rows[0].shape[0]:
                 raise ValueError(f"block {b} must be (B, {r}) with the batch's B, got {tuple(x.shape)}")
-        batch = torch.cat([x.detach().to("cpu", self.storage_dtype) for x in rows], dim=1)
-        self.finite = self.finite and bool(torch.isfinite(batch).all())
+        exact = [x.detach().cpu() for x in rows]
+        if self.storage_dtype == torch.float16:
+            for b, x in enumerate(exact):
+                big = x.abs().amax(dim=0) if x.numel() else x.new_zeros(0)
+                self.overflow[b] |= bool((torch.isfinite(big) & (big > _FLOAT16_MAX)).any())
+        batch = torch.cat([x.to(self.storage_dtype) for x in exact], dim=1)
         self.row_min = torch.minimum(self.row_min, batch.amin(dim=0).double())
+        self.row_max = torch.maximum(self.row_max, batch.amax(dim=0).double())
+        self._file.seek(0, os.SEEK_END)
         self._file.write(memoryview(batch.contiguous().numpy()).cast("B"))
         self.n_examples += batch.shape[0]
 
     def close(self) -> ActivationStore:
-        """Finish writing (reading works only after this)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Finish writing (flushes the file; reading works only after this)."""
+        if self._writable and self._file is not None:
+            self._file.flush()
+            self._writable = False
         return self
 
     def delete(self) -> None:
-        self.close()
-        if os.path.exists(self.path):
+        """Close the file and remove it (an anonymous file simply disappears)."""
+        self._writable = False
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.path is not None and os.path.exists(self.path):
             os.remove(self.path)
+
+    def _fileno(self) -> int:
+        if self._file is None:
+            raise ValueError("this ActivationStore was deleted")
+        self.close()
+        return self._file.fileno()
 
     def as_array(self) -> np.memmap:
         """The data as a read-only ``(N, R)`` ``numpy.memmap``."""
-        self.close()
-        return np.memmap(self.path, dtype=_STORAGE[self.storage_dtype], mode="r", shape=self.shape)
+        fileno = self._fileno()
+        with os.fdopen(os.dup(fileno), "rb") as f:
+            return np.memmap(f, dtype=_STORAGE[self.storage_dtype], mode="r", shape=self.shape)
 
     @property
     def shape(self) -> Tuple[int, int]:
@@ -180,17 +245,23 @@ class ActivationStore:
         """Yield ``(start, stop, rows)`` with ``rows`` a view of ``buffer`` ``(stop - start, R)``.
 
         ``buffer`` (``(chunk_rows, R)``, storage dtype) is reused: copy what you keep.
+        Reads with ``os.preadv`` at explicit offsets, so several readers may interleave.
         """
-        self.close()
+        fileno = self._fileno()
         raw = buffer.numpy().reshape(-1)
-        with open(self.path, "rb", buffering=0) as f:
-            for start in range(0, self.n_examples, chunk_rows):
-                stop = min(start + chunk_rows, self.n_examples)
-                view = memoryview(raw[: (stop - start) * self.n_features]).cast("B")
-                got = f.readinto(view)
-                if got != len(view):
-                    raise OSError(f"{self.path} is shorter than expected ({got} of {len(view)} bytes)")
-                yield start, stop, buffer[: stop - start]
+        row_bytes = self.n_features * self.itemsize
+        for start in range(0, self.n_examples, chunk_rows):
+            stop = min(start + chunk_rows, self.n_examples)
+            view = memoryview(raw[: (stop - start) * self.n_features]).cast("B")
+            got = 0
+            while got < len(view):
+                n = os.preadv(fileno, [view[got:]], start * row_bytes + got)
+                if n == 0:
+                    raise OSError(
+                        f"the activation store is shorter than expected ({got} of {len(view)} bytes)"
+                    )
+                got += n
+            yield start, stop, buffer[: stop - start]
 
 
 class StreamedProblem(solvers.CoupledProblem):
@@ -305,8 +376,6 @@ def collect_to_store(
     """
     from .activations import collect_blocks, iter_input_batches
 
-    fd, path = tempfile.mkstemp(prefix="cnmf-", suffix=".bin", dir=settings.directory)
-    os.close(fd)
     store = None
     try:
         for batch in iter_input_batches(inputs, batch_size):
@@ -322,7 +391,11 @@ def collect_to_store(
             blocks = got.pixel_blocks + got.activation_blocks
             if store is None:
                 store = ActivationStore(
-                    path, [x.shape[0] for x in blocks], settings.storage_dtype, len(got.pixel_blocks)
+                    None,
+                    [x.shape[0] for x in blocks],
+                    settings.storage_dtype,
+                    len(got.pixel_blocks),
+                    directory=settings.directory,
                 )
                 store.layer_names, store.layer_shapes = got.layer_names, got.layer_shapes
                 store.input_shape = got.input_shape
@@ -334,10 +407,7 @@ def collect_to_store(
     except BaseException:
         if store is not None:
             store.delete()
-        elif os.path.exists(path):
-            os.remove(path)
         raise
     if store is None:
-        os.remove(path)
         raise ValueError("inputs yielded no examples")
     return store.close()

@@ -40,6 +40,20 @@ from ..._utils.common import TensorOrTuple, check_batch, format_inputs, run_forw
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, resolve_layer
 from ..._utils.persistence import PathLike
+from ..._utils.validation import (
+    NONE,
+    AnyOf,
+    Bool,
+    DeviceSpec,
+    InstanceOf,
+    Int,
+    check_fitted,
+    check_int,
+    check_real,
+    seed_of,
+    validate_params,
+)
+from .estimator_io import clone_with_layer_names, load_estimator, save_estimator, tag_names, untag_names
 
 __all__ = ["SemanticVector", "ConceptRanking", "PerturbationResult"]
 
@@ -154,7 +168,13 @@ def _labelled_batches(
 
 
 def _membership(labels: torch.Tensor, n_classes: Optional[int]) -> torch.Tensor:
-    """Labels -> float membership ``(B, C)``: one-hot for class indices, ``> 0`` for multi-hot."""
+    """Labels -> float membership ``(B, C)``: one-hot for class indices, ``> 0`` for multi-hot.
+
+    A ``(B, 1)`` column is a column of class indices (a one-column multi-hot
+    would describe a single concept, which is never what a label column means).
+    """
+    if labels.dim() == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
     if labels.dim() == 1:
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise TypeError(f"labels must be integer class indices or multi-hot, got dtype {labels.dtype}")
@@ -294,12 +314,19 @@ class SemanticVector(BaseEstimator):
         self.random_state = random_state
         self.distributed = distributed
 
+    _parameter_constraints = {
+        "model": InstanceOf((nn.Module,), "a torch.nn.Module"),
+        "layer": InstanceOf((str, nn.Module), "a dotted layer name (str) or a module of the model"),
+        "batch_size": Int(1),
+        "device": DeviceSpec(),
+        "random_state": AnyOf(NONE, Int(0)),
+        "distributed": Bool(),
+    }
+
     # ------------------------------------------------------------------ helpers
     def _validate(self) -> nn.Module:
-        if not isinstance(self.model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        """Check the parameters and resolve the layer (before any data is read)."""
+        validate_params(self)
         return resolve_layer(self.model, self.layer)
 
     def _target_device(self) -> Optional[torch.device]:
@@ -402,7 +429,7 @@ class SemanticVector(BaseEstimator):
 
         def batches():
             for index, name in enumerate(names):
-                for inputs in _input_batches(concepts[name], self.batch_size, f"concepts[{name!r}]"):
+                for inputs in _input_batches(concepts[name], int(self.batch_size), f"concepts[{name!r}]"):
                     member = torch.zeros(inputs[0].shape[0], n)
                     member[:, index] = 1.0
                     yield inputs, member
@@ -417,8 +444,9 @@ class SemanticVector(BaseEstimator):
         Args:
             data: a tuple ``(inputs..., labels)`` of tensors, or an iterable of such
                 batches (``DataLoader(TensorDataset(x, y))``). Labels are integer
-                class indices ``(B,)`` or multi-hot ``(B, C)`` (an example belongs
-                to every class whose entry is > 0: multi-label data).
+                class indices ``(B,)`` (or a ``(B, 1)`` column of them) or multi-hot
+                ``(B, C)`` with ``C >= 2`` (an example belongs to every class whose
+                entry is > 0: multi-label data).
             n_classes (int, optional): number of classes ``C``; default: the largest
                 label + 1 (integer labels) or the width of the multi-hot labels.
             additional_forward_args: appended to every forward call.
@@ -430,11 +458,10 @@ class SemanticVector(BaseEstimator):
             ValueError: a class in ``0..C-1`` has no example, or a label is out of range.
         """
         layer = self._validate()
-        if n_classes is not None and (not isinstance(n_classes, int) or n_classes < 1):
-            raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
+        n_classes = check_int(n_classes, "n_classes", low=1, allow_none=True)
 
         def batches():
-            for inputs, labels in _labelled_batches(data, self.batch_size, "data"):
+            for inputs, labels in _labelled_batches(data, int(self.batch_size), "data"):
                 member = _membership(labels, n_classes)
                 if member.shape[0] != inputs[0].shape[0]:
                     raise ValueError(f"{member.shape[0]} labels for a batch of {inputs[0].shape[0]} inputs")
@@ -448,8 +475,7 @@ class SemanticVector(BaseEstimator):
 
     # ------------------------------------------------------------------ fitted state
     def _check_fitted(self) -> None:
-        if not hasattr(self, "vectors_"):
-            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit or fit_from_labels")
+        check_fitted(self, "vectors_", "fit or fit_from_labels")
 
     def concept_index(self, concept: ConceptKey) -> int:
         """Index of ``concept`` in ``concept_names_`` (a name, or an integer index)."""
@@ -495,8 +521,7 @@ class SemanticVector(BaseEstimator):
         which the unit is active).
         """
         self._check_fitted()
-        if not 0.0 <= float(threshold) < 1.0:
-            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+        check_real(threshold, "threshold", low=0.0, high=1.0, high_open=True)
         return (self.activation_rates_ > threshold).reshape(-1, *self.layer_shape_)
 
     def relevance(self) -> torch.Tensor:
@@ -505,37 +530,86 @@ class SemanticVector(BaseEstimator):
         return self.vectors_ @ self.vectors_.t()
 
     # ------------------------------------------------------------------ persistence
+    _persistence_kind = "SemanticVector"
+    _runtime_params = ("model",)
+
     def save(self, path: PathLike) -> None:
         """Save the fitted vectors, rates, diversities and parameters to ``path``.
 
         A safe file: tensors via ``torch.save`` read back with ``weights_only=True``
-        and JSON metadata with the format and package versions (no pickled objects).
-        The model is not saved; a ``layer`` given as a module is stored by its name.
-        Concept names must be ``str`` or ``int``.
+        and JSON metadata (no pickled objects), with a checksum verified on
+        load; written atomically (a temporary file in the same folder, then
+        renamed). The model is not saved; a ``layer`` given as a module is stored
+        by its name. Concept names must be ``str`` or ``int``.
         """
-        from .estimator_io import save_semantic_vector
 
-        save_semantic_vector(self, path)
+        save_estimator(self, path)
 
     @classmethod
-    def load(cls, path: PathLike, model: Optional[nn.Module] = None) -> SemanticVector:
+    def load(cls, path: PathLike, model: Optional[nn.Module] = None, **params: Any) -> SemanticVector:
         """Load a :meth:`save` file. ``relevance``/``masks`` work at once; ``transform``,
         ``similarity`` & co. run the model: pass ``model=`` here (or set ``sv.model``).
+        A model whose ``layer`` gives outputs of another shape than the fitted one
+        is refused at its first use. ``params`` override saved constructor parameters.
 
         Raises:
-            ValueError: a corrupted, truncated or foreign file.
+            ValueError: a corrupted, damaged, truncated or foreign file.
         """
-        from .estimator_io import load_semantic_vector
 
-        return load_semantic_vector(cls, path, model)
+        return load_estimator(cls, path, model, params)
+
+    def __sklearn_clone__(self) -> SemanticVector:
+
+        return clone_with_layer_names(self)
+
+    def _fitted_state(self) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+
+        tensors = {
+            "vectors": self.vectors_,
+            "activation_rates": self.activation_rates_,
+            "diversity": self.diversity_,
+            "n_examples": self.n_examples_,
+        }
+        fitted = {
+            "concept_names": tag_names(self.concept_names_),
+            "layer_shape": [int(s) for s in self.layer_shape_],
+        }
+        return tensors, fitted
+
+    def _restore_fitted_state(self, reader: Any) -> None:
+
+        names = untag_names(reader, "concept_names")
+        shape = tuple(reader.ints("layer_shape", low=1))
+        k, d = len(names), int(np.prod(shape))
+        vectors = reader.tensor("vectors", torch.float32, (k, d))
+        if k and not torch.allclose(
+            vectors.double().norm(dim=1), torch.ones(k, dtype=torch.float64), atol=1e-3
+        ):
+            raise reader.error("semantic vectors must have unit norm")
+        self.activation_rates_ = reader.tensor("activation_rates", torch.float32, (k, d), low=0.0, high=1.0)
+        self.diversity_ = reader.tensor("diversity", torch.float32, (k,), low=-1e-6, high=1.0 + 1e-6)
+        self.n_examples_ = reader.tensor("n_examples", torch.int64, (k,), low=1)
+        self.concept_names_ = names
+        self.layer_shape_ = shape
+        self.vectors_ = vectors
 
     # ------------------------------------------------------------------ new data
     def transform(self, inputs: TensorOrTuple, additional_forward_args: Any = None) -> torch.Tensor:
         """The flattened layer features ``φ(x)`` of ``inputs``: ``(N, D)``."""
         self._check_fitted()
         layer = self._validate()
-        batches = ((b, None) for b in _input_batches(format_inputs(inputs)[0], self.batch_size, "inputs"))
-        feats = [f for f, _, _ in self._features(batches, layer, additional_forward_args)]
+        batches = (
+            (b, None) for b in _input_batches(format_inputs(inputs)[0], int(self.batch_size), "inputs")
+        )
+        feats = []
+        for f, shape, _ in self._features(batches, layer, additional_forward_args):
+            if shape != tuple(self.layer_shape_):
+                raise ValueError(
+                    f"layer {self.layer!r} gives outputs of shape {shape} per example, but this "
+                    f"SemanticVector was fitted on outputs of shape {tuple(self.layer_shape_)}: is "
+                    f"model the architecture it was fitted (or saved) with?"
+                )
+            feats.append(f)
         return torch.cat(feats).to(self.vectors_.device)
 
     def similarity(
@@ -562,8 +636,7 @@ class SemanticVector(BaseEstimator):
             into ``inputs``, best first (``k`` is capped at ``N``).
         """
         index = self.concept_index(concept)
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = check_int(k, "k", low=1)
         sim = self.similarity(inputs, additional_forward_args)[:, index]
         return torch.topk(sim, min(k, sim.shape[0]))
 
@@ -590,8 +663,7 @@ class SemanticVector(BaseEstimator):
         )
         if not vocab:
             raise ValueError("vocabulary must name at least one concept")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = check_int(k, "k", low=1)
         sim = self.similarity(inputs, additional_forward_args)[:, vocab]
         scores, pos = torch.topk(sim, min(k, len(vocab)), dim=1)
         indices = torch.tensor(vocab, device=pos.device)[pos]
@@ -637,7 +709,10 @@ class SemanticVector(BaseEstimator):
         inputs_t, _ = format_inputs(inputs)
         n = check_batch(inputs_t)
         rows = self.class_rows(concepts)
-        targets_t = torch.as_tensor(targets).long().flatten().cpu()
+        targets_t = torch.as_tensor(targets)
+        if targets_t.dtype.is_floating_point or targets_t.dtype.is_complex or targets_t.dtype == torch.bool:
+            raise TypeError(f"targets must be integer class indices, got dtype {targets_t.dtype}")
+        targets_t = targets_t.long().flatten().cpu()
         if targets_t.shape[0] != n:
             raise ValueError(f"targets must have one class per input ({n}), got {targets_t.shape[0]}")
         if int(targets_t.min()) < 0 or int(targets_t.max()) >= rows.shape[0]:
@@ -645,11 +720,10 @@ class SemanticVector(BaseEstimator):
                 f"targets must lie in [0, {rows.shape[0]}), got {targets_t.min()}..{targets_t.max()}"
             )
         masks = self.masks(threshold).reshape(len(self.concept_names_), -1).float()
-        generator = torch.Generator().manual_seed(
-            int(np.random.RandomState(self.random_state).randint(2**31 - 1))
-            if not isinstance(self.random_state, int)
-            else self.random_state
-        )
+        seed = seed_of(self.random_state)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        generator = torch.Generator().manual_seed(seed)
         d = masks.shape[1]
         perm = torch.argsort(torch.rand(n, d, generator=generator), dim=1)
         random_units = torch.randint(d, (n,), generator=generator)
@@ -665,8 +739,9 @@ class SemanticVector(BaseEstimator):
 
         with ModelGuard(self.model) as guard, torch.no_grad():
             guard.register_forward_hook(layer, replace)
-            for start in range(0, n, self.batch_size):
-                sl = slice(start, start + self.batch_size)
+            step = int(self.batch_size)
+            for start in range(0, n, step):
+                sl = slice(start, start + step)
                 batch = self._move(tuple(t[sl] for t in inputs_t))
                 tgt = targets_t[sl]
                 cpt = concept_of[sl]

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..._utils.common import format_inputs, restore_form
+from ..._utils.validation import check_int
 
 __all__ = [
     "resolve_explainer",
@@ -31,9 +32,7 @@ _PER_EXAMPLE_KWARGS = ("target", "additional_forward_args", "baselines")
 
 
 def check_positive_int(value: Any, argument: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{argument} must be a positive int, got {value!r}")
-    return value
+    return check_int(value, argument, low=1)
 
 
 def _is_embedding_attribution(obj: Any) -> bool:

@@ -13,6 +13,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from ..._utils.validation import check_int, check_option, check_real
+
 __all__ = ["pointing_game", "pointing_game_curve"]
 
 
@@ -71,12 +73,9 @@ def _dilate(region: torch.Tensor, tolerance: int) -> torch.Tensor:
 
 
 def _check_args(hit_fraction: float, tolerance: int, on_empty: str) -> None:
-    if not 0.0 < float(hit_fraction) <= 1.0:
-        raise ValueError(f"hit_fraction must be in (0, 1], got {hit_fraction}")
-    if not isinstance(tolerance, int) or tolerance < 0:
-        raise ValueError(f"tolerance must be a non-negative integer (pixels), got {tolerance!r}")
-    if on_empty not in ("raise", "nan"):
-        raise ValueError(f"on_empty must be 'raise' or 'nan', got {on_empty!r}")
+    check_real(hit_fraction, "hit_fraction", low=0.0, high=1.0, low_open=True)
+    check_int(tolerance, "tolerance", low=0)
+    check_option(on_empty, "on_empty", ("raise", "nan"))
 
 
 def _hits(

@@ -1,0 +1,314 @@
+"""Parameter checks, in one place (private).
+
+Scalar checks (:func:`check_int`, :func:`check_real`, :func:`check_bool`,
+:func:`check_option`) for function arguments; declarative constraint tables
+for estimators, in the spirit of scikit-learn's ``_parameter_constraints``:
+each estimator lists ``{parameter: constraint}`` and calls
+:func:`validate_params` first thing in every ``fit*`` method, before any data
+is read or any forward pass runs. :func:`check_fitted` is the one not-fitted
+check; it raises scikit-learn's ``NotFittedError``.
+
+Every error names the parameter and the expected type or range. Wrong types
+and wrong values both raise :class:`InvalidParameterError`, a subclass of
+``ValueError`` and ``TypeError`` (as scikit-learn's error of the same name), so
+either ``except`` clause catches it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from sklearn.exceptions import NotFittedError
+
+__all__ = [
+    "InvalidParameterError",
+    "NotFittedError",
+    "check_int",
+    "check_real",
+    "check_bool",
+    "check_option",
+    "check_fitted",
+    "seed_of",
+    "Constraint",
+    "Int",
+    "RealNumber",
+    "Bool",
+    "Options",
+    "InstanceOf",
+    "Positives",
+    "AnyOf",
+    "LayerList",
+    "DeviceSpec",
+    "NONE",
+    "validate_params",
+]
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A parameter of the wrong type or out of range (catch it as ``ValueError`` or ``TypeError``)."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _range_text(low: Any, high: Any, low_open: bool = False, high_open: bool = False) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high}")
+    return " and ".join(parts)
+
+
+def _got(value: Any) -> str:
+    return f"got {value!r} ({type(value).__name__})"
+
+
+# ---------------------------------------------------------------------- constraints
+class Constraint:
+    """One rule for one parameter: ``describe()`` for messages, ``holds(value)`` to test it."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def holds(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def check(self, value: Any, name: str) -> None:
+        if not self.holds(value):
+            raise InvalidParameterError(f"{name} must be {self.describe()}, {_got(value)}")
+
+
+@dataclass(frozen=True)
+class Int(Constraint):
+    """An integer (Python or numpy, never ``bool``) in ``[low, high]``."""
+
+    low: Optional[int] = None
+    high: Optional[int] = None
+
+    def describe(self) -> str:
+        bounds = _range_text(self.low, self.high)
+        return f"an int {bounds}" if bounds else "an int"
+
+    def holds(self, value: Any) -> bool:
+        return (
+            _is_int(value)
+            and (self.low is None or value >= self.low)
+            and (self.high is None or value <= self.high)
+        )
+
+
+@dataclass(frozen=True)
+class RealNumber(Constraint):
+    """A finite real number (int or float, Python or numpy, never ``bool``) within the bounds."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self) -> str:
+        bounds = _range_text(self.low, self.high, self.low_open, self.high_open)
+        return f"a finite real number {bounds}" if bounds else "a finite real number"
+
+    def holds(self, value: Any) -> bool:
+        if not _is_real(value) or not math.isfinite(float(value)):
+            return False
+        v = float(value)
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        if self.high is not None and (v >= self.high if self.high_open else v > self.high):
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Bool(Constraint):
+    """``True`` or ``False`` (also ``numpy.bool_``)."""
+
+    def describe(self) -> str:
+        return "True or False"
+
+    def holds(self, value: Any) -> bool:
+        return isinstance(value, (bool, np.bool_))
+
+
+@dataclass(frozen=True)
+class Options(Constraint):
+    """One of a fixed set of values (compared with ``==``; ``None`` may be one of them)."""
+
+    values: Tuple[Any, ...]
+
+    def describe(self) -> str:
+        if len(self.values) == 1:
+            return repr(self.values[0])
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+    def holds(self, value: Any) -> bool:
+        for option in self.values:
+            if value is option:
+                return True
+            if isinstance(option, str) and isinstance(value, str) and value == option:
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class InstanceOf(Constraint):
+    """An instance of ``types`` (``description`` names them in messages)."""
+
+    types: Tuple[type, ...]
+    description: str
+
+    def describe(self) -> str:
+        return self.description
+
+    def holds(self, value: Any) -> bool:
+        return isinstance(value, self.types)
+
+
+@dataclass(frozen=True)
+class Positives(Constraint):
+    """A non-empty sequence (not a string) of finite real numbers ``> 0``."""
+
+    def describe(self) -> str:
+        return "a sequence of finite real numbers > 0"
+
+    def holds(self, value: Any) -> bool:
+        if (
+            isinstance(value, (str, bytes))
+            or not isinstance(value, (Sequence, np.ndarray))
+            or len(value) == 0
+        ):
+            return False
+        positive = RealNumber(low=0, low_open=True)
+        return all(positive.holds(v) for v in value)
+
+
+class AnyOf(Constraint):
+    """Any one of several constraints (e.g. ``None`` or a positive int)."""
+
+    def __init__(self, *constraints: Constraint) -> None:
+        self.constraints = constraints
+
+    def describe(self) -> str:
+        texts = [c.describe() for c in self.constraints if c != NONE]
+        if len(texts) < len(self.constraints):
+            texts.append("None")
+        return ", ".join(texts[:-1]) + " or " + texts[-1] if len(texts) > 1 else texts[0]
+
+    def holds(self, value: Any) -> bool:
+        return any(c.holds(value) for c in self.constraints)
+
+
+class LayerList(Constraint):
+    """A sequence (not a string) of layers: dotted names or modules."""
+
+    def describe(self) -> str:
+        return "a sequence of layers (dotted names or modules of the model)"
+
+    def holds(self, value: Any) -> bool:
+        from torch import nn
+
+        return (
+            isinstance(value, Sequence)
+            and not isinstance(value, (str, bytes))
+            and all(isinstance(v, (str, nn.Module)) for v in value)
+        )
+
+
+class DeviceSpec(Constraint):
+    """None, a ``torch.device`` or a string ``torch.device`` accepts (``"cpu"``, ``"cuda:0"``)."""
+
+    def describe(self) -> str:
+        return "None, a torch.device or a device string such as 'cpu' or 'cuda:0'"
+
+    def holds(self, value: Any) -> bool:
+        import torch
+
+        if value is None or isinstance(value, torch.device):
+            return True
+        if not isinstance(value, str):
+            return False
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError):
+            return False
+        return True
+
+
+NONE = Options((None,))
+
+
+def validate_params(est: Any, constraints: Optional[Mapping[str, Constraint]] = None) -> None:
+    """Check every parameter of ``est`` listed in its constraint table (``est._parameter_constraints``).
+
+    Raises:
+        InvalidParameterError: the first parameter that breaks its rule, by name.
+    """
+    table = type(est)._parameter_constraints if constraints is None else constraints
+    for name, constraint in table.items():
+        constraint.check(getattr(est, name), name)
+
+
+# ---------------------------------------------------------------------- scalar checks
+def check_int(
+    value: Any, name: str, low: Optional[int] = None, high: Optional[int] = None, allow_none: bool = False
+) -> Optional[int]:
+    """``value`` as a Python ``int`` if it is an integer (numpy too, never ``bool``) in ``[low, high]``."""
+    if value is None and allow_none:
+        return None
+    rule: Constraint = Int(low, high)
+    if allow_none:
+        rule = AnyOf(rule, NONE)
+    rule.check(value, name)
+    return int(value)
+
+
+def check_real(
+    value: Any,
+    name: str,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a ``float`` if it is a finite real number (never ``bool``) within the bounds."""
+    RealNumber(low, high, low_open, high_open).check(value, name)
+    return float(value)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` as a ``bool`` if it is ``True`` or ``False``."""
+    Bool().check(value, name)
+    return bool(value)
+
+
+def check_option(value: Any, name: str, options: Iterable[Any]) -> Any:
+    """``value`` if it is one of ``options``."""
+    Options(tuple(options)).check(value, name)
+    return value
+
+
+def seed_of(random_state: Any, name: str = "random_state") -> Optional[int]:
+    """The integer seed of ``random_state`` (an int, numpy ints included, or None): ``3`` and
+    ``np.int64(3)`` give the same seed."""
+    return check_int(random_state, name, low=0, allow_none=True)
+
+
+def check_fitted(est: Any, attribute: str, fit_methods: str = "fit") -> None:
+    """Raise ``sklearn.exceptions.NotFittedError`` unless ``est`` has ``attribute``."""
+    if not hasattr(est, attribute):
+        raise NotFittedError(
+            f"this {type(est).__name__} instance is not fitted yet; "
+            f"call {fit_methods} before using this method"
+        )
