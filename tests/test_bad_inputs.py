@@ -47,7 +47,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.attr import EmbeddingAttribution, SemanticGradientInput, SemanticGuidedBackprop
 from captum_concepts.concept import ActivationStore, CoupledNMFConcepts, OutOfCore, SemanticVector
 from captum_concepts.data import DigitsCNN
@@ -60,6 +59,7 @@ from captum_concepts.metrics import (
     score_curve,
     variance_score,
 )
+from captum_concepts.testing import assert_same_state, model_state
 from captum_concepts.visualization import (
     visualize_attribution_grid,
     visualize_relevance_matrix,
@@ -436,7 +436,7 @@ SV_ERRORS = [
         "sv-layer-not-reached",
         lambda: sv(model=UNUSED, layer="unused").fit({"a": torch.rand(2, 4)}),
         ValueError,
-        "was not called",
+        "layer='unused' was never reached",
     ),
     E("sv-nan-inputs", lambda: sv().fit_from_labels((X_NAN, Y)), ValueError, "NaN or infinite"),
     E("sv-unfitted-transform", lambda: sv().transform(X), RuntimeError, "not fitted"),
@@ -637,7 +637,7 @@ CNMF_ERRORS = [
         "cnmf-fit-layer-not-reached",
         lambda: cn(model=UNUSED, layers=["unused"], include_pixels=False).fit(torch.rand(3, 4)),
         ValueError,
-        "layer 'unused' did not run",
+        r"layers\[0\]='unused' was never reached",
     ),
     E(
         "cnmf-fit-layer-typo",

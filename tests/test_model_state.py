@@ -19,11 +19,11 @@ import pytest
 import torch
 from torch import nn
 
-from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.attr import EmbeddingAttribution, SemanticGradientInput, SemanticGuidedBackprop
 from captum_concepts.concept import CoupledNMFConcepts, OutOfCore, SemanticVector
 from captum_concepts.data import DigitsCNN, accuracy
 from captum_concepts.metrics import drift_score, noise_benchmark, noise_score, score_curve, variance_score
+from captum_concepts.testing import assert_same_state, model_state
 
 
 class Boom(RuntimeError):
