@@ -250,11 +250,13 @@ class ModelGuard:
                     except BaseException as err:
                         errors.append(err)
                 self._restore_modes(errors)
-                for param, flag in self._requires_grad.items():
-                    try:
-                        param.requires_grad_(flag)
-                    except BaseException as err:
-                        errors.append(err)
+                for _attempt in range(2):  # a second chance for a flag whose restore was interrupted
+                    for param, flag in self._requires_grad.items():
+                        if param.requires_grad != flag:
+                            try:
+                                param.requires_grad_(flag)
+                            except BaseException as err:
+                                errors.append(err)
                 self._training = []
                 self._requires_grad = {}
             finally:
