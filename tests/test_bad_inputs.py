@@ -48,7 +48,6 @@ from hypothesis import strategies as st
 from sklearn.exceptions import NotFittedError
 from torch import nn
 
-from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.attr import EmbeddingAttribution, SemanticGradientInput, SemanticGuidedBackprop
 from captum_concepts.concept import ActivationStore, CoupledNMFConcepts, OutOfCore, SemanticVector
 from captum_concepts.data import DigitsCNN
@@ -61,6 +60,7 @@ from captum_concepts.metrics import (
     score_curve,
     variance_score,
 )
+from captum_concepts.testing import assert_same_state, model_state
 from captum_concepts.visualization import (
     visualize_attribution_grid,
     visualize_relevance_matrix,
@@ -437,7 +437,7 @@ SV_ERRORS = [
         "sv-layer-not-reached",
         lambda: sv(model=UNUSED, layer="unused").fit({"a": torch.rand(2, 4)}),
         ValueError,
-        "was not called",
+        "layer='unused' was never reached",
     ),
     E("sv-nan-inputs", lambda: sv().fit_from_labels((X_NAN, Y)), ValueError, "NaN or infinite"),
     E("sv-unfitted-transform", lambda: sv().transform(X), NotFittedError, "not fitted"),
@@ -638,7 +638,7 @@ CNMF_ERRORS = [
         "cnmf-fit-layer-not-reached",
         lambda: cn(model=UNUSED, layers=["unused"], include_pixels=False).fit(torch.rand(3, 4)),
         ValueError,
-        "layer 'unused' did not run",
+        r"layers\[0\]='unused' was never reached",
     ),
     E(
         "cnmf-fit-layer-typo",

@@ -14,8 +14,9 @@ from sklearn.decomposition import NMF
 from sklearn.exceptions import NotFittedError
 from torch.utils.data import DataLoader, TensorDataset
 
-from captum_concepts._utils.hooks import ModelGuard, assert_same_state, model_state
+from captum_concepts._utils.hooks import ModelGuard
 from captum_concepts.concept import CoupledNMFConcepts
+from captum_concepts.testing import assert_same_state, model_state
 
 DIGIT_LAYERS = ["block2.pool", "block3.pool", "embedding_relu"]
 
@@ -193,7 +194,7 @@ def test_fit_leaves_model_untouched_and_loader_matches_tensor(digits, digits_cnn
     a = CoupledNMFConcepts(6, digits_cnn, **kwargs).fit(x)
     assert_same_state(before, digits_cnn)
     loader = DataLoader(TensorDataset(x, digits.y_test), batch_size=50)
-    b = CoupledNMFConcepts(6, digits_cnn, **kwargs).fit(loader)
+    b = CoupledNMFConcepts(6, digits_cnn, **kwargs).fit(loader, has_labels=True)
     assert torch.allclose(a.example_factors_, b.example_factors_, rtol=1e-3, atol=1e-5)
     pooled = CoupledNMFConcepts(6, digits_cnn, layers=["block2.relu", "block3.pool"], pool="mean", max_iter=5)
     pooled.fit(x)

@@ -25,8 +25,8 @@ from captum.testing.helpers.basic_models import (
 )
 from torch import nn
 
-from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.attr import EmbeddingAttribution, aggregate, upsample_maps
+from captum_concepts.testing import assert_same_state, model_state
 
 METHODS = ["gradient", "activation_gradient", "gradcam"]
 AGGS = ["mean", "abs", "var"]

@@ -3,7 +3,8 @@ import torch
 from captum.testing.helpers.basic_models import BasicModel_ConvNet_One_Conv
 from torch import nn
 
-from captum_concepts._utils.hooks import ModelGuard, assert_same_state, count_hooks, model_state
+from captum_concepts._utils.hooks import ModelGuard
+from captum_concepts.testing import assert_same_state, count_hooks, model_state
 
 
 class Boom(RuntimeError):

@@ -15,11 +15,11 @@ import warnings
 import pytest
 import torch
 
-from captum_concepts._utils.hooks import count_hooks
 from captum_concepts.attr import EmbeddingAttribution, SemanticGradientInput, SemanticGuidedBackprop
 from captum_concepts.concept import SemanticVector
 from captum_concepts.data import DigitsCNN
 from captum_concepts.metrics import noise_score
+from captum_concepts.testing import count_hooks
 
 REPEATS = 100
 HEAP_BOUND = 256 * 1024

@@ -1,10 +1,13 @@
 """Model-state guarantee (issue 9): every public method that touches a model leaves it as it was.
 
-One parametrised test: 27 methods x 4 faults (none, an exception raised inside the forward
+One parametrised test: 27 methods x 5 faults (none, an exception raised inside the forward
 pass, one raised inside the backward pass by an autograd function, one raised by a full
-backward hook) = 108 cases. The model starts in a *mixed* state (training mode with one block
-in eval mode, one block's parameters frozen) so that restoring "everything to eval" or
-"everything to requires_grad=True" would be caught. After each case: no hook left (the test's
+backward hook, NaN features that the consuming code rejects) = 135 cases, each checked twice:
+inside the ``except`` block, while the exception and its traceback are alive (as in a logger
+or a REPL's ``sys.last_traceback``), and after it. A second sweep raises ``KeyboardInterrupt``
+at evenly spaced module calls of each method. The model starts in a *mixed* state (training
+mode with one block in eval mode, one block's parameters frozen) so that restoring "everything to
+eval" or "everything to requires_grad=True" would be caught. After each case: no hook left (the test's
 own backward hook excepted, counted in the snapshot), the same per-module train/eval flags,
 the same ``requires_grad`` flags, the same parameter values, no ``.grad`` accumulated into the
 user's parameters, ``ReLU.inplace`` unchanged, and the inputs bit-identical.
@@ -13,17 +16,17 @@ user's parameters, ``ReLU.inplace`` unchanged, and the inputs bit-identical.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import pytest
 import torch
 from torch import nn
 
-from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.attr import EmbeddingAttribution, SemanticGradientInput, SemanticGuidedBackprop
 from captum_concepts.concept import CoupledNMFConcepts, OutOfCore, SemanticVector
 from captum_concepts.data import DigitsCNN, accuracy
 from captum_concepts.metrics import drift_score, noise_benchmark, noise_score, score_curve, variance_score
+from captum_concepts.testing import assert_same_state, model_state
 
 
 class Boom(RuntimeError):
@@ -52,6 +55,8 @@ class Trap(nn.Module):
             raise Boom("fault injected in the forward pass")
         if self.fault == "backward":
             return _BackwardBomb.apply(x)
+        if self.fault == "nan":
+            return x * float("nan")
         return x
 
 
@@ -172,7 +177,7 @@ METHODS: Dict[str, tuple] = {
         True,
     ),
 }
-FAULTS = ("none", "forward", "backward", "backward_hook")
+FAULTS = ("none", "forward", "backward", "backward_hook", "nan")
 
 
 def _mixed_state_model() -> TrapCNN:
@@ -182,6 +187,18 @@ def _mixed_state_model() -> TrapCNN:
     for p in model.net.block1.parameters():
         p.requires_grad_(False)
     return model
+
+
+def _check_while_alive(before, model: TrapCNN) -> None:
+    """The model is as before and usable while an exception from a call is still referenced."""
+    assert_same_state(before, model)
+    assert torch.is_grad_enabled(), "torch.no_grad() left on"
+    fault, model.trap.fault = model.trap.fault, None
+    try:
+        with torch.no_grad():
+            model(X)  # a leftover capture hook would raise an internal exception here
+    finally:
+        model.trap.fault = fault
 
 
 def _raise_in_hook(module, grad_input, grad_output):
@@ -195,20 +212,25 @@ def test_model_and_inputs_come_back_unchanged(method: str, fault: str):
     call, backward = METHODS[method]
     model = _mixed_state_model()
     handle = None
-    if fault in ("forward", "backward"):
+    if fault in ("forward", "backward", "nan"):
         model.trap.fault = fault
     elif fault == "backward_hook":
         handle = model.net.block3.conv.register_full_backward_hook(_raise_in_hook)
     before = model_state(model)
     x = X.clone()
-    expect_failure = fault == "forward" or (fault != "none" and backward)
+    expect_failure = fault == "forward" or (fault not in ("none", "nan") and backward)
+    caught = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the training-mode warning is tested elsewhere
-        if expect_failure:
-            with pytest.raises(Boom):
-                call(model, x)
-        else:
+        try:
             call(model, x)
+        except (Boom, ValueError) as err:  # NaN: ValueError from the methods that check for it
+            caught = err
+            _check_while_alive(before, model)
+    if expect_failure:
+        assert isinstance(caught, Boom), f"expected the injected fault, got {caught!r}"
+    elif fault != "nan":
+        assert caught is None, f"unexpected {caught!r}"
     assert_same_state(before, model)
     assert all(p.grad is None for p in model.parameters()), "gradients were accumulated into the model"
     assert torch.equal(x, X), "inputs were modified in place"
@@ -218,4 +240,49 @@ def test_model_and_inputs_come_back_unchanged(method: str, fault: str):
 
 
 def test_every_method_is_listed():
-    assert len(METHODS) * len(FAULTS) == 108
+    assert len(METHODS) * len(FAULTS) == 135
+
+
+class _InterruptAt:
+    """A global forward pre-hook raising ``KeyboardInterrupt`` at the ``at``-th module call."""
+
+    def __init__(self, at: Optional[int] = None) -> None:
+        self.at, self.calls = at, 0
+
+    def __call__(self, module, args):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+
+
+def _count_module_calls(call: Callable) -> int:
+    counter = _InterruptAt()
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(counter)
+    try:
+        call(_mixed_state_model(), X.clone())
+    finally:
+        handle.remove()
+    return counter.calls
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("method", list(METHODS))
+def test_keyboard_interrupt_at_any_module_call_leaves_model_untouched(method: str):
+    call, _ = METHODS[method]
+    n_calls = _count_module_calls(call)
+    points = sorted({1, n_calls, *(round(1 + k * (n_calls - 1) / 7) for k in range(1, 7))})
+    for at in points:
+        model = _mixed_state_model()
+        before = model_state(model)
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(_InterruptAt(at))
+        try:
+            call(model, X.clone())
+        except KeyboardInterrupt:
+            handle.remove()
+            _check_while_alive(before, model)
+        else:
+            pytest.fail(f"no KeyboardInterrupt at module call {at} of {n_calls}")
+        finally:
+            handle.remove()
+        assert_same_state(before, model)
+        assert all(p.grad is None for p in model.parameters())

@@ -16,9 +16,9 @@ from captum.testing.helpers.basic_models import (
 )
 from torch import nn
 
-from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.attr import SemanticGradientInput, SemanticGuidedBackprop
 from captum_concepts.concept import SemanticVector
+from captum_concepts.testing import assert_same_state, model_state
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Setting backward hooks:UserWarning"),

@@ -12,9 +12,9 @@ from sklearn.exceptions import NotFittedError
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.concept import SemanticVector
 from captum_concepts.data import accuracy
+from captum_concepts.testing import assert_same_state, model_state
 
 
 def feature_model(d: int = 4, n_classes: int = 3) -> nn.Module:

@@ -59,7 +59,7 @@ def check_batch(inputs: Tuple[torch.Tensor, ...], argument: str = "inputs") -> i
     n = inputs[0].shape[0] if inputs[0].dim() > 0 else None
     if n is None or n == 0:
         raise ValueError(
-            f"{argument} must have a non-empty batch dimension, got shape {tuple(inputs[0].shape)}"
+            f"{argument} must have a non-empty batch dimension (N > 0), got shape {tuple(inputs[0].shape)}"
         )
     for i, t in enumerate(inputs[1:], start=1):
         if t.dim() == 0 or t.shape[0] != n:

@@ -10,16 +10,115 @@ manager) applied to Captum-style attribution code.
 
 from __future__ import annotations
 
+import functools
+import signal
+import threading
 import warnings
-from typing import Any, Callable, Dict, List, Tuple
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["ModelGuard"]
+from .capture import LayerCapture, forward_once
+
+__all__ = ["ModelGuard", "model_lock"]
 
 _MISSING = object()
+_MODULE_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+_MODULE_EXTRA_DICTS = (
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks_with_kwargs",
+)
+
+_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_locks_lock = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The re-entrant lock that serialises captum_concepts' calls on ``model``."""
+    with _locks_lock:
+        lock = _locks.get(model)
+        if lock is None:
+            lock = _locks[model] = threading.RLock()
+        return lock
+
+
+class _DeferredInterrupt:
+    """Hold back SIGINT (Ctrl-C) while a model is being changed or restored.
+
+    Only in the main thread (where Python runs signal handlers) and only when the
+    current handler was installed from Python; the signal is re-delivered to that
+    handler on exit, so a ``KeyboardInterrupt`` still arrives, just not half-way
+    through a restore.
+    """
+
+    def __init__(self) -> None:
+        self.previous: Any = None
+        self.received: List[Tuple[int, Any]] = []
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        try:
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is None:
+                return self
+            signal.signal(signal.SIGINT, lambda signum, frame: self.received.append((signum, frame)))
+            self.previous = previous
+        except (ValueError, OSError, TypeError):  # no signal support (embedded interpreters)
+            self.previous = None
+        return self
+
+    def deliver(self) -> None:
+        """Deliver a held-back SIGINT now (raises ``KeyboardInterrupt`` with the default handler)."""
+        if self.received:
+            self.__exit__()
+
+    def __exit__(self, *exc: Any) -> None:
+        previous, self.previous = self.previous, None
+        if previous is None:
+            return
+        signal.signal(signal.SIGINT, previous)
+        if self.received:
+            signum, frame = self.received[0]
+            self.received = []
+            if callable(previous):
+                previous(signum, frame)  # the default handler raises KeyboardInterrupt here
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
+
+
+class _Hook:
+    """A hook we register: recorded *before* registration so that it can always be removed."""
+
+    __slots__ = ("target", "fn", "handle", "dicts", "extras")
+
+    def __init__(self, target: Any, fn: Callable, dicts: Sequence[str], extras: Sequence[str] = ()) -> None:
+        self.target = target
+        self.fn = fn
+        self.handle: Optional[RemovableHandle] = None
+        self.dicts = dicts
+        self.extras = extras
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            return
+        # interrupted between registration and bookkeeping: find our function by identity
+        for name in self.dicts:
+            hooks = getattr(self.target, name, None) or {}
+            for key in [k for k, v in hooks.items() if v is self.fn]:
+                del hooks[key]
+                for extra in self.extras:
+                    getattr(self.target, extra, {}).pop(key, None)
 
 
 class ModelGuard:
@@ -40,11 +139,35 @@ class ModelGuard:
             into ``.grad``). Default: False.
         warn_train_mode (bool, optional): emit the training-mode warning. Default: True.
 
+    Restoring. Train/eval flags come back through ``module.train(flag)`` (so a
+    module whose ``train()`` has side effects is replayed), parents before
+    children so that mixed states are reproduced; a flag that still differs is
+    then assigned. Every step of the restore runs even if an earlier one raised;
+    the first error is re-raised afterwards. Each hook is recorded before it is
+    registered, and Ctrl-C (SIGINT) is held back while the model is changed or
+    restored and delivered right after, so an interrupt never leaves a hook or a
+    half-restored model behind.
+
+    Threads. Our calls on one model are serialised by a per-model re-entrant lock
+    (:func:`model_lock`), held from entering to leaving the block: concurrent
+    calls from several threads give the same results as sequential calls, and
+    the model is restored by the last of them to what it was before the first.
+    Nested guards on the same model in the same thread are allowed. Forward
+    hooks and forward pre-hooks registered through the guard act only in the
+    thread that entered it (captures only inside :meth:`forward`): a plain
+    ``model(x)`` from another thread during our call runs without our hooks,
+    but on the model as the guard has set it (eval mode, frozen parameters), and
+    never sees an internal exception. Backward hooks are not filtered by thread
+    (autograd may run them on its own threads). ``nn.DataParallel`` runs its
+    replicas in worker threads and is not supported; use
+    ``DistributedDataParallel`` or the underlying module.
+
     Example::
 
         with ModelGuard(model) as guard:
-            guard.register_forward_hook(model.layer1, save_output)
-            model(x)
+            emb = guard.capture(model.layer1)
+            guard.forward(model, x)
+            emb.tensor()   # layer1's output, exactly once, safe from later in-place ops
         # here: no hooks left, modes and flags as before, even after an exception
     """
 
@@ -61,35 +184,45 @@ class ModelGuard:
         self.eval_mode = eval_mode
         self.freeze_parameters = freeze_parameters
         self.warn_train_mode = warn_train_mode
-        self._handles: List[RemovableHandle] = []
-        self._training: Dict[nn.Module, bool] = {}
+        self._hooks: List[_Hook] = []
+        self._captures: List[LayerCapture] = []
+        self._training: List[Tuple[nn.Module, bool]] = []
         self._requires_grad: Dict[torch.nn.Parameter, bool] = {}
         self._attributes: List[Tuple[Any, str, Any]] = []
         self._active = False
+        self._lock: Optional[threading.RLock] = None
+        self._owner: Optional[int] = None
 
     # ------------------------------------------------------------------ entry/exit
     def __enter__(self) -> ModelGuard:
         if self._active:
             raise RuntimeError("a ModelGuard cannot be entered twice")
-        self._active = True
-        self._training = {m: m.training for m in self.model.modules()}
-        self._requires_grad = {p: p.requires_grad for p in self.model.parameters()}
         try:
-            if self.eval_mode:
-                if self.warn_train_mode and self.model.training:
-                    warnings.warn(
-                        "model is in training mode; captum_concepts computes explanations "
-                        "in eval mode and restores training mode afterwards "
-                        "(pass eval_mode=False to keep the mode as it is)",
-                        UserWarning,
-                        stacklevel=3,
-                    )
-                self.model.eval()
-            if self.freeze_parameters:
-                for p in self._requires_grad:
-                    p.requires_grad_(False)
-        except BaseException:
-            self._restore()
+            with _DeferredInterrupt() as deferred:
+                lock = model_lock(self.model)
+                while not lock.acquire(timeout=0.05):
+                    deferred.deliver()  # Ctrl-C while another thread's call runs: nothing is held yet
+                self._lock = lock
+                self._active = True
+                self._owner = threading.get_ident()
+                self._training = [(m, m.training) for m in self.model.modules()]
+                self._requires_grad = {p: p.requires_grad for p in self.model.parameters()}
+                if self.eval_mode and any(flag for _, flag in self._training):
+                    if self.warn_train_mode and self.model.training:
+                        warnings.warn(
+                            "model is in training mode; captum_concepts computes explanations "
+                            "in eval mode and restores training mode afterwards "
+                            "(pass eval_mode=False to keep the mode as it is)",
+                            UserWarning,
+                            stacklevel=3,
+                        )
+                    self.model.eval()
+                if self.freeze_parameters:
+                    for p in self._requires_grad:
+                        p.requires_grad_(False)
+        except BaseException:  # including an interrupt delivered when the deferral ends
+            if self._active or self._lock is not None:
+                self._restore()
             raise
         return self
 
@@ -98,56 +231,100 @@ class ModelGuard:
 
     def _restore(self) -> None:
         errors: List[BaseException] = []
-        while self._handles:
-            handle = self._handles.pop()
+        with _DeferredInterrupt():
             try:
-                handle.remove()
-            except BaseException as err:  # keep restoring the rest
-                errors.append(err)
-        while self._attributes:
-            obj, name, old = self._attributes.pop()
-            if old is _MISSING:
-                delattr(obj, name)
-            else:
-                setattr(obj, name, old)
-        for module, flag in self._training.items():
-            module.training = flag
-        for param, flag in self._requires_grad.items():
-            param.requires_grad_(flag)
-        self._training = {}
-        self._requires_grad = {}
-        self._active = False
+                while self._hooks:
+                    hook = self._hooks.pop()
+                    try:
+                        hook.remove()
+                    except BaseException as err:  # keep restoring the rest
+                        errors.append(err)
+                self._captures = []
+                while self._attributes:
+                    obj, name, old = self._attributes.pop()
+                    try:
+                        if old is _MISSING:
+                            delattr(obj, name)
+                        else:
+                            setattr(obj, name, old)
+                    except BaseException as err:
+                        errors.append(err)
+                self._restore_modes(errors)
+                for _attempt in range(2):  # a second chance for a flag whose restore was interrupted
+                    for param, flag in self._requires_grad.items():
+                        if param.requires_grad != flag:
+                            try:
+                                param.requires_grad_(flag)
+                            except BaseException as err:
+                                errors.append(err)
+                self._training = []
+                self._requires_grad = {}
+            finally:
+                self._active = False
+                self._owner = None
+                lock, self._lock = self._lock, None
+                if lock is not None:
+                    lock.release()
         if errors:
             raise errors[0]
+
+    def _restore_modes(self, errors: List[BaseException]) -> None:
+        """Replay ``train(flag)`` top-down; assign whatever a custom ``train()`` left different."""
+        if all(m.training == flag for m, flag in self._training):
+            return
+        for module, flag in self._training:  # model.modules() order: parents before children
+            if module.training != flag:
+                try:
+                    module.train(flag)
+                except BaseException as err:
+                    errors.append(err)
+        for module, flag in self._training:
+            if module.training != flag:
+                module.training = flag
 
     # ------------------------------------------------------------------ registration
     def _check_active(self) -> None:
         if not self._active:
             raise RuntimeError("register hooks inside the 'with ModelGuard(...)' block")
 
-    def _keep(self, handle: RemovableHandle) -> RemovableHandle:
-        self._handles.append(handle)
-        return handle
+    def _owned(self, hook: Callable) -> Callable:
+        owner = self._owner
+
+        @functools.wraps(hook)
+        def call(*args, **kwargs):
+            if threading.get_ident() != owner:
+                return None
+            return hook(*args, **kwargs)
+
+        return call
+
+    def _register(self, record: _Hook, register: Callable, **kwargs) -> RemovableHandle:
+        self._hooks.append(record)  # before registering: an interrupt in between cannot lose it
+        record.handle = register(record.fn, **kwargs)
+        return record.handle
 
     def register_forward_hook(self, module: nn.Module, hook: Callable, **kwargs) -> RemovableHandle:
-        """``module.register_forward_hook(hook, **kwargs)``, removed on exit."""
+        """``module.register_forward_hook(hook, **kwargs)``, removed on exit; acts in this thread only."""
         self._check_active()
-        return self._keep(module.register_forward_hook(hook, **kwargs))
+        record = _Hook(module, self._owned(hook), _MODULE_HOOK_DICTS, _MODULE_EXTRA_DICTS)
+        return self._register(record, module.register_forward_hook, **kwargs)
 
     def register_forward_pre_hook(self, module: nn.Module, hook: Callable, **kwargs) -> RemovableHandle:
-        """``module.register_forward_pre_hook(hook, **kwargs)``, removed on exit."""
+        """``module.register_forward_pre_hook(hook, **kwargs)``, removed on exit; acts in this thread only."""
         self._check_active()
-        return self._keep(module.register_forward_pre_hook(hook, **kwargs))
+        record = _Hook(module, self._owned(hook), _MODULE_HOOK_DICTS, _MODULE_EXTRA_DICTS)
+        return self._register(record, module.register_forward_pre_hook, **kwargs)
 
     def register_full_backward_hook(self, module: nn.Module, hook: Callable, **kwargs) -> RemovableHandle:
         """``module.register_full_backward_hook(hook, **kwargs)``, removed on exit."""
         self._check_active()
-        return self._keep(module.register_full_backward_hook(hook, **kwargs))
+        record = _Hook(module, hook, _MODULE_HOOK_DICTS, _MODULE_EXTRA_DICTS)
+        return self._register(record, module.register_full_backward_hook, **kwargs)
 
     def register_tensor_hook(self, tensor: torch.Tensor, hook: Callable) -> RemovableHandle:
         """``tensor.register_hook(hook)``, removed on exit."""
         self._check_active()
-        return self._keep(tensor.register_hook(hook))
+        return self._register(_Hook(tensor, hook, ("_backward_hooks",)), tensor.register_hook)
 
     def set_attribute(self, obj: Any, name: str, value: Any) -> None:
         """Set ``obj.name = value`` for the duration of the block (e.g. ``ReLU.inplace``)."""
@@ -155,46 +332,58 @@ class ModelGuard:
         self._attributes.append((obj, name, getattr(obj, name, _MISSING)))
         setattr(obj, name, value)
 
+    # ------------------------------------------------------------------ capture
+    def capture(
+        self,
+        module: nn.Module,
+        argument: str = "layer",
+        of: str = "output",
+        stop: bool = False,
+        leaf: bool = False,
+    ) -> LayerCapture:
+        """Record ``module``'s output (``of="input"``: its positional inputs) in :meth:`forward`.
+
+        Args:
+            module: a module of the model.
+            argument: the argument name used in error messages (``"layers[1]"``).
+            of: ``"output"`` (forward hook) or ``"input"`` (forward pre-hook).
+            stop: end the forward pass as soon as the module has run (the rest of
+                the model is not needed); the first call is the one recorded.
+            leaf: with autograd enabled, a recorded tensor that does not require
+                grad becomes a leaf that does (so gradients w.r.t. it exist).
+
+        Returns:
+            :class:`~captum_concepts._utils.capture.LayerCapture`: after
+            :meth:`forward`, ``.tensor()`` / ``.tensors()`` give the value and
+            raise ``ValueError`` unless the module ran exactly once.
+        """
+        self._check_active()
+        capture = LayerCapture(self, module, argument, of=of, stop=stop, leaf=leaf)
+        self._captures.append(capture)
+        if of == "input":
+            self.register_forward_pre_hook(module, capture.forward_pre_hook)
+        else:
+            self.register_forward_hook(module, capture.forward_hook)
+        return capture
+
+    def forward(self, fn: Callable, *args, **kwargs) -> Any:
+        """``fn(*args, **kwargs)`` (usually the model) with this guard's captures recording.
+
+        Returns ``fn``'s result, or None when a ``stop=True`` capture ended the pass early.
+        """
+        self._check_active()
+        return forward_once(self, self._captures, fn, *args, **kwargs)
+
     @property
     def n_hooks(self) -> int:
         """Number of hooks currently registered through this guard."""
-        return len(self._handles)
+        return len(self._hooks)
 
 
-def count_hooks(model: nn.Module) -> int:
-    """Total number of module hooks registered anywhere in ``model`` (for tests)."""
-    total = 0
-    for m in model.modules():
-        for attr in (
-            "_forward_hooks",
-            "_forward_pre_hooks",
-            "_backward_hooks",
-            "_backward_pre_hooks",
-        ):
-            total += len(getattr(m, attr, {}) or {})
-    return total
+def __getattr__(name: str) -> Any:
+    # the test helpers moved to captum_concepts.testing; old imports keep working
+    if name in ("count_hooks", "model_state", "assert_same_state"):
+        from .. import testing
 
-
-def model_state(model: nn.Module) -> Dict[str, Any]:
-    """A snapshot of what :class:`ModelGuard` promises to restore (for tests)."""
-    return {
-        "hooks": count_hooks(model),
-        "training": {name: m.training for name, m in model.named_modules()},
-        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
-        "params": {name: p.detach().clone() for name, p in model.named_parameters()},
-        "relu_inplace": {name: m.inplace for name, m in model.named_modules() if isinstance(m, nn.ReLU)},
-    }
-
-
-def assert_same_state(before: Dict[str, Any], model: nn.Module) -> None:
-    """Raise ``AssertionError`` if ``model`` differs from the snapshot ``before``."""
-    after = model_state(model)
-    assert after["hooks"] == before["hooks"], f"hooks left: {after['hooks']} vs {before['hooks']}"
-    assert after["training"] == before["training"], "train/eval flags changed"
-    assert after["requires_grad"] == before["requires_grad"], "requires_grad flags changed"
-    assert after["relu_inplace"] == before["relu_inplace"], "ReLU.inplace changed"
-    for name, value in before["params"].items():
-        assert torch.equal(value, after["params"][name]), f"parameter {name} changed"
-
-
-__all__ += ["count_hooks", "model_state", "assert_same_state"]
+        return getattr(testing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -144,13 +144,12 @@ def embedding_size(model: nn.Module, layer: Optional[str], x: torch.Tensor) -> i
     from .._utils.hooks import ModelGuard
     from .._utils.layers import resolve_layer
 
-    captured = {}
     with ModelGuard(model) as guard, torch.no_grad():
-        if layer is not None:
-            module = resolve_layer(model, layer, "embedding layer")
-            guard.register_forward_hook(module, lambda _m, _i, out: captured.setdefault("z", out))
-        out = model(x)
-    return int(captured.get("z", out)[0].numel())
+        if layer is None:
+            return int(guard.forward(model, x)[0].numel())
+        captured = guard.capture(resolve_layer(model, layer, "embedding layer"), "embedding layer", stop=True)
+        guard.forward(model, x)
+        return int(captured.tensor()[0].numel())
 
 
 # --------------------------------------------------------------------------- representation scores

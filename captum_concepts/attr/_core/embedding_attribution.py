@@ -11,6 +11,7 @@ from captum.attr import GradientAttribution, LayerAttribution
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..._utils.capture import LayerCapture
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_form, run_forward
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layer
@@ -106,8 +107,9 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
     Layers must run exactly once per forward pass (a reused module raises ``ValueError``).
     With ``eval_mode=True`` the model runs in eval mode inside :meth:`attribute` (see
     :class:`ModelGuard`); every hook and flag is restored afterwards, also after an exception.
-    Hooks hand a clone of each captured tensor to the rest of the model, so in-place operations
-    downstream cannot corrupt it.
+    Captured layer tensors are kept and a clone is handed to the rest of the model
+    (:meth:`ModelGuard.capture`), so in-place operations downstream cannot corrupt them and the
+    gradients are w.r.t. the values the downstream layers consume.
 
     ``multiplies_by_inputs`` is True for ``"activation_gradient"`` and ``"gradcam"`` (both multiply
     by the activations), False for ``"gradient"``. ``has_convergence_delta()`` is False. The class
@@ -224,7 +226,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         ) as guard, torch.enable_grad():
             x = tuple(_prepare_input(t, i, self._layers) for i, t in enumerate(inputs_t))
             captured, embedded = self._register_hooks(guard, model)
-            output = run_forward(model, x, additional_forward_args)
+            output = guard.forward(run_forward, model, x, additional_forward_args)
             z = self._embedding(model, output, embedded, n)
             z = _select_dims(z, embedding_dims)
             sources = self._sources(model, captured, x)
@@ -248,44 +250,20 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
 
     # ------------------------------------------------------------------ forward
     def _register_hooks(self, guard: ModelGuard, model: nn.Module):
-        captured: Dict[nn.Module, List[Tuple[torch.Tensor, ...]]] = {}
-        for lay in self._layers:
-            if lay is None or lay in captured:
-                continue
-            captured[lay] = []
-            store = captured[lay]
-            if self.attribute_to_layer_input:
-
-                def pre_hook(module, args, store=store):
-                    kept, passed = _capture(args, "input of layer " + repr(layer_name(model, module)))
-                    store.append(kept)
-                    return passed
-
-                guard.register_forward_pre_hook(lay, pre_hook)
-            else:
-
-                def hook(module, args, out, store=store):
-                    kept, passed = _capture(out, "output of layer " + repr(layer_name(model, module)))
-                    store.append(kept)
-                    return passed
-
-                guard.register_forward_hook(lay, hook)
-        embedded: List[torch.Tensor] = []
+        of = "input" if self.attribute_to_layer_input else "output"
+        captured: Dict[nn.Module, LayerCapture] = {}
+        for i, lay in enumerate(self._layers):
+            if lay is not None and lay not in captured:
+                arg = f"layer[{i}]" if self._multi else "layer"
+                captured[lay] = guard.capture(lay, arg, of=of, leaf=True)
+        embedded = None
         if self.embedding_layer is not None:
-
-            def emb_hook(module, args, out):
-                if not isinstance(out, torch.Tensor):
-                    raise TypeError(
-                        f"embedding_layer {layer_name(model, module)!r} must output a tensor, "
-                        f"got {type(out).__name__}"
-                    )
-                embedded.append(out)
-                return out.clone()
-
-            guard.register_forward_hook(self.embedding_layer, emb_hook)
+            embedded = guard.capture(self.embedding_layer, "embedding_layer")
         return captured, embedded
 
-    def _embedding(self, model: nn.Module, output: Any, embedded: List[torch.Tensor], n: int) -> torch.Tensor:
+    def _embedding(
+        self, model: nn.Module, output: Any, embedded: Optional[LayerCapture], n: int
+    ) -> torch.Tensor:
         if self.embedding_layer is None:
             if not isinstance(output, torch.Tensor):
                 raise TypeError(
@@ -295,11 +273,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             z, where = output, "the model output"
         else:
             where = f"embedding_layer {layer_name(model, self.embedding_layer)!r}"
-            if len(embedded) != 1:
-                raise ValueError(
-                    f"{where} ran {len(embedded)} times in one forward pass; it must run exactly once"
-                )
-            z = embedded[0]
+            z = embedded.tensor()
         if z.dim() == 0 or z.shape[0] != n:
             raise ValueError(f"{where} has shape {tuple(z.shape)}; expected batch size {n} first")
         z = z.reshape(n, -1)
@@ -318,21 +292,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
     def _sources(
         self, model: nn.Module, captured, x: Tuple[torch.Tensor, ...]
     ) -> List[Tuple[torch.Tensor, ...]]:
-        sources = []
-        for i, lay in enumerate(self._layers):
-            if lay is None:
-                sources.append(x)
-                continue
-            got = captured[lay]
-            arg = f"layer[{i}]" if self._multi else "layer"
-            if len(got) != 1:
-                what = "never reached by the forward pass" if not got else f"run {len(got)} times per forward"
-                raise ValueError(
-                    f"{arg}={layer_name(model, lay)!r} was {what}; EmbeddingAttribution needs a layer that "
-                    "runs exactly once"
-                )
-            sources.append(got[0])
-        return sources
+        return [x if lay is None else captured[lay].tensors() for lay in self._layers]
 
     # ------------------------------------------------------------------ gradients
     def _compute(
@@ -409,28 +369,6 @@ def _prepare_input(t: torch.Tensor, i: int, layers: List[Optional[nn.Module]]) -
             "inputs (attribute to a layer instead, e.g. the embedding lookup)"
         )
     return t
-
-
-def _capture(value: Any, what: str) -> Tuple[Tuple[torch.Tensor, ...], Any]:
-    """Keep the original tensors, pass clones on (in-place ops downstream must not touch ours)."""
-    items = value if isinstance(value, tuple) else (value,)
-    tensors = [t for t in items if isinstance(t, torch.Tensor)]
-    if not tensors:
-        raise TypeError(f"the {what} holds no tensor (got {type(value).__name__})")
-    kept = []
-    for t in items:
-        if isinstance(t, torch.Tensor) and not t.requires_grad:
-            # e.g. an embedding lookup of integer inputs with frozen weights: start the graph here
-            if not t.is_floating_point():
-                raise ValueError(f"the {what} has dtype {t.dtype}; gradients need floating-point tensors")
-            t = t.detach().requires_grad_(True)
-        kept.append(t)
-    tensors = [t for t in kept if isinstance(t, torch.Tensor)]
-    passed = [t.clone() if isinstance(t, torch.Tensor) else t for t in kept]
-    if not isinstance(value, tuple):
-        return tuple(tensors), passed[0]
-    rebuilt = type(value)(*passed) if hasattr(type(value), "_fields") else tuple(passed)
-    return tuple(tensors), rebuilt
 
 
 def _as_channels(t: torch.Tensor) -> torch.Tensor:

@@ -1,22 +1,25 @@
 """Stream inputs through a model and collect pixel and layer blocks (private).
 
-Used by :class:`CoupledNMFConcepts`; every hook goes through
-:class:`~captum_concepts._utils.hooks.ModelGuard`.
+:func:`stream_layer_outputs` is the one loop that runs a model over batches and
+captures layer outputs, for :class:`CoupledNMFConcepts` and :class:`SemanticVector`
+alike: one :class:`~captum_concepts._utils.hooks.ModelGuard` per batch, so that
+neither the guard nor ``torch.no_grad`` is held while the caller's code (or the
+user's loader) runs between batches.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from ..._utils.batches import Batch, iter_batches
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layers
 
-__all__ = ["POOLS", "CollectedBlocks", "iter_input_batches", "collect_blocks"]
+__all__ = ["POOLS", "CollectedBlocks", "stream_layer_outputs", "collect_blocks"]
 
 POOLS = ("none", "mean", "max")
 InputsOrLoader = Union[Tensor, Iterable[Any]]
@@ -33,35 +36,31 @@ class CollectedBlocks:
     layer_shapes: List[Tuple[int, ...]] = field(default_factory=list)
 
 
-def _first_tensor(batch: Any, argument: str) -> Tensor:
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    raise TypeError(
-        f"{argument} must be a tensor or an iterable (e.g. a DataLoader) of batches that are tensors "
-        f"or tuples/lists whose first element is the input tensor; got a batch of type {type(batch).__name__}"
-    )
+def stream_layer_outputs(
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    batches: Iterable[Batch],
+    additional_forward_args: Any = None,
+    device: Optional[torch.device] = None,
+    arguments: Optional[Sequence[str]] = None,
+    stop: bool = False,
+) -> Iterator[Tuple[Batch, List[Tensor]]]:
+    """For each batch yield ``(batch, [output of each layer])``, without autograd.
 
-
-def iter_input_batches(inputs: InputsOrLoader, batch_size: int, argument: str = "inputs") -> Iterator[Tensor]:
-    """Yield input batches from a tensor (split in ``batch_size``) or from a loader.
-
-    A loader batch may be a tensor or an ``(inputs, labels, ...)`` tuple/list;
-    only the first element is used.
+    Each layer must run exactly once per forward pass and output one tensor;
+    ``stop=True`` (one layer only) ends the forward pass at its first call. The
+    batch is moved to ``device`` (None: left where it is) before the forward pass.
+    The returned outputs are safe from in-place operations later in the model.
     """
-    if isinstance(inputs, Tensor):
-        if inputs.dim() < 2 or inputs.shape[0] == 0:
-            raise ValueError(f"{argument} must have shape (N, ...) with N > 0, got {tuple(inputs.shape)}")
-        yield from inputs.split(batch_size)
-        return
-    if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
-        raise TypeError(
-            f"{argument} must be a tensor (N, ...) or an iterable of batches such as a DataLoader, "
-            f"got {type(inputs).__name__}"
-        )
-    for batch in inputs:
-        yield _first_tensor(batch, argument)
+    if stop and len(layers) != 1:
+        raise ValueError("stop=True needs exactly one layer")
+    arguments = list(arguments) if arguments is not None else [f"layers[{j}]" for j in range(len(layers))]
+    for i, batch in enumerate(batches):
+        with ModelGuard(model, warn_train_mode=i == 0) as guard, torch.no_grad():
+            captures = [guard.capture(m, argument, stop=stop) for m, argument in zip(layers, arguments)]
+            guard.forward(batch.to(device).forward, model, additional_forward_args)
+            outputs = [c.tensor() for c in captures]
+        yield batch, outputs
 
 
 def _pool(act: Tensor, pool: str) -> Tensor:
@@ -106,11 +105,18 @@ def collect_blocks(
     batch_size: int = 256,
     device: Optional[torch.device] = None,
     dtype: torch.dtype = torch.float32,
+    additional_forward_args: Any = None,
+    has_labels: bool = False,
 ) -> CollectedBlocks:
     """One pass over ``inputs``: pixel channels and (pooled) layer outputs as blocks.
 
-    Pixel block ``i`` is channel ``i`` of every input, flattened (``(H*W, N)``);
-    activation block ``j`` is layer ``j``'s output, flattened or, with
+    ``inputs`` is a tensor, a tuple or dict of tensors, or an iterable of batches
+    (:func:`~captum_concepts._utils.batches.iter_batches`); every input of a batch
+    goes to the model (``model(*inputs, *additional_forward_args, **keyword_inputs)``),
+    the labels of ``(inputs..., labels)`` batches (``has_labels=True``) do not.
+
+    Pixel block ``i`` is channel ``i`` of every example's first input, flattened
+    (``(H*W, N)``); activation block ``j`` is layer ``j``'s output, flattened or, with
     ``pool="mean"|"max"``, pooled over its spatial dimensions per channel
     (``(C_j, N)``). Every returned block is the transpose view of an
     ``(N, features)`` tensor, so nothing is copied to get the paper's
@@ -150,55 +156,41 @@ def collect_blocks(
     out = CollectedBlocks(layer_names=names)
     pixel_sinks: List[_Sink] = []
     layer_sinks = [_Sink(n_total) for _ in modules]
-    captured: List[Optional[Tensor]] = [None] * len(modules)
-
-    def make_hook(j: int):
-        def hook(_module, _inp, output):
-            if not isinstance(output, Tensor):
-                raise TypeError(
-                    f"layer {names[j]!r} returns {type(output).__name__}; CoupledNMFConcepts needs a "
-                    "layer whose output is one tensor"
-                )
-            captured[j] = output.detach()
-
-        return hook
-
-    ctx = ModelGuard(model) if modules else nullcontext()
+    batches: Iterable[Batch] = iter_batches(inputs, batch_size, "inputs", labels=has_labels)
+    if modules:
+        arguments = [f"layers[{j}]" for j in range(len(modules))]
+        stream: Iterable[Tuple[Batch, List[Tensor]]] = stream_layer_outputs(
+            model, modules, batches, additional_forward_args, device, arguments
+        )
+    else:
+        stream = ((batch, []) for batch in batches)
     n_seen = 0
-    with torch.no_grad(), ctx as guard:
-        for j, m in enumerate(modules):
-            guard.register_forward_hook(m, make_hook(j))
-        for batch in iter_input_batches(inputs, batch_size):
-            if not out.input_shape:
-                out.input_shape = tuple(batch.shape[1:])
-            elif tuple(batch.shape[1:]) != out.input_shape:
+    for batch, acts in stream:
+        first = batch.first
+        if not out.input_shape:
+            out.input_shape = tuple(first.shape[1:])
+        elif tuple(first.shape[1:]) != out.input_shape:
+            raise ValueError(
+                f"inputs: every batch must have example shape {out.input_shape}, got {tuple(first.shape[1:])}"
+            )
+        if include_pixels and not pixel_views:
+            channels = first.shape[1] if first.dim() > 2 else 1
+            if not pixel_sinks:
+                pixel_sinks = [_Sink(n_total) for _ in range(channels)]
+            per_channel = first.reshape(first.shape[0], channels, -1)
+            for i, sink in enumerate(pixel_sinks):
+                sink.add(per_channel[:, i].to(device=device, dtype=dtype))
+        for j, (sink, act) in enumerate(zip(layer_sinks, acts)):
+            if act.dim() == 0 or act.shape[0] != batch.size:
                 raise ValueError(
-                    f"inputs: every batch must have example shape {out.input_shape}, "
-                    f"got {tuple(batch.shape[1:])}"
+                    f"layers[{j}]={names[j]!r} changed the batch size: {batch.size} inputs, output of "
+                    f"shape {tuple(act.shape)}"
                 )
-            if include_pixels and not pixel_views:
-                channels = batch.shape[1] if batch.dim() > 2 else 1
-                if not pixel_sinks:
-                    pixel_sinks = [_Sink(n_total) for _ in range(channels)]
-                per_channel = batch.reshape(batch.shape[0], channels, -1)
-                for i, sink in enumerate(pixel_sinks):
-                    sink.add(per_channel[:, i].to(device=device, dtype=dtype))
-            if modules:
-                model(batch.to(device))
-                for j, sink in enumerate(layer_sinks):
-                    act = captured[j]
-                    if act is None or act.shape[0] != batch.shape[0]:
-                        raise ValueError(
-                            f"layer {names[j]!r} did not run on the batch (or changed its batch size)"
-                        )
-                    pooled = _pool(act, pool)
-                    if len(out.layer_shapes) <= j:
-                        out.layer_shapes.append(
-                            tuple(act.shape[1:]) if pool == "none" else (pooled.shape[1],)
-                        )
-                    sink.add(pooled.to(device=device, dtype=dtype))
-                    captured[j] = None
-            n_seen += batch.shape[0]
+            pooled = _pool(act, pool)
+            if len(out.layer_shapes) <= j:
+                out.layer_shapes.append(tuple(act.shape[1:]) if pool == "none" else (pooled.shape[1],))
+            sink.add(pooled.to(device=device, dtype=dtype))
+        n_seen += batch.size
     if n_seen == 0:
         raise ValueError("inputs yielded no examples")
     if pixel_views:

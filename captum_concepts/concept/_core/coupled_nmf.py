@@ -391,17 +391,30 @@ class CoupledNMFConcepts(BaseEstimator):
         return torch.device(self.device) if self.device is not None else fallback
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, inputs_or_loader: Union[Tensor, Iterable[Any]], groups: Any = None) -> CoupledNMFConcepts:
+    def fit(
+        self,
+        inputs_or_loader: Union[Tensor, Iterable[Any]],
+        groups: Any = None,
+        additional_forward_args: Any = None,
+        has_labels: bool = False,
+    ) -> CoupledNMFConcepts:
         """Collect pixel channels and layer outputs, then factorise them.
 
         Args:
-            inputs_or_loader (Tensor or iterable): inputs ``(N, C, H, W)`` (or any
-                ``(N, ...)``), or a loader whose batches are tensors or
-                ``(inputs, labels, ...)`` tuples (only the first element is used).
-                Streamed through ``model`` in one pass (forward hooks only, via
-                ``ModelGuard``; the model is left as it was).
+            inputs_or_loader (Tensor, tuple, dict or iterable): inputs ``(N, C, H, W)``
+                (or any ``(N, ...)``), a tuple of input tensors (several model
+                inputs), a dict of keyword inputs, or a loader whose batches are
+                tensors, tuples or dicts. Every input goes to the model
+                (``model(*inputs, *additional_forward_args, **keyword_inputs)``);
+                the pixel blocks are the first input's channels. Streamed through
+                ``model`` in one pass (forward hooks only, via ``ModelGuard``; the
+                model is left as it was).
             groups (array-like, optional): ``(N,)`` group id per example for
                 ``group_sparsity`` (e.g. class labels).
+            additional_forward_args: appended to every forward call, as in Captum.
+            has_labels (bool): batches are ``(inputs..., labels)`` tuples (or dicts
+                with a ``"labels"`` entry, e.g. ``DataLoader(TensorDataset(x, y))``):
+                the labels are not passed to the model. Default: False.
 
         Returns:
             self
@@ -438,6 +451,8 @@ class CoupledNMFConcepts(BaseEstimator):
                 pool=self.pool,
                 batch_size=int(self.batch_size),
                 device=device,
+                additional_forward_args=additional_forward_args,
+                has_labels=has_labels,
             )
             try:
                 self._fit_store(store, groups, device)
@@ -454,6 +469,8 @@ class CoupledNMFConcepts(BaseEstimator):
             batch_size=int(self.batch_size),
             device=device,
             dtype=self.dtype,
+            additional_forward_args=additional_forward_args,
+            has_labels=has_labels,
         )
         self.input_shape_ = collected.input_shape
         self.layer_names_ = collected.layer_names
@@ -625,7 +642,13 @@ class CoupledNMFConcepts(BaseEstimator):
         return self
 
     # ------------------------------------------------------------------ projection
-    def transform(self, new_inputs_or_matrices: Any, max_iter: Optional[int] = None) -> Tensor:
+    def transform(
+        self,
+        new_inputs_or_matrices: Any,
+        max_iter: Optional[int] = None,
+        additional_forward_args: Any = None,
+        has_labels: bool = False,
+    ) -> Tensor:
         """Concept affinities ``F_new`` ``(d, M)`` of new examples, all block factors fixed.
 
         Args:
@@ -634,6 +657,7 @@ class CoupledNMFConcepts(BaseEstimator):
                 ``(pixel_blocks, activation_blocks)`` of matrix lists shaped as in
                 :meth:`fit_matrices`.
             max_iter (int, optional): HALS iterations (default: ``self.max_iter``).
+            additional_forward_args, has_labels: as in :meth:`fit`.
 
         Solves the non-negative least-squares problem for ``F`` with HALS
         (convex, so the solution does not depend on the fitting solver), with
@@ -660,6 +684,8 @@ class CoupledNMFConcepts(BaseEstimator):
                 batch_size=int(self.batch_size),
                 device=device,
                 dtype=self.dtype,
+                additional_forward_args=additional_forward_args,
+                has_labels=has_labels,
             )
             pixel_blocks, activation_blocks = collected.pixel_blocks, collected.activation_blocks
         n_act = len(self._offsets) - 1 - self._n_pixel_blocks

@@ -368,25 +368,29 @@ def collect_to_store(
     pool: str = "none",
     batch_size: int = 256,
     device: Optional[torch.device] = None,
+    additional_forward_args: Any = None,
+    has_labels: bool = False,
 ) -> ActivationStore:
     """One pass over ``inputs`` (tensor or loader) writing pixel and layer rows to a new store.
 
     Each batch goes through the same collection as the in-memory fit
     (:func:`.activations.collect_blocks`), then straight to disk.
     """
-    from .activations import collect_blocks, iter_input_batches
+    from ..._utils.batches import iter_batches
+    from .activations import collect_blocks
 
     store = None
     try:
-        for batch in iter_input_batches(inputs, batch_size):
+        for batch in iter_batches(inputs, batch_size, "inputs", labels=has_labels):
             got = collect_blocks(
                 model,
                 layers,
-                batch,
+                [batch],
                 include_pixels=include_pixels,
                 pool=pool,
                 batch_size=batch_size,
                 device=device,
+                additional_forward_args=additional_forward_args,
             )
             blocks = got.pixel_blocks + got.activation_blocks
             if store is None:

@@ -36,6 +36,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from ..._utils import distributed as dist_utils
+from ..._utils.batches import Batch, iter_batches
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, run_forward
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, resolve_layer
@@ -53,6 +54,7 @@ from ..._utils.validation import (
     seed_of,
     validate_params,
 )
+from .activations import stream_layer_outputs
 from .estimator_io import clone_with_layer_names, load_estimator, save_estimator, tag_names, untag_names
 
 __all__ = ["SemanticVector", "ConceptRanking", "PerturbationResult"]
@@ -110,61 +112,6 @@ def _set_unit(units: torch.Tensor, scale: float):
         return new
 
     return edit
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook once the layer has run: the rest of the forward is not needed."""
-
-
-def _as_input_tuple(batch: Any, argument: str) -> Tuple[torch.Tensor, ...]:
-    if isinstance(batch, torch.Tensor):
-        return (batch,)
-    if isinstance(batch, (tuple, list)):
-        return format_inputs(tuple(batch), argument=argument)[0]
-    raise TypeError(f"{argument} must yield tensors or tuples of tensors, got {type(batch).__name__}")
-
-
-def _split(tensors: Tuple[torch.Tensor, ...], batch_size: int) -> Iterator[Tuple[torch.Tensor, ...]]:
-    n = tensors[0].shape[0]
-    for start in range(0, n, batch_size):
-        yield tuple(t[start : start + batch_size] for t in tensors)
-
-
-def _input_batches(data: Any, batch_size: int, argument: str) -> Iterator[Tuple[torch.Tensor, ...]]:
-    """A tensor or a tuple of tensors is one data set (split into batches); any other
-    iterable (DataLoader, list, generator) yields batches (a tensor or a tuple/list of inputs)."""
-    if isinstance(data, torch.Tensor) or isinstance(data, tuple):
-        tensors = _as_input_tuple(data, argument)
-        check_batch(tensors, argument=argument)
-        yield from _split(tensors, batch_size)
-        return
-    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
-        raise TypeError(
-            f"{argument} must be a tensor, a tuple of tensors or an iterable of batches "
-            f"(e.g. a DataLoader), got {type(data).__name__}"
-        )
-    for batch in data:
-        yield _as_input_tuple(batch, argument)
-
-
-def _labelled_batches(
-    data: Any, batch_size: int, argument: str
-) -> Iterator[Tuple[Tuple[torch.Tensor, ...], torch.Tensor]]:
-    """Batches ``(x..., y)``: the last element is the label tensor, the others are inputs."""
-    if isinstance(data, tuple):
-        batches: Iterable = _split(_as_input_tuple(data, argument), batch_size)
-    elif isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
-        raise TypeError(
-            f"{argument} must be a tuple (inputs..., labels) of tensors or an iterable of such "
-            f"batches (e.g. a DataLoader over a TensorDataset(x, y)), got {type(data).__name__}"
-        )
-    else:
-        batches = data
-    for batch in batches:
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise TypeError(f"{argument} must yield (inputs..., labels) batches, got {type(batch).__name__}")
-        tensors = _as_input_tuple(batch, argument)
-        yield tensors[:-1], tensors[-1]
 
 
 def _membership(labels: torch.Tensor, n_classes: Optional[int]) -> torch.Tensor:
@@ -340,50 +287,33 @@ class SemanticVector(BaseEstimator):
         return tensors if device is None else tuple(t.to(device) for t in tensors)
 
     def _features(
-        self,
-        batches: Iterable[Tuple[Tuple[torch.Tensor, ...], Any]],
-        layer: nn.Module,
-        additional_forward_args: Any = None,
-    ) -> Iterator[Tuple[torch.Tensor, Tuple[int, ...], Any]]:
-        """For each ``(inputs, extra)`` yield ``(features (B, D), layer shape, extra)``.
+        self, batches: Iterable[Batch], layer: nn.Module, additional_forward_args: Any = None
+    ) -> Iterator[Tuple[torch.Tensor, Tuple[int, ...], Optional[torch.Tensor]]]:
+        """For each batch yield ``(features (B, D), layer shape, the batch's labels)``.
 
-        One :class:`ModelGuard` for the whole stream; no autograd graph is built and
-        the forward pass stops once ``layer`` has produced its output.
+        No autograd graph is built and each forward pass stops once ``layer`` has
+        produced its output (its first call).
         """
-        captured: List[torch.Tensor] = []
-
-        def capture(_module, _inp, out):
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(
-                    f"the output of layer {self.layer!r} must be a tensor, got {type(out).__name__}"
-                )
-            captured.append(out)
-            raise _StopForward
-
-        with ModelGuard(self.model) as guard, torch.no_grad():
-            guard.register_forward_hook(layer, capture)
-            for inputs, extra in batches:
-                captured.clear()
-                try:
-                    run_forward(self.model, self._move(inputs), additional_forward_args)
-                except _StopForward:
-                    pass
-                if not captured:
-                    raise ValueError(f"layer {self.layer!r} was not called in the model's forward pass")
-                out = captured[0]
-                yield out.reshape(out.shape[0], -1), tuple(out.shape[1:]), extra
+        stream = stream_layer_outputs(
+            self.model, [layer], batches, additional_forward_args, self._target_device(), ["layer"], stop=True
+        )
+        for batch, (out,) in stream:
+            yield out.reshape(out.shape[0], -1), tuple(out.shape[1:]), batch.labels
 
     def _fit_stream(
-        self, names: Optional[List[ConceptKey]], stream: Iterable[Tuple[torch.Tensor, Tuple[int, ...], Any]]
+        self,
+        names: Optional[List[ConceptKey]],
+        stream: Iterable[Tuple[torch.Tensor, Tuple[int, ...], Any]],
+        n_classes: Optional[int] = None,
     ) -> SemanticVector:
-        """Accumulate ``Σ a`` and ``Σ â`` per concept from ``(features, shape, membership (B, C))``.
+        """Accumulate ``Σ a`` and ``Σ â`` per concept from ``(features, shape, labels)``.
 
         ``C`` may grow while streaming (classes discovered from labels); ``names=None``
         names the concepts ``0..C-1``.
         """
         sums = _ConceptSums()
-        for feats, shape, member in stream:
-            sums.add(feats, shape, member)
+        for feats, shape, labels in stream:
+            sums.add(feats, shape, _membership(labels, n_classes))
         if self.distributed:
             sums.all_reduce(self._target_device())
         if sums.counts is None:
@@ -429,12 +359,10 @@ class SemanticVector(BaseEstimator):
 
         def batches():
             for index, name in enumerate(names):
-                for inputs in _input_batches(concepts[name], int(self.batch_size), f"concepts[{name!r}]"):
-                    member = torch.zeros(inputs[0].shape[0], n)
-                    member[:, index] = 1.0
-                    yield inputs, member
+                for batch in iter_batches(concepts[name], int(self.batch_size), f"concepts[{name!r}]"):
+                    yield batch._replace(labels=torch.full((batch.size,), index, dtype=torch.long))
 
-        return self._fit_stream(names, self._features(batches(), layer, additional_forward_args))
+        return self._fit_stream(names, self._features(batches(), layer, additional_forward_args), n)
 
     def fit_from_labels(
         self, data: Any, n_classes: Optional[int] = None, additional_forward_args: Any = None
@@ -460,14 +388,8 @@ class SemanticVector(BaseEstimator):
         layer = self._validate()
         n_classes = check_int(n_classes, "n_classes", low=1, allow_none=True)
 
-        def batches():
-            for inputs, labels in _labelled_batches(data, int(self.batch_size), "data"):
-                member = _membership(labels, n_classes)
-                if member.shape[0] != inputs[0].shape[0]:
-                    raise ValueError(f"{member.shape[0]} labels for a batch of {inputs[0].shape[0]} inputs")
-                yield inputs, member
-
-        self._fit_stream(None, self._features(batches(), layer, additional_forward_args))
+        batches = iter_batches(data, int(self.batch_size), "data", labels=True)
+        self._fit_stream(None, self._features(batches, layer, additional_forward_args), n_classes)
         if n_classes is not None and len(self.concept_names_) < n_classes:
             missing = list(range(len(self.concept_names_), n_classes))
             raise ValueError(f"concepts with no examples: {missing}; each class needs at least one example")
@@ -598,9 +520,7 @@ class SemanticVector(BaseEstimator):
         """The flattened layer features ``φ(x)`` of ``inputs``: ``(N, D)``."""
         self._check_fitted()
         layer = self._validate()
-        batches = (
-            (b, None) for b in _input_batches(format_inputs(inputs)[0], int(self.batch_size), "inputs")
-        )
+        batches = iter_batches(format_inputs(inputs)[0], int(self.batch_size), "inputs")
         feats = []
         for f, shape, _ in self._features(batches, layer, additional_forward_args):
             if shape != tuple(self.layer_shape_):

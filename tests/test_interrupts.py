@@ -1,0 +1,172 @@
+"""The model comes back while the exception is still alive, and under asynchronous interrupts.
+
+- Errors raised by the code that consumes a stream of layer outputs (NaN features, a layer
+  whose shape changes between batches): the model is checked inside the ``except`` block and
+  while a reference to the traceback is kept (what ``sys.last_traceback`` does in a REPL).
+- ``KeyboardInterrupt`` between a hook's registration and the guard's bookkeeping, inside the
+  restore loops, and a real SIGINT (``_thread.interrupt_main``) at random times.
+"""
+
+from __future__ import annotations
+
+import _thread
+import random
+import threading
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from captum_concepts._utils.hooks import ModelGuard
+from captum_concepts.attr import EmbeddingAttribution
+from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
+from captum_concepts.data import DigitsCNN
+from captum_concepts.testing import assert_same_state, count_hooks, model_state
+
+X = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+Y = torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+def _model() -> DigitsCNN:
+    torch.manual_seed(0)
+    model = DigitsCNN(width=4, embedding_dim=8)
+    model.train()
+    model.block1.eval()
+    for p in model.block1.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _usable(model: nn.Module) -> None:
+    """A plain forward runs (no leftover capture hook) and autograd is on again."""
+    assert torch.is_grad_enabled(), "torch.no_grad() was left on"
+    with torch.no_grad():
+        assert model(X).shape == (6, 10)
+
+
+def _shape_changing_batches():
+    yield X[:3], Y[:3]
+    yield torch.rand(3, 1, 10, 10), Y[3:]  # a different spatial size: the layer shape changes
+
+
+CONSUMER_ERRORS = {
+    "fit_from_labels(NaN)": lambda m: SemanticVector(m, "block3.pool").fit_from_labels(
+        (torch.full_like(X, float("nan")), Y)
+    ),
+    "fit(NaN)": lambda m: SemanticVector(m, "block3.pool").fit({"a": torch.full_like(X, float("nan"))}),
+    "fit_from_labels(shape change)": lambda m: SemanticVector(m, "block2.relu").fit_from_labels(
+        _shape_changing_batches()
+    ),
+    "cnmf.fit(shape change)": lambda m: CoupledNMFConcepts(2, m, layers=["block2.relu"]).fit(
+        [X[:3], torch.rand(3, 1, 10, 10)]
+    ),
+}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("case", list(CONSUMER_ERRORS))
+def test_model_is_restored_while_the_exception_is_alive(case):
+    model = _model()
+    before = model_state(model)
+    kept = None
+    try:
+        CONSUMER_ERRORS[case](model)
+    except ValueError as err:
+        assert_same_state(before, model)
+        _usable(model)
+        kept = err.__traceback__  # as sys.last_traceback keeps it in a REPL
+    assert kept is not None, "the error was not raised"
+    assert_same_state(before, model)
+    _usable(model)
+
+
+class _Interrupt:
+    """Raise KeyboardInterrupt right after the first call of ``owner.name`` (then behave)."""
+
+    def __init__(self, monkeypatch, owner, name):
+        self.original = getattr(owner, name)
+        self.armed = True
+        interrupt = self
+
+        def patched(*args, **kwargs):
+            result = interrupt.original(*args, **kwargs)
+            if interrupt.armed:
+                interrupt.armed = False
+                raise KeyboardInterrupt
+            return result
+
+        monkeypatch.setattr(owner, name, patched)
+
+
+@pytest.mark.parametrize(
+    "register",
+    ["register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook", "capture"],
+)
+def test_interrupt_between_registration_and_bookkeeping_leaves_no_hook(monkeypatch, register):
+    model = _model()
+    before = model_state(model)
+    name = "register_forward_hook" if register == "capture" else register
+    with pytest.raises(KeyboardInterrupt):
+        with ModelGuard(model, warn_train_mode=False) as guard:
+            _Interrupt(monkeypatch, nn.Module, name)
+            if register == "capture":
+                guard.capture(model.block2)
+            else:
+                getattr(guard, register)(model.block2, lambda *a: None)
+    assert count_hooks(model) == 0
+    assert_same_state(before, model)
+
+
+def test_interrupt_inside_the_restore_loops_restores_the_rest(monkeypatch):
+    model = _model()
+    before = model_state(model)
+    with pytest.raises(KeyboardInterrupt):
+        with ModelGuard(model, freeze_parameters=True, warn_train_mode=False) as guard:
+            guard.register_forward_hook(model.block2, lambda *a: None)
+            guard.register_forward_hook(model.block3, lambda *a: None)
+            _Interrupt(monkeypatch, torch.utils.hooks.RemovableHandle, "remove")
+            _Interrupt(monkeypatch, torch.Tensor, "requires_grad_")
+            _Interrupt(monkeypatch, nn.Module, "train")
+    monkeypatch.undo()
+    assert_same_state(before, model)
+
+
+METHODS = {
+    "SemanticVector.fit_from_labels": lambda m: SemanticVector(m, "block3.pool").fit_from_labels((X, Y)),
+    "EmbeddingAttribution": lambda m: EmbeddingAttribution(m, "embedding", "block2.relu").attribute(X),
+    "CoupledNMFConcepts.fit": lambda m: CoupledNMFConcepts(2, m, layers=["block2.relu"], max_iter=2).fit(X),
+}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("method", list(METHODS))
+def test_ctrl_c_at_random_times(method):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    call = METHODS[method]
+    model = _model()
+    durations = []
+    for _ in range(3):
+        start = time.perf_counter()
+        call(model)
+        durations.append(time.perf_counter() - start)
+    duration = min(durations)
+    rng = random.Random(0)
+    interrupted = 0
+    for _ in range(20):
+        before = model_state(model)
+        timer = threading.Timer(rng.uniform(0, 1.2 * duration), _thread.interrupt_main)
+        try:
+            timer.start()
+            try:
+                call(model)
+            finally:
+                timer.join()
+                time.sleep(0.002)  # let a pending interrupt arrive inside this try
+        except KeyboardInterrupt:
+            interrupted += 1
+            assert_same_state(before, model)
+            _usable(model)
+        assert_same_state(before, model)
+    assert interrupted > 0

@@ -1,0 +1,125 @@
+"""Thread model: our calls on one model are serialised; foreign forwards pass through untouched.
+
+Several threads call EmbeddingAttribution, SemanticVector, SemanticGradientInput and
+CoupledNMFConcepts on the same model, many times; results must equal single-threaded
+references and the model (in a mixed train/eval, frozen/unfrozen state) must come back as
+it was. A plain ``model(x)`` in another thread during our calls must never raise and must
+give the plain output.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from captum_concepts.attr import EmbeddingAttribution, SemanticGradientInput
+from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
+from captum_concepts.data import DigitsCNN
+from captum_concepts.testing import assert_same_state, model_state
+
+X = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+Y = torch.tensor([0, 1, 2, 0])
+
+
+def _model(mixed: bool) -> DigitsCNN:
+    torch.manual_seed(0)
+    model = DigitsCNN(width=4, embedding_dim=8)
+    if mixed:
+        model.train()
+        model.block1.eval()
+        for p in model.block1.parameters():
+            p.requires_grad_(False)
+    else:
+        model.eval()
+    return model
+
+
+def _calls(model):
+    sv = SemanticVector(model, "block3.pool").fit_from_labels((X, Y))
+    cnmf = CoupledNMFConcepts(2, model, layers=["block2.relu", "embedding_relu"], max_iter=3).fit(X)
+    ea = EmbeddingAttribution(model, "embedding", layer=["block2.relu", None])
+    sgi = SemanticGradientInput(model, "block3.pool", sv)
+    return {
+        "ea": lambda: ea.attribute(X),
+        "sv.transform": lambda: sv.transform(X),
+        "sv.fit": lambda: SemanticVector(model, "block3.pool").fit_from_labels((X, Y)).vectors_,
+        "sgi": lambda: sgi.attribute(X, target=Y),
+        "cnmf.transform": lambda: cnmf.transform(X, max_iter=3),
+    }
+
+
+def _flat(result):
+    if isinstance(result, (list, tuple)):
+        return torch.cat([_flat(r).flatten() for r in result])
+    return result.detach().flatten()
+
+
+def _run_threads(n_threads, target):
+    errors = []
+
+    def guarded(i):
+        try:
+            target(i)
+        except BaseException as err:  # collected and re-raised in the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_concurrent_calls_give_sequential_results_and_leave_the_model_untouched():
+    model = _model(mixed=True)
+    calls = _calls(model)
+    reference = {name: _flat(call()) for name, call in calls.items()}
+    assert all(r.abs().sum() > 0 for r in reference.values())
+    before = model_state(model)
+    names = list(calls)
+    mismatches = []
+
+    def work(i):
+        for k in range(10):
+            name = names[(i + k) % len(names)]
+            got = _flat(calls[name]())
+            if not torch.allclose(got, reference[name], rtol=1e-5, atol=1e-6):
+                mismatches.append(name)
+
+    _run_threads(4, work)
+    assert mismatches == []
+    assert_same_state(before, model)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_foreign_forwards_during_our_calls_pass_through():
+    model = _model(mixed=False)
+    calls = _calls(model)
+    with torch.no_grad():
+        plain = model(X)
+    before = model_state(model)
+    done = threading.Event()
+    foreign = []
+
+    def work(i):
+        if i == 0:  # our calls
+            try:
+                for _ in range(8):
+                    for call in calls.values():
+                        call()
+            finally:
+                done.set()
+        else:  # a server thread calling the model directly
+            while not done.is_set():
+                with torch.no_grad():
+                    foreign.append(torch.equal(model(X), plain))
+
+    _run_threads(3, work)
+    assert len(foreign) > 0 and all(foreign)
+    assert_same_state(before, model)
