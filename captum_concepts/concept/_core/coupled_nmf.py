@@ -133,7 +133,7 @@ class CoupledNMFConcepts(BaseEstimator):
             block factors equal the single-process fit on all the examples
             (rank 0's first, then rank 1's, ...) up to float rounding, and
             ``example_factors_`` holds this rank's columns of that fit's ``F``
-            (``_utils.distributed.gather_columns`` joins them). Every rank must
+            (``captum_concepts.distributed.gather_columns`` joins them). Every rank must
             pass the same blocks (rows) and parameters. Without a process group
             it is a plain fit. Default: False.
         out_of_core (OutOfCore, optional): fit without holding the data in
@@ -278,6 +278,7 @@ class CoupledNMFConcepts(BaseEstimator):
         if not blocks:
             raise ValueError("no data: give at least one pixel or activation block")
         n = blocks[0].shape[1]
+        dist_utils.declare(block_rows=[x.shape[0] for x in blocks])
         for b, (name, x) in enumerate(zip(names, blocks)):
             if not fitting and x.shape[0] != self._offsets[b + 1] - self._offsets[b]:
                 # checked before any shift is applied, which would fail to broadcast
@@ -366,6 +367,7 @@ class CoupledNMFConcepts(BaseEstimator):
         return torch.device(self.device) if self.device is not None else fallback
 
     # ------------------------------------------------------------------ fitting
+    @dist_utils.synchronized
     def fit(self, inputs_or_loader: Union[Tensor, Iterable[Any]], groups: Any = None) -> CoupledNMFConcepts:
         """Collect pixel channels and layer outputs, then factorise them.
 
@@ -428,6 +430,7 @@ class CoupledNMFConcepts(BaseEstimator):
         self._fitted_on_inputs = True
         return self._fit_blocks(collected.pixel_blocks, collected.activation_blocks, groups, device)
 
+    @dist_utils.synchronized
     def fit_matrices(
         self,
         pixel_blocks: Sequence[Matrix] = (),
@@ -453,6 +456,7 @@ class CoupledNMFConcepts(BaseEstimator):
         self._fitted_on_inputs = False
         return self._fit_blocks(pixel_blocks, activation_blocks, groups, self._resolve_device(fallback))
 
+    @dist_utils.synchronized
     def fit_store(self, store: ooc.ActivationStore, groups: Any = None) -> CoupledNMFConcepts:
         """Factorise the blocks of an :class:`ActivationStore` (on disk) in chunks of examples.
 
@@ -469,6 +473,7 @@ class CoupledNMFConcepts(BaseEstimator):
     def _fit_store(self, store: ooc.ActivationStore, groups: Any, device: torch.device) -> CoupledNMFConcepts:
         if store.n_examples == 0:
             raise ValueError("store holds no examples; append at least one batch before fitting")
+        dist_utils.declare(block_rows=list(store.block_rows))
         n_act = len(store.block_rows) - store.n_pixel_blocks
         self.input_shape_ = store.input_shape
         self.layer_names_ = list(store.layer_names) or [f"activation_blocks[{j}]" for j in range(n_act)]
@@ -575,6 +580,7 @@ class CoupledNMFConcepts(BaseEstimator):
         return self
 
     # ------------------------------------------------------------------ projection
+    @dist_utils.synchronized
     def transform(self, new_inputs_or_matrices: Any, max_iter: Optional[int] = None) -> Tensor:
         """Concept affinities ``F_new`` ``(d, M)`` of new examples, all block factors fixed.
 

@@ -376,6 +376,7 @@ class SemanticVector(BaseEstimator):
         return self
 
     # ------------------------------------------------------------------ fitting
+    @dist_utils.synchronized
     def fit(self, concepts: Mapping[ConceptKey, Any], additional_forward_args: Any = None) -> SemanticVector:
         """Fit one semantic vector per named concept.
 
@@ -398,6 +399,7 @@ class SemanticVector(BaseEstimator):
             raise TypeError("concepts must be a non-empty dict {name: tensor or data loader}")
         layer = self._validate()
         names = list(concepts.keys())
+        dist_utils.declare(concepts=names)
         n = len(names)
 
         def batches():
@@ -409,6 +411,7 @@ class SemanticVector(BaseEstimator):
 
         return self._fit_stream(names, self._features(batches(), layer, additional_forward_args))
 
+    @dist_utils.synchronized
     def fit_from_labels(
         self, data: Any, n_classes: Optional[int] = None, additional_forward_args: Any = None
     ) -> SemanticVector:
@@ -432,6 +435,7 @@ class SemanticVector(BaseEstimator):
         layer = self._validate()
         if n_classes is not None and (not isinstance(n_classes, int) or n_classes < 1):
             raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
+        dist_utils.declare(n_classes=n_classes)
 
         def batches():
             for inputs, labels in _labelled_batches(data, self.batch_size, "data"):
