@@ -222,7 +222,8 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
-_PER_RANK = ("model", "device", "out_of_core")  # may differ between ranks (own copy, own GPU, own file)
+# may differ between ranks: own model copy, own GPU, own file, own memory (the sums do not depend on it)
+_PER_RANK = ("model", "device", "out_of_core", "batch_size")
 
 
 def estimator_signature(estimator: Any, skip: Tuple[str, ...] = _PER_RANK) -> Dict[str, str]:
@@ -258,7 +259,7 @@ def _exchange(section: _Section, error: Optional[str]) -> None:
         if error is None:
             raise RankFailedError(_failure_message(section, failed))
         return
-    keys = sorted({k for sig, _ in entries for k in sig})
+    keys = list(dict.fromkeys(k for sig, _ in entries for k in sig))  # parameters first, then data
     differ = [k for k in keys if len({sig.get(k) for sig, _ in entries}) > 1]
     if differ:
         section.broken = True
