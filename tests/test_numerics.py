@@ -159,3 +159,27 @@ def test_check_finite_result_names_the_examples():
     bad[1, 0] = float("inf")
     with pytest.raises(ValueError, match=r"X produced NaN or infinite values for examples \[1\]"):
         check_finite_result([torch.ones(3), (bad,)], "X")
+
+
+# ---------------------------------------------------------------------- 9: threads
+def test_thread_count_reproducibility_is_stated_and_holds(digits):
+    """Same thread count: bit for bit. Another thread count: agreement to the documented rounding."""
+    doc = " ".join(CoupledNMFConcepts.__doc__.split())
+    assert "the number of intra-op threads (``torch.get_num_threads()``)" in doc
+    x = digits.x_train[:400].reshape(400, -1).t().contiguous()
+    before = torch.get_num_threads()
+    fits = {}
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            for solver in ("mu", "hals"):
+                est = CoupledNMFConcepts(10, solver=solver, max_iter=50, tol=0.0).fit_matrices([x])
+                fits.setdefault((threads, solver), []).append(est.example_factors_)
+    finally:
+        torch.set_num_threads(before)
+    for solver, bound in (("mu", 1e-4), ("hals", 1e-2)):
+        first, again = fits[1, solver]
+        assert torch.equal(first, again)
+        other = fits[2, solver][0]
+        rel = float((first - other).abs().max() / first.abs().max())
+        assert rel <= bound, f"{solver}: {rel:.3g}"

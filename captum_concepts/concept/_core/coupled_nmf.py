@@ -109,8 +109,15 @@ class CoupledNMFConcepts(BaseEstimator):
             factors). Default: 500.
         tol (float): stop when ``|J_prev - J| <= tol * J_prev``. Default: 1e-4.
         random_state (int or None): seed of the random start (drawn in float64 on
-            the CPU, so identical on every device). With an int, runs on the CPU
-            are identical bit for bit. Default: 0.
+            the CPU, so identical on every device). With an int, two runs are
+            identical bit for bit when they also share the device, the dtype, the
+            PyTorch/BLAS build and the number of intra-op threads
+            (``torch.get_num_threads()``). A different thread count changes the
+            order of the sums inside BLAS matrix products, and the results then
+            agree to rounding only (float32, digits, 50 iterations: ``F`` within
+            ``~1e-5`` relative for "mu", ``~1e-3`` for "hals", whose extrapolation
+            amplifies rounding); fix the thread count to reproduce a run exactly.
+            Default: 0.
         device (str or torch.device, optional): where the factors live. None:
             the model's device in :meth:`fit`, the data's in :meth:`fit_matrices`.
         pool ("none", "mean" or "max"): per-channel spatial pooling of
