@@ -24,8 +24,9 @@ import time
 
 import torch
 
-from captum_concepts._utils import distributed as du
+from captum_concepts import distributed as du
 from captum_concepts.concept import ActivationStore, CoupledNMFConcepts, OutOfCore
+from captum_concepts.testing import run_local_ranks
 
 ROWS = (784, 512, 128)
 D, ITERS, CHUNK = 10, 20, 2500
@@ -141,8 +142,8 @@ def main() -> None:
 
     n = sizes[-1]
     print(f"\n## 1 vs 2 ranks (torch.distributed, gloo, localhost), N={n}")
-    one = du.run_local_ranks(rank_worker, world_size=1, args=(n, args.repeats))[0]
-    two = du.run_local_ranks(rank_worker, world_size=2, args=(n, args.repeats))[0]
+    one = run_local_ranks(rank_worker, world_size=1, args=(n, args.repeats))[0]
+    two = run_local_ranks(rank_worker, world_size=2, args=(n, args.repeats))[0]
     print("| ranks | fit (s) | speed-up vs 1 rank |")
     print("|---|---|---|")
     print(f"| 1 | {one:.3f} | 1.00 |")

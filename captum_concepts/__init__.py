@@ -7,12 +7,12 @@ Public names live in the subpackages (``captum_concepts.attr``, ``.concept``,
 ``captum_concepts.attr.EmbeddingAttribution``.
 """
 
-from . import attr, concept, data, metrics, visualization
+from . import attr, concept, data, distributed, metrics, visualization
 from .attr import *  # noqa: F401,F403
 from .concept import *  # noqa: F401,F403
 from .metrics import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 
-__all__ = ["attr", "concept", "data", "metrics", "visualization", "__version__"]
+__all__ = ["attr", "concept", "data", "distributed", "metrics", "visualization", "__version__"]
 __all__ += attr.__all__ + concept.__all__ + metrics.__all__

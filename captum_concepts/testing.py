@@ -1,18 +1,23 @@
-"""Helpers for tests of code that uses captum_concepts (as ``captum.testing`` for Captum).
+"""Helpers for testing code that uses captum_concepts (as Captum's ``captum.testing``).
 
+Not needed to use the package; imported only by tests, benchmarks and examples.
 :func:`model_state` snapshots what :class:`~captum_concepts._utils.hooks.ModelGuard`
 promises to restore; :func:`assert_same_state` compares a model with such a snapshot;
-:func:`count_hooks` counts the module hooks registered anywhere in a model.
+:func:`count_hooks` counts the module hooks registered anywhere in a model;
+:func:`run_local_ranks` runs a function on local gloo ranks.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import datetime
+import time
+from typing import Any, Dict, List, Optional
 
 import torch
-from torch import nn
+import torch.distributed as dist
+from torch import Tensor, nn
 
-__all__ = ["count_hooks", "model_state", "assert_same_state"]
+__all__ = ["count_hooks", "model_state", "assert_same_state", "run_local_ranks"]
 
 def count_hooks(model: nn.Module) -> int:
     """Total number of module hooks registered anywhere in ``model``."""
@@ -48,3 +53,94 @@ def assert_same_state(before: Dict[str, Any], model: nn.Module) -> None:
     assert after["relu_inplace"] == before["relu_inplace"], "ReLU.inplace changed"
     for name, value in before["params"].items():
         assert torch.equal(value, after["params"][name]), f"parameter {name} changed"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _numpy_tree(value: Any) -> Any:
+    # tensors are sent back by value: a tensor in shared memory dies with the worker
+    if isinstance(value, Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_numpy_tree(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _numpy_tree(v) for k, v in value.items()}
+    return value
+
+
+def _spawned(
+    rank: int,
+    fn,
+    world_size: int,
+    port: int,
+    args: tuple,
+    backend: str,
+    queue,
+    threads: int,
+    timeout_s: Optional[float],
+) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if threads:
+        torch.set_num_threads(threads)
+    kwargs = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+    dist.init_process_group(backend, rank=rank, world_size=world_size, **kwargs)
+    try:
+        queue.put((rank, _numpy_tree(fn(*args))))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_local_ranks(
+    fn,
+    world_size: int = 2,
+    args: tuple = (),
+    backend: str = "gloo",
+    threads_per_rank: int = 1,
+    timeout_s: Optional[float] = None,
+) -> List[Any]:
+    """Run ``fn(*args)`` on ``world_size`` local processes joined in one process group.
+
+    For tests, benchmarks and trying sharded code on one machine (``torchrun`` is
+    the way to launch real jobs). ``fn`` must be importable (a module-level
+    function); each rank binds ``127.0.0.1`` on a free port, sets
+    ``threads_per_rank`` torch threads (0: leave as is), and returns
+    ``fn``'s result, tensors converted to numpy arrays. Returns the results in
+    rank order.
+
+    ``timeout_s`` (default None: PyTorch's 30 minutes) is the process group's
+    timeout and a limit on the whole run: past it the ranks are terminated and
+    ``TimeoutError`` is raised, so a hanging collective fails a test quickly.
+    """
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    context = mp.start_processes(
+        _spawned,
+        args=(fn, world_size, _free_port(), tuple(args), backend, queue, threads_per_rank, timeout_s),
+        nprocs=world_size,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    results = {}
+    done = False
+    while not done:  # drain while joining: a large result blocks its sender until read
+        done = context.join(timeout=0.05)  # re-raises a worker's exception
+        while not queue.empty():
+            rank, value = queue.get()
+            results[rank] = value
+        if not done and deadline is not None and time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.terminate()
+            raise TimeoutError(f"run_local_ranks: {world_size} ranks still running after {timeout_s} s")
+    return [results[r] for r in range(world_size)]

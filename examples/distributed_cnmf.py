@@ -32,9 +32,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from captum_concepts._utils.distributed import gather_columns, get_rank, get_world_size, shard_range
 from captum_concepts.concept import CoupledNMFConcepts
 from captum_concepts.data import DigitsCNN, load_digits_tensors, pretrained_digits_cnn
+from captum_concepts.distributed import gather_columns, get_rank, get_world_size, shard_range
 
 
 def main() -> None:

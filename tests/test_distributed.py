@@ -9,9 +9,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from captum_concepts._utils import distributed as du
+from captum_concepts import distributed as du
 from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
 from captum_concepts.metrics import score_curve
+from captum_concepts.testing import run_local_ranks
 
 N = 40
 WORLD = 2
@@ -115,7 +116,7 @@ def _sharded_worker() -> dict:
 
 @pytest.fixture(scope="module")
 def sharded():
-    return du.run_local_ranks(_sharded_worker, world_size=WORLD)
+    return run_local_ranks(_sharded_worker, world_size=WORLD)
 
 
 def _assert_same(single: CoupledNMFConcepts, sharded: dict) -> None:

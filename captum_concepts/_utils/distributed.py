@@ -10,6 +10,20 @@ Without an initialised process group (or with one rank) every function is the
 identity / the single-process answer, so the same code runs under ``python``
 and under ``torchrun``.
 
+Misuse fails on every rank at once. An estimator method decorated with
+:func:`synchronized` (``fit``, ``fit_matrices``, ... with ``distributed=True``)
+runs as one *section*: its first collective is preceded by an all-gather of a
+small signature (the estimator's parameters plus what the method
+:func:`declare`-s, e.g. the rows of every block) and of a local error flag;
+ranks that disagree raise the same ``ValueError`` naming the differing entries,
+before any collective whose shapes would differ (gloo aborts the process on
+those). Later collectives of the section are each preceded by a one-integer
+status all-reduce: a rank whose code raises between two collectives (bad
+labels, a failed forward pass) joins the others' next status reduction with a
+failure flag, so every other rank raises :class:`RankFailedError` naming it
+instead of waiting for the process-group timeout. The failing rank re-raises
+its own exception.
+
 Global example order: rank 0's examples, then rank 1's, ... (rank-major). A
 sharded fit equals the single-process fit on the concatenation of the shards in
 that order; :func:`shard_range` gives contiguous shards so that this order is
@@ -18,7 +32,9 @@ the dataset's own.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+import functools
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -36,7 +52,10 @@ __all__ = [
     "shard_range",
     "gather_columns",
     "all_gather_objects",
-    "run_local_ranks",
+    "RankFailedError",
+    "synchronized",
+    "declare",
+    "estimator_signature",
 ]
 
 
@@ -63,9 +82,11 @@ def _comm_device(t: Tensor) -> torch.device:
 def _all_reduce(t: Tensor, op) -> Tensor:
     if not is_distributed():
         return t
+    _checkpoint()
     device = _comm_device(t)
     buf = t.detach().to(device, copy=True).contiguous()  # never reduce the caller's tensor in place
-    dist.all_reduce(buf, op=op)
+    with _collective():
+        dist.all_reduce(buf, op=op)
     return buf.to(t.device)
 
 
@@ -129,8 +150,10 @@ def all_gather_objects(obj: Any) -> List[Any]:
     """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects); ``[obj]`` without a group."""
     if not is_distributed():
         return [obj]
+    _checkpoint()
     out: List[Any] = [None] * get_world_size()
-    dist.all_gather_object(out, obj)
+    with _collective():
+        dist.all_gather_object(out, obj)
     return out
 
 
@@ -150,72 +173,177 @@ def gather_columns(t: Tensor, dim: int = -1) -> Tensor:
     local = torch.zeros(padded_shape, dtype=t.dtype, device=device)
     local.narrow(dim, 0, t.shape[dim]).copy_(t)
     parts = [torch.empty_like(local) for _ in sizes]
-    dist.all_gather(parts, local)
+    _checkpoint()
+    with _collective():
+        dist.all_gather(parts, local)
     return torch.cat([p.narrow(dim, 0, s) for p, s in zip(parts, sizes)], dim=dim).to(t.device)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# ---------------------------------------------------------------------- synchronised sections
+class RankFailedError(RuntimeError):
+    """Raised on every other rank when one rank of a :func:`synchronized` call failed."""
 
 
-def _numpy_tree(value: Any) -> Any:
-    # tensors are sent back by value: a tensor in shared memory dies with the worker
+class _Section:
+    def __init__(self, what: str, signature: Dict[str, str]) -> None:
+        self.what = what
+        self.signature = signature
+        self.agreed = False  # the signature has been exchanged
+        self.broken = False  # a collective failed or the section already raised: no more messages
+
+
+_state = threading.local()
+
+
+def _active() -> Optional[_Section]:
+    return getattr(_state, "section", None)
+
+
+class _collective:
+    """Marks the section broken when a collective itself fails (no further messages then)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        section = _active()
+        if exc_type is not None and section is not None:
+            section.broken = True
+        return False
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.nn.Module):
+        return type(value).__name__
     if isinstance(value, Tensor):
-        return value.detach().cpu().numpy()
+        return f"tensor{tuple(value.shape)}:{value.dtype}"
     if isinstance(value, (list, tuple)):
-        return type(value)(_numpy_tree(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _numpy_tree(v) for k, v in value.items()}
-    return value
+        return "[" + ", ".join(_describe(v) for v in value) + "]"
+    return repr(value)
 
 
-def _spawned(
-    rank: int, fn, world_size: int, port: int, args: tuple, backend: str, queue, threads: int
-) -> None:
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if threads:
-        torch.set_num_threads(threads)
-    dist.init_process_group(backend, rank=rank, world_size=world_size)
-    try:
-        queue.put((rank, _numpy_tree(fn(*args))))
-    finally:
-        dist.destroy_process_group()
+# may differ between ranks: own model copy, own GPU, own file, own memory (the sums do not depend on it)
+_PER_RANK = ("model", "device", "out_of_core", "batch_size")
 
 
-def run_local_ranks(
-    fn, world_size: int = 2, args: tuple = (), backend: str = "gloo", threads_per_rank: int = 1
-) -> List[Any]:
-    """Run ``fn(*args)`` on ``world_size`` local processes joined in one process group.
+def estimator_signature(estimator: Any, skip: Tuple[str, ...] = _PER_RANK) -> Dict[str, str]:
+    """The parameters every rank must share: ``get_params()`` without the per-rank ones, as text."""
+    params = estimator.get_params(deep=False)
+    return {k: _describe(v) for k, v in params.items() if k not in skip}
 
-    For tests, benchmarks and trying sharded code on one machine (``torchrun`` is
-    the way to launch real jobs). ``fn`` must be importable (a module-level
-    function); each rank binds ``127.0.0.1`` on a free port, sets
-    ``threads_per_rank`` torch threads (0: leave as is), and returns
-    ``fn``'s result, tensors converted to numpy arrays. Returns the results in
-    rank order.
+
+def declare(**items: Any) -> None:
+    """Add ``items`` (e.g. ``block_rows=[16, 12]``) to the signature of the running section.
+
+    A no-op outside a :func:`synchronized` call and after its first collective.
     """
-    import torch.multiprocessing as mp
+    section = _active()
+    if section is not None and not section.agreed:
+        section.signature.update({k: _describe(v) for k, v in items.items()})
 
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    context = mp.start_processes(
-        _spawned,
-        args=(fn, world_size, _free_port(), tuple(args), backend, queue, threads_per_rank),
-        nprocs=world_size,
-        join=False,
-        start_method="spawn",
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _exchange(section: _Section, error: Optional[str]) -> None:
+    """All-gather ``(signature, error)``; raise on every rank if any rank failed or they differ."""
+    section.agreed = True
+    entries: List[Any] = [None] * get_world_size()
+    with _collective():
+        dist.all_gather_object(entries, (section.signature, error))
+    failed = [(r, e) for r, (_, e) in enumerate(entries) if e is not None]
+    if failed:
+        section.broken = True
+        if error is None:
+            raise RankFailedError(_failure_message(section, failed))
+        return
+    keys = list(dict.fromkeys(k for sig, _ in entries for k in sig))  # parameters first, then data
+    differ = [k for k in keys if len({sig.get(k) for sig, _ in entries}) > 1]
+    if differ:
+        section.broken = True
+        detail = "; ".join(
+            f"{k}: " + ", ".join(f"rank {r} {sig.get(k, '(missing)')}" for r, (sig, _) in enumerate(entries))
+            for k in differ
+        )
+        raise ValueError(
+            f"{section.what} with distributed=True: the ranks disagree on {', '.join(differ)} ({detail}); "
+            "every rank must pass the same parameters and blocks with the same rows (only the number "
+            "of examples may differ)"
+        )
+
+
+def _status(section: _Section, error: Optional[str]) -> None:
+    """One-integer all-reduce (MAX) of a failure flag; on a failure, gather the messages and raise."""
+    flag = torch.tensor([0 if error is None else 1], dtype=torch.int32)
+    flag = flag.to(_comm_device(flag))
+    with _collective():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if int(flag.item()) == 0:
+        return
+    section.broken = True
+    entries: List[Any] = [None] * get_world_size()
+    with _collective():
+        dist.all_gather_object(entries, error)
+    if error is None:
+        raise RankFailedError(_failure_message(section, [(r, e) for r, e in enumerate(entries) if e]))
+
+
+def _failure_message(section: _Section, failed: List[Tuple[int, str]]) -> str:
+    where = "; ".join(f"rank {r}: {e}" for r, e in failed)
+    return (
+        f"{section.what} with distributed=True failed on {len(failed)} of {get_world_size()} ranks "
+        f"({where}); this rank stops too"
     )
-    results = {}
-    done = False
-    while not done:  # drain while joining: a large result blocks its sender until read
-        done = context.join(timeout=0.05)  # re-raises a worker's exception
-        while not queue.empty():
-            rank, value = queue.get()
-            results[rank] = value
-    return [results[r] for r in range(world_size)]
+
+
+def _sync(section: _Section, error: Optional[str]) -> None:
+    if section.broken:
+        return
+    if not section.agreed:
+        _exchange(section, error)
+    else:
+        _status(section, error)
+
+
+def _checkpoint() -> None:
+    """Before a collective inside a section: the signature exchange first, then a status flag."""
+    section = _active()
+    if section is None or section.broken:
+        return
+    _state.section = None  # our own messages are not sections' collectives
+    try:
+        _sync(section, None)
+    finally:
+        _state.section = section
+
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def synchronized(method: Method) -> Method:
+    """Run an estimator method as one synchronised section (see the module docstring).
+
+    Active only when the estimator's ``distributed`` is true and a process group
+    with more than one rank is initialised; nested calls join the outer section.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if not getattr(self, "distributed", False) or not is_distributed() or _active() is not None:
+            return method(self, *args, **kwargs)
+        section = _Section(f"{type(self).__name__}.{method.__name__}", estimator_signature(self))
+        _state.section = section
+        try:
+            result = method(self, *args, **kwargs)
+        except Exception as exc:
+            _state.section = None
+            _sync(section, _error_text(exc))  # the others learn of it at their next collective
+            raise
+        finally:
+            _state.section = None
+        _sync(section, None)  # a rank that fails after the last collective is heard here
+        return result
+
+    return wrapper  # type: ignore[return-value]

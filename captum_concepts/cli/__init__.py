@@ -12,6 +12,7 @@ with status 2; ``--verbose`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import traceback
 import warnings
@@ -21,6 +22,7 @@ __all__ = ["main", "build_parser"]
 
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # terminal colour codes some libraries put in messages
 
 
 def _common(p: argparse.ArgumentParser, out_default: str) -> None:
@@ -41,10 +43,13 @@ def _user_model_args(p: argparse.ArgumentParser) -> None:
         "--model",
         required=True,
         help="a torchvision architecture name (resnet18, vgg16...) or an importable module.path:factory "
-        "that returns an nn.Module",
+        "that returns an nn.Module. module:factory IMPORTS THAT MODULE AND RUNS ITS CODE: use only code "
+        "you trust",
     )
     g.add_argument(
-        "--weights", help="state dict saved with torch.save (read with torch.load(weights_only=True))"
+        "--weights",
+        help="state dict saved with torch.save, read safely with torch.load(weights_only=True): "
+        "tensors only, no code from the file runs",
     )
     g.add_argument("--images", required=True, help="image folder in ImageFolder layout: DIR/<class>/<image>")
     g.add_argument(
@@ -136,12 +141,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
-    from ._loading import CLIError
+    from ._loading import CLIError, check_output_folder
 
     try:
         with warnings.catch_warnings():
-            # Captum's notes about its own hooks and default TCAV classifier are not for our users
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
+            # libraries' notes (Captum's hooks and TCAV classifier, PIL, torchvision) are not for our
+            # users: only this package's own warnings reach stderr
+            warnings.filterwarnings("ignore")
+            warnings.filterwarnings("default", module=r"captum_concepts(\.|$)")
+            check_output_folder(args.out)
             if args.command == "demo":
                 from ._demo import run_demo
 
@@ -153,11 +161,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("captum-concepts: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as err:  # the user's model code called exit(): never a silent success
+        message = f"the model's code exited the program (exit({err.code!r}))"
+        print(f"captum-concepts: error: {message}", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception as err:  # one clear line unless --verbose
         if getattr(args, "verbose", False):
             traceback.print_exc()
         else:
-            text = str(err).strip().splitlines()
+            text = _ANSI.sub("", str(err)).strip().splitlines()
             message = text[0] if text else type(err).__name__
             if not isinstance(err, CLIError):
                 message = f"{type(err).__name__}: {message} (run with --verbose for the traceback)"

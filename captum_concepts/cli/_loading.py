@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
@@ -44,7 +45,8 @@ def load_model(spec: str, num_classes: Optional[int] = None) -> nn.Module:
             if not hasattr(factory, part):
                 raise CLIError(f"module {module_name!r} has no attribute {attr!r} (from --model {spec!r})")
             factory = getattr(factory, part)
-        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+        is_factory = callable(factory) and not isinstance(factory, nn.Module)
+        model = _call_factory(factory, spec) if is_factory else factory
         if not isinstance(model, nn.Module):
             raise CLIError(f"--model {spec!r} must give a torch.nn.Module, got {type(model).__name__}")
         return model
@@ -70,10 +72,39 @@ def load_model(spec: str, num_classes: Optional[int] = None) -> nn.Module:
     return models.get_model(spec, **kwargs)
 
 
+def _call_factory(factory: Any, spec: str) -> Any:
+    """``factory()``; exiting the program or failing is a mistake in ``--model``, not a result."""
+    try:
+        return factory()
+    except SystemExit:
+        raise CLIError(
+            f"--model {spec!r}: calling it exited the program (SystemExit); --model must name a function "
+            "that returns a torch.nn.Module"
+        ) from None
+    except Exception as err:
+        raise CLIError(f"--model {spec!r}: calling the factory failed: {_first_line(err)}") from None
+
+
+def check_output_folder(folder: str) -> None:
+    """``--out`` must be a folder this process can create and write into (checked before any work)."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--out {folder!r} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or _first_line(err)
+        raise CLIError(f"--out {folder!r} is not a writable folder: {reason}") from None
+
+
 def load_weights(model: nn.Module, path: Optional[str]) -> None:
     """Load a state dict saved with ``torch.save`` (read with ``weights_only=True``: no code runs)."""
     if path is None:
         return
+    if os.path.isdir(path):
+        raise CLIError(f"--weights {path!r} is a folder; pass the state-dict file saved with torch.save")
     if not os.path.isfile(path):
         raise CLIError(f"weights file {path!r} does not exist")
     try:
@@ -126,10 +157,11 @@ def load_images(
         raise CLIError("reading an image folder needs torchvision: pip install torchvision") from None
     steps: List[Any] = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
     if channels == 1:
-        steps.append(transforms.Grayscale(1))
-    steps.append(transforms.ToTensor())
+        steps.append(_Grayscale())
+    steps += [transforms.ToTensor(), _Channels(channels)]
     try:
-        dataset = datasets.ImageFolder(str(root), transform=transforms.Compose(steps))
+        folder_type = _visible_image_folder(datasets)
+        dataset = folder_type(str(root), transform=transforms.Compose(steps), loader=_read_image)
     except (FileNotFoundError, RuntimeError) as err:
         raise CLIError(
             f"no images found in {folder!r}: expected one sub-folder per class with image files inside "
@@ -153,7 +185,7 @@ def load_images(
     from tqdm.auto import tqdm
 
     for i in tqdm(picked, desc="reading images", leave=False, disable=not progress):
-        img, label = dataset[i]
+        img, label = _read_item(dataset, i)
         images.append(img)
         labels.append(label)
     mean = std = None
@@ -161,6 +193,72 @@ def load_images(
         mean = torch.tensor([0.485, 0.456, 0.406][:channels] if channels == 3 else [0.449])
         std = torch.tensor([0.229, 0.224, 0.225][:channels] if channels == 3 else [0.226])
     return ImageData(torch.stack(images), torch.tensor(labels), list(dataset.classes), mean, std)
+
+
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def _read_image(path: str) -> Any:
+    """A PIL image in ``[0, 1]`` whatever its bit depth: 16-bit greyscale becomes a float image
+    (mode ``"F"``) scaled by ``1 / 65535``; every other mode is converted to RGB as usual."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in _SIXTEEN_BIT:
+            values = np.asarray(img, dtype=np.float32) / 65535.0
+            return Image.fromarray(values.clip(0.0, 1.0))  # float32: mode "F"
+        if img.mode == "F":
+            return img.copy()
+        return img.convert("RGB")
+
+
+def _read_item(dataset: Any, index: int) -> Any:
+    path = dataset.samples[index][0]
+    try:
+        return dataset[index]
+    except (OSError, ValueError, SyntaxError) as err:  # PIL: unidentified, truncated or broken files
+        raise CLIError(f"cannot read image {path!r}: {_first_line(err)}") from None
+
+
+class _Grayscale:
+    """One channel; a float (16-bit) image already has one."""
+
+    def __call__(self, img: Any) -> Any:
+        return img if img.mode in ("F", "L") else img.convert("L")
+
+
+class _Channels:
+    """A one-channel tensor repeated to ``channels`` (16-bit greyscale for an RGB model)."""
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        return t.expand(self.channels, *t.shape[1:]).contiguous() if t.shape[0] == 1 else t
+
+
+def _visible_image_folder(datasets: Any) -> Any:
+    """ImageFolder without hidden entries: ``.ipynb_checkpoints``, ``.DS_Store``, ``._x.png`` are
+    neither classes (which would shift the class-to-output mapping) nor images."""
+
+    class VisibleImageFolder(datasets.ImageFolder):
+        def find_classes(self, directory: str):
+            entries = os.scandir(directory)
+            classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+            if not classes:
+                raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+            return classes, {name: i for i, name in enumerate(classes)}
+
+        def __init__(self, root: str, transform: Any, loader: Any) -> None:
+            def visible_image(path: str) -> bool:
+                name = os.path.basename(path)
+                return not name.startswith(".") and name.lower().endswith(datasets.folder.IMG_EXTENSIONS)
+
+            super().__init__(root, transform=transform, loader=loader, is_valid_file=visible_image)
+
+    return VisibleImageFolder
 
 
 class Normalized(nn.Module):

@@ -1,4 +1,4 @@
-"""Aggregators over a multiset of maps (SPEC §1): mean, mean-absolute, population variance.
+"""Aggregators over a multiset of maps (Bertolini et al., §2): mean, mean-absolute, population variance.
 
 One place for the channel aggregator ``rho_C`` and the embedding aggregator ``rho_D`` of
 :class:`~captum_concepts.attr.EmbeddingAttribution`; the representation scores reuse it.
@@ -54,6 +54,12 @@ def is_mean(how: Aggregator) -> bool:
     return isinstance(how, str) and how == "mean"
 
 
+def _shares_memory(out: object, scratch: torch.Tensor) -> bool:
+    return isinstance(out, torch.Tensor) and (
+        out.untyped_storage().data_ptr() == scratch.untyped_storage().data_ptr()
+    )
+
+
 def aggregate(
     t: torch.Tensor, dim: int, how: Aggregator = "mean", scratch: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
@@ -67,7 +73,9 @@ def aggregate(
             that must remove ``dim``.
         scratch (Tensor, optional): a tensor of ``t``'s shape that the built-in aggregators may
             overwrite with their temporaries (it may be ``t`` itself); saves an allocation per call
-            in hot loops. Never pass one that needs a graph. Callables ignore it.
+            in hot loops. Never pass one that needs a graph. Callables ignore it; a callable's
+            result that is a view of ``scratch`` (e.g. ``t.select(d, j)``) is copied, so the
+            caller may overwrite ``scratch`` afterwards.
 
     Returns:
         Tensor: ``t`` with dimension ``dim`` removed.
@@ -86,6 +94,8 @@ def aggregate(
     if scratch is not None and (scratch.shape != t.shape or scratch.requires_grad):
         raise ValueError("scratch must have the shape of t and must not require grad")
     out = fn(t, d, scratch) if isinstance(how, str) else fn(t, d)
+    if scratch is not None and not isinstance(how, str) and _shares_memory(out, scratch):
+        out = out.clone()  # the caller reuses scratch: a view of it would change under the caller
     if not isinstance(out, torch.Tensor) or out.shape != expected:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from ..._utils.capture import LayerCapture
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_form, run_forward
+from ..._utils.finite import check_finite_result
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layer
 from .aggregators import Aggregator, aggregate, check_aggregator, is_mean
@@ -246,7 +247,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                     m = upsample_maps(m, size, self.upsample, spatial_dims=spatial)
                 maps.append(m if create_graph else m.detach())
             results.append(restore_form(tuple(maps), _was_tuple if lay is None else len(maps) > 1))
-        return results if self._multi else results[0]
+        return check_finite_result(results if self._multi else results[0], type(self).__name__)
 
     # ------------------------------------------------------------------ forward
     def _register_hooks(self, guard: ModelGuard, model: nn.Module):

@@ -15,6 +15,7 @@ from captum.attr import GradientAttribution
 from torch import nn
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_form
+from ..._utils.finite import check_finite_result
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, resolve_layer
 from ...concept._core.semantic_vector import ConceptKey, SemanticVector
@@ -224,7 +225,7 @@ class _SemanticGradientBase(GradientAttribution):
             result = tuple(g.detach() for g in gradients)
         else:
             result = tuple((g * x).detach() for g, x in zip(gradients, inputs_t))
-        return restore_form(result, was_tuple)
+        return restore_form(check_finite_result(result, type(self).__name__), was_tuple)
 
 
 class SemanticGuidedBackprop(_SemanticGradientBase):

@@ -28,15 +28,23 @@ here). Sharding the examples over ``torch.distributed`` ranks only needs
 ``reduce = all_reduce(SUM)``: the ``F`` update is local to each example, the
 ``Wt`` update and the objective only read the reduced statistics.
 
-The objective is never recomputed from a residual: with ``B = Wt diag(w) Wt^T``
+The objective comes from the statistics when they can carry it: with
+``B = Wt diag(w) Wt^T``
 ``sum_b w_b ||X_b - W_b F||^2 = sum_b w_b ||X_b||^2 - 2 <Wt diag(w), St> + <B, G>``
-(trace identities), which costs ``O(d R + d^2)`` per iteration, evaluated in
-float64 from the float32 statistics.
+(trace identities), which costs ``O(d R + d^2)`` per iteration, summed in float64.
+Near a good fit the three terms cancel: each is about ``||X||^2`` and carries
+the rounding of the float32 statistics, ``~eps ||X||^2``, while the difference
+is far smaller (it even comes out negative). Whenever the trace value falls
+below ``1e5 eps`` times the data energy ``sum_b w_b ||X_b||^2``, the data term
+is recomputed from the residual ``X_b - W_b F`` in chunks of examples (at least
+float32, summed in float64; one more pass over the data), which is never
+negative and accurate to ``~eps ||X|| ||X - W F||``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
@@ -45,6 +53,8 @@ from torch import Tensor
 
 __all__ = [
     "EPS",
+    "eps_for",
+    "residual_norms",
     "CoupledProblem",
     "Statistics",
     "SolverResult",
@@ -61,7 +71,18 @@ __all__ = [
 ]
 
 EPS = 1e-10  # added to multiplicative-update denominators; absolute, data in [0, 1]-ish scale
+
+
+def eps_for(dtype: torch.dtype) -> float:
+    """``EPS``, raised to the smallest normal number of ``dtype`` (float16: ``6.1e-5``).
+
+    In float16 ``1e-10`` rounds to 0, and a zero row of the data then gives ``0 / 0``.
+    """
+    return max(EPS, float(torch.finfo(dtype).tiny))
 Reduce = Callable[[Tensor], Tensor]
+# below this many eps of the data energy the trace identities have lost too many digits
+_TRACE_DIGITS = 1e5
+_RESIDUAL_CHUNK = 2**22  # elements of one residual chunk (16 MiB in float32)
 
 
 def _identity(t: Tensor) -> Tensor:
@@ -137,6 +158,9 @@ class CoupledProblem:
     def statistics(self, F: Tensor, reduce: Reduce = _identity) -> Statistics:
         return example_statistics(self, F, reduce)
 
+    def residuals(self, Wt: Tensor, F: Tensor, reduce: Reduce = _identity) -> Tensor:
+        return residual_norms(self, Wt, F, reduce)
+
     def block_slices(self):
         return zip(self.blocks, self.offsets[:-1], self.offsets[1:], self.block_weights)
 
@@ -196,6 +220,29 @@ def example_statistics(problem: CoupledProblem, F: Tensor, reduce: Reduce = _ide
     )
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every narrower dtype is accumulated in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def residual_norms(problem: CoupledProblem, Wt: Tensor, F: Tensor, reduce: Reduce = _identity) -> Tensor:
+    """``(B,)`` float64: ``||X_b - W_b F||^2`` per block from the residual itself (reduced).
+
+    Runs in chunks of examples (at most ``2**22`` residual entries at a time), in
+    :func:`accumulation_dtype`, squares summed in float64.
+    """
+    acc = accumulation_dtype(F.dtype)
+    Wa, Fa = Wt.to(acc), F.to(acc)
+    out = torch.zeros(len(problem.blocks), dtype=torch.float64, device=F.device)
+    n = F.shape[1]
+    for b, (x, start, stop, _) in enumerate(problem.block_slices()):
+        step = max(1, _RESIDUAL_CHUNK // max(stop - start, 1))
+        for a in range(0, n, step):
+            r = torch.mm(Wa[:, start:stop].t(), Fa[:, a : a + step]).sub_(x[:, a : a + step].to(acc))
+            out[b] += r.square_().sum(dtype=torch.float64)
+    return reduce(out)
+
+
 def weighted_projection(
     problem: CoupledProblem, Wt: Tensor, blocks: Optional[Sequence[Tensor]] = None
 ) -> Tensor:
@@ -223,17 +270,32 @@ def _unweighted(problem: CoupledProblem) -> bool:
     return all(float(w) == 1.0 for w in problem.block_weights)
 
 
-def objective(problem: CoupledProblem, moments: Tensor, Wt: Tensor, stats: Statistics, B: Tensor) -> float:
-    """``J`` from the statistics alone (trace identities, float64), see the module docstring."""
+def objective(
+    problem: CoupledProblem,
+    moments: Tensor,
+    Wt: Tensor,
+    stats: Statistics,
+    B: Tensor,
+    F: Optional[Tensor] = None,
+    reduce: Reduce = _identity,
+) -> float:
+    """``J`` from the statistics (trace identities, float64), see the module docstring.
+
+    With ``F`` given, the data term is recomputed from the residual when the trace
+    value has cancelled below ``1e5 eps`` of the data energy (or is negative); every
+    rank takes the same decision (it reads reduced quantities only).
+    """
     w = torch.as_tensor(list(problem.block_weights), dtype=torch.float64, device=moments.device)
     f64 = torch.float64
     Gd = stats.G.double()
-    value = (w * moments[:, 1]).sum().to(Wt.device)
+    energy = (w * moments[:, 1]).sum().to(Wt.device)
     # float32 element products, float64 sums: no float64 copies of the (d, R) factors
     cross = Wt * stats.St
     if not _unweighted(problem):
         cross.mul_(problem.row_weight)
-    value = value - 2.0 * cross.sum(dtype=f64) + (B.double() * Gd).sum()
+    value = energy - 2.0 * cross.sum(dtype=f64) + (B.double() * Gd).sum()
+    if F is not None and float(value) < _trace_limit(stats.St.dtype) * float(energy):
+        value = (w.to(Wt.device) * problem.residuals(Wt, F, reduce).to(Wt.device)).sum()
     if torch.is_tensor(problem.row_reg):
         value = value + (Wt * Wt).mul_(problem.row_lambda).sum(dtype=f64)
     if problem.lambda_f > 0:
@@ -241,6 +303,17 @@ def objective(problem: CoupledProblem, moments: Tensor, Wt: Tensor, stats: Stati
     if stats.group_sq is not None:
         value = value + problem.group_sparsity * stats.group_sq.double().clamp_min(0).sqrt().sum()
     return float(value)
+
+
+def _trace_limit(dtype: torch.dtype) -> float:
+    return min(1.0, _TRACE_DIGITS * float(torch.finfo(dtype).eps))
+
+
+def rounding_floor(moments: Tensor, problem: CoupledProblem, dtype: torch.dtype) -> float:
+    """The objective change that rounding alone explains: ``16 eps^2`` of the data energy."""
+    w = torch.as_tensor(list(problem.block_weights), dtype=torch.float64, device=moments.device)
+    eps = float(torch.finfo(accumulation_dtype(dtype)).eps)
+    return 16.0 * eps * eps * float((w * moments[:, 1]).sum())
 
 
 def _group_norms(problem: CoupledProblem, F: Tensor, reduce: Reduce) -> Tensor:
@@ -269,7 +342,7 @@ def mu_update(
         den.add_(H, alpha=float(reg))
     if group_term is not None:
         den.add_(group_term)
-    den.add_(EPS)
+    den.add_(eps_for(den.dtype))
     H.mul_(A.div(den))
 
 
@@ -302,7 +375,7 @@ def hals_update(
     off_diag = B.clone()
     off_diag.diagonal().zero_()
     if torch.is_tensor(reg):
-        inv_den = (B.diagonal()[:, None] + reg[None, :]).clamp_(min=EPS).reciprocal_()
+        inv_den = (B.diagonal()[:, None] + reg[None, :]).clamp_(min=eps_for(B.dtype)).reciprocal_()
         scale = list(inv_den.unbind(0))
     else:
         # a dead component (its partner row is all zero, den = 0) stays dead
@@ -324,7 +397,8 @@ def hals_update(
                 sq = reduce(
                     torch.zeros(n_groups, dtype=c.dtype, device=c.device).index_add_(0, group_index, c * c)
                 )
-                shrink = (1.0 - (0.5 * group_coef * scale[k]) / sq.sqrt().clamp_min(EPS)).clamp_(min=0)
+                norm = sq.sqrt().clamp_min(eps_for(sq.dtype))
+                shrink = (1.0 - (0.5 * group_coef * scale[k]) / norm).clamp_(min=0)
                 c.mul_(shrink[group_index])
         sweeps += 1
         if before is None:
@@ -426,7 +500,8 @@ def _update_f(problem, solver, F, A, B, reduce, max_sweeps):
     if solver == "mu":
         group_term = None
         if problem.uses_groups:
-            group_term = F.div(_group_norms(problem, F, reduce).add_(EPS)).mul_(0.5 * problem.group_sparsity)
+            norms = _group_norms(problem, F, reduce).add_(eps_for(F.dtype))
+            group_term = F.div(norms).mul_(0.5 * problem.group_sparsity)
         mu_update(F, A, B, problem.lambda_f, group_term)
     else:
         hals_update(
@@ -440,6 +515,19 @@ def _update_f(problem, solver, F, A, B, reduce, max_sweeps):
             group_coef=problem.group_sparsity,
             reduce=reduce,
         )
+
+
+NORMALIZE_WITH_PENALTIES = (
+    "normalize_columns=True with L2 penalties (lambda_p, lambda_o or lambda_f > 0): rescaling the "
+    "columns to unit norm after each iteration leaves the data term unchanged but changes the "
+    "penalties, so the stated objective is not minimised and loss_history_ can rise; pass "
+    "normalize_columns=False to minimise it, or drop the penalties (unit norms replace them)"
+)
+
+
+def has_penalties(problem: CoupledProblem) -> bool:
+    """True when an L2 penalty on ``W`` or ``F`` is active."""
+    return torch.is_tensor(problem.row_reg) or problem.lambda_f > 0
 
 
 def solve(
@@ -463,19 +551,26 @@ def solve(
     statistics. Two passes over the data per iteration, as plain NMF.
     ``loss_history[0]`` is ``J`` at the start; ``Wt`` and ``F`` are updated in place.
     ``moments``: :func:`data_moments` if already computed (saves two passes).
+    The stop rule also accepts a change below the rounding floor of the objective
+    (:func:`rounding_floor`): an exact fit stops instead of chasing rounding noise.
+    ``normalize`` with an L2 penalty warns: the rescaling changes the penalties
+    (:data:`NORMALIZE_WITH_PENALTIES`).
     With ``solver="hals"`` and ``extrapolate`` (default) the iterates are extrapolated
     (:class:`_Extrapolation`); ``loss_history`` then holds the best objective so far and the
     best pair is returned.
     """
     if solver not in ("mu", "hals"):
         raise ValueError(f"solver must be 'mu' or 'hals', got {solver!r}")
+    if normalize and has_penalties(problem):
+        warnings.warn(NORMALIZE_WITH_PENALTIES, UserWarning, stacklevel=3)
     if moments is None:
         moments = problem.moments(reduce)
     if normalize:
         _normalize_rows(Wt, F)
     stats = problem.statistics(F, reduce)
     B = weighted_gram(problem, Wt)
-    history = [objective(problem, moments, Wt, stats, B)]
+    history = [objective(problem, moments, Wt, stats, B, F, reduce)]
+    floor = rounding_floor(moments, problem, Wt.dtype)
     extra = None
     converged = False
     for it in range(max_iter):
@@ -496,7 +591,7 @@ def solve(
             if extra is not None:
                 extra.rescale(s)
         B = weighted_gram(problem, Wt)
-        loss = objective(problem, moments, Wt, stats, B)
+        loss = objective(problem, moments, Wt, stats, B, F, reduce)
         prev = history[-1]
         if extra is not None:
             prev = extra.prev  # the last evaluated pair's objective
@@ -507,7 +602,7 @@ def solve(
                 continue
         else:
             history.append(loss)
-        if abs(prev - loss) <= tol * max(abs(prev), 1e-30):
+        if abs(prev - loss) <= max(tol * abs(prev), floor):
             converged = True
             break
     if extra is not None:
@@ -533,7 +628,7 @@ def solve_examples(
     A = weighted_projection(problem, Wt, blocks)
     B = weighted_gram(problem, Wt)
     diag = B.diagonal() + problem.lambda_f
-    F = A.clamp(min=0).div_(diag.clamp_min(EPS)[:, None])
+    F = A.clamp(min=0).div_(diag.clamp_min(eps_for(diag.dtype))[:, None])
     prev = None
     for _ in range(max_iter):
         hals_update(F, A, B, problem.lambda_f, max_sweeps=1)

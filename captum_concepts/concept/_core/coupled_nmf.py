@@ -128,8 +128,15 @@ class CoupledNMFConcepts(BaseEstimator):
             factors). Default: 500.
         tol (float): stop when ``|J_prev - J| <= tol * J_prev``. Default: 1e-4.
         random_state (int or None): seed of the random start (drawn in float64 on
-            the CPU, so identical on every device). With an int, runs on the CPU
-            are identical bit for bit. Default: 0.
+            the CPU, so identical on every device). With an int, two runs are
+            identical bit for bit when they also share the device, the dtype, the
+            PyTorch/BLAS build and the number of intra-op threads
+            (``torch.get_num_threads()``). A different thread count changes the
+            order of the sums inside BLAS matrix products, and the results then
+            agree to rounding only (float32, digits, 50 iterations: ``F`` within
+            ``~1e-5`` relative for "mu", ``~1e-3`` for "hals", whose extrapolation
+            amplifies rounding); fix the thread count to reproduce a run exactly.
+            Default: 0.
         device (str or torch.device, optional): where the factors live. None:
             the model's device in :meth:`fit`, the data's in :meth:`fit_matrices`.
         pool ("none", "mean" or "max"): per-channel spatial pooling of
@@ -152,7 +159,7 @@ class CoupledNMFConcepts(BaseEstimator):
             block factors equal the single-process fit on all the examples
             (rank 0's first, then rank 1's, ...) up to float rounding, and
             ``example_factors_`` holds this rank's columns of that fit's ``F``
-            (``_utils.distributed.gather_columns`` joins them). Every rank must
+            (``captum_concepts.distributed.gather_columns`` joins them). Every rank must
             pass the same blocks (rows) and parameters. Without a process group
             it is a plain fit. Default: False.
         out_of_core (OutOfCore, optional): fit without holding the data in
@@ -329,6 +336,7 @@ class CoupledNMFConcepts(BaseEstimator):
         if not blocks:
             raise ValueError("no data: give at least one pixel or activation block")
         n = blocks[0].shape[1]
+        dist_utils.declare(block_rows=[x.shape[0] for x in blocks])
         for b, (name, x) in enumerate(zip(names, blocks)):
             if not fitting and x.shape[0] != self._offsets[b + 1] - self._offsets[b]:
                 # checked before any shift is applied, which would fail to broadcast
@@ -391,6 +399,7 @@ class CoupledNMFConcepts(BaseEstimator):
         return torch.device(self.device) if self.device is not None else fallback
 
     # ------------------------------------------------------------------ fitting
+    @dist_utils.synchronized
     def fit(
         self,
         inputs_or_loader: Union[Tensor, Iterable[Any]],
@@ -478,6 +487,7 @@ class CoupledNMFConcepts(BaseEstimator):
         self._fitted_on_inputs = True
         return self._fit_blocks(collected.pixel_blocks, collected.activation_blocks, groups, device)
 
+    @dist_utils.synchronized
     def fit_matrices(
         self,
         pixel_blocks: Sequence[Matrix] = (),
@@ -507,6 +517,7 @@ class CoupledNMFConcepts(BaseEstimator):
         self._fitted_on_inputs = False
         return self._fit_blocks(pixel_blocks, activation_blocks, groups, self._resolve_device(fallback))
 
+    @dist_utils.synchronized
     def fit_store(self, store: ooc.ActivationStore, groups: Any = None) -> CoupledNMFConcepts:
         """Factorise the blocks of an :class:`ActivationStore` (on disk) in chunks of examples.
 
@@ -523,6 +534,7 @@ class CoupledNMFConcepts(BaseEstimator):
     def _fit_store(self, store: ooc.ActivationStore, groups: Any, device: torch.device) -> CoupledNMFConcepts:
         if store.n_examples == 0:
             raise ValueError("store holds no examples; append at least one batch before fitting")
+        dist_utils.declare(block_rows=list(store.block_rows))
         n_act = len(store.block_rows) - store.n_pixel_blocks
         self.input_shape_ = store.input_shape
         self.layer_names_ = list(store.layer_names) or [f"activation_blocks[{j}]" for j in range(n_act)]
@@ -642,6 +654,7 @@ class CoupledNMFConcepts(BaseEstimator):
         return self
 
     # ------------------------------------------------------------------ projection
+    @dist_utils.synchronized
     def transform(
         self,
         new_inputs_or_matrices: Any,

@@ -326,6 +326,15 @@ class StreamedProblem(solvers.CoupledProblem):
             A[:, start:stop] = weighted @ rows.t()
         return A
 
+    def residuals(self, Wt: Tensor, F: Tensor, reduce=solvers._identity) -> Tensor:
+        acc = solvers.accumulation_dtype(F.dtype)
+        Wa, out = Wt.to(acc), torch.zeros(len(self.blocks), dtype=torch.float64, device=F.device)
+        for start, stop, rows in self._chunks():
+            sq = torch.mm(F[:, start:stop].t().to(acc), Wa).sub_(rows.to(acc)).square_()
+            for b, (a, c) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
+                out[b] += sq[:, a:c].sum(dtype=torch.float64)
+        return reduce(out)
+
     def statistics(self, F: Tensor, reduce=solvers._identity) -> solvers.Statistics:
         St = torch.zeros(F.shape[0], self.n_rows, dtype=F.dtype, device=F.device)
         for start, stop, rows in self._chunks():

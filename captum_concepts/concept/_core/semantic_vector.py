@@ -333,6 +333,7 @@ class SemanticVector(BaseEstimator):
         return self
 
     # ------------------------------------------------------------------ fitting
+    @dist_utils.synchronized
     def fit(self, concepts: Mapping[ConceptKey, Any], additional_forward_args: Any = None) -> SemanticVector:
         """Fit one semantic vector per named concept.
 
@@ -355,6 +356,7 @@ class SemanticVector(BaseEstimator):
             raise TypeError("concepts must be a non-empty dict {name: tensor or data loader}")
         layer = self._validate()
         names = list(concepts.keys())
+        dist_utils.declare(concepts=names)
         n = len(names)
 
         def batches():
@@ -364,6 +366,7 @@ class SemanticVector(BaseEstimator):
 
         return self._fit_stream(names, self._features(batches(), layer, additional_forward_args), n)
 
+    @dist_utils.synchronized
     def fit_from_labels(
         self, data: Any, n_classes: Optional[int] = None, additional_forward_args: Any = None
     ) -> SemanticVector:
@@ -387,6 +390,7 @@ class SemanticVector(BaseEstimator):
         """
         layer = self._validate()
         n_classes = check_int(n_classes, "n_classes", low=1, allow_none=True)
+        dist_utils.declare(n_classes=n_classes)
 
         batches = iter_batches(data, int(self.batch_size), "data", labels=True)
         self._fit_stream(None, self._features(batches, layer, additional_forward_args), n_classes)
