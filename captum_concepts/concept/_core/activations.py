@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from ..._utils.hooks import ModelGuard
-from ..._utils.layers import LayerSpec, layer_name, resolve_layers
+from ..._utils.layers import LayerSpec, layer_name, resolve_layers, uncompiled
+from ..._utils.layout import apply_reshape, check_reshape_transforms
 
 __all__ = ["POOLS", "CollectedBlocks", "iter_input_batches", "collect_blocks"]
 
@@ -106,6 +107,7 @@ def collect_blocks(
     batch_size: int = 256,
     device: Optional[torch.device] = None,
     dtype: torch.dtype = torch.float32,
+    reshape_transform: Any = None,
 ) -> CollectedBlocks:
     """One pass over ``inputs``: pixel channels and (pooled) layer outputs as blocks.
 
@@ -122,6 +124,9 @@ def collect_blocks(
     has the right dtype and device). For a loader ``N`` is unknown in advance:
     batches are kept in a list and concatenated block by block, so the peak is
     the blocks plus the largest block.
+
+    ``reshape_transform`` (None, a callable or a list aligned with ``layers``) brings each layer's
+    output to ``(N, C, *S)`` before it is pooled (see ``captum_concepts.attr.channels_last``).
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
@@ -130,6 +135,8 @@ def collect_blocks(
     if layers:
         if model is None:
             raise ValueError("layers were given but model is None; pass the model whose layers to read")
+        model = uncompiled(model)
+        transforms = check_reshape_transforms(reshape_transform, len(layers))
         modules = resolve_layers(model, list(layers), argument="layers")
         names = [layer_name(model, m) or f"layer{j}" for j, m in enumerate(modules)]
         if len({id(m) for m in modules}) != len(modules):
@@ -191,6 +198,7 @@ def collect_blocks(
                         raise ValueError(
                             f"layer {names[j]!r} did not run on the batch (or changed its batch size)"
                         )
+                    act = apply_reshape(transforms[j], act, 1, f"layer {names[j]!r}")
                     pooled = _pool(act, pool)
                     if len(out.layer_shapes) <= j:
                         out.layer_shapes.append(

@@ -297,6 +297,7 @@ def collect_to_store(
     pool: str = "none",
     batch_size: int = 256,
     device: Optional[torch.device] = None,
+    reshape_transform: Any = None,
 ) -> ActivationStore:
     """One pass over ``inputs`` (tensor or loader) writing pixel and layer rows to a new store.
 
@@ -318,6 +319,7 @@ def collect_to_store(
                 pool=pool,
                 batch_size=batch_size,
                 device=device,
+                reshape_transform=reshape_transform,
             )
             blocks = got.pixel_blocks + got.activation_blocks
             if store is None:

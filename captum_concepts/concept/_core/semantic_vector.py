@@ -38,7 +38,7 @@ from torch import nn
 from ..._utils import distributed as dist_utils
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, run_forward
 from ..._utils.hooks import ModelGuard
-from ..._utils.layers import LayerSpec, resolve_layer
+from ..._utils.layers import LayerSpec, resolve_layer, uncompiled
 from ..._utils.persistence import PathLike
 
 __all__ = ["SemanticVector", "ConceptRanking", "PerturbationResult"]
@@ -333,12 +333,13 @@ class SemanticVector(BaseEstimator):
             captured.append(out)
             raise _StopForward
 
-        with ModelGuard(self.model) as guard, torch.no_grad():
+        model = uncompiled(self.model)  # a torch.compile()d model runs its original module
+        with ModelGuard(model) as guard, torch.no_grad():
             guard.register_forward_hook(layer, capture)
             for inputs, extra in batches:
                 captured.clear()
                 try:
-                    run_forward(self.model, self._move(inputs), additional_forward_args)
+                    run_forward(model, self._move(inputs), additional_forward_args)
                 except _StopForward:
                     pass
                 if not captured:
