@@ -37,7 +37,10 @@ def _masks(model):
 def _methods(model):
     target = torch.tensor([3, 7])
     return {
-        "embedding_input": (EmbeddingAttribution(model, embedding_layer="embedding"), {"embedding_dims": DIMS}),
+        "embedding_input": (
+            EmbeddingAttribution(model, embedding_layer="embedding"),
+            {"embedding_dims": DIMS},
+        ),
         "embedding_layer": (
             EmbeddingAttribution(model, embedding_layer="embedding", layer="block2.conv", method="gradcam"),
             {"embedding_dims": DIMS},
@@ -143,7 +146,10 @@ def test_eval_mode_false_equals_captum_on_a_training_mode_model():
     x = torch.rand(4, 1, 4, 4)
     ones = torch.ones(3, 4, 4, 4)
     before = model_state(model)
-    for cls, captum_cls in ((SemanticGradientInput, InputXGradient), (SemanticGuidedBackprop, GuidedBackprop)):
+    for cls, captum_cls in (
+        (SemanticGradientInput, InputXGradient),
+        (SemanticGuidedBackprop, GuidedBackprop),
+    ):
         ours = cls(model, "2", ones, eval_mode=False).attribute(x, target=1)
         ref = captum_cls(model).attribute(x, target=1)
         assert ref.abs().max() > 0

@@ -73,7 +73,9 @@ def _layer_output_grads(model, layer, x):
     finally:
         handle.remove()
     f = kept[0]
-    grads = torch.stack([torch.autograd.grad(z[:, d].sum(), f, retain_graph=True)[0] for d in range(z.shape[1])])
+    grads = torch.stack(
+        [torch.autograd.grad(z[:, d].sum(), f, retain_graph=True)[0] for d in range(z.shape[1])]
+    )
     return f.detach(), grads
 
 
@@ -211,13 +213,17 @@ def test_transform_list_aligned_with_layers():
     torch.manual_seed(0)
     model = ChannelsLastNet().eval()
     x = torch.randn(2, 3, 5, 5)
-    both = EmbeddingAttribution(model, layer=["conv", "mlp", None], reshape_transform=[None, channels_last, None])
+    both = EmbeddingAttribution(
+        model, layer=["conv", "mlp", None], reshape_transform=[None, channels_last, None]
+    )
     conv, mlp, inp = both.attribute(x)
     torch.testing.assert_close(conv, EmbeddingAttribution(model, layer="conv").attribute(x))
     ref = EmbeddingAttribution(model, layer="mlp", reshape_transform=channels_last).attribute(x)
     torch.testing.assert_close(mlp, ref)
     torch.testing.assert_close(inp, EmbeddingAttribution(model).attribute(x))
-    with pytest.raises(ValueError, match="reshape_transform is a list of 1 entries, expected one per layer \\(2\\)"):
+    with pytest.raises(
+        ValueError, match="reshape_transform is a list of 1 entries, expected one per layer \\(2\\)"
+    ):
         EmbeddingAttribution(model, layer=["conv", "mlp"], reshape_transform=[channels_last])
     with pytest.raises(TypeError, match="reshape_transform must be None, a callable"):
         EmbeddingAttribution(model, layer="mlp", reshape_transform="channels_last")
@@ -227,7 +233,9 @@ def test_transform_with_a_wrong_batch_size_is_a_clear_error():
     model = ChannelsLastNet().eval()
     ea = EmbeddingAttribution(model, layer="mlp", reshape_transform=lambda t: t[:1].movedim(-1, 1))
     before = model_state(model)
-    with pytest.raises(ValueError, match="reshape_transform of layer 'mlp' must return a tensor \\(N, C, \\*S\\)"):
+    with pytest.raises(
+        ValueError, match="reshape_transform of layer 'mlp' must return a tensor \\(N, C, \\*S\\)"
+    ):
         ea.attribute(torch.randn(2, 3, 5, 5))
     assert_same_state(before, model)
 
@@ -237,7 +245,9 @@ def test_score_curve_passes_the_transform_on():
     torch.manual_seed(0)
     model = ChannelsLastNet().eval()
     x = torch.randn(3, 3, 5, 5)
-    curve = score_curve(model, None, ["conv", "mlp"], x, score="variance", reshape_transform=[None, channels_last])
+    curve = score_curve(
+        model, None, ["conv", "mlp"], x, score="variance", reshape_transform=[None, channels_last]
+    )
     ea = EmbeddingAttribution(model, layer="mlp", reshape_transform=channels_last)
     torch.testing.assert_close(curve.per_example[1], variance_score(ea, x))
     f, g = _layer_output_grads(model, model.mlp, x)
@@ -252,9 +262,17 @@ def test_coupled_nmf_pools_channels_last_layers_over_space():
     with torch.no_grad():
         act = model(x)  # (N, H, W, C), non-negative
     cnmf = CoupledNMFConcepts(
-        2, model, layers=["2"], pool="mean", include_pixels=False, max_iter=20, reshape_transform=channels_last
+        2,
+        model,
+        layers=["2"],
+        pool="mean",
+        include_pixels=False,
+        max_iter=20,
+        reshape_transform=channels_last,
     ).fit(x)
     assert cnmf.layer_shapes_ == [(4,)]
-    ref = CoupledNMFConcepts(2, include_pixels=False, max_iter=20).fit_matrices([], [act.mean(dim=(1, 2)).t()])
+    ref = CoupledNMFConcepts(2, include_pixels=False, max_iter=20).fit_matrices(
+        [], [act.mean(dim=(1, 2)).t()]
+    )
     torch.testing.assert_close(cnmf.example_factors_, ref.example_factors_)
     torch.testing.assert_close(cnmf.transform(x), ref.transform(([], [act.mean(dim=(1, 2)).t()])))
