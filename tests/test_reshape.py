@@ -276,3 +276,10 @@ def test_coupled_nmf_pools_channels_last_layers_over_space():
     )
     torch.testing.assert_close(cnmf.example_factors_, ref.example_factors_)
     torch.testing.assert_close(cnmf.transform(x), ref.transform(([], [act.mean(dim=(1, 2)).t()])))
+
+
+def test_coupled_nmf_warns_when_it_pools_a_channels_last_layer():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Permute([0, 2, 3, 1]), nn.ReLU()).eval()
+    x = torch.rand(4, 3, 5, 5)
+    with pytest.warns(UserWarning, match="'2' is pooled per channel, but the output .* looks channels-last"):
+        CoupledNMFConcepts(2, model, layers=["2"], pool="mean", include_pixels=False, max_iter=2).fit(x)

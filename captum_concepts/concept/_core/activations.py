@@ -6,6 +6,7 @@ Used by :class:`CoupledNMFConcepts`; every hook goes through
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layers, uncompiled
-from ..._utils.layout import apply_reshape, check_reshape_transforms
+from ..._utils.layout import apply_reshape, check_reshape_transforms, layout_hint
 
 __all__ = ["POOLS", "CollectedBlocks", "iter_input_batches", "collect_blocks"]
 
@@ -96,6 +97,12 @@ class _Sink:
         out = torch.cat(self.chunks, dim=0)
         self.chunks = []
         return out
+
+
+def _warn_layout(model: nn.Module, module: nn.Module, name: str, act: Tensor) -> None:
+    hint = layout_hint(model, module, tuple(act.shape))
+    if hint is not None:
+        warnings.warn(f"layers: {name!r} is pooled per channel, but {hint}", UserWarning, stacklevel=4)
 
 
 def collect_blocks(
@@ -198,6 +205,8 @@ def collect_blocks(
                         raise ValueError(
                             f"layer {names[j]!r} did not run on the batch (or changed its batch size)"
                         )
+                    if pool != "none" and transforms[j] is None and len(out.layer_shapes) <= j:
+                        _warn_layout(model, modules[j], names[j], act)
                     act = apply_reshape(transforms[j], act, 1, f"layer {names[j]!r}")
                     pooled = _pool(act, pool)
                     if len(out.layer_shapes) <= j:
