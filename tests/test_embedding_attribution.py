@@ -282,7 +282,8 @@ def test_tuple_inputs_and_additional_forward_args():
     ea = EmbeddingAttribution(
         model, None, "model.linear1", "activation_gradient", "abs", "var", attribute_to_layer_input=True
     )
-    close(ea.attribute(inputs, additional_forward_args=(2,)), REF["var"](REF["abs"](per_dim, 2), 1))
+    (layer_maps,) = ea.attribute(inputs, additional_forward_args=(2,))  # tuple in, tuple out
+    close(layer_maps, REF["var"](REF["abs"](per_dim, 2), 1))
 
 
 def test_conv1d_sequence_model():

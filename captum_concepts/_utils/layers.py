@@ -2,19 +2,53 @@
 
 Captum accepts modules for attribution methods and strings for TCAV only
 (Captum #918); every captum_concepts class accepts both, through
-:func:`resolve_layer`.
+:func:`resolve_layer`. A ``torch.compile``d model is explained through its
+original module (:func:`uncompiled`), so its layer names need no ``_orig_mod.``
+prefix (the prefixed names are accepted as well).
 """
 
 from __future__ import annotations
 
 import difflib
+import warnings
 from typing import List, Optional, Sequence, Union
 
 from torch import nn
 
-__all__ = ["LayerSpec", "resolve_layer", "resolve_layers", "layer_name"]
+__all__ = ["LayerSpec", "resolve_layer", "resolve_layers", "layer_name", "uncompiled"]
 
 LayerSpec = Union[str, nn.Module]
+
+_COMPILED_PREFIX = "_orig_mod."
+
+
+def _original_module(model: nn.Module) -> Optional[nn.Module]:
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) runs, else None."""
+    orig = getattr(model, "_orig_mod", None)
+    if isinstance(orig, nn.Module) and type(model).__name__ == "OptimizedModule":
+        return orig
+    return None
+
+
+def uncompiled(model: nn.Module, warn: bool = True) -> nn.Module:
+    """``model`` itself, or the original module of a ``torch.compile``d model (with a warning).
+
+    Hooks on submodules, per-dimension backward passes and ``is_grads_batched`` do not go
+    through dynamo's graph capture, so a compiled model is explained by running its original
+    module eagerly: the same parameters and the same function, without the compilation.
+    """
+    orig = _original_module(model)
+    if orig is None:
+        return model
+    if warn:
+        warnings.warn(
+            "model is a torch.compile()d module; captum_concepts explains its original module "
+            "(model._orig_mod) eagerly, with the same parameters: hooks and per-dimension gradients "
+            "do not run through the compiled graph. Layer names need no '_orig_mod.' prefix.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return orig
 
 
 def _module_names(model: nn.Module) -> List[str]:
@@ -40,7 +74,10 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, argument: str = "layer") -
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = uncompiled(model, warn=False)
     if isinstance(layer, str):
+        if layer.startswith(_COMPILED_PREFIX) and layer not in dict(model.named_modules()):
+            layer = layer[len(_COMPILED_PREFIX) :]
         if layer == "":
             return model
         modules = dict(model.named_modules())
@@ -79,7 +116,7 @@ def resolve_layers(
 
 def layer_name(model: nn.Module, layer: nn.Module) -> Optional[str]:
     """The dotted name of ``layer`` inside ``model`` (``""`` for the model itself)."""
-    for name, module in model.named_modules():
+    for name, module in uncompiled(model, warn=False).named_modules():
         if module is layer:
             return name
     return None

@@ -69,6 +69,22 @@ def _user_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-images", type=int, default=200, help="at most this many images, spread over classes"
     )
+    g.add_argument(
+        "--reshape",
+        nargs="+",
+        metavar="LAYOUT",
+        default=None,
+        help="layout of the --layers outputs, one for all or one per layer: none (N, C, H, W), "
+        "vit (ViT tokens (N, 1 + T, C), class token dropped, T on a square grid), tokens:K "
+        "(K prefix tokens), channels-last (N, H, W, C) as in Swin / ConvNeXt stages",
+    )
+    g.add_argument(
+        "--upsample",
+        choices=("nearest", "bilinear", "none"),
+        default="nearest",
+        help="how layer maps are brought to the image size (nearest); none scores them at the layer's "
+        "resolution (figures always show them at the image size, nearest)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _user_model_args(discover)
     discover.add_argument("--n-concepts", type=int, default=10, help="number of concepts (10)")
+    discover.add_argument(
+        "--shift",
+        choices=("none", "min"),
+        default="none",
+        help="negative activations (layers without a ReLU): none = an error, min = shift each neuron "
+        "by its minimum over the images (none)",
+    )
     _common(discover, "discover_out")
     return parser
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
+from typing import Any, List, Optional
 
 import torch
+from torch import nn
 
 from . import _sections as S
 from ._loading import (
@@ -62,7 +66,17 @@ def run_user_command(args: argparse.Namespace) -> Path:
     embedding_layer = None
     if getattr(args, "embedding_layer", None):
         embedding_layer = resolve_layers_cli(model, [args.embedding_layer], "--embedding-layer")[0]
+    reshape = _reshape_transforms(args.reshape, args.layers)
+    if not args.weights:
+        print(
+            "captum-concepts: warning: no --weights given, so the model has random (untrained) weights; "
+            "its maps, scores and concepts say nothing about a trained network",
+            file=sys.stderr,
+        )
     out = check_forward(model, data.images[:2].to(device))
+    _check_layers(model, layers, args.layers, reshape, data.images[:2].to(device), args.upsample != "none")
+    # said above with the user's layer names (main() restores the warning filters on exit)
+    warnings.filterwarnings("ignore", message=".*looks channels-last", category=UserWarning)
     if args.command == "saliency" and (out.dim() != 2 or out.shape[1] < len(data.class_names)):
         raise CLIError(
             f"saliency needs a classifier whose output (N, classes) covers the {len(data.class_names)} image "
@@ -77,13 +91,18 @@ def run_user_command(args: argparse.Namespace) -> Path:
         args.out,
         f"captum_concepts: {_TITLES[args.command]}",
         f"Model {args.model}"
-        + (f" with weights {args.weights}" if args.weights else " (untrained weights)")
+        + (f" with weights {args.weights}" if args.weights else " with untrained (random) weights")
         + f", {n} images from {args.images} ({len(data.class_names)} classes).",
     )
     report.add_meta(
         f"captum_concepts {__version__}, torch {torch.__version__}, device {device}, seed {args.seed}; "
         f"images {args.image_size}x{args.image_size}, {args.channels} channel(s), normalisation: {normalize}."
     )
+    if not args.weights:
+        report.figure_label = "untrained weights"
+        report.add_meta(
+            "No --weights: the network is untrained (random weights); its results carry no meaning."
+        )
     wrapped = isinstance(model, Normalized)
     ctx = S.Context(
         model=model,
@@ -101,6 +120,10 @@ def run_user_command(args: argparse.Namespace) -> Path:
         seed=args.seed,
         progress=not args.no_progress,
         layer_labels=[name[len("model.") :] if wrapped else name for name in layers],
+        reshape_transforms=reshape,
+        upsample=None if args.upsample == "none" else args.upsample,
+        shift=None if getattr(args, "shift", "none") == "none" else args.shift,
+        weights_tag="trained" if args.weights else "untrained",
     )
     if args.command == "scores":
         if args.n_examples < 1 or args.benchmark_draws < 1:
@@ -129,3 +152,82 @@ def run_user_command(args: argparse.Namespace) -> Path:
             raise CLIError(f"--n-concepts must be positive, got {args.n_concepts}")
         S.coupled_nmf(ctx, n_concepts=min(args.n_concepts, n))
     return report.write()
+
+
+def _reshape_transforms(presets: Optional[List[str]], layers: List[str]) -> Optional[List[Any]]:
+    """``--reshape``: one preset for every layer or one per layer -> a reshape_transform per layer."""
+    from ..attr import channels_last, tokens_to_grid
+
+    if presets is None:
+        return None
+    if len(presets) not in (1, len(layers)):
+        raise CLIError(
+            f"--reshape takes one layout for all layers or one per layer ({len(layers)} --layers), "
+            f"got {len(presets)}"
+        )
+    out = []
+    for preset in presets if len(presets) == len(layers) else presets * len(layers):
+        if preset == "none":
+            out.append(None)
+        elif preset == "channels-last":
+            out.append(channels_last)
+        elif preset == "vit":
+            out.append(tokens_to_grid(prefix_tokens=1))
+        elif preset.startswith("tokens:") and preset[len("tokens:") :].isdigit():
+            out.append(tokens_to_grid(prefix_tokens=int(preset[len("tokens:") :])))
+        else:
+            raise CLIError(
+                f"--reshape {preset!r} is not a layout; use none, vit, tokens:K (K prefix tokens) or "
+                "channels-last"
+            )
+    return out
+
+
+def _check_layers(
+    model: nn.Module,
+    layers: List[str],
+    user_names: List[str],
+    reshape: Optional[List[Any]],
+    x: torch.Tensor,
+    upsample: bool,
+) -> None:
+    """One forward pass: every layer runs once, gives a tensor, and fits its layout; errors and
+    warnings name the layers as the user wrote them."""
+    from .._utils.hooks import ModelGuard
+    from .._utils.layers import resolve_layer
+    from .._utils.layout import apply_reshape, layout_hint
+
+    seen: dict = {name: [] for name in layers}
+    with ModelGuard(model) as guard, torch.no_grad():
+        for name in layers:
+            guard.register_forward_hook(
+                resolve_layer(model, name), lambda _m, _a, out, name=name: seen[name].append(out)
+            )
+        model(x)
+    for j, (name, user) in enumerate(zip(layers, user_names)):
+        outs = seen[name]
+        if len(outs) != 1:
+            what = "never runs in the forward pass" if not outs else f"runs {len(outs)} times per forward"
+            raise CLIError(
+                f"--layers {user} {what}; pass a layer that runs exactly once (e.g. its parent block)"
+            )
+        if not isinstance(outs[0], torch.Tensor):
+            raise CLIError(f"--layers {user} returns {type(outs[0]).__name__}, not a tensor")
+        fn = None if reshape is None else reshape[j]
+        try:
+            shape = tuple(apply_reshape(fn, outs[0]).shape)
+        except ValueError as err:
+            raise CLIError(f"--reshape for --layers {user}: {str(err).splitlines()[0]}") from None
+        if upsample and len(shape) > 2 and len(shape) != x.dim():
+            raise CLIError(
+                f"--layers {user} gives maps over {len(shape) - 2} dimension(s) {shape[2:]} (output read as "
+                f"(N, C, *S) = {shape}), the images have {x.dim() - 2}; pass --reshape vit or tokens:K for "
+                "token layers, channels-last for (N, H, W, C) layers, or --upsample none"
+            )
+        if fn is None and layout_hint(model, resolve_layer(model, name), tuple(outs[0].shape)) is not None:
+            print(
+                f"captum-concepts: warning: --layers {user} has output {tuple(outs[0].shape)}, which looks "
+                "channels-last or token-shaped; pass --reshape channels-last (Swin, ConvNeXt) or "
+                "--reshape vit (ViT tokens), else its maps are taken over the wrong axes",
+                file=sys.stderr,
+            )

@@ -56,6 +56,7 @@ class Report:
         self._names: set = set()
         self.timings: List[tuple] = []
         self._start = time.perf_counter()
+        self.figure_label = ""  # e.g. "untrained weights": added to every figure and its heading
 
     def add_meta(self, text: str) -> None:
         """One line under the title (HTML allowed: the caller controls it)."""
@@ -78,6 +79,9 @@ class Report:
             slug = f"{base}_{i}"
         self._names.add(slug)
         path = self.fig_dir / f"{slug}.png"
+        if self.figure_label:
+            heading = f"{heading} ({self.figure_label})"
+            fig.text(0.0, 1.0, self.figure_label, color="tab:red", ha="left", va="bottom", fontsize=9)
         fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
         _close(fig)
         rel = f"figures/{slug}.png"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 import torch
@@ -44,6 +44,10 @@ class Context:
     benchmark_draws: int = 8
     embedding_dims: Optional[torch.Tensor] = None  # a subset of embedding components (None: all)
     layer_labels: List[str] = field(default_factory=list)
+    reshape_transforms: Optional[List[Any]] = None  # one per entry of layers (None: (N, C, *S))
+    upsample: Optional[str] = "nearest"
+    shift: Optional[str] = None  # CoupledNMFConcepts(shift=...)
+    weights_tag: str = "trained"  # "untrained" when no weights were given
 
     def label(self, layer: Optional[str]) -> str:
         if layer is None:
@@ -104,6 +108,8 @@ def embedding_attributions(ctx: Context, n_examples: int = 2, method: str = "act
             layer=sources,
             method=method,
             embedding_aggregator=agg,
+            upsample=ctx.upsample or "nearest",  # the grid shows every map at the image size
+            reshape_transform=_source_transforms(ctx),
         )
         maps = ea.attribute(x, embedding_dims=ctx.embedding_dims, show_progress=ctx.progress)
         per_agg[agg] = [m.detach().cpu() for m in maps]
@@ -131,6 +137,11 @@ def embedding_attributions(ctx: Context, n_examples: int = 2, method: str = "act
         f"each map is scaled on its own. The variance aggregator gives the sparsest maps: it lights up "
         f"where embedding components disagree, i.e. the features that distinguish this example.",
     )
+
+
+def _source_transforms(ctx: Context) -> Optional[List[Any]]:
+    """reshape_transform for ``[None (the input)] + ctx.layers``."""
+    return None if ctx.reshape_transforms is None else [None] + list(ctx.reshape_transforms)
 
 
 def _embedding_dim(ctx: Context) -> str:
@@ -173,7 +184,7 @@ def score_curves(ctx: Context) -> None:
     n_draws = 2 if ctx.quick else ctx.benchmark_draws
     curves = {}
     for score in ("noise", "variance"):
-        for tag, model in (("trained", ctx.model), ("random weights", random_model)):
+        for tag, model in ((ctx.weights_tag, ctx.model), ("random weights", random_model)):
             torch.manual_seed(ctx.seed)
             curves[score, tag] = score_curve(
                 model,
@@ -184,11 +195,14 @@ def score_curves(ctx: Context) -> None:
                 method="gradient",
                 n_benchmark_draws=n_draws,
                 embedding_dims=ctx.embedding_dims,
-                benchmark=score == "noise" and tag == "trained",
+                benchmark=score == "noise" and tag == ctx.weights_tag,
+                upsample=ctx.upsample,
+                reshape_transform=_source_transforms(ctx),
             )
-    trained = curves["noise", "trained"]
+    tags = (ctx.weights_tag, "random weights")
+    trained = curves["noise", ctx.weights_tag]
     fig, _ = viz.visualize_score_curve(
-        {tag: curves["noise", tag].values for tag in ("trained", "random weights")},
+        {tag: curves["noise", tag].values for tag in tags},
         layer_names=names,
         benchmark=trained.benchmark,
         benchmark_band=trained.benchmark_std,
@@ -199,16 +213,18 @@ def score_curves(ctx: Context) -> None:
     rep.add_figure(
         fig,
         "noise_score_curve",
-        "Noise score curve: trained vs random weights",
-        f"Mean noise score over {len(x)} held-out images at each source layer, for the trained network and "
+        f"Noise score curve: {ctx.weights_tag} vs random weights",
+        f"Mean noise score over {len(x)} held-out images at each source layer, for the {ctx.weights_tag} "
+        "network and "
         "for the same architecture with random weights; the dashed line and grey band are the noise "
-        "benchmark (two noise inputs through the trained network, mean +/- std over draws). The paper's "
+        f"benchmark (two noise inputs through the {ctx.weights_tag} network, mean +/- std over draws). "
+        "The paper's "
         "claim: in deep layers the trained network's curve separates from the random network and from "
         "the benchmark; a score near the benchmark means the embedding explains real images as it "
         "explains noise. All layers of a curve come from one backward pass.",
     )
     fig, _ = viz.visualize_score_curve(
-        {tag: curves["variance", tag].values for tag in ("trained", "random weights")},
+        {tag: curves["variance", tag].values for tag in tags},
         layer_names=names,
         ylabel="variance score",
         ylim=(0.0, 0.25),
@@ -385,6 +401,8 @@ def coupled_nmf(ctx: Context, n_concepts: int = 10, n_top: int = 6) -> None:
         max_iter=30 if ctx.quick else 100,
         random_state=ctx.seed,
         device=ctx.device,
+        shift=ctx.shift,
+        reshape_transform=ctx.reshape_transforms,
     ).fit(x.to(ctx.device))
     top = cnmf.top_examples(n_top).cpu()
     masks, _ = cnmf.factor_masks(x.to(ctx.device))

@@ -4,10 +4,12 @@ earlier layer, aggregated over channels and embedding dimensions (SPEC §1, Bert
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.attr import GradientAttribution, LayerAttribution
+from captum.log import log_usage
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -15,7 +17,8 @@ from ..._utils.capture import LayerCapture
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_form, run_forward
 from ..._utils.finite import check_finite_result
 from ..._utils.hooks import ModelGuard
-from ..._utils.layers import LayerSpec, layer_name, resolve_layer
+from ..._utils.layers import LayerSpec, layer_name, resolve_layer, uncompiled
+from ..._utils.layout import ReshapeTransform, apply_reshape, check_reshape_transforms, layout_hint
 from .aggregators import Aggregator, aggregate, check_aggregator, is_mean
 from .upsampling import check_upsample, upsample_maps
 
@@ -63,6 +66,17 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
     ``inputs[0]`` (a one-pixel map is copied over the whole input) unless ``upsample=None`` or
     ``inputs[0]`` has no spatial dimensions; input maps are already at the input's resolution.
 
+    Layouts. Channels are read from dimension 1 and positions from the dimensions after it, so a
+    layer whose output is not ``(N, C, *S)`` **needs a** ``reshape_transform`` (pytorch-grad-cam's
+    convention: a callable ``(N, ...) -> (N, C, *S)``, applied to the activations and to the
+    gradients alike): ``tokens_to_grid(prefix_tokens=1)`` for vision-transformer tokens
+    ``(N, 1 + T, C)`` (maps on the ``h x w`` patch grid), ``channels_last`` for Swin / ConvNeXt
+    channels-last tensors ``(N, H, W, C)`` and for token sequences ``(N, L, C)``: explaining the
+    output of a text model's ``nn.Embedding`` (integer token inputs) with ``channels_last`` gives
+    one value per token, maps ``(N, L)``. Without one, a layer that is recognisably channels-last
+    (an ``nn.Embedding``, a ``LayerNorm`` / ``Linear`` over the last axis or torchvision's
+    ``Permute`` at its end or right before it) triggers a ``UserWarning``.
+
     Cost. *Linear* cases (``embedding_aggregator="mean"`` with ``channel_aggregator="mean"``, any
     method, and ``return_per_dim=False``) use one backward pass of ``mean_d z_d``: the mean over ``d``
     commutes with the gradient, with ``F *`` and with Grad-CAM's spatial mean. All other cases need
@@ -104,6 +118,10 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         eval_mode (bool): run the model in eval mode inside :meth:`attribute` (default True; a
             model in training mode then triggers a ``UserWarning``). Pass False inside a training
             loop with score constraints: the model keeps its mode, and no warning is given.
+        reshape_transform (callable, list of callables/None, or None): brings a source layer's
+            output to ``(N, C, *S)``; one callable for every source layer, or a list aligned with
+            ``layer`` (entries None: as is; never applied to the inputs). Default None: every
+            layer is ``(N, C, *S)`` already. See "Layouts" above.
 
     Layers must run exactly once per forward pass (a reused module raises ``ValueError``).
     With ``eval_mode=True`` the model runs in eval mode inside :meth:`attribute` (see
@@ -116,6 +134,13 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
     by the activations), False for ``"gradient"``. ``has_convergence_delta()`` is False. The class
     is a Captum ``LayerAttribution`` and ``GradientAttribution`` (like ``LayerGradCam``);
     ``self.layer`` is the resolved module, None (inputs) or a list of them.
+
+    Captum interop: :meth:`attribute` carries ``__wrapped__`` (Captum's ``log_usage``), so
+    ``NoiseTunnel(ea)`` works; ``captum.metrics.sensitivity_max(ea.attribute, x)`` and
+    ``infidelity`` take its maps (for ``infidelity``, which wants input-shaped attributions,
+    broadcast a map over the input channels: ``maps.unsqueeze(1).expand_as(x)``). A
+    ``torch.compile``d model is explained through its original module (``model._orig_mod``,
+    with a ``UserWarning``); layer names need no ``_orig_mod.`` prefix.
 
     Example::
 
@@ -136,9 +161,11 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         attribute_to_layer_input: bool = False,
         strategy: str = "auto",
         eval_mode: bool = True,
+        reshape_transform: Union[None, ReshapeTransform, Sequence[Optional[ReshapeTransform]]] = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        model = uncompiled(model)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if strategy not in STRATEGIES:
@@ -164,6 +191,11 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         self.attribute_to_layer_input = bool(attribute_to_layer_input)
         self.strategy = strategy
         self.eval_mode = bool(eval_mode)
+        self.reshape_transform = reshape_transform
+        self._transforms = [
+            None if lay is None else fn
+            for lay, fn in zip(layers, check_reshape_transforms(reshape_transform, len(layers)))
+        ]
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -173,6 +205,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         return False
 
     # ------------------------------------------------------------------ public
+    @log_usage()
     def attribute(
         self,
         inputs: TensorOrTuple,
@@ -208,8 +241,9 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
 
         Returns:
             For one source: a tensor ``(N, *S0)`` (``(N, D, *S0)`` with ``return_per_dim``), or a
-            tuple of them for tuple inputs (``layer=None``) and for layers with several input/output
-            tensors. For a list of layers: a list of such results, in the same order.
+            tuple of them for tuple inputs (tuples in, tuples out, for input and layer sources
+            alike) and for layers with several input/output tensors. For a list of layers: a list
+            of such results, in the same order.
         """
         inputs_t, _was_tuple = format_inputs(inputs)
         n = check_batch(inputs_t)
@@ -231,23 +265,39 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             z = self._embedding(model, output, embedded, n)
             z = _select_dims(z, embedding_dims)
             sources = self._sources(model, captured, x)
+            self._warn_layouts(model, sources)
             flat = [t for group in sources for t in group]
+            layouts = [
+                (fn, f"layer {layer_name(model, lay)!r}")
+                for lay, fn, group in zip(self._layers, self._transforms, sources)
+                for _ in group
+            ]
             per_source = self._compute(
-                z, flat, internal_batch_size, return_per_dim, show_progress, create_graph
+                z, flat, internal_batch_size, return_per_dim, show_progress, create_graph, layouts
             )
         size = tuple(inputs_t[0].shape[2:]) if inputs_t[0].dim() > 2 else ()
         results, k = [], 0
         for lay, group in zip(self._layers, sources):
             maps = []
-            for t in group:
+            for _ in group:
                 m = per_source[k]
                 k += 1
                 if lay is not None:
-                    spatial = max(t.dim() - 2, 0)
+                    spatial = m.dim() - (2 if return_per_dim else 1)
                     m = upsample_maps(m, size, self.upsample, spatial_dims=spatial)
                 maps.append(m if create_graph else m.detach())
-            results.append(restore_form(tuple(maps), _was_tuple if lay is None else len(maps) > 1))
+            # tuples in -> tuples out for layer sources too (Captum's metrics tuple-ize the inputs)
+            results.append(restore_form(tuple(maps), _was_tuple or len(maps) > 1))
         return check_finite_result(results if self._multi else results[0], type(self).__name__)
+
+    def _warn_layouts(self, model: nn.Module, sources: List[Tuple[torch.Tensor, ...]]) -> None:
+        for i, (lay, fn, group) in enumerate(zip(self._layers, self._transforms, sources)):
+            if lay is None or fn is not None or len(group) != 1:
+                continue
+            hint = layout_hint(model, lay, tuple(group[0].shape))
+            if hint is not None:
+                arg = f"layer[{i}]" if self._multi else "layer"
+                warnings.warn(f"{arg}={layer_name(model, lay)!r}: {hint}", UserWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ forward
     def _register_hooks(self, guard: ModelGuard, model: nn.Module):
@@ -304,12 +354,20 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         return_per_dim: bool,
         show_progress: bool,
         create_graph: bool,
+        layouts: List[Tuple[Optional[ReshapeTransform], str]],
     ) -> List[torch.Tensor]:
-        acts = [_as_channels(t if create_graph else t.detach()) for t in flat]
+        fns = [fn for fn, _ in layouts]
+        acts = [
+            _as_channels(apply_reshape(fn, t if create_graph else t.detach(), 1, what))
+            for t, (fn, what) in zip(flat, layouts)
+        ]
         n, d_total = z.shape
         if not return_per_dim and is_mean(self.embedding_aggregator) and is_mean(self.channel_aggregator):
             grads = _grad(z.mean(1).sum(), flat, None, False, create_graph)
-            return [self._channel_maps(g.unsqueeze(0), a)[0] for g, a in zip(grads, acts)]
+            return [
+                self._channel_maps(apply_reshape(fn, g, 1).unsqueeze(0), a)[0]
+                for g, a, fn in zip(grads, acts, fns)
+            ]
 
         chunk = internal_batch_size or _auto_chunk(flat, d_total)
         strategy = self.strategy
@@ -324,15 +382,17 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                 onehot = torch.zeros(b - a, n, d_total, dtype=z.dtype, device=z.device)
                 onehot[torch.arange(b - a), :, torch.arange(a, b)] = 1
                 grads = _grad(z, flat, onehot, True, create_graph)
-                for piece, g, act in zip(pieces, grads, acts):
-                    piece.append(self._channel_maps(g, act))  # (B, N, *S)
+                for piece, g, act, fn in zip(pieces, grads, acts, fns):
+                    piece.append(self._channel_maps(apply_reshape(fn, g, 2), act))  # (B, N, *S)
                 continue
             # loop: reduce each gradient at once (a chunk of full-size gradients thrashes the cache),
             # with the temporaries in one reused buffer per source (fresh large tensors cost page faults)
             for d in range(a, b):
                 onehot = torch.zeros_like(z)  # fresh each time: create_graph may keep it in the graph
                 onehot[:, d] = 1
-                grads = _grad(z, flat, onehot, False, create_graph)
+                raw = _grad(z, flat, onehot, False, create_graph)
+                grads = [apply_reshape(fn, g, 1) for g, fn in zip(raw, fns)]
+                del raw
                 for i, (piece, g, act) in enumerate(zip(pieces, grads, acts)):
                     if not create_graph and scratch[i] is None:
                         scratch[i] = torch.empty_like(act)
@@ -367,7 +427,9 @@ def _prepare_input(t: torch.Tensor, i: int, layers: List[Optional[nn.Module]]) -
     if any(lay is None for lay in layers):
         raise TypeError(
             f"inputs[{i}] has dtype {t.dtype}; attributing to the inputs (layer=None) needs floating-point "
-            "inputs (attribute to a layer instead, e.g. the embedding lookup)"
+            "inputs. For token ids, attribute to the embedding lookup with the sequence transform, e.g. "
+            "EmbeddingAttribution(model, layer='embedding', reshape_transform=channels_last) "
+            "(from captum_concepts.attr import channels_last): one value per token, maps (N, L)"
         )
     return t
 

@@ -8,16 +8,18 @@ class concept: ``R^l = R^{l+1} · 1[R^{l+1} > 0 and X^l > 0 and mask > 0]``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.attr import GradientAttribution
+from captum.log import log_usage
 from torch import nn
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_form
 from ..._utils.finite import check_finite_result
 from ..._utils.hooks import ModelGuard
-from ..._utils.layers import LayerSpec, resolve_layer
+from ..._utils.layers import LayerSpec, resolve_layer, uncompiled
 from ...concept._core.semantic_vector import ConceptKey, SemanticVector
 
 __all__ = ["SemanticGuidedBackprop", "SemanticGradientInput"]
@@ -49,6 +51,13 @@ class _PositiveGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         return torch.relu(grad)
+
+
+# non-linearities other than nn.ReLU that a Guided Backprop user may expect to be guided
+_OTHER_ACTIVATIONS = (
+    nn.GELU, nn.SiLU, nn.Hardswish, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish,
+    nn.Softplus, nn.Tanh, nn.Sigmoid, nn.Hardsigmoid, nn.PReLU, nn.RReLU, nn.Hardtanh,
+)
 
 
 def _guide_relu_input(_module: nn.Module, args: Tuple[Any, ...]):
@@ -136,13 +145,42 @@ class _SemanticGradientBase(GradientAttribution):
         semantic_vectors: Union[SemanticVector, torch.Tensor],
         threshold: float = 0.5,
         concepts: Optional[Sequence[ConceptKey]] = None,
+        eval_mode: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        model = uncompiled(model)
         GradientAttribution.__init__(self, model)
+        self.eval_mode = bool(eval_mode)
         self.model = model
         self.layer = resolve_layer(model, layer)
         self.masks = _mask_table(model, self.layer, semantic_vectors, concepts, threshold)
+        self._warn_activations()
+
+    def _warn_activations(self) -> None:
+        """Guided Backprop modifies ``nn.ReLU`` modules only: say when others carry the non-linearity."""
+        if not self._guided:
+            return
+        n_relu = sum(isinstance(m, nn.ReLU) for m in self.model.modules())
+        others = sorted({type(m).__name__ for m in self.model.modules() if isinstance(m, _OTHER_ACTIVATIONS)})
+        if n_relu == 0:
+            warnings.warn(
+                f"{type(self).__name__}: the model has no nn.ReLU module"
+                + (f" (its activations are {', '.join(others)})" if others else "")
+                + "; Guided Backprop changes only nn.ReLU modules, so the result is a plain gradient "
+                "masked at the semantic layer (as Captum's GuidedBackprop would give)",
+                UserWarning,
+                stacklevel=3,
+            )
+        elif others:
+            warnings.warn(
+                f"{type(self).__name__}: only some activations are nn.ReLU modules "
+                f"(also {', '.join(others)}); "
+                "Guided Backprop changes only the nn.ReLU modules (not these, nor functional F.relu "
+                "calls), whose gradients pass unchanged",
+                UserWarning,
+                stacklevel=3,
+            )
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -164,6 +202,7 @@ class _SemanticGradientBase(GradientAttribution):
 
         return forward
 
+    @log_usage()
     def attribute(
         self,
         inputs: TensorOrTuple,
@@ -208,7 +247,7 @@ class _SemanticGradientBase(GradientAttribution):
             return _MaskGradient.apply(out, mask)
 
         grad_inputs = tuple(x.detach().requires_grad_(True) for x in inputs_t)
-        with ModelGuard(self.model) as guard:
+        with ModelGuard(self.model, eval_mode=self.eval_mode) as guard:
             if self._guided:
                 for module in self.model.modules():
                     if isinstance(module, nn.ReLU):
@@ -262,6 +301,16 @@ class SemanticGuidedBackprop(_SemanticGradientBase):
             *layer_shape)`` (bool or float; float values multiply the gradient).
         threshold (float): activation-rate threshold of the masks. Default: 0.5.
         concepts (sequence, optional): class-to-concept map (SemanticVector only).
+        eval_mode (bool): run the model in eval mode inside :meth:`attribute` (default True;
+            a model in training mode then triggers a ``UserWarning``), as in
+            :class:`~captum_concepts.attr.EmbeddingAttribution`. With False the model keeps its
+            mode (dropout and batch statistics included), so an all-ones mask equals Captum's
+            method on the model as it is, training mode included.
+
+    A ``UserWarning`` at construction says when the model has no ``nn.ReLU`` module (the
+    result is then a plain gradient masked at ``layer``) or when some of its activations are
+    other modules (GELU, SiLU, Hardswish, ...). A ``torch.compile``d model is explained
+    through its original module (with a warning); layer names need no ``_orig_mod.`` prefix.
 
     Note: masks ``1[r_c > 0.5]`` are per unit, i.e. per (channel, position) of a conv
     layer. Where objects appear at varying positions, few (channel, position) units

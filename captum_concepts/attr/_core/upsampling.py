@@ -53,7 +53,8 @@ def upsample_maps(
     if k != len(size):
         raise ValueError(
             f"cannot upsample maps with {k} spatial dimension(s) {tuple(maps.shape[-k:])} to the input size "
-            f"{size}; pass upsample=None to keep the layer's resolution"
+            f"{size}; pass upsample=None to keep the layer's resolution, or a reshape_transform if the layer "
+            "is not (N, C, *S) (captum_concepts.attr.tokens_to_grid, channels_last)"
         )
     if tuple(maps.shape[-k:]) == size:
         return maps

@@ -9,6 +9,7 @@ user's loader) runs between batches.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -17,7 +18,8 @@ from torch import Tensor, nn
 
 from ..._utils.batches import Batch, iter_batches
 from ..._utils.hooks import ModelGuard
-from ..._utils.layers import LayerSpec, layer_name, resolve_layers
+from ..._utils.layers import LayerSpec, layer_name, resolve_layers, uncompiled
+from ..._utils.layout import apply_reshape, check_reshape_transforms, layout_hint
 
 __all__ = ["POOLS", "CollectedBlocks", "stream_layer_outputs", "collect_blocks"]
 
@@ -96,6 +98,12 @@ class _Sink:
         return out
 
 
+def _warn_layout(model: nn.Module, module: nn.Module, name: str, act: Tensor) -> None:
+    hint = layout_hint(model, module, tuple(act.shape))
+    if hint is not None:
+        warnings.warn(f"layers: {name!r} is pooled per channel, but {hint}", UserWarning, stacklevel=4)
+
+
 def collect_blocks(
     model: Optional[nn.Module],
     layers: Sequence[LayerSpec],
@@ -107,6 +115,7 @@ def collect_blocks(
     dtype: torch.dtype = torch.float32,
     additional_forward_args: Any = None,
     has_labels: bool = False,
+    reshape_transform: Any = None,
 ) -> CollectedBlocks:
     """One pass over ``inputs``: pixel channels and (pooled) layer outputs as blocks.
 
@@ -128,6 +137,9 @@ def collect_blocks(
     has the right dtype and device). For a loader ``N`` is unknown in advance:
     batches are kept in a list and concatenated block by block, so the peak is
     the blocks plus the largest block.
+
+    ``reshape_transform`` (None, a callable or a list aligned with ``layers``) brings each layer's
+    output to ``(N, C, *S)`` before it is pooled (see ``captum_concepts.attr.channels_last``).
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
@@ -136,6 +148,8 @@ def collect_blocks(
     if layers:
         if model is None:
             raise ValueError("layers were given but model is None; pass the model whose layers to read")
+        model = uncompiled(model)
+        transforms = check_reshape_transforms(reshape_transform, len(layers))
         modules = resolve_layers(model, list(layers), argument="layers")
         names = [layer_name(model, m) or f"layer{j}" for j, m in enumerate(modules)]
         if len({id(m) for m in modules}) != len(modules):
@@ -186,6 +200,9 @@ def collect_blocks(
                     f"layers[{j}]={names[j]!r} changed the batch size: {batch.size} inputs, output of "
                     f"shape {tuple(act.shape)}"
                 )
+            if pool != "none" and transforms[j] is None and len(out.layer_shapes) <= j:
+                _warn_layout(model, modules[j], names[j], act)
+            act = apply_reshape(transforms[j], act, 1, f"layer {names[j]!r}")
             pooled = _pool(act, pool)
             if len(out.layer_shapes) <= j:
                 out.layer_shapes.append(tuple(act.shape[1:]) if pool == "none" else (pooled.shape[1],))

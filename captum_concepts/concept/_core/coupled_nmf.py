@@ -169,6 +169,13 @@ class CoupledNMFConcepts(BaseEstimator):
             in-memory fit up to float rounding (and the float16 rounding of the
             stored data). :meth:`fit_store` fits a store you wrote yourself.
             :meth:`fit_matrices` always works in memory. Default: None.
+        reshape_transform (callable, list of them, or None): brings a layer's output to
+            ``(N, C, *S)`` before ``pool`` reads channels from dimension 1, with
+            pytorch-grad-cam's convention: one callable for every layer, or a list aligned
+            with ``layers`` (None entries: as is). Layers of another layout need one:
+            ``captum_concepts.attr.channels_last`` for Swin / ConvNeXt stages ``(N, H, W, C)``,
+            ``tokens_to_grid(prefix_tokens=1)`` for ViT tokens. Like ``model``, it is not
+            saved: set it again after :meth:`load`. Default: None.
 
     Memory: the blocks take ``4 * N * (sum_i S_i + sum_j a_j)`` bytes (float32);
     the factors and statistics add ``4 * d * (N + 3 R)`` bytes with
@@ -232,6 +239,7 @@ class CoupledNMFConcepts(BaseEstimator):
         dtype: torch.dtype = torch.float32,
         distributed: bool = False,
         out_of_core: Optional[ooc.OutOfCore] = None,
+        reshape_transform: Any = None,
     ) -> None:
         self.n_concepts = n_concepts
         self.model = model
@@ -254,6 +262,7 @@ class CoupledNMFConcepts(BaseEstimator):
         self.dtype = dtype
         self.distributed = distributed
         self.out_of_core = out_of_core
+        self.reshape_transform = reshape_transform
 
     # ------------------------------------------------------------------ validation
     _parameter_constraints = {
@@ -462,6 +471,7 @@ class CoupledNMFConcepts(BaseEstimator):
                 device=device,
                 additional_forward_args=additional_forward_args,
                 has_labels=has_labels,
+                reshape_transform=self.reshape_transform,
             )
             try:
                 self._fit_store(store, groups, device)
@@ -480,6 +490,7 @@ class CoupledNMFConcepts(BaseEstimator):
             dtype=self.dtype,
             additional_forward_args=additional_forward_args,
             has_labels=has_labels,
+            reshape_transform=self.reshape_transform,
         )
         self.input_shape_ = collected.input_shape
         self.layer_names_ = collected.layer_names
@@ -699,6 +710,7 @@ class CoupledNMFConcepts(BaseEstimator):
                 dtype=self.dtype,
                 additional_forward_args=additional_forward_args,
                 has_labels=has_labels,
+                reshape_transform=self.reshape_transform,
             )
             pixel_blocks, activation_blocks = collected.pixel_blocks, collected.activation_blocks
         n_act = len(self._offsets) - 1 - self._n_pixel_blocks

@@ -379,6 +379,7 @@ def collect_to_store(
     device: Optional[torch.device] = None,
     additional_forward_args: Any = None,
     has_labels: bool = False,
+    reshape_transform: Any = None,
 ) -> ActivationStore:
     """One pass over ``inputs`` (tensor or loader) writing pixel and layer rows to a new store.
 
@@ -400,6 +401,7 @@ def collect_to_store(
                 batch_size=batch_size,
                 device=device,
                 additional_forward_args=additional_forward_args,
+                reshape_transform=reshape_transform,
             )
             blocks = got.pixel_blocks + got.activation_blocks
             if store is None:

@@ -39,7 +39,7 @@ from ..._utils import distributed as dist_utils
 from ..._utils.batches import Batch, iter_batches
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, run_forward
 from ..._utils.hooks import ModelGuard
-from ..._utils.layers import LayerSpec, resolve_layer
+from ..._utils.layers import LayerSpec, resolve_layer, uncompiled
 from ..._utils.persistence import PathLike
 from ..._utils.validation import (
     NONE,
@@ -295,7 +295,13 @@ class SemanticVector(BaseEstimator):
         produced its output (its first call).
         """
         stream = stream_layer_outputs(
-            self.model, [layer], batches, additional_forward_args, self._target_device(), ["layer"], stop=True
+            uncompiled(self.model),
+            [layer],
+            batches,
+            additional_forward_args,
+            self._target_device(),
+            ["layer"],
+            stop=True,
         )
         for batch, (out,) in stream:
             yield out.reshape(out.shape[0], -1), tuple(out.shape[1:]), batch.labels

@@ -65,7 +65,8 @@ def noise_score(
             joined before normalising). An object with an ``attribute`` method, e.g.
             an :class:`~captum_concepts.attr.EmbeddingAttribution`, may be passed
             directly. A returned *list* of maps (an ``EmbeddingAttribution`` over
-            several layers) gives one score per list entry.
+            several layers) gives one score per list entry. Token or channels-last
+            layers need the ``EmbeddingAttribution``'s ``reshape_transform``.
         inputs (Tensor or tuple of Tensors): the meaningful inputs, batch first.
         noise_func (callable, Tensor or None, optional): ``None`` draws standard
             normal noise of the inputs' shape (**[choice, SPEC §2]**);
@@ -175,7 +176,7 @@ def variance_score(
             of shape ``(N, D, ...)`` (e.g. ``(N, D, H, W)``). An
             :class:`~captum_concepts.attr.EmbeddingAttribution` (or its bound
             ``attribute``) may be passed directly: ``return_per_dim=True`` is then set
-            for it.
+            for it. Token or channels-last layers need its ``reshape_transform``.
         inputs (Tensor or tuple of Tensors): inputs, batch first.
         threshold (float, optional): binarise the normalised maps first (paper §4.3):
             a pixel is 1 where ``Nrm(M_d) > threshold``, else 0. Must lie in

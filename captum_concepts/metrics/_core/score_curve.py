@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
-from ..._utils.layers import LayerSpec, layer_name
+from ..._utils.layers import LayerSpec, layer_name, uncompiled
 from ._explain import check_positive_int, draw_noise, explain_copies
 from .representation_scores import _benchmark_from_maps, _mae_to_reference, _variance_from_maps
 
@@ -114,6 +114,7 @@ def score_curve(
     internal_batch_size: Optional[int] = None,
     max_examples_per_batch: Optional[int] = None,
     strategy: str = "auto",
+    reshape_transform: Any = None,
 ) -> ScoreCurve:
     r"""A representation score at every source layer: ``l ↦ mean_x NS^(l)(x)`` (or ``VS^(l)``).
 
@@ -134,6 +135,11 @@ def score_curve(
         method, channel_aggregator, embedding_aggregator, upsample,
         attribute_to_layer_input, strategy: as in
             :class:`~captum_concepts.attr.EmbeddingAttribution` (same defaults).
+        reshape_transform (callable, list aligned with ``layers``, or None): as in
+            :class:`~captum_concepts.attr.EmbeddingAttribution`: layers whose output is not
+            ``(N, C, *S)`` (ViT tokens, Swin / ConvNeXt channels-last stages) need one
+            (``tokens_to_grid(prefix_tokens=1)``, ``channels_last``), else the maps, and the
+            scores, are taken over the wrong axes. Default None.
             ``embedding_aggregator`` is unused by the variance score (per-dimension maps).
         noise_func, n_noise: noise inputs of the noise score, as in :func:`noise_score`.
             The benchmark draws its pairs with ``noise_func`` when it is callable, else
@@ -158,6 +164,7 @@ def score_curve(
     check_positive_int(n_benchmark_draws, "n_benchmark_draws")
     if threshold is not None and score != "variance":
         raise ValueError("threshold applies to score='variance' only")
+    model = uncompiled(model)
     layer_list = _resolve_layer_list(model, layers)
     ea = EmbeddingAttribution(
         model,
@@ -169,6 +176,7 @@ def score_curve(
         upsample=upsample,
         attribute_to_layer_input=attribute_to_layer_input,
         strategy=strategy,
+        reshape_transform=reshape_transform,
     )
     names = ["input" if lay is None else layer_name(model, lay) for lay in ea.layer]
     inp, was_tuple = format_inputs(inputs)
