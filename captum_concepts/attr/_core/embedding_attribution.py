@@ -4,7 +4,7 @@ earlier layer, aggregated over channels and embedding dimensions (SPEC §1, Bert
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.attr import GradientAttribution, LayerAttribution
@@ -15,12 +15,20 @@ from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layer
 from .aggregators import Aggregator, aggregate, check_aggregator, is_mean
+from .forward_mode import (
+    ForwardModeUnsupported,
+    ForwardSource,
+    choose_strategy,
+    forward_maps,
+    forward_passes,
+    reverse_strategy,
+)
 from .upsampling import check_upsample, upsample_maps
 
 __all__ = ["EmbeddingAttribution", "METHODS", "STRATEGIES"]
 
 METHODS = ("gradient", "activation_gradient", "gradcam")
-STRATEGIES = ("auto", "batched", "loop")
+STRATEGIES = ("auto", "batched", "loop", "forward")
 
 # Rough budget for the gradients of one chunk of embedding dimensions when
 # internal_batch_size is None (the intermediate gradients of the head scale alike).
@@ -229,9 +237,19 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             z = _select_dims(z, embedding_dims)
             sources = self._sources(model, captured, x)
             flat = [t for group in sources for t in group]
-            per_source = self._compute(
-                z, flat, internal_batch_size, return_per_dim, show_progress, create_graph
+            plan = self._plan(model, z, sources, return_per_dim, create_graph)
+            rev = [i for i, s in enumerate(plan) if s != "forward"]
+            reverse = reverse_strategy(self.strategy, z.device)
+            args = (internal_batch_size, return_per_dim, show_progress, create_graph, reverse)
+            rev_maps = self._compute(z, [flat[i] for i in rev], *args)
+            per_source = dict(zip(rev, rev_maps))
+        fwd = [i for i, s in enumerate(plan) if s == "forward"]
+        if fwd:
+            select = lambda e: _select_dims(e, embedding_dims)  # noqa: E731
+            maps = self._forward(
+                fwd, z, flat, sources, x, additional_forward_args, select, internal_batch_size, return_per_dim
             )
+            per_source.update(zip(fwd, maps))
         size = tuple(inputs_t[0].shape[2:]) if inputs_t[0].dim() > 2 else ()
         results, k = [], 0
         for lay, group in zip(self._layers, sources):
@@ -334,6 +352,69 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             sources.append(got[0])
         return sources
 
+    # ------------------------------------------------------------------ strategy
+    def _reshape_transforms(self) -> List[Optional[Callable[[torch.Tensor], torch.Tensor]]]:
+        """The ``reshape_transform`` of each source layer (None: the layout is ``(N, C, *S)``)."""
+        rt = getattr(self, "reshape_transform", None)
+        if rt is None or callable(rt):
+            return [None if lay is None else rt for lay in self._layers]
+        return list(rt)
+
+    def _plan(
+        self, model: nn.Module, z: torch.Tensor, sources, return_per_dim: bool, create_graph: bool
+    ) -> List[str]:
+        """The strategy of every flat source (one choice per source layer); sets ``strategy_``."""
+        if not return_per_dim and is_mean(self.embedding_aggregator) and is_mean(self.channel_aggregator):
+            per_layer = ["linear"] * len(sources)
+        else:
+            training = any(m.training for m in model.modules())
+            per_layer = []
+            for group, tf in zip(sources, self._reshape_transforms()):
+                with torch.no_grad():
+                    shapes = [t.shape if tf is None else tf(t.detach()).shape for t in group]
+                passes = sum(forward_passes(s, self.method, self.channel_aggregator) for s in shapes)
+                per_layer.append(
+                    choose_strategy(self.strategy, z.shape[1], passes, z.device, create_graph, training)
+                )
+        self.strategy_ = per_layer if self._multi else per_layer[0]
+        return [s for s, group in zip(per_layer, sources) for _ in group]
+
+    def _forward(self, fwd, z, flat, sources, x, forward_args, select, internal_batch_size, return_per_dim):
+        """The maps of the flat sources ``fwd`` by forward mode; under ``strategy="auto"`` one
+        reverse sweep on the (still alive) graph of the first pass when an operation has no
+        forward-mode rule."""
+        where = [
+            (lay, k, tf)
+            for lay, group, tf in zip(self._layers, sources, self._reshape_transforms())
+            for k in range(len(group))
+        ]
+        specs = [ForwardSource(*where[i][:2], flat[i].detach(), where[i][2]) for i in fwd]
+        detached = tuple(t.detach() for t in x)
+        try:
+            per_dim = forward_maps(
+                self.forward_func,
+                detached,
+                forward_args,
+                self.embedding_layer,
+                select,
+                specs,
+                self.method,
+                self.channel_aggregator,
+                internal_batch_size,
+                self.eval_mode,
+                self.attribute_to_layer_input,
+            )
+        except ForwardModeUnsupported:
+            if self.strategy == "forward":
+                raise
+            reverse = reverse_strategy("auto", z.device)
+            self.strategy_ = (
+                [reverse if s == "forward" else s for s in self.strategy_] if self._multi else reverse
+            )
+            subset = [flat[i] for i in fwd]
+            return self._compute(z, subset, internal_batch_size, return_per_dim, False, False, reverse)
+        return [m if return_per_dim else aggregate(m, 1, self.embedding_aggregator) for m in per_dim]
+
     # ------------------------------------------------------------------ gradients
     def _compute(
         self,
@@ -343,7 +424,10 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         return_per_dim: bool,
         show_progress: bool,
         create_graph: bool,
+        strategy: str,
     ) -> List[torch.Tensor]:
+        if not flat:
+            return []
         acts = [_as_channels(t if create_graph else t.detach()) for t in flat]
         n, d_total = z.shape
         if not return_per_dim and is_mean(self.embedding_aggregator) and is_mean(self.channel_aggregator):
@@ -351,9 +435,6 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             return [self._channel_maps(g.unsqueeze(0), a)[0] for g, a in zip(grads, acts)]
 
         chunk = internal_batch_size or _auto_chunk(flat, d_total)
-        strategy = self.strategy
-        if strategy == "auto":
-            strategy = "batched" if z.is_cuda else "loop"
         starts = range(0, d_total, chunk)
         pieces: List[List[torch.Tensor]] = [[] for _ in flat]
         scratch: List[Optional[torch.Tensor]] = [None for _ in flat]
