@@ -352,3 +352,22 @@ def test_scores_use_the_same_choice(digits_cnn, x8):
     auto = score_curve(digits_cnn, "embedding", layers, x8, score="variance")
     loop = score_curve(digits_cnn, "embedding", layers, x8, score="variance", strategy="loop")
     close(auto.per_example, loop.per_example)
+
+
+# ---------------------------------------------------------------------------- CUDA
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_forward_on_cuda_equals_batched():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).cuda().eval()
+    x = torch.randn(8, 3, 112, 112, device="cuda")
+    ea = EmbeddingAttribution(model, "avgpool", ["layer3", "layer4"], "activation_gradient", "mean", "var")
+    got = ea.attribute(x)
+    assert ea.strategy_ == ["forward", "forward"]  # 49 and 16 pixels < 512 dims
+    ref = EmbeddingAttribution(
+        model, "avgpool", ["layer3", "layer4"], "activation_gradient", "mean", "var", strategy="batched"
+    ).attribute(x)
+    for g, r in zip(got, ref):
+        assert g.is_cuda and r.abs().sum() > 0
+        # TF32 convolutions: relative, not bitwise, agreement
+        torch.testing.assert_close(g, r, rtol=1e-2, atol=1e-3 * float(r.abs().max()))

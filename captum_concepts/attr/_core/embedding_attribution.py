@@ -84,9 +84,28 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
       (``retain_graph=True``), each gradient reduced at once. Measured 1.5-3x faster than
       ``"batched"`` on CPU (``benchmarks/RESULTS.md``): max-pool backward has no vmap batching
       rule and falls back to a per-sample loop, and large batched temporaries thrash the cache.
-    - ``"auto"`` (default): ``"batched"`` when the embedding lives on a CUDA device, ``"loop"``
-      otherwise. (No GPU was available when this was written: the CUDA default follows the
-      issue's measurements, not ours.)
+    - ``"forward"``: forward mode, one Jacobian-vector product per source *pixel* (``|S|`` in
+      all; per *channel* for ``"gradcam"``, ``C``; per element, ``C |S|``, for a non-mean
+      ``channel_aggregator`` with the other methods), each giving all ``D`` dimensions at once,
+      in vmapped chunks of ``internal_batch_size`` tangents (see
+      :mod:`~captum_concepts.attr._core.forward_mode`). Needs the model in eval mode (several
+      forward passes); with ``create_graph=True`` it runs reverse mode. Fused attention kernels
+      without a forward-mode rule (the ``nn.MultiheadAttention`` fast path, non-math
+      ``scaled_dot_product_attention``) are switched off inside the call and restored after it.
+      With a ``reshape_transform`` forward mode requires the transform to be *linear* in the
+      layer output (permutations, reshapes, token selections): the tangents are built in the
+      transformed layout and mapped back by the transform's adjoint.
+    - ``"auto"`` (default): per source layer, ``"forward"`` when its number of
+      Jacobian-vector products is smaller than ``D`` (the number of vector-Jacobian products of
+      reverse mode), ``create_graph`` is False and the model runs in eval mode; otherwise
+      ``"batched"`` when the embedding lives on a CUDA device and ``"loop"`` elsewhere (see
+      :func:`~captum_concepts.attr._core.forward_mode.choose_strategy`). Several layers may mix:
+      forward mode for deep layers with few pixels, one reverse sweep for the others. When an
+      operation has no forward-mode (or vmap) rule, ``"auto"`` silently reruns those layers in
+      reverse mode on the graph of the first pass (``"forward"`` raises
+      :class:`~captum_concepts.attr._core.forward_mode.ForwardModeUnsupported`). Measured on a
+      2-core CPU (``benchmarks/embedding_attribution_real.py``): ResNet-18 ``layer3`` at
+      112x112, all 512 ``avgpool`` dimensions, 49 products instead of 512.
 
     Several source layers (``layer`` a list) share the same forward pass and the same backward
     pass(es): a list of ``L`` layers costs what the lowest one costs, not ``L`` times.
@@ -106,7 +125,9 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             its patch), ``"bilinear"`` or None (keep the layer's resolution).
         attribute_to_layer_input (bool): attribute to the layers' inputs instead of their outputs,
             as in Captum. Default False.
-        strategy (str): ``"auto"`` (default), ``"batched"`` or ``"loop"``; see above.
+        strategy (str): ``"auto"`` (default), ``"batched"``, ``"loop"`` or ``"forward"``; see above.
+            After :meth:`attribute`, ``strategy_`` holds the strategy each source layer ran
+            (``"linear"`` for the one-backward linear case; a list for a list of layers).
         eval_mode (bool): run the model in eval mode inside :meth:`attribute` (default True; a
             model in training mode then triggers a ``UserWarning``). Pass False inside a training
             loop with score constraints: the model keeps its mode, and no warning is given.
@@ -202,7 +223,9 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                 gradients are computed together (one vmapped backward with ``strategy="batched"``);
                 bounds memory at about ``internal_batch_size x`` (size of the source activations).
                 Default None: as many as fit a 512 MiB budget, at most 64. With ``strategy="loop"``
-                each gradient is reduced at once and this only sets the progress-bar steps.
+                each gradient is reduced at once and this only sets the progress-bar steps. With
+                ``strategy="forward"`` it is the number of tangents propagated together (default:
+                a 1 GiB budget, at most 32); no progress bar is shown there.
             return_per_dim (bool): if True return the channel-aggregated per-dimension maps
                 ``U(rho_C(A_d))`` of shape ``(N, D, *S0)`` (the variance score needs them) instead
                 of the embedding-aggregated maps. Default False.
