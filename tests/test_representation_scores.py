@@ -347,9 +347,10 @@ def test_score_curve_one_pass_matches_per_layer_scores():
     noise = torch.randn_like(x)
     calls = []
     handle = model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
-    curve = score_curve(
-        model, "bottleneck", nn.Conv2d, x, noise_func=noise, benchmark=False, method="gradcam"
-    )
+    curve = score_curve(  # reverse mode: forward mode (auto's choice here) runs a pass per chunk
+        model, "bottleneck", nn.Conv2d, x, noise_func=noise, benchmark=False, method="gradcam",
+        strategy="loop",
+    )  # fmt: skip
     handle.remove()
     assert calls == [10]  # one forward pass of inputs + noise for both layers
     assert isinstance(curve, ScoreCurve) and curve.layers == ["conv1", "conv2"]

@@ -20,12 +20,20 @@ from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layer, uncompiled
 from ..._utils.layout import ReshapeTransform, apply_reshape, check_reshape_transforms, layout_hint
 from .aggregators import Aggregator, aggregate, check_aggregator, is_mean
+from .forward_mode import (
+    ForwardModeUnsupported,
+    ForwardSource,
+    choose_strategy,
+    forward_maps,
+    forward_passes,
+    reverse_strategy,
+)
 from .upsampling import check_upsample, upsample_maps
 
 __all__ = ["EmbeddingAttribution", "METHODS", "STRATEGIES"]
 
 METHODS = ("gradient", "activation_gradient", "gradcam")
-STRATEGIES = ("auto", "batched", "loop")
+STRATEGIES = ("auto", "batched", "loop", "forward")
 
 # Rough budget for the gradients of one chunk of embedding dimensions when
 # internal_batch_size is None (the intermediate gradients of the head scale alike).
@@ -92,9 +100,28 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
       (``retain_graph=True``), each gradient reduced at once. Measured 1.5-3x faster than
       ``"batched"`` on CPU (``benchmarks/RESULTS.md``): max-pool backward has no vmap batching
       rule and falls back to a per-sample loop, and large batched temporaries thrash the cache.
-    - ``"auto"`` (default): ``"batched"`` when the embedding lives on a CUDA device, ``"loop"``
-      otherwise. (No GPU was available when this was written: the CUDA default follows the
-      issue's measurements, not ours.)
+    - ``"forward"``: forward mode, one Jacobian-vector product per source *pixel* (``|S|`` in
+      all; per *channel* for ``"gradcam"``, ``C``; per element, ``C |S|``, for a non-mean
+      ``channel_aggregator`` with the other methods), each giving all ``D`` dimensions at once,
+      in vmapped chunks of ``internal_batch_size`` tangents (see
+      :mod:`~captum_concepts.attr._core.forward_mode`). Needs the model in eval mode (several
+      forward passes); with ``create_graph=True`` it runs reverse mode. Fused attention kernels
+      without a forward-mode rule (the ``nn.MultiheadAttention`` fast path, non-math
+      ``scaled_dot_product_attention``) are switched off inside the call and restored after it.
+      With a ``reshape_transform`` forward mode requires the transform to be *linear* in the
+      layer output (permutations, reshapes, token selections): the tangents are built in the
+      transformed layout and mapped back by the transform's adjoint.
+    - ``"auto"`` (default): per source layer, ``"forward"`` when its number of
+      Jacobian-vector products is smaller than ``D`` (the number of vector-Jacobian products of
+      reverse mode), ``create_graph`` is False and the model runs in eval mode; otherwise
+      ``"batched"`` when the embedding lives on a CUDA device and ``"loop"`` elsewhere (see
+      :func:`~captum_concepts.attr._core.forward_mode.choose_strategy`). Several layers may mix:
+      forward mode for deep layers with few pixels, one reverse sweep for the others. When an
+      operation has no forward-mode (or vmap) rule, ``"auto"`` silently reruns those layers in
+      reverse mode on the graph of the first pass (``"forward"`` raises
+      :class:`~captum_concepts.attr._core.forward_mode.ForwardModeUnsupported`). Measured on a
+      2-core CPU (``benchmarks/embedding_attribution_real.py``): ResNet-18 ``layer3`` at
+      112x112, all 512 ``avgpool`` dimensions, 49 products instead of 512.
 
     Several source layers (``layer`` a list) share the same forward pass and the same backward
     pass(es): a list of ``L`` layers costs what the lowest one costs, not ``L`` times.
@@ -114,7 +141,9 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             its patch), ``"bilinear"`` or None (keep the layer's resolution).
         attribute_to_layer_input (bool): attribute to the layers' inputs instead of their outputs,
             as in Captum. Default False.
-        strategy (str): ``"auto"`` (default), ``"batched"`` or ``"loop"``; see above.
+        strategy (str): ``"auto"`` (default), ``"batched"``, ``"loop"`` or ``"forward"``; see above.
+            After :meth:`attribute`, ``strategy_`` holds the strategy each source layer ran
+            (``"linear"`` for the one-backward linear case; a list for a list of layers).
         eval_mode (bool): run the model in eval mode inside :meth:`attribute` (default True; a
             model in training mode then triggers a ``UserWarning``). Pass False inside a training
             loop with score constraints: the model keeps its mode, and no warning is given.
@@ -230,7 +259,9 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                 gradients are computed together (one vmapped backward with ``strategy="batched"``);
                 bounds memory at about ``internal_batch_size x`` (size of the source activations).
                 Default None: as many as fit a 512 MiB budget, at most 64. With ``strategy="loop"``
-                each gradient is reduced at once and this only sets the progress-bar steps.
+                each gradient is reduced at once and this only sets the progress-bar steps. With
+                ``strategy="forward"`` it is the number of tangents propagated together (default:
+                a 1 GiB budget, at most 32); no progress bar is shown there.
             return_per_dim (bool): if True return the channel-aggregated per-dimension maps
                 ``U(rho_C(A_d))`` of shape ``(N, D, *S0)`` (the variance score needs them) instead
                 of the embedding-aggregated maps. Default False.
@@ -272,9 +303,28 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                 for lay, fn, group in zip(self._layers, self._transforms, sources)
                 for _ in group
             ]
-            per_source = self._compute(
-                z, flat, internal_batch_size, return_per_dim, show_progress, create_graph, layouts
+            plan = self._plan(model, z, sources, return_per_dim, create_graph)
+            rev = [i for i, s in enumerate(plan) if s != "forward"]
+            reverse = reverse_strategy(self.strategy, z.device)
+            args = (internal_batch_size, return_per_dim, show_progress, create_graph, reverse)
+            rev_maps = self._compute(z, [flat[i] for i in rev], *args, [layouts[i] for i in rev])
+            per_source = dict(zip(rev, rev_maps))
+        fwd = [i for i, s in enumerate(plan) if s == "forward"]
+        if fwd:
+            select = lambda e: _select_dims(e, embedding_dims)  # noqa: E731
+            maps = self._forward(
+                fwd,
+                z,
+                flat,
+                sources,
+                x,
+                additional_forward_args,
+                select,
+                internal_batch_size,
+                return_per_dim,
+                [layouts[i] for i in fwd],
             )
+            per_source.update(zip(fwd, maps))
         size = tuple(inputs_t[0].shape[2:]) if inputs_t[0].dim() > 2 else ()
         results, k = [], 0
         for lay, group in zip(self._layers, sources):
@@ -345,6 +395,66 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
     ) -> List[Tuple[torch.Tensor, ...]]:
         return [x if lay is None else captured[lay].tensors() for lay in self._layers]
 
+    # ------------------------------------------------------------------ strategy
+    def _plan(
+        self, model: nn.Module, z: torch.Tensor, sources, return_per_dim: bool, create_graph: bool
+    ) -> List[str]:
+        """The strategy of every flat source (one choice per source layer); sets ``strategy_``."""
+        if not return_per_dim and is_mean(self.embedding_aggregator) and is_mean(self.channel_aggregator):
+            per_layer = ["linear"] * len(sources)
+        else:
+            training = any(m.training for m in model.modules())
+            per_layer = []
+            for group, tf in zip(sources, self._transforms):
+                with torch.no_grad():
+                    shapes = [t.shape if tf is None else tf(t.detach()).shape for t in group]
+                passes = sum(forward_passes(s, self.method, self.channel_aggregator) for s in shapes)
+                per_layer.append(
+                    choose_strategy(self.strategy, z.shape[1], passes, z.device, create_graph, training)
+                )
+        self.strategy_ = per_layer if self._multi else per_layer[0]
+        return [s for s, group in zip(per_layer, sources) for _ in group]
+
+    def _forward(
+        self, fwd, z, flat, sources, x, forward_args, select, internal_batch_size, return_per_dim, layouts
+    ):
+        """The maps of the flat sources ``fwd`` by forward mode; under ``strategy="auto"`` one
+        reverse sweep on the (still alive) graph of the first pass when an operation has no
+        forward-mode rule."""
+        where = [
+            (lay, k, tf)
+            for lay, group, tf in zip(self._layers, sources, self._transforms)
+            for k in range(len(group))
+        ]
+        specs = [ForwardSource(*where[i][:2], flat[i].detach(), where[i][2]) for i in fwd]
+        detached = tuple(t.detach() for t in x)
+        try:
+            per_dim = forward_maps(
+                self.forward_func,
+                detached,
+                forward_args,
+                self.embedding_layer,
+                select,
+                specs,
+                self.method,
+                self.channel_aggregator,
+                internal_batch_size,
+                self.eval_mode,
+                self.attribute_to_layer_input,
+            )
+        except ForwardModeUnsupported:
+            if self.strategy == "forward":
+                raise
+            reverse = reverse_strategy("auto", z.device)
+            self.strategy_ = (
+                [reverse if s == "forward" else s for s in self.strategy_] if self._multi else reverse
+            )
+            subset = [flat[i] for i in fwd]
+            return self._compute(
+                z, subset, internal_batch_size, return_per_dim, False, False, reverse, layouts
+            )
+        return [m if return_per_dim else aggregate(m, 1, self.embedding_aggregator) for m in per_dim]
+
     # ------------------------------------------------------------------ gradients
     def _compute(
         self,
@@ -354,8 +464,11 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         return_per_dim: bool,
         show_progress: bool,
         create_graph: bool,
+        strategy: str,
         layouts: List[Tuple[Optional[ReshapeTransform], str]],
     ) -> List[torch.Tensor]:
+        if not flat:
+            return []
         fns = [fn for fn, _ in layouts]
         acts = [
             _as_channels(apply_reshape(fn, t if create_graph else t.detach(), 1, what))
@@ -370,9 +483,6 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             ]
 
         chunk = internal_batch_size or _auto_chunk(flat, d_total)
-        strategy = self.strategy
-        if strategy == "auto":
-            strategy = "batched" if z.is_cuda else "loop"
         starts = range(0, d_total, chunk)
         pieces: List[List[torch.Tensor]] = [[] for _ in flat]
         scratch: List[Optional[torch.Tensor]] = [None for _ in flat]

@@ -1,0 +1,280 @@
+"""Benchmark: EmbeddingAttribution on torchvision ResNet-18/50 and ViT-B/16 (random weights).
+
+Per configuration (model, image size, source layer), all embedding dimensions
+(``avgpool`` of the ResNets: D = 512 / 2048; the re-initialised logits of ViT-B/16: D = 1000;
+its source is the patch-token grid ``conv_proj``), ``method="activation_gradient"``:
+
+- ``forward``: ``strategy="forward"`` (one Jacobian-vector product per source pixel), var/var;
+- ``loop`` / ``batched``: our reverse-mode strategies (one vector-Jacobian product per dimension);
+- ``captum``: one ``captum.attr.LayerGradientXActivation`` call per dimension (a forward and a
+  backward pass each), then the same aggregation -- what a Captum user writes today;
+- ``mean/mean``: the linear case (one backward pass), against the Captum loop;
+- ``floor``: one forward and one backward pass of the model to the source layer.
+
+Before timing, the per-dimension maps of all four on a subset of dimensions are asserted equal.
+Reverse strategies and the Captum loop whose full run would take minutes are timed on
+``k`` dimensions and extrapolated linearly: ``t(D) = t_fwd + (t(k) - t_fwd) D / k`` for ours
+(``t_fwd`` = one forward pass, shared by all dimensions), ``t(D) = t(k) D / k`` for Captum
+(every call repeats the forward pass); the table says which numbers are extrapolated (``~``).
+Two extra tables: cost against D (``embedding_dims`` subsets) and against the image size, at
+ResNet-18 ``layer3``.
+
+Run: ``python benchmarks/embedding_attribution_real.py [--device cuda] [--batch 4] [--quick] [--full]``
+(``--quick``: a smoke test of a few seconds; ``--full``: also ResNet-50 ``layer2`` and the
+224x224 ResNet-18 rows). Prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import torch
+import torchvision
+from captum.attr import LayerGradientXActivation
+from torch import nn
+
+from captum_concepts.attr import EmbeddingAttribution
+from captum_concepts.attr._core.forward_mode import choose_strategy, forward_passes
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(f: Callable[[], object], repeats: int, device: str) -> float:
+    """Median seconds of ``repeats`` runs after one warm-up."""
+    f()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        f()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class Embedded(nn.Module):
+    """``model`` up to its embedding, flattened ``(N, D)``: the forward function of the Captum loop."""
+
+    def __init__(self, model: nn.Module, embedding: str) -> None:
+        super().__init__()
+        self.model, self.embedding = model, dict(model.named_modules())[embedding]
+
+    def forward(self, x):
+        store = []
+        handle = self.embedding.register_forward_hook(lambda m, a, o: store.append(o))
+        try:
+            self.model(x)
+        finally:
+            handle.remove()
+        return store[0].flatten(1)
+
+
+def build(name: str, size: int, device: str):
+    torch.manual_seed(0)
+    if name == "vit_b_16":
+        model = torchvision.models.vit_b_16(weights=None, image_size=size)
+        nn.init.normal_(model.heads.head.weight, std=0.02)  # zero-initialised: every gradient would be 0
+        return model.to(device).eval(), "heads"
+    return getattr(torchvision.models, name)(weights=None).to(device).eval(), "avgpool"
+
+
+def captum_per_dim(model, embedding, layer, x, dims):
+    """(N, k, *S) channel-mean maps from one LayerGradientXActivation call per dimension."""
+    lgxa = LayerGradientXActivation(Embedded(model, embedding), dict(model.named_modules())[layer])
+    return torch.stack([lgxa.attribute(x, target=int(d)).detach().mean(1) for d in dims], 1)
+
+
+def floor_time(model, embedding, layer, x, repeats, device):
+    """One forward pass and one backward pass of sum(z) to the source layer."""
+    ea = EmbeddingAttribution(model, embedding, layer, "activation_gradient", "mean", "mean", upsample=None)
+    return timed(lambda: ea.attribute(x), repeats, device)
+
+
+def forward_time(model, embedding, x, repeats, device):
+    with torch.no_grad():
+        return timed(lambda: model(x), repeats, device)
+
+
+def run_case(model, embedding, layer, x, shape, d_total, args, full_reverse: bool) -> Dict[str, object]:
+    dev, reps = args.device, args.repeats
+
+    def ours(strategy, rc="mean", rd="var", **kw):
+        ea = EmbeddingAttribution(
+            model, embedding, layer, "activation_gradient", rc, rd, upsample=None, strategy=strategy
+        )
+        return lambda: ea.attribute(x, **kw)
+
+    # equal results first (a subset of dimensions, per-dimension maps)
+    check = torch.linspace(0, d_total - 1, 3).long().tolist()
+    ref = captum_per_dim(model, embedding, layer, x, check)
+    assert ref.abs().sum() > 0, "all-zero reference"
+    for s in ["forward", "loop", "batched"]:
+        got = ours(s, "mean", "var", embedding_dims=check, return_per_dim=True)()
+        torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-5 * float(ref.abs().max()))
+
+    passes = forward_passes(shape, "activation_gradient", "mean")
+    row: Dict[str, object] = {"auto": choose_strategy("auto", d_total, passes, x.device), "D": d_total}
+    peak = {}
+
+    def measure(key, f, r):
+        if dev.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        t = timed(f, r, dev)
+        if dev.startswith("cuda"):
+            peak[key] = torch.cuda.max_memory_allocated() / 2**20
+        return t
+
+    t_fwd = forward_time(model, embedding, x, reps, dev)
+    row["floor"] = floor_time(model, embedding, layer, x, reps, dev)
+    row["forward"] = measure("forward", ours("forward"), reps)
+    row["mean"] = measure("mean", ours("auto", "mean", "mean"), reps)
+    k = d_total if full_reverse else min(d_total, args.reverse_dims)
+    for s in ["loop", "batched"]:
+        t = measure(s, ours(s, embedding_dims=range(k)), 1 if k < d_total else reps)
+        row[s] = t if k == d_total else t_fwd + (t - t_fwd) * d_total / k
+    kc = d_total if full_reverse else min(d_total, args.captum_dims)
+    t = timed(lambda: captum_per_dim(model, embedding, layer, x, range(kc)), 1, dev)
+    row["captum"] = t * d_total / kc
+    row["extrapolated"] = (k < d_total, kc < d_total)
+    row["peak"] = peak
+    return row
+
+
+def fmt_t(t: float, extrapolated: bool = False) -> str:
+    return ("~" if extrapolated else "") + (f"{t:.2f}" if t < 100 else f"{t:.0f}")
+
+
+def print_main(rows: List[dict]) -> None:
+    print(
+        "| model | image | layer | source (C, H, W) | D | JVPs | floor s | forward s | loop s | batched s "
+        "| Captum loop s | forward vs best reverse | forward vs Captum | mean/mean s | mean/mean vs Captum "
+        "| auto |"
+    )
+    print("|" + "---|" * 16)
+    for r in rows:
+        ext_rev, ext_cap = r["extrapolated"]
+        best = min(r["loop"], r["batched"])
+        print(
+            f"| {r['model']} | {r['size']} | {r['layer']} | {r['shape']} | {r['D']} | {r['passes']} "
+            f"| {fmt_t(r['floor'])} | {fmt_t(r['forward'])} | {fmt_t(r['loop'], ext_rev)} "
+            f"| {fmt_t(r['batched'], ext_rev)} | {fmt_t(r['captum'], ext_cap)} | {best / r['forward']:.1f}x "
+            f"| {r['captum'] / r['forward']:.0f}x | {fmt_t(r['mean'])} | {r['captum'] / r['mean']:.0f}x "
+            f"| {r['auto']} |"
+        )
+        if r["peak"]:
+            print("|  | peak GPU MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak"].items()) + " |")
+
+
+def growth_in_d(model, embedding, layer, x, dims: List[int], args) -> None:
+    print(f"\nCost against D ({layer}, var/var, embedding_dims = the first D dimensions; s):\n")
+    print("| D | forward s | loop s | forward vs loop |")
+    print("|---|---|---|---|")
+    for d in dims:
+        f = EmbeddingAttribution(model, embedding, layer, "activation_gradient", strategy="forward")
+        lo = EmbeddingAttribution(model, embedding, layer, "activation_gradient", strategy="loop")
+        tf = timed(lambda f=f, d=d: f.attribute(x, embedding_dims=range(d)), args.repeats, args.device)
+        tl = timed(lambda lo=lo, d=d: lo.attribute(x, embedding_dims=range(d)), 1, args.device)
+        print(f"| {d} | {fmt_t(tf)} | {fmt_t(tl)} | {tl / tf:.1f}x |", flush=True)
+
+
+def growth_in_size(name, layer, sizes: List[int], args) -> None:
+    print(
+        f"\nCost against image size ({name} {layer}, all dimensions, var/var; loop on the first "
+        f"{args.reverse_dims} dimensions, extrapolated):\n"
+    )
+    print("| image | JVPs | floor s | forward s | loop s | forward vs loop |")
+    print("|---|---|---|---|---|---|")
+    for size in sizes:
+        model, embedding = build(name, size, args.device)
+        x = torch.randn(args.batch, 3, size, size, device=args.device)
+        d = int(Embedded(model, embedding)(x[:1]).shape[1])
+        k = min(d, args.reverse_dims)
+        f = EmbeddingAttribution(model, embedding, layer, "activation_gradient", strategy="forward")
+        lo = EmbeddingAttribution(model, embedding, layer, "activation_gradient", strategy="loop")
+        tf = timed(lambda f=f, x=x: f.attribute(x), args.repeats, args.device)
+        t_fwd = forward_time(model, embedding, x, args.repeats, args.device)
+        tl = timed(lambda lo=lo, x=x, k=k: lo.attribute(x, embedding_dims=range(k)), 1, args.device)
+        tl = t_fwd + (tl - t_fwd) * d / k
+        hw = size // {"layer2": 8, "layer3": 16, "layer4": 32}[layer]
+        fl = floor_time(model, embedding, layer, x, args.repeats, args.device)
+        print(
+            f"| {size} | {hw * hw} | {fmt_t(fl)} | {fmt_t(tf)} | ~{fmt_t(tl)} | {tl / tf:.1f}x |", flush=True
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the shared CPU is loaded)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--reverse-dims", type=int, default=64, help="dimensions our reverse loop times")
+    parser.add_argument("--captum-dims", type=int, default=4, help="dimensions the Captum loop times")
+    parser.add_argument("--quick", action="store_true", help="smoke test: ResNet-18 at 64x64, layer3 only")
+    parser.add_argument("--full", action="store_true", help="also ResNet-50 layer2 and ResNet-18 at 224x224")
+    parser.add_argument("--full-reverse", action="store_true", help="time every dimension, no extrapolation")
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  torch {torch.__version__}  "
+        f"torchvision {torchvision.__version__}  device {args.device}  threads {torch.get_num_threads()}  "
+        f"{platform.processor() or platform.machine()}  load {load:.1f}  batch {args.batch}, "
+        f"activation_gradient, median of {args.repeats}\n"
+    )
+    if args.quick:
+        cases = [("resnet18", 64, ["layer3"])]
+        args.reverse_dims, args.captum_dims = min(args.reverse_dims, 16), min(args.captum_dims, 2)
+    else:
+        cases = [
+            ("resnet18", 112, ["layer2", "layer3", "layer4"]),
+            ("resnet50", 224, ["layer3", "layer4"]),
+            ("vit_b_16", 64, ["conv_proj"]),
+        ]
+        if args.full:
+            cases[1] = ("resnet50", 224, ["layer2", "layer3", "layer4"])
+            cases.insert(1, ("resnet18", 224, ["layer2", "layer3", "layer4"]))
+    rows = []
+    for name, size, layers in cases:
+        model, embedding = build(name, size, args.device)
+        x = torch.randn(args.batch, 3, size, size, device=args.device)
+        for layer in layers:
+            store: List[torch.Tensor] = []
+            h = dict(model.named_modules())[layer].register_forward_hook(lambda m, a, o, s=store: s.append(o))
+            with torch.no_grad():
+                z = Embedded(model, embedding)(x[:1])
+            h.remove()
+            shape = tuple(store[0].shape[1:])
+            row = run_case(model, embedding, layer, x, (1, *shape), int(z.shape[1]), args, args.full_reverse)
+            hw = 1
+            for s in shape[1:]:
+                hw *= s
+            row.update(model=name, size=f"{size}x{size}", layer=layer, shape=shape, passes=hw)
+            rows.append(row)
+            print(f"  {name} {layer}: forward {row['forward']:.2f} s", flush=True)
+    print()
+    print_main(rows)
+    print(
+        "\n~ = extrapolated from a measured subset of dimensions (see the module docstring). floor = one "
+        "forward + one backward pass; JVPs = forward-mode products (source pixels); auto = the strategy "
+        "strategy='auto' picks."
+    )
+    if not args.quick:
+        model, embedding = build("resnet18", 112, args.device)
+        x = torch.randn(args.batch, 3, 112, 112, device=args.device)
+        growth_in_d(model, embedding, "layer3", x, [32, 128, 512], args)
+        growth_in_size("resnet18", "layer3", [64, 112, 224] if args.full else [64, 112, 160], args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,373 @@
+"""strategy="forward" (Jacobian-vector products) equals the reverse strategies "loop" and "batched"
+on every configuration of the strategy tests, on torchvision ResNet-18 and a ViT token layer;
+strategy="auto" picks forward mode by the pass count; fallback when an op has no forward rule."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torchvision
+from captum.testing.helpers.basic_models import (
+    BasicModel_ConvNet_One_Conv,
+    BasicModel_MultiLayer_MultiInput,
+    Conv1dSeqModel,
+)
+from torch import nn
+
+from captum_concepts._utils.hooks import assert_same_state, count_hooks, model_state
+from captum_concepts.attr import EmbeddingAttribution
+from captum_concepts.attr._core.forward_mode import (
+    ForwardModeUnsupported,
+    ForwardSource,
+    choose_strategy,
+    forward_maps,
+    forward_passes,
+)
+from captum_concepts.metrics import score_curve, variance_score
+
+METHODS = ["gradient", "activation_gradient", "gradcam"]
+AGGS = ["mean", "abs", "var"]
+
+
+def close(a, b, tol=1e-5):
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def assert_strategies_agree(x, *args, tol=1e-5, call=None, **kwargs):
+    """``EmbeddingAttribution(*args, **kwargs, strategy=...).attribute(x, **call)``: forward equals
+    loop and batched; the loop reference is non-zero."""
+    call = call or {}
+    ref = EmbeddingAttribution(*args, **kwargs, strategy="loop").attribute(x, **call)
+    refs = ref if isinstance(ref, (list, tuple)) else [ref]
+    assert sum(r.abs().sum() for r in refs) > 0
+    for strategy in ["batched", "forward"]:
+        got = EmbeddingAttribution(*args, **kwargs, strategy=strategy).attribute(x, **call)
+        for g, r in zip(got if isinstance(got, (list, tuple)) else [got], refs):
+            close(g, r, tol)
+
+
+@pytest.fixture
+def x8(digits):
+    return digits.x_test[:5]
+
+
+# ---------------------------------------------------------------------------- digits CNN
+@pytest.mark.parametrize("method", METHODS)
+def test_forward_equals_reverse_every_aggregator(digits_cnn, x8, method):
+    combos = list(itertools.product(AGGS, AGGS)) + [
+        (lambda t, d: t.amax(d), "var"),
+        ("abs", lambda t, d: t.amin(d)),
+    ]
+    for rc, rd in combos:
+        assert_strategies_agree(
+            x8, digits_cnn, "embedding", "block3.relu", method, rc, rd, call=dict(internal_batch_size=5)
+        )
+    per_dim = dict(return_per_dim=True, internal_batch_size=7, embedding_dims=[0, 5, 9])
+    assert_strategies_agree(
+        x8, digits_cnn, "embedding", "block3.relu", method, "abs", upsample=None, call=per_dim
+    )
+
+
+def test_forward_per_dim_and_dense_source(digits_cnn, x8):
+    assert_strategies_agree(
+        x8,
+        digits_cnn,
+        "embedding",
+        "block3.pool",
+        "activation_gradient",
+        "abs",
+        "var",
+        call=dict(return_per_dim=True),
+    )
+    for method, rc in [("activation_gradient", "abs"), ("gradient", "mean"), ("gradcam", "var")]:
+        assert_strategies_agree(x8, digits_cnn, "classifier", "embedding_relu", method, rc)
+
+
+def test_forward_multi_layer(digits_cnn, x8):
+    layers = [None, "block1.relu", "block2.pool", "block3.conv"]
+    for method, rc, rd in [("gradcam", "var", "var"), ("activation_gradient", "mean", "var")]:
+        assert_strategies_agree(
+            x8, digits_cnn, "embedding", layers, method, rc, rd, call=dict(internal_batch_size=8)
+        )
+
+
+def test_create_graph_falls_back_to_reverse_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.Softplus(), nn.Conv2d(4, 4, 3, padding=1), nn.Softplus(),
+        nn.Flatten(), nn.Linear(4 * 6 * 6, 40),
+    ).eval()  # fmt: skip
+    x = torch.randn(3, 1, 6, 6)
+    ea = EmbeddingAttribution(model, None, "1", "gradient", "mean", "var", strategy="forward")
+    detached = ea.attribute(x)
+    assert ea.strategy_ == "forward"
+    maps = ea.attribute(x, create_graph=True)
+    assert ea.strategy_ == "loop" and maps.requires_grad
+    close(maps.detach(), detached)
+    maps.mean().backward()
+    assert model[2].weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------- Captum toy models
+def test_forward_tuple_inputs_additional_args_and_layer_input():
+    torch.manual_seed(0)
+    model = BasicModel_MultiLayer_MultiInput().eval()
+    inputs = tuple(torch.randn(4, 3) for _ in range(3))
+    # its two outputs differ by a constant (equal gradients, Var_d = 0): rho_D = abs
+    for kw in [dict(), dict(layer="model.linear1", attribute_to_layer_input=True)]:
+        for method, rc in [("gradient", "mean"), ("activation_gradient", "abs"), ("gradcam", "var")]:
+            assert_strategies_agree(
+                inputs,
+                model,
+                None,
+                method=method,
+                channel_aggregator=rc,
+                embedding_aggregator="abs",
+                call=dict(additional_forward_args=(2,)),
+                **kw,
+            )
+
+
+def test_forward_conv1d_sequence_model():
+    torch.manual_seed(0)
+    model = Conv1dSeqModel().eval()
+    x = torch.randn(3, 4, 1000)
+    for method, rc, rd in [("activation_gradient", "mean", "var"), ("gradcam", "abs", "var")]:
+        assert_strategies_agree(x, model, None, "seq.0", method, rc, rd)
+
+
+def test_forward_inplace_relu_leaves_model_unchanged():
+    torch.manual_seed(0)
+    plain, inplace = BasicModel_ConvNet_One_Conv().eval(), BasicModel_ConvNet_One_Conv(inplace=True).eval()
+    x = torch.randn(2, 1, 4, 4) * 30 + 40
+    ref = EmbeddingAttribution(plain, None, "conv1", "activation_gradient", "mean", "abs", strategy="loop")
+    before = model_state(inplace)
+    ea = EmbeddingAttribution(
+        inplace, None, "conv1", "activation_gradient", "mean", "abs", strategy="forward"
+    )
+    got = ea.attribute(x)
+    r = ref.attribute(x)
+    assert r.abs().sum() > 0
+    close(got, r)
+    assert_same_state(before, inplace)
+    assert count_hooks(inplace) == 0
+
+
+# ---------------------------------------------------------------------------- torchvision
+@pytest.mark.slow
+def test_forward_resnet18():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    dims = list(range(0, 1000, 25))  # 40 logits: reverse loop stays cheap
+    for method, rc, rd in [
+        ("gradient", "mean", "var"),
+        ("activation_gradient", "mean", "mean"),
+        ("gradcam", "mean", "abs"),
+    ]:
+        layers = ["layer3", "layer4"] if method != "gradcam" else ["layer4.1.conv2"]
+        assert_strategies_agree(
+            x,
+            model,
+            None,
+            layers,
+            method,
+            rc,
+            rd,
+            tol=1e-4,
+            call=dict(embedding_dims=dims, return_per_dim=rd == "mean"),
+        )
+
+
+def _vit():
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16(weights=None, image_size=32).eval()
+    # torchvision zero-initialises the classification head: every logit gradient would be 0
+    nn.init.normal_(model.heads.head.weight, std=0.02)
+    return model
+
+
+@pytest.mark.slow
+def test_forward_vit_token_layer():
+    model = _vit()
+    x = torch.randn(2, 3, 32, 32)
+    fast = torch.backends.mha.get_fastpath_enabled()
+    # (N, 5, 768) tokens read as 5 "channels" of a 768-long signal; Grad-CAM: one product per token
+    dims = dict(embedding_dims=list(range(0, 1000, 50)))
+    layer = "encoder.layers.encoder_layer_10"
+    assert_strategies_agree(
+        x, model, None, layer, "gradcam", "mean", "var", upsample=None, tol=1e-4, call=dims
+    )
+    assert torch.backends.mha.get_fastpath_enabled() == fast
+
+
+@pytest.mark.slow
+def test_forward_vit_with_a_linear_reshape_transform():
+    """Tokens -> (N, C, T) without the class token: the basis is built in the transformed layout and
+    mapped back by the transform's adjoint; reference: plain autograd, transform applied to the
+    gradient and the activation alike."""
+    model = _vit()
+    x = torch.randn(2, 3, 32, 32)
+    layer = model.encoder.layers.encoder_layer_10
+    to_grid = lambda t: t[:, 1:].transpose(1, 2)  # noqa: E731
+    store = {}
+    handle = layer.register_forward_hook(lambda m, a, o: store.__setitem__("f", o))
+    try:
+        z = model(x)
+    finally:
+        handle.remove()
+    dims = [3, 17, 400]
+    ref = []
+    for d in dims:
+        (g,) = torch.autograd.grad(z[:, d].sum(), store["f"], retain_graph=True)
+        ref.append((to_grid(g) * to_grid(store["f"])).mean(1))  # activation_gradient, rho_C = mean
+    ref = torch.stack(ref, 1).detach()  # (N, 3, 4)
+    assert ref.abs().sum() > 0
+    src = ForwardSource(layer, 0, store["f"].detach(), to_grid)
+    (got,) = forward_maps(
+        model, (x,), None, None, lambda e: e[:, dims], [src], "activation_gradient", "mean", 2, True
+    )
+    close(got, ref, 1e-4)
+
+
+# ---------------------------------------------------------------------------- auto
+def test_auto_picks_forward_by_pass_count(digits_cnn, x8):
+    # block3.relu is 4x4 = 16 pixels < D = 32 embedding dims: forward; the 8x8 input (64 pixels): loop
+    ea = EmbeddingAttribution(digits_cnn, "embedding", [None, "block3.relu"], "gradient", "mean", "var")
+    auto = ea.attribute(x8)
+    assert ea.strategy_ == ["loop", "forward"]
+    loop = EmbeddingAttribution(digits_cnn, "embedding", [None, "block3.relu"], strategy="loop").attribute(x8)
+    for a, b in zip(auto, loop):
+        close(a, b)
+    ea.attribute(x8, embedding_dims=range(10))  # 16 passes > 10 dims
+    assert ea.strategy_ == ["loop", "loop"]
+    # Grad-CAM needs one product per channel: block3.relu has 32 channels, not fewer than 32 dims
+    ea = EmbeddingAttribution(digits_cnn, "embedding", "block3.relu", "gradcam", "var", "var")
+    ea.attribute(x8)
+    assert ea.strategy_ == "loop"
+    ea = EmbeddingAttribution(digits_cnn, "embedding", "block3.pool", "gradcam", "var", "var")  # 32 channels
+    ea.attribute(x8, embedding_dims=range(4))
+    assert ea.strategy_ == "loop"
+    ea = EmbeddingAttribution(digits_cnn, "embedding", "block3.relu", "gradient", "mean", "mean")
+    ea.attribute(x8)
+    assert ea.strategy_ == "linear"  # one backward pass of mean_d z_d
+    ea.attribute(x8, create_graph=True, return_per_dim=True)
+    assert ea.strategy_ == "loop"
+
+
+def test_choose_strategy_rule():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert forward_passes((4, 256, 7, 7), "gradient", "mean") == 49
+    assert forward_passes((4, 256, 7, 7), "gradcam", "var") == 256
+    assert forward_passes((4, 256, 7, 7), "gradient", "abs") == 256 * 49
+    assert forward_passes((4, 512), "activation_gradient", "mean") == 1
+    assert choose_strategy("auto", 512, 49, cpu) == "forward"
+    assert choose_strategy("auto", 512, 49, cuda) == "forward"
+    assert choose_strategy("auto", 512, 784, cpu) == "loop"
+    assert choose_strategy("auto", 512, 784, cuda) == "batched"
+    assert choose_strategy("auto", 512, 49, cpu, create_graph=True) == "loop"
+    assert choose_strategy("auto", 512, 49, cpu, training=True) == "loop"
+    assert choose_strategy("forward", 8, 49, cpu) == "forward"
+    assert choose_strategy("forward", 8, 49, cuda, create_graph=True) == "batched"
+    assert choose_strategy("batched", 512, 49, cpu) == "batched"
+    with pytest.raises(ValueError, match="eval mode"):
+        choose_strategy("forward", 8, 49, cpu, training=True)
+
+
+def test_forward_needs_eval_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(3 * 16, 40)).train()
+    x = torch.randn(4, 1, 6, 6)
+    ea = EmbeddingAttribution(model, None, "1", strategy="forward", eval_mode=False)
+    with pytest.raises(ValueError, match="eval mode"):
+        ea.attribute(x)
+    ea = EmbeddingAttribution(model, None, "1", eval_mode=False)
+    ea.attribute(x)
+    assert ea.strategy_ == "loop"  # 16 pixels < 40 dims, but extra passes would update the statistics
+
+
+class _NoForwardRule(torch.autograd.Function):
+    """tanh with a backward but no jvp (no forward-mode rule)."""
+
+    @staticmethod
+    def forward(x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y)
+
+
+class _Tanh(nn.Module):
+    def forward(self, x):
+        return _NoForwardRule.apply(x)
+
+
+def test_auto_falls_back_when_an_op_has_no_forward_rule():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), _Tanh(), nn.Flatten(), nn.Linear(3 * 16, 40)).eval()
+    x = torch.randn(2, 1, 6, 6)
+    ea = EmbeddingAttribution(model, None, "0", "activation_gradient", "mean", "var")
+    before = model_state(model)
+    got = ea.attribute(x)
+    assert ea.strategy_ == "loop"  # chose forward (16 pixels < 40), fell back
+    ref = EmbeddingAttribution(
+        model, None, "0", "activation_gradient", "mean", "var", strategy="loop"
+    ).attribute(x)
+    assert ref.abs().sum() > 0
+    close(got, ref)
+    with pytest.raises(ForwardModeUnsupported, match="forward-mode"):
+        EmbeddingAttribution(
+            model, None, "0", "activation_gradient", "mean", "var", strategy="forward"
+        ).attribute(x)
+    assert_same_state(before, model)
+    assert count_hooks(model) == 0
+
+
+def test_attention_kernel_settings_restored_after_an_error():
+    fast = torch.backends.mha.get_fastpath_enabled()
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), _Tanh(), nn.Flatten(), nn.Linear(3 * 16, 40)).eval()
+    with pytest.raises(ForwardModeUnsupported):
+        EmbeddingAttribution(model, None, "0", strategy="forward").attribute(torch.randn(2, 1, 6, 6))
+    assert torch.backends.mha.get_fastpath_enabled() == fast
+
+
+# ---------------------------------------------------------------------------- scores
+def test_scores_use_the_same_choice(digits_cnn, x8):
+    ea = EmbeddingAttribution(digits_cnn, "embedding", "block3.relu")
+    vs = variance_score(ea, x8)
+    assert ea.strategy_ == "forward"
+    ref = variance_score(EmbeddingAttribution(digits_cnn, "embedding", "block3.relu", strategy="loop"), x8)
+    assert ref.abs().sum() > 0
+    close(vs, ref)
+    # the curve mixes: forward at the deep layers, one reverse sweep for the input and block1
+    layers = [None, "block1.relu", "block3.relu"]
+    auto = score_curve(digits_cnn, "embedding", layers, x8, score="variance")
+    loop = score_curve(digits_cnn, "embedding", layers, x8, score="variance", strategy="loop")
+    close(auto.per_example, loop.per_example)
+
+
+# ---------------------------------------------------------------------------- CUDA
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_forward_on_cuda_equals_batched():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).cuda().eval()
+    x = torch.randn(8, 3, 112, 112, device="cuda")
+    ea = EmbeddingAttribution(model, "avgpool", ["layer3", "layer4"], "activation_gradient", "mean", "var")
+    got = ea.attribute(x)
+    assert ea.strategy_ == ["forward", "forward"]  # 49 and 16 pixels < 512 dims
+    ref = EmbeddingAttribution(
+        model, "avgpool", ["layer3", "layer4"], "activation_gradient", "mean", "var", strategy="batched"
+    ).attribute(x)
+    for g, r in zip(got, ref):
+        assert g.is_cuda and r.abs().sum() > 0
+        # TF32 convolutions: relative, not bitwise, agreement
+        torch.testing.assert_close(g, r, rtol=1e-2, atol=1e-3 * float(r.abs().max()))
