@@ -3,8 +3,10 @@
 from ._core.aggregators import aggregate
 from ._core.embedding_attribution import EmbeddingAttribution
 from ._core.semantic_saliency import SemanticGradientInput, SemanticGuidedBackprop
+from ._core.similarity import SimilarityAttribution
 from ._core.upsampling import upsample_maps
 
 __all__: list = []
 __all__ += ["EmbeddingAttribution", "aggregate", "upsample_maps"]
 __all__ += ["SemanticGuidedBackprop", "SemanticGradientInput"]
+__all__ += ["SimilarityAttribution"]
