@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from ..._utils.common import TensorOrTuple, check_batch, format_additional_args, format_inputs, restore_form
-from ..._utils.hooks import ModelGuard
-from ..._utils.layers import LayerSpec, layer_name, resolve_layer
+from ..._utils.layers import LayerSpec, resolve_layer
 from .embedding_attribution import METHODS, EmbeddingAttribution
+from .layer_readout import LayerReadout, hook_readouts
 
 __all__ = ["SimilarityAttribution", "SIMILARITIES"]
 
@@ -57,52 +57,6 @@ def _repeat_batch_args(args: Tuple[Any, ...], n: int) -> Tuple[Any, ...]:
     )
 
 
-class _Tower:
-    """One encoder: a model, where its embedding is read and its forward arguments."""
-
-    def __init__(self, model: nn.Module, embedding_layer: Optional[nn.Module], name: str) -> None:
-        self.model = model
-        self.embedding_layer = embedding_layer
-        self.name = name
-        self.captured: List[torch.Tensor] = []
-
-    def hook(self, guard: ModelGuard) -> None:
-        if self.embedding_layer is None:
-            return
-
-        def capture(module, args, out):
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(
-                    f"{self.name} {layer_name(self.model, module)!r} must output a tensor, "
-                    f"got {type(out).__name__}"
-                )
-            self.captured.append(out)
-
-        guard.register_forward_hook(self.embedding_layer, capture)
-
-    def embed(self, inputs: Tuple[torch.Tensor, ...], extra: Tuple[Any, ...]) -> torch.Tensor:
-        self.captured.clear()
-        out = self.model(*inputs, *extra)
-        if self.embedding_layer is None:
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(
-                    f"the model output is the embedding ({self.name}=None) and must be a tensor, got "
-                    f"{type(out).__name__}; pass {self.name}"
-                )
-            z = out
-        else:
-            if len(self.captured) != 1:
-                raise ValueError(
-                    f"{self.name} ran {len(self.captured)} times in one forward pass; "
-                    "it must run exactly once"
-                )
-            z = self.captured[0]
-        n = inputs[0].shape[0]
-        if z.dim() == 0 or z.shape[0] != n:
-            raise ValueError(f"the embedding has shape {tuple(z.shape)}; expected batch size {n} first")
-        return z.reshape(n, -1)
-
-
 class _PairObjective(nn.Module):
     """``sum_d w_d(a) z_d(a) + sum_d w_d(b) z_d(b)`` with ``w = ds/dz`` detached: shape ``(N', 1)``.
 
@@ -112,7 +66,9 @@ class _PairObjective(nn.Module):
     are ``(*inputs_a, *inputs_b)`` and each tower runs on its own (output ``(N, 1)``).
     """
 
-    def __init__(self, towers: Sequence[_Tower], similarity: str, stacked: bool, n_inputs_a: int) -> None:
+    def __init__(
+        self, towers: Sequence[LayerReadout], similarity: str, stacked: bool, n_inputs_a: int
+    ) -> None:
         super().__init__()
         self.towers = (
             nn.ModuleList([t.model for t in towers])
@@ -127,12 +83,12 @@ class _PairObjective(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self.stacked:
-            z = self._towers[0].embed(inputs, self.extra[0])
+            z = self._towers[0].read(inputs, self.extra[0])
             za, zb = z.chunk(2)
             wa, wb = similarity_weights(za.detach(), zb.detach(), self.similarity)
             return (torch.cat([wa, wb]) * z).sum(1, keepdim=True)
-        za = self._towers[0].embed(inputs[: self.n_inputs_a], self.extra[0])
-        zb = self._towers[-1].embed(inputs[self.n_inputs_a :], self.extra[1])
+        za = self._towers[0].read(inputs[: self.n_inputs_a], self.extra[0])
+        zb = self._towers[-1].read(inputs[self.n_inputs_a :], self.extra[1])
         if za.shape[1] != zb.shape[1]:
             raise ValueError(
                 f"the two embeddings have D = {za.shape[1]} and D = {zb.shape[1]}; they must match"
@@ -269,12 +225,12 @@ class SimilarityAttribution:
             kwargs["reshape_transform"] = transform[side]
         return kwargs
 
-    def _towers(self) -> List[_Tower]:
+    def _towers(self) -> List[LayerReadout]:
         if self.shared:
-            return [_Tower(self.model, self.embedding_layer, "embedding_layer")]
+            return [LayerReadout(self.model, self.embedding_layer, "embedding_layer")]
         return [
-            _Tower(self.model, self.embedding_layer, "embedding_layer"),
-            _Tower(self.model_b, self.embedding_layer_b, "embedding_layer_b"),
+            LayerReadout(self.model, self.embedding_layer, "embedding_layer"),
+            LayerReadout(self.model_b, self.embedding_layer_b, "embedding_layer_b"),
         ]
 
     def _pair(self, inputs_a: TensorOrTuple, inputs_b: TensorOrTuple):
@@ -346,7 +302,7 @@ class SimilarityAttribution:
             embedding_aggregator="mean",
             **kwargs,
         )
-        with _guards(towers):
+        with hook_readouts(towers):
             if stacked:
                 x = tuple(torch.cat([ta, tb]) for ta, tb in zip(xa, xb))
                 (maps,) = ea.attribute(x)
@@ -377,8 +333,8 @@ class SimilarityAttribution:
         xa, xb, _, _, _, _ = self._pair(inputs_a, inputs_b)
         extra_a, extra_b = _extras(extra_a, extra_b)
         towers = self._towers()
-        with _guards(towers, eval_mode=self.kwargs.get("eval_mode", True)), torch.no_grad():
-            return towers[0].embed(xa, extra_a), towers[-1].embed(xb, extra_b)
+        with hook_readouts(towers, eval_mode=self.kwargs.get("eval_mode", True)), torch.no_grad():
+            return towers[0].read(xa, extra_a), towers[-1].read(xb, extra_b)
 
     def per_dim_maps(
         self,
@@ -456,37 +412,6 @@ class SimilarityAttribution:
             scale = torch.where(norms > 0, 1.0 / norms.clamp_min(1e-30), torch.zeros_like(norms))
             m = m * scale[:, None, None]
         return m
-
-
-class _guards:
-    """One hook-only ModelGuard per distinct model (eval mode when asked), entered together."""
-
-    def __init__(self, towers: Sequence[_Tower], eval_mode: bool = False) -> None:
-        seen: List[nn.Module] = []
-        self.towers = towers
-        self.guards = []
-        for t in towers:
-            if not any(t.model is m for m in seen):
-                seen.append(t.model)
-                self.guards.append(ModelGuard(t.model, eval_mode=eval_mode, warn_train_mode=False))
-        self._entered: List[ModelGuard] = []
-
-    def __enter__(self):
-        try:
-            for g in self.guards:
-                g.__enter__()
-                self._entered.append(g)
-            by_model = {id(g.model): g for g in self.guards}
-            for t in self.towers:
-                t.hook(by_model[id(t.model)])
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        while self._entered:
-            self._entered.pop().__exit__(None, None, None)
 
 
 def _extras(extra_a: Any, extra_b: Any) -> Tuple[Tuple[Any, ...], Tuple[Any, ...]]:
