@@ -80,6 +80,7 @@ class _PairObjective(nn.Module):
         self.stacked = stacked
         self.n_inputs_a = n_inputs_a
         self.extra: Tuple[Tuple[Any, ...], Tuple[Any, ...]] = ((), ())
+        self.training = any(t.model.training for t in towers)  # the guard warns about the user's models
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self.stacked:
