@@ -1,5 +1,6 @@
 """captum_concepts.concept: public names are re-exported here."""
 
+from ._core.channel_masks import channel_masks
 from ._core.concept_maps import (
     ConceptImportance,
     class_importance,
@@ -17,3 +18,4 @@ __all__ += ["CoupledNMFConcepts"]
 __all__ += ["OutOfCore", "ActivationStore"]
 __all__ += ["concept_presence_maps", "concept_attribution_maps", "concept_importance", "class_importance"]
 __all__ += ["ConceptImportance"]
+__all__ += ["channel_masks"]
