@@ -103,19 +103,41 @@ def _layer_outputs(b: _Basis, inputs: Tuple[Tensor, ...], extra: Tuple[Any, ...]
 
 
 def _nnls_per_position(acts: Tensor, basis: Tensor, n_iter: int) -> Tensor:
-    """``argmin_{c >= 0} ||a_p - B_p c||^2`` for every example and position by HALS sweeps.
+    """``argmin_{c >= 0} ||a_p - B_p c||^2`` for every example and position, exactly.
 
-    ``acts`` ``(N, P, C)``, ``basis`` ``(P, C, d)`` (or ``(1, C, d)``) -> ``(N, P, d)``.
+    ``acts`` ``(N, P, C)``, ``basis`` ``(P, C, d)`` (or ``(1, C, d)``) -> ``(N, P, d)``. Block
+    principal pivoting (Kim & Park, 2011, Alg. 2, with its backup rule against cycling) on all
+    problems at once, in float64; each step solves the free variables' normal equations.
     """
-    gram = basis.transpose(1, 2) @ basis  # (P, d, d)
-    rhs = torch.einsum("npc,pcd->npd", acts, basis.expand(acts.shape[1], -1, -1))
-    diag = gram.diagonal(dim1=1, dim2=2).clamp_min(1e-12)  # (P, d)
-    c = (rhs / diag).clamp_min(0)
+    n, p_count = acts.shape[:2]
+    basis = basis.double().expand(p_count, -1, -1)
+    gram = (basis.transpose(1, 2) @ basis).expand(n, -1, -1, -1).reshape(-1, basis.shape[2], basis.shape[2])
+    rhs = torch.einsum("npc,pcd->npd", acts.double(), basis).reshape(-1, basis.shape[2])
+    m, d = rhs.shape
+    free = torch.zeros(m, d, dtype=torch.bool)
+    best = torch.full((m,), d + 1, dtype=torch.long)
+    tries = torch.full((m,), 3, dtype=torch.long)
+    eye = torch.eye(d, dtype=gram.dtype)
+    c = torch.zeros_like(rhs)
     for _ in range(n_iter):
-        for k in range(c.shape[2]):
-            step = (rhs[..., k] - (c * gram[:, k]).sum(-1)) / diag[:, k]
-            c[..., k] = (c[..., k] + step).clamp_min(0)
-    return c
+        mask = free.to(gram.dtype)
+        system = gram * mask[:, :, None] * mask[:, None, :] + eye * (1 - mask)[:, None, :]
+        c = torch.linalg.solve(system, rhs * mask) * mask
+        grad = (gram @ c[:, :, None])[:, :, 0] - rhs
+        bad = (free & (c < -1e-12)) | (~free & (grad < -1e-12 * rhs.abs().amax(1, keepdim=True).clamp_min(1)))
+        count = bad.sum(1)
+        if not bool(count.any()):
+            break
+        better = count < best
+        best = torch.where(better, count, best)
+        tries = torch.where(better, torch.full_like(tries, 3), tries - (count > 0).long())
+        full = tries > 0
+        last = d - 1 - bad.flip(1).long().argmax(1)  # the largest infeasible index (backup rule)
+        single = torch.zeros_like(bad)
+        single[torch.arange(m), last] = True
+        flip = torch.where(full[:, None], bad, single & bad)
+        free = free ^ flip
+    return c.clamp_min(0).reshape(n, p_count, d).float()
 
 
 def concept_presence_maps(
@@ -150,7 +172,8 @@ def concept_presence_maps(
         layer (int or str): the coupled fit's layer. Ignored for a :class:`SemanticVector`.
         additional_forward_args (Any, optional): extra forward arguments.
         upsample (str or None): see above. Default ``"bilinear"``.
-        n_iter (int): HALS sweeps of the per-position non-negative least squares. Default 50.
+        n_iter (int): the most pivoting steps of the per-position non-negative least squares
+            (each solves the problems exactly on a free set; a handful are enough). Default 50.
 
     Returns:
         Tensor ``(N, d, *S0)`` (``d`` concepts), detached.
