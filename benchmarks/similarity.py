@@ -69,6 +69,7 @@ def similarity_section(args) -> None:
             torch.cat([a, b]), embedding_dims=list(range(16)), return_per_dim=True
         ),
     }
+    before = load()
     t = timed(fns, args.repeats, "cpu")
     print(
         f"\n## 1. similarity maps, resnet18 (random weights), {args.pairs} pairs of {args.size}x{args.size}"
