@@ -3,7 +3,7 @@
 1. ``SimilarityAttribution(similarity="dot")`` (and ``"cosine"``) on a batch of pairs vs ONE
    Captum ``InputXGradient`` call on ``s(f(a), f(b))`` for the same pairs (target <= 1.5x).
    For scale, the per-dimension route (``D`` gradients per side, what ``return_per_dim`` costs)
-   is timed on 16 dimensions and extrapolated to all ``D``.
+   is timed on ``--dims`` dimensions (one run) and extrapolated to all ``D``.
 2. ``concept_importance`` for all ``d`` concepts of a fitted ``CoupledNMFConcepts``: the number
    of backward passes per target is counted (a backward hook on the classifier) and the time
    of one call, with the coefficients given, is compared with one plain forward + backward of
@@ -14,7 +14,7 @@ replaced by an identity (the 512-D pooled features are the embedding) on ``--siz
 and ``DigitsCNN`` on the scikit-learn digits. Times are medians over ``--repeats`` interleaved
 runs. The machine may be shared: the load average is printed with the results.
 
-Run: ``python benchmarks/similarity.py [--repeats 7] [--pairs 8] [--size 64] [--threads 2]``.
+Run: ``python benchmarks/similarity.py [--repeats 7] [--pairs 8] [--size 64] [--dims 4] [--threads 2]``.
 """
 
 from __future__ import annotations
@@ -65,12 +65,21 @@ def similarity_section(args) -> None:
         "SimilarityAttribution (dot)": lambda: ours["dot"].attribute(a, b),
         "captum InputXGradient (cosine)": lambda: ixg["cosine"].attribute((a, b)),
         "SimilarityAttribution (cosine)": lambda: ours["cosine"].attribute(a, b),
-        "per-dimension maps, 16 of D dims, both sides": lambda: per_dim.attribute(
-            torch.cat([a, b]), embedding_dims=list(range(16)), return_per_dim=True
-        ),
     }
     before = load()
     t = timed(fns, args.repeats, "cpu")
+    key = f"per-dimension maps, {args.dims} of D dims, both sides (1 run)"
+    t.update(
+        timed(
+            {
+                key: lambda: per_dim.attribute(
+                    torch.cat([a, b]), embedding_dims=list(range(args.dims)), return_per_dim=True
+                )
+            },
+            1,
+            "cpu",
+        )
+    )
     print(
         f"\n## 1. similarity maps, resnet18 (random weights), {args.pairs} pairs of {args.size}x{args.size}"
     )
@@ -80,7 +89,7 @@ def similarity_section(args) -> None:
     for k, v in t.items():
         base = t["captum InputXGradient (cosine)" if "cosine" in k else "captum InputXGradient (dot)"]
         print(f"| {k} | {v:.3f} | {v / base:.2f}x |")
-    full = t["per-dimension maps, 16 of D dims, both sides"] * d_total / 16
+    full = t[key] * d_total / args.dims
     print(
         f"| per-dimension route, all D = {d_total} (extrapolated) | {full:.1f} | "
         f"{full / t['captum InputXGradient (dot)']:.0f}x |"
@@ -132,6 +141,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--dims", type=int, default=4, help="embedding dims timed for the per-dim route")
     parser.add_argument("--examples", type=int, default=512)
     parser.add_argument("--concepts", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
