@@ -106,8 +106,9 @@ def _nnls_per_position(acts: Tensor, basis: Tensor, n_iter: int) -> Tensor:
     """``argmin_{c >= 0} ||a_p - B_p c||^2`` for every example and position, exactly.
 
     ``acts`` ``(N, P, C)``, ``basis`` ``(P, C, d)`` (or ``(1, C, d)``) -> ``(N, P, d)``. Block
-    principal pivoting (Kim & Park, 2011, Alg. 2, with its backup rule against cycling) on all
-    problems at once, in float64; each step solves the free variables' normal equations.
+    principal pivoting (Kim & Park, SIAM J. Sci. Comput. 2011, with its backup rule against
+    cycling) on all problems at once, in float64; each step solves the free variables' normal
+    equations.
     """
     n, p_count = acts.shape[:2]
     basis = basis.double().expand(p_count, -1, -1)
@@ -118,10 +119,13 @@ def _nnls_per_position(acts: Tensor, basis: Tensor, n_iter: int) -> Tensor:
     best = torch.full((m,), d + 1, dtype=torch.long)
     tries = torch.full((m,), 3, dtype=torch.long)
     eye = torch.eye(d, dtype=gram.dtype)
+    # a concept whose factor is zero at a position has no defined coefficient there: a tiny ridge
+    # keeps the systems regular and gives it 0
+    ridge = 1e-12 * gram.diagonal(dim1=1, dim2=2).amax(1, keepdim=True).clamp_min(1e-30)
     c = torch.zeros_like(rhs)
     for _ in range(n_iter):
         mask = free.to(gram.dtype)
-        system = gram * mask[:, :, None] * mask[:, None, :] + eye * (1 - mask)[:, None, :]
+        system = gram * mask[:, :, None] * mask[:, None, :] + eye * (1 - mask + ridge)[:, None, :]
         c = torch.linalg.solve(system, rhs * mask) * mask
         grad = (gram @ c[:, :, None])[:, :, 0] - rhs
         bad = (free & (c < -1e-12)) | (~free & (grad < -1e-12 * rhs.abs().amax(1, keepdim=True).clamp_min(1)))
@@ -328,8 +332,9 @@ def concept_importance(
     additional_forward_args: Any = None,
     coefficients: Optional[Tensor] = None,
 ) -> ConceptImportance:
-    r"""How much each concept drives the ``target`` logit, per example (CRAFT-style, Fel et al.
-    2023, §3.2, with the gradient x activation of concept coefficients).
+    r"""How much each concept drives the ``target`` logit, per example: gradient x input in
+    concept space (as in Fel et al., 2023, "A holistic approach to unifying automatic concept
+    extraction and concept importance estimation").
 
     With ``A`` the activations of the fitted ``layer`` (the layer's output, channels first),
     ``g = d logit_t / dA``, ``u`` the concept coefficients of the example (a column of
