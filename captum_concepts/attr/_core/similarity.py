@@ -129,7 +129,8 @@ class SimilarityAttribution:
     - **Two towers** (CLIP-like): ``model_b`` embeds side ``b`` (its embedding layer
       ``embedding_layer_b``, its source layer ``layer_b``, its arguments
       ``additional_forward_args_b``). The towers may take different inputs (images and token
-      ids); ``model_b`` may also be a submodule of ``model`` (e.g. ``clip.text_model``).
+      ids), e.g. ``model=clip.vision_model, model_b=clip.text_model``; no layer may belong to
+      both towers.
 
     Args:
         model (nn.Module): the encoder of ``a`` (and of ``b`` unless ``model_b`` is given).
@@ -250,8 +251,7 @@ class SimilarityAttribution:
         if self.shared and not stacked and self.layer is not None:
             raise ValueError(
                 "inputs_a and inputs_b have different shapes, so the shared encoder must run twice and "
-                "layer would run twice per forward pass; use layer=None, or pass the encoder again as "
-                "model_b (two towers)"
+                "layer would run twice per forward pass; use layer=None, or pad the inputs to one shape"
             )
         return xa, xb, a_tuple, b_tuple, n, stacked
 
