@@ -394,8 +394,9 @@ class SimilarityAttribution:
         positively homogeneous encoder (ReLU, no biases, source layer or inputs), Euler's theorem
         gives ``sum_q m_d^b(q) = z_d(b)``, hence ``sum_q M(p, q) = m^a(p)`` (the plain map of
         :meth:`attribute` for ``dot``, and its first term for ``cosine``) and
-        ``sum_{p,q} M(p, q) = s``. Costs ``D`` gradients per side: meant for source layers with
-        few positions.
+        ``sum_{p,q} M(p, q) = s``. Costs ``D`` gradients per side (the ``strategy`` given to the
+        constructor picks how :class:`EmbeddingAttribution` runs them): meant for source layers
+        with few positions.
 
         Returns:
             Tensor ``(N, P_a, P_b)`` with ``P`` the number of source positions (spatial
