@@ -63,9 +63,9 @@ def visualize_similarity_maps(
             clear_ticks(axes[i, 2 * col])
             overlay_map(axes[i, 2 * col + 1], shown, m, sign, cmap, alpha)
         if s is not None:
-            axes[i, 0].set_title(f"s = {s[i]:.3g}", fontsize=8)
+            axes[i, 0].set_ylabel(f"s = {s[i]:.3g}", fontsize=8)
     for col, name in enumerate(("a", "map of a", "b", "map of b")):
-        axes[0, col].set_xlabel(name, fontsize=8)
+        axes[0, col].set_title(name, fontsize=8)
     finish(fig, title)
     return fig, axes
 
