@@ -131,7 +131,8 @@ fig, axes = visualize_correspondence(a[0], b[0], corr[0], grid_a=(4, 4), k=8)
 # pooled features are the embedding), on random 64×64 images. **The weights are random, so these
 # maps carry no meaning**: they only show that the class runs on a standard architecture (no weights
 # can be downloaded here). With trained weights, pass your own images and, for two towers (CLIP-like),
-# `model_b=`, `embedding_layer_b=`, `layer_b=`.
+# `model_b=`, `embedding_layer_b=`, `layer_b=`. Correspondence maps at `layer4` (2×2 positions at this
+# size) work the same way but need 512 gradients per side, too slow for this notebook on a CPU.
 
 # %%
 import torchvision
@@ -145,9 +146,6 @@ rs = SimilarityAttribution(resnet, layer="layer2", similarity="cosine")
 ma, mb = rs.attribute(ra, rb)
 fig, axes = visualize_similarity_maps(ra, rb, ma, mb, scores=rs.similarity_scores(ra, rb),
                                       title="resnet18, RANDOM weights: no meaning")
-rs4 = SimilarityAttribution(resnet, layer="layer4", upsample=None)
-corr = rs4.correspondence(ra[:1], rb[:1], internal_batch_size=64)
-fig, axes = visualize_correspondence(ra[0], rb[0], corr[0], grid_a=(2, 2), k=4)
 
 # %% [markdown]
 # ## 3. Channel masks for semantic saliency
