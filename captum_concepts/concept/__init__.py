@@ -1,5 +1,13 @@
 """captum_concepts.concept: public names are re-exported here."""
 
+from ._core.channel_masks import channel_masks
+from ._core.concept_maps import (
+    ConceptImportance,
+    class_importance,
+    concept_attribution_maps,
+    concept_importance,
+    concept_presence_maps,
+)
 from ._core.coupled_nmf import CoupledNMFConcepts
 from ._core.out_of_core import ActivationStore, OutOfCore
 from ._core.semantic_vector import ConceptRanking, PerturbationResult, SemanticVector
@@ -8,3 +16,6 @@ __all__: list = []
 __all__ += ["SemanticVector", "ConceptRanking", "PerturbationResult"]
 __all__ += ["CoupledNMFConcepts"]
 __all__ += ["OutOfCore", "ActivationStore"]
+__all__ += ["concept_presence_maps", "concept_attribution_maps", "concept_importance", "class_importance"]
+__all__ += ["ConceptImportance"]
+__all__ += ["channel_masks"]

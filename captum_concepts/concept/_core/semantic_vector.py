@@ -50,6 +50,7 @@ from ..._utils.validation import (
     Int,
     check_fitted,
     check_int,
+    check_option,
     check_real,
     seed_of,
     validate_params,
@@ -444,15 +445,25 @@ class SemanticVector(BaseEstimator):
             raise TypeError("concepts must be a sequence: entry t names the concept of class t")
         return torch.tensor([self.concept_index(c) for c in concepts], dtype=torch.long)
 
-    def masks(self, threshold: float = 0.5) -> torch.Tensor:
+    def masks(self, threshold: float = 0.5, mode: str = "unit") -> torch.Tensor:
         """Binary masks ``1[r_c > threshold]`` of shape ``(n_concepts, *layer_shape_)`` (bool).
 
         SPEC.md §3 **[choice]**: the paper thresholds "the SeVec" at 0.5, but a
         unit-norm vector has almost no entries above 0.5, so the threshold applies
         to the activation rate ``r_c`` (the share of the concept's examples in
         which the unit is active).
+
+        ``mode="unit"`` (default) is the paper's per-unit rule above; ``mode="channel"`` is our
+        position-free extension (:func:`~captum_concepts.concept.channel_masks`: whole channels
+        whose position-averaged rate for the concept is above the average over concepts;
+        ``threshold`` is not used).
         """
         self._check_fitted()
+        check_option(mode, "mode", ("unit", "channel"))
+        if mode == "channel":
+            from .channel_masks import channel_masks
+
+            return channel_masks(self.activation_rates_, self.layer_shape_)
         check_real(threshold, "threshold", low=0.0, high=1.0, high_open=True)
         return (self.activation_rates_ > threshold).reshape(-1, *self.layer_shape_)
 

@@ -1,0 +1,457 @@
+"""Where each concept is, where its evidence comes from and how much it drives a class.
+
+For fitted :class:`CoupledNMFConcepts` (any fitted layer) and :class:`SemanticVector` (its layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from captum._utils.typing import TargetType
+from torch import Tensor, nn
+
+from ..._utils.common import TensorOrTuple, check_batch, format_additional_args, format_inputs
+from ..._utils.hooks import ModelGuard
+from ..._utils.layers import LayerSpec, resolve_layer
+from ...attr._core.embedding_attribution import EmbeddingAttribution
+from ...attr._core.layer_readout import LayerReadout, hook_readouts
+from ...attr._core.upsampling import upsample_maps
+from .coupled_nmf import CoupledNMFConcepts
+from .semantic_vector import SemanticVector
+
+__all__ = [
+    "ConceptImportance",
+    "concept_presence_maps",
+    "concept_attribution_maps",
+    "concept_importance",
+    "class_importance",
+]
+
+Concepts = Union[CoupledNMFConcepts, SemanticVector]
+
+
+def _channel_sum(t: Tensor, dim: int) -> Tensor:
+    return t.sum(dim)
+
+
+@dataclass
+class _Basis:
+    """One layer's concepts: ``block(raw) -> (N, a)`` rows and the basis ``(a, d)`` in block space."""
+
+    model: nn.Module
+    module: nn.Module
+    block: Callable[[Tensor], Tensor]
+    basis: Tensor
+    pooled: bool
+    transform: Optional[Callable[[Tensor], Tensor]]
+
+    def layer_basis(self, shape: Tuple[int, ...]) -> Tensor:
+        """The basis in the layer's own space: ``(d, *shape)`` (broadcast over positions if pooled)."""
+        d = self.basis.shape[1]
+        if self.pooled:
+            c = shape[0]
+            return self.basis.t().reshape(d, c, *([1] * (len(shape) - 1))).expand(d, *shape)
+        return self.basis.t().reshape(d, *shape)
+
+    def raw(self, out: Tensor) -> Tensor:
+        return out if self.transform is None else self.transform(out)
+
+
+def _basis(concepts: Concepts, layer: Union[int, str], argument: str = "concepts") -> _Basis:
+    if isinstance(concepts, SemanticVector):
+        if not hasattr(concepts, "vectors_"):
+            raise ValueError(f"{argument} is not fitted yet; call fit or fit_from_labels first")
+        model = concepts.model
+        module = resolve_layer(model, concepts.layer, "concepts.layer")
+        vectors = concepts.vectors_.float()
+        return _Basis(model, module, lambda r: r.reshape(r.shape[0], -1), vectors.t(), False, None)
+    if not isinstance(concepts, CoupledNMFConcepts):
+        raise TypeError(
+            f"{argument} must be a fitted CoupledNMFConcepts or SemanticVector, got {type(concepts).__name__}"
+        )
+    if not hasattr(concepts, "neuron_factors_"):
+        raise ValueError(f"{argument} is not fitted yet; call fit first")
+    if not isinstance(concepts.model, nn.Module) or concepts.input_shape_ is None:
+        raise ValueError(f"{argument} must be fitted with fit() on a model (fit_matrices has no layers)")
+    layers = list(concepts.layers) if isinstance(concepts.layers, (list, tuple)) else [concepts.layers]
+    j = concepts._layer_index(layer)
+    module = resolve_layer(concepts.model, layers[j], f"layers[{j}]")
+    shift = concepts.shift_[len(concepts.pixel_factors_) + j] if concepts.shift_ else None
+    pool = concepts.pool
+    transforms = getattr(concepts, "reshape_transform", None)
+    transform = transforms[j] if isinstance(transforms, (list, tuple)) else transforms
+
+    def block(raw: Tensor) -> Tensor:
+        if raw.dim() <= 2 or pool == "none":
+            rows = raw.reshape(raw.shape[0], -1)
+        else:
+            dims = tuple(range(2, raw.dim()))
+            rows = raw.mean(dim=dims) if pool == "mean" else raw.amax(dim=dims)
+        return rows if shift is None else rows - shift.to(rows)
+
+    basis = concepts.neuron_factors_[j].float()
+    return _Basis(concepts.model, module, block, basis, pool != "none", transform)
+
+
+def _layer_outputs(b: _Basis, inputs: Tuple[Tensor, ...], extra: Tuple[Any, ...]) -> Tensor:
+    readout = LayerReadout(b.model, b.module, "layer")
+    with hook_readouts([readout], eval_mode=True), torch.no_grad():
+        return b.raw(readout.read(inputs, extra, flatten=False))
+
+
+def _nnls_per_position(acts: Tensor, basis: Tensor, n_iter: int) -> Tensor:
+    """``argmin_{c >= 0} ||a_p - B_p c||^2`` for every example and position, exactly.
+
+    ``acts`` ``(N, P, C)``, ``basis`` ``(P, C, d)`` (or ``(1, C, d)``) -> ``(N, P, d)``. Block
+    principal pivoting (Kim & Park, SIAM J. Sci. Comput. 2011, with its backup rule against
+    cycling) on all problems at once, in float64; each step solves the free variables' normal
+    equations.
+    """
+    n, p_count = acts.shape[:2]
+    basis = basis.double().expand(p_count, -1, -1)
+    gram = (basis.transpose(1, 2) @ basis).expand(n, -1, -1, -1).reshape(-1, basis.shape[2], basis.shape[2])
+    rhs = torch.einsum("npc,pcd->npd", acts.double(), basis).reshape(-1, basis.shape[2])
+    m, d = rhs.shape
+    free = torch.zeros(m, d, dtype=torch.bool)
+    best = torch.full((m,), d + 1, dtype=torch.long)
+    tries = torch.full((m,), 3, dtype=torch.long)
+    eye = torch.eye(d, dtype=gram.dtype)
+    # a concept whose factor is zero at a position has no defined coefficient there: a tiny ridge
+    # keeps the systems regular and gives it 0
+    ridge = 1e-12 * gram.diagonal(dim1=1, dim2=2).amax(1, keepdim=True).clamp_min(1e-30)
+    c = torch.zeros_like(rhs)
+    for _ in range(n_iter):
+        mask = free.to(gram.dtype)
+        system = gram * mask[:, :, None] * mask[:, None, :] + eye * (1 - mask + ridge)[:, None, :]
+        c = torch.linalg.solve(system, rhs * mask) * mask
+        grad = (gram @ c[:, :, None])[:, :, 0] - rhs
+        bad = (free & (c < -1e-12)) | (~free & (grad < -1e-12 * rhs.abs().amax(1, keepdim=True).clamp_min(1)))
+        count = bad.sum(1)
+        if not bool(count.any()):
+            break
+        better = count < best
+        best = torch.where(better, count, best)
+        tries = torch.where(better, torch.full_like(tries, 3), tries - (count > 0).long())
+        full = tries > 0
+        last = d - 1 - bad.flip(1).long().argmax(1)  # the largest infeasible index (backup rule)
+        single = torch.zeros_like(bad)
+        single[torch.arange(m), last] = True
+        flip = torch.where(full[:, None], bad, single & bad)
+        free = free ^ flip
+    return c.clamp_min(0).reshape(n, p_count, d).float()
+
+
+def concept_presence_maps(
+    concepts: Concepts,
+    inputs: TensorOrTuple,
+    layer: Union[int, str] = 0,
+    additional_forward_args: Any = None,
+    upsample: Optional[str] = "bilinear",
+    n_iter: int = 50,
+) -> Tensor:
+    r"""Where each concept appears: one map per concept, ``(N, d, *S0)``.
+
+    - :class:`CoupledNMFConcepts`: at each position ``p`` of the fitted ``layer`` (an index into
+      ``neuron_factors_`` or a layer name) the non-negative coefficients ``c(p)`` of the
+      concepts' neuron factors that best reconstruct the activations there,
+      ``c(p) = argmin_{c >= 0} ||A(p) - O(p) c||^2`` (the Deep Feature Factorization reading of
+      a layer, Collins et al. 2018, with the coupled factors fixed). ``A(p)`` is the ``C``-vector
+      of channels at ``p`` (shifted as in the fit); ``O(p)`` the rows of ``O_j`` for position
+      ``p`` (``pool="none"``), or all of ``O_j`` at every position (pooled fits).
+    - :class:`SemanticVector`: the cosine of each position's features with the concept's
+      vector at that position, ``cos(phi(x)[:, p], v_c[:, p])`` (0 where either is 0).
+
+    A dense layer has one position (the value is copied over the image). Maps are upsampled to
+    the spatial size of ``inputs[0]`` with ``upsample`` (``"bilinear"``, ``"nearest"``, or None:
+    the layer's resolution ``(N, d, *S_l)``). Pixel factor images of a coupled fit come from
+    :meth:`CoupledNMFConcepts.factor_images`.
+
+    Args:
+        concepts: a fitted :class:`CoupledNMFConcepts` (fitted with :meth:`~CoupledNMFConcepts.fit`)
+            or :class:`SemanticVector`.
+        inputs (Tensor or tuple of Tensor): ``(N, C0, *S0)``.
+        layer (int or str): the coupled fit's layer. Ignored for a :class:`SemanticVector`.
+        additional_forward_args (Any, optional): extra forward arguments.
+        upsample (str or None): see above. Default ``"bilinear"``.
+        n_iter (int): the most pivoting steps of the per-position non-negative least squares
+            (each solves the problems exactly on a free set; a handful are enough). Default 50.
+
+    Returns:
+        Tensor ``(N, d, *S0)`` (``d`` concepts), detached.
+    """
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+        raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
+    b = _basis(concepts, layer)
+    x, _ = format_inputs(inputs)
+    n = check_batch(x)
+    raw = _layer_outputs(b, x, format_additional_args(additional_forward_args)).float()
+    if raw.dim() == 2:
+        raw = raw.unsqueeze(-1)
+    c, spatial = raw.shape[1], tuple(raw.shape[2:])
+    acts = raw.reshape(n, c, -1).transpose(1, 2)  # (N, P, C)
+    basis = b.basis.to(acts.device)
+    d = basis.shape[1]
+    if isinstance(concepts, SemanticVector):
+        vec = basis.t().reshape(d, c, -1)  # (d, C, P)
+        dots = torch.einsum("npc,dcp->ndp", acts, vec)
+        norms = acts.norm(dim=2)[:, None, :] * vec.norm(dim=1)[None]
+        maps = torch.where(norms > 0, dots / norms.clamp_min(1e-30), torch.zeros_like(dots))
+    else:
+        if b.pooled:
+            per_position = basis.reshape(1, c, d)
+        else:
+            per_position = basis.reshape(c, -1, d).transpose(0, 1)  # (P, C, d)
+        maps = _nnls_per_position(acts, per_position, n_iter).transpose(1, 2)  # (N, d, P)
+    maps = maps.reshape(n, d, *spatial)
+    size = tuple(x[0].shape[2:]) if x[0].dim() > 2 else ()
+    if raw.shape[2:] == (1,) and len(size) != 1:
+        maps = maps.reshape(n, d)
+        return upsample_maps(maps, size, upsample, spatial_dims=0) if upsample else maps
+    return upsample_maps(maps, size, upsample, spatial_dims=len(spatial)) if size else maps
+
+
+class _ConceptHead(nn.Module):
+    """A model whose output is the concepts' linear coefficients at one layer, ``(N, d)``."""
+
+    def __init__(self, b: _Basis, extra: Tuple[Any, ...]) -> None:
+        super().__init__()
+        self.model = b.model
+        self._basis = b
+        self._readout = LayerReadout(b.model, b.module, "layer")
+        self._extra = extra
+        self._coef = _coefficient_matrix(b)
+        self.training = b.model.training  # the guard then warns about the user's model, not ours
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        rows = self._basis.block(self._basis.raw(self._readout.read(inputs, self._extra, flatten=False)))
+        return rows @ self._coef.to(rows)
+
+
+def _coefficient_matrix(b: _Basis) -> Tensor:
+    """``W`` ``(a, d)`` with ``u = rows @ W``: least squares ``(O^T O)^+ O^T`` for NMF factors,
+    the projection ``V^T`` on unit semantic vectors."""
+    o = b.basis.double()
+    return torch.linalg.pinv(o.t() @ o, hermitian=True).matmul(o.t()).t().float()
+
+
+def concept_attribution_maps(
+    concepts: Concepts,
+    inputs: TensorOrTuple,
+    layer: Union[int, str] = 0,
+    source_layer: Optional[LayerSpec] = None,
+    method: str = "activation_gradient",
+    additional_forward_args: Any = None,
+    **kwargs: Any,
+) -> Tensor:
+    r"""Where the evidence for each concept comes from: ``(N, d, *S0)``, one map per concept.
+
+    The concept coefficients as a linear function of the layer's activations, ``u = W^T a``
+    (``a`` the fitted block rows of the layer: flattened, pooled and shifted as in the fit), are
+    explained like embedding dimensions by :class:`EmbeddingAttribution` with
+    ``return_per_dim=True`` (all concepts from one forward pass): the map of concept ``k`` is
+    ``sum_c A_c`` of the base ``method`` applied to ``u_k`` at ``source_layer`` (None: the
+    inputs). ``W = O (O^T O)^+`` (least squares on the neuron factors ``O_j``) for a
+    :class:`CoupledNMFConcepts`; for a :class:`SemanticVector` the same with the vectors, so
+    ``u`` are least-squares coordinates in the span of the semantic vectors.
+
+    Args:
+        concepts: fitted :class:`CoupledNMFConcepts` or :class:`SemanticVector`.
+        inputs (Tensor or tuple of Tensor): ``(N, C0, *S0)``.
+        layer (int or str): the coupled fit's layer (ignored for a :class:`SemanticVector`).
+        source_layer (nn.Module, str or None): where the maps live; must come before ``layer``.
+        method (str): ``"activation_gradient"`` (default), ``"gradient"`` or ``"gradcam"``.
+        additional_forward_args (Any, optional): extra forward arguments.
+        **kwargs: :class:`EmbeddingAttribution` options (``channel_aggregator``, default the
+            channel sum; ``upsample``, ``strategy``, ``reshape_transform``, ...) and
+            ``internal_batch_size`` / ``show_progress`` of its ``attribute``.
+
+    Returns:
+        Tensor ``(N, d, *S0)`` (layer maps upsampled as in :class:`EmbeddingAttribution`); the
+        first input's maps for tuple inputs with ``source_layer=None``.
+    """
+    b = _basis(concepts, layer)
+    x, _ = format_inputs(inputs)
+    check_batch(x)
+    head = _ConceptHead(b, format_additional_args(additional_forward_args))
+    call = {k: kwargs.pop(k) for k in ("internal_batch_size", "show_progress") if k in kwargs}
+    kwargs.setdefault("channel_aggregator", _channel_sum)
+    source = None if source_layer is None else resolve_layer(b.model, source_layer, "source_layer")
+    ea = EmbeddingAttribution(head, layer=source, method=method, **kwargs)
+    with hook_readouts([head._readout]):
+        maps = ea.attribute(x, return_per_dim=True, **call)
+    return maps[0] if isinstance(maps, tuple) else maps
+
+
+@dataclass
+class ConceptImportance:
+    r"""Gradient x activation of a target logit in concept space (see :func:`concept_importance`).
+
+    Attributes:
+        importance (Tensor): ``(N, d)``, ``u_k <g, o_k>``.
+        residual (Tensor): ``(N,)``, ``<g, A - O u>``: what the concepts do not reconstruct.
+        total (Tensor): ``(N,)``, ``<g, A>``, equal to ``importance.sum(1) + residual``.
+        coefficients (Tensor): ``(N, d)``, the concept coefficients ``u`` used.
+        target (Tensor): ``(N,)`` the target of each example.
+    """
+
+    importance: Tensor
+    residual: Tensor
+    total: Tensor
+    coefficients: Tensor
+    target: Tensor
+
+    def per_class(self, labels: Any = None) -> Tuple[Tensor, Tensor, Tensor]:
+        """Mean importance and residual per class: see :func:`class_importance`."""
+        return class_importance(self, self.target if labels is None else labels)
+
+
+def _targets(target: TargetType, n: int) -> Tensor:
+    if target is None:
+        raise ValueError("target is required: the class (logit index) whose score is explained")
+    if isinstance(target, bool):
+        raise TypeError("target must be an int, a list of ints or a (N,) tensor, got a bool")
+    t = torch.as_tensor(target)
+    if t.is_floating_point() or t.dim() > 1:
+        raise TypeError(f"target must be an int, a list of ints or a (N,) tensor, got {target!r}")
+    t = t.long().reshape(-1)
+    if t.numel() == 1:
+        return t.expand(n).clone()
+    if t.numel() != n:
+        raise ValueError(f"target has {t.numel()} entries, expected 1 or N = {n}")
+    return t
+
+
+def concept_importance(
+    concepts: CoupledNMFConcepts,
+    inputs: TensorOrTuple,
+    target: TargetType,
+    layer: Union[int, str] = 0,
+    additional_forward_args: Any = None,
+    coefficients: Optional[Tensor] = None,
+) -> ConceptImportance:
+    r"""How much each concept drives the ``target`` logit, per example: gradient x input in
+    concept space (as in Fel et al., 2023, "A holistic approach to unifying automatic concept
+    extraction and concept importance estimation").
+
+    With ``A`` the activations of the fitted ``layer`` (the layer's output, channels first),
+    ``g = d logit_t / dA``, ``u`` the concept coefficients of the example (a column of
+    :meth:`CoupledNMFConcepts.transform`) and ``o_k`` concept ``k``'s neuron factor in the
+    layer's space (``O_j[:, k]`` reshaped, or broadcast over positions for pooled fits)::
+
+        importance_k = u_k <g, o_k>,    residual = <g, A - sum_k u_k o_k>,
+        sum_k importance_k + residual = <g, A>   (the layer's gradient x activation total)
+
+    exactly, for any ``u``. All ``d`` concepts cost ONE forward and ONE backward pass (stopping
+    at ``layer``) per target, plus the forward passes of ``transform`` unless ``coefficients``
+    are given. With ``shift="min"`` the factors reconstruct the shifted activations, so the
+    residual also holds ``<g, shift>``.
+
+    Args:
+        concepts (CoupledNMFConcepts): fitted with :meth:`~CoupledNMFConcepts.fit`.
+        inputs (Tensor or tuple of Tensor): ``(N, C0, *S0)``; the model output must be
+            ``(N, n_classes)`` logits.
+        target (int, list of int or Tensor): the logit explained, one for all or one per example.
+        layer (int or str): the fitted layer (index into ``neuron_factors_`` or its name).
+        additional_forward_args (Any, optional): extra forward arguments.
+        coefficients (Tensor, optional): ``u`` as ``(d, N)`` (the layout of ``transform``).
+
+    Returns:
+        :class:`ConceptImportance`.
+    """
+    if not isinstance(concepts, CoupledNMFConcepts):
+        raise TypeError(f"concepts must be a fitted CoupledNMFConcepts, got {type(concepts).__name__}")
+    b = _basis(concepts, layer)
+    x, was_tuple = format_inputs(inputs)
+    n = check_batch(x)
+    t = _targets(target, n)
+    if coefficients is None:
+        if was_tuple and len(x) > 1:
+            raise ValueError("pass coefficients= for tuple inputs (transform takes one input tensor)")
+        coefficients = concepts.transform(x[0])
+    if not isinstance(coefficients, Tensor) or tuple(coefficients.shape) != (b.basis.shape[1], n):
+        got = tuple(coefficients.shape) if isinstance(coefficients, Tensor) else type(coefficients).__name__
+        raise ValueError(f"coefficients must be a ({b.basis.shape[1]}, {n}) tensor (d, N), got {got}")
+    acts, grads = _layer_gradient(b, x, t, format_additional_args(additional_forward_args))
+    o_layer = b.layer_basis(tuple(acts.shape[1:])).to(acts)  # (d, *shape)
+    u = coefficients.t().to(acts)
+    flat_g = grads.reshape(n, -1)
+    proj = flat_g @ o_layer.reshape(o_layer.shape[0], -1).t()  # (N, d): <g, o_k>
+    importance = u * proj
+    reconstruction = (u @ o_layer.reshape(o_layer.shape[0], -1)).reshape(acts.shape)
+    residual = (flat_g * (acts - reconstruction).reshape(n, -1)).sum(1)
+    total = (flat_g * acts.reshape(n, -1)).sum(1)
+    return ConceptImportance(importance, residual, total, u, t.to(acts.device))
+
+
+def _layer_gradient(
+    b: _Basis, x: Tuple[Tensor, ...], target: Tensor, extra: Tuple[Any, ...]
+) -> Tuple[Tensor, Tensor]:
+    """``(A, d logit_target / dA)`` at the basis' layer, one forward and one backward pass."""
+    kept: List[Tensor] = []
+
+    def hook(_module, _args, out):
+        if not isinstance(out, Tensor):
+            raise TypeError(f"the layer must output a tensor, got {type(out).__name__}")
+        leaf = out.detach().requires_grad_(True)  # the backward pass stops here
+        kept.append(leaf)
+        return leaf
+
+    with ModelGuard(b.model, freeze_parameters=True) as guard, torch.enable_grad():
+        guard.register_forward_hook(b.module, hook)
+        logits = b.model(*x, *extra)
+        if not isinstance(logits, Tensor) or logits.dim() != 2:
+            got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(f"the model output must be (N, n_classes) logits, got {got}")
+        if len(kept) != 1:
+            raise ValueError(f"the layer ran {len(kept)} times in one forward pass; it must run exactly once")
+        if int(target.max()) >= logits.shape[1] or int(target.min()) < 0:
+            raise ValueError(f"target {target.tolist()[:10]} out of range for {logits.shape[1]} classes")
+        score = logits.gather(1, target.to(logits.device)[:, None]).sum()
+        (grad,) = torch.autograd.grad(score, kept[0])
+    acts = b.raw(kept[0].detach())
+    grads = b.raw(grad)
+    if acts.dim() == 2:
+        acts, grads = acts.unsqueeze(-1), grads.unsqueeze(-1)
+    return acts, grads
+
+
+def class_importance(
+    result: Union[ConceptImportance, Tensor], labels: Any, residual: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Mean concept importance per class.
+
+    Args:
+        result: a :class:`ConceptImportance` or an importance tensor ``(N, d)``.
+        labels: ``(N,)`` class of each example (e.g. the targets, or the true labels).
+        residual: ``(N,)`` residuals when ``result`` is a tensor (optional).
+
+    Returns:
+        ``(importance (n_classes, d), residual (n_classes,), classes (n_classes,))`` over the
+        classes present in ``labels`` (sorted); the residual is zeros when unknown.
+    """
+    if isinstance(result, ConceptImportance):
+        imp, res = result.importance, result.residual
+    else:
+        imp, res = result, residual
+    if not isinstance(imp, Tensor) or imp.dim() != 2:
+        raise ValueError("result must be a ConceptImportance or an (N, d) importance tensor")
+    values = labels.detach().cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    if values.ndim != 1 or len(values) != imp.shape[0]:
+        raise ValueError(
+            f"labels must be 1-D with one entry per example (N={imp.shape[0]}), got {values.shape}"
+        )
+    classes, inverse = np.unique(values, return_inverse=True)
+    index = torch.as_tensor(inverse.reshape(-1), device=imp.device)
+    counts = torch.zeros(len(classes), dtype=imp.dtype, device=imp.device).index_add_(
+        0, index, torch.ones_like(imp[:, 0])
+    )
+    mean = torch.zeros(len(classes), imp.shape[1], dtype=imp.dtype, device=imp.device).index_add_(
+        0, index, imp
+    )
+    res_mean = torch.zeros(len(classes), dtype=imp.dtype, device=imp.device)
+    if res is not None:
+        res_mean = res_mean.index_add_(0, index, res.to(imp))
+    return mean / counts[:, None], res_mean / counts, torch.as_tensor(classes)

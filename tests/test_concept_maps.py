@@ -1,0 +1,175 @@
+"""Concept presence maps, concept attribution maps and concept importance: hand-computed
+references, the residual identity, one backward pass per target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import LayerGradientXActivation
+from scipy.optimize import nnls
+
+from captum_concepts._utils.hooks import assert_same_state, model_state
+from captum_concepts.concept import (
+    CoupledNMFConcepts,
+    SemanticVector,
+    class_importance,
+    concept_attribution_maps,
+    concept_importance,
+    concept_presence_maps,
+)
+from captum_concepts.data import DigitsCNN
+
+
+@pytest.fixture(scope="module")
+def setup(digits):
+    torch.manual_seed(0)
+    model = DigitsCNN(width=8, embedding_dim=16).eval()
+    x = digits.x_train[:120]
+    fits = {
+        pool: CoupledNMFConcepts(4, model, layers=["block2.pool", "block3.pool"], pool=pool, max_iter=40).fit(
+            x
+        )
+        for pool in ("none", "mean")
+    }
+    return model, x, digits.y_train[:120], fits
+
+
+@pytest.mark.parametrize("pool", ["none", "mean"])
+@pytest.mark.parametrize("layer", [0, 1])
+def test_concept_terms_plus_residual_equal_the_layer_gradient_x_activation_total(setup, pool, layer):
+    model, x, y, fits = setup
+    cnmf = fits[pool]
+    xb, yb = x[:6], y[:6]
+    result = concept_importance(cnmf, xb, target=yb, layer=layer)
+    module = model.block2.pool if layer == 0 else model.block3.pool
+    ref = LayerGradientXActivation(model, module).attribute(xb, target=yb).reshape(6, -1).sum(1).detach()
+    assert ref.abs().max() > 1e-4
+    torch.testing.assert_close(result.total, ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(result.importance.sum(1) + result.residual, ref, rtol=1e-4, atol=1e-6)
+    # the residual is <g, A - O u>, computed here from scratch with plain autograd
+    acts = {}
+    handle = module.register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+    logits = model(xb)
+    handle.remove()
+    a = acts["a"]
+    (g,) = torch.autograd.grad(logits.gather(1, yb[:, None]).sum(), a)
+    o = cnmf.neuron_factors_[layer]  # (a_j, d)
+    u = cnmf.transform(xb).t()  # (N, d)
+    recon = u @ o.t()
+    if pool == "mean":
+        recon = recon[:, :, None, None].expand_as(a)
+    recon = recon.reshape(a.shape)
+    torch.testing.assert_close(result.residual, (g * (a - recon)).reshape(6, -1).sum(1), rtol=1e-4, atol=1e-6)
+    o_full = o.t().reshape(o.shape[1], a.shape[1], -1)
+    if pool == "mean":
+        o_full = o_full.expand(-1, -1, a[0, 0].numel())
+    hand = u * torch.einsum(
+        "ncp,kcp->nk", g.reshape(6, a.shape[1], -1), o_full.reshape(o.shape[1], a.shape[1], -1)
+    )
+    torch.testing.assert_close(result.importance, hand.detach(), rtol=1e-4, atol=1e-6)
+    assert result.importance.abs().max() > 0
+
+
+def test_importance_costs_one_backward_pass_per_target(setup):
+    model, x, y, fits = setup
+    cnmf = fits["none"]
+    coefficients = cnmf.transform(x[:5])
+    calls = []
+    handle = model.classifier.register_full_backward_hook(lambda m, gi, go: calls.append(1))
+    try:
+        for target in range(3):
+            concept_importance(cnmf, x[:5], target=target, layer=1, coefficients=coefficients)
+    finally:
+        handle.remove()
+    assert len(calls) == 3
+
+
+def test_class_importance_is_the_mean_per_class(setup):
+    model, x, y, fits = setup
+    result = concept_importance(fits["none"], x[:12], target=y[:12], layer=1)
+    imp, res, classes = class_importance(result, y[:12])
+    for row, c in enumerate(classes.tolist()):
+        sel = y[:12] == c
+        torch.testing.assert_close(imp[row], result.importance[sel].mean(0))
+        torch.testing.assert_close(res[row], result.residual[sel].mean())
+    imp2, _, _ = result.per_class()
+    torch.testing.assert_close(imp2, imp)
+
+
+def test_presence_maps_solve_the_per_position_nonnegative_least_squares(setup):
+    model, x, y, fits = setup
+    cnmf = fits["none"]
+    maps = concept_presence_maps(cnmf, x[:2], layer=0, upsample=None)
+    assert maps.shape == (2, 4, 4, 4) and (maps >= 0).all() and maps.max() > 0
+    a = model.block2(model.block1(x[:2])).detach()  # (2, C, 4, 4)
+    basis = cnmf.neuron_factors_[0].reshape(a.shape[1], 16, 4)  # rows ordered (channel, position)
+    for n, p in [(0, 0), (0, 5), (1, 10), (1, 15)]:
+        ref, _ = nnls(basis[:, p].double().numpy(), a[n, :, p // 4, p % 4].double().numpy())
+        np.testing.assert_allclose(maps[n, :, p // 4, p % 4].numpy(), ref, rtol=1e-3, atol=1e-4)
+    up = concept_presence_maps(cnmf, x[:2], layer=0)
+    assert up.shape == (2, 4, 8, 8)
+
+
+def test_pooled_presence_maps_use_the_same_basis_everywhere(setup):
+    model, x, y, fits = setup
+    cnmf = fits["mean"]
+    maps = concept_presence_maps(cnmf, x[:1], layer=1, upsample=None)
+    a = model.block3(model.block2(model.block1(x[:1]))).detach()
+    ref, _ = nnls(cnmf.neuron_factors_[1].double().numpy(), a[0, :, 1, 0].double().numpy())
+    np.testing.assert_allclose(maps[0, :, 1, 0].numpy(), ref, rtol=1e-3, atol=1e-4)
+
+
+def test_semantic_vector_presence_maps_are_per_position_cosines(setup):
+    model, x, y, _ = setup
+    sv = SemanticVector(model, "block2.pool").fit_from_labels((x, y), n_classes=10)
+    maps = concept_presence_maps(sv, x[:2], upsample=None)
+    assert maps.shape == (2, 10, 4, 4)
+    a = model.block2(model.block1(x[:2])).detach()
+    v = sv.vectors_.reshape(10, *a.shape[1:])
+    ref = torch.cosine_similarity(a[:, None], v[None], dim=2)
+    torch.testing.assert_close(maps, ref, rtol=1e-4, atol=1e-6)
+    assert ref.abs().max() > 0
+
+
+def test_concept_attribution_maps_equal_autograd_of_the_linear_coefficients(setup):
+    model, x, y, fits = setup
+    cnmf = fits["mean"]
+    maps = concept_attribution_maps(cnmf, x[:3], layer=1)
+    assert maps.shape == (3, 4, 8, 8)
+    o = cnmf.neuron_factors_[1].double()
+    w = (torch.linalg.pinv(o.t() @ o) @ o.t()).float()  # (d, a)
+    xs = x[:3].clone().requires_grad_(True)
+    pooled = model.block3(model.block2(model.block1(xs))).mean((2, 3))
+    u = pooled @ w.t()
+    refs = []
+    for k in range(4):
+        (g,) = torch.autograd.grad(u[:, k].sum(), xs, retain_graph=True)
+        refs.append((g * xs).sum(1).detach())
+    ref = torch.stack(refs, 1)
+    assert ref.abs().max() > 1e-5
+    torch.testing.assert_close(maps, ref, rtol=1e-4, atol=1e-6)
+    layer_maps = concept_attribution_maps(cnmf, x[:3], layer=1, source_layer="block1", upsample=None)
+    assert layer_maps.shape == (3, 4, 8, 8)
+
+
+def test_model_left_unchanged_and_bad_arguments(setup):
+    model, x, y, fits = setup
+    before = model_state(model)
+    concept_importance(fits["none"], x[:2], target=1)
+    concept_attribution_maps(fits["none"], x[:2])
+    concept_presence_maps(fits["none"], x[:2])
+    assert_same_state(before, model)
+    with pytest.raises(ValueError, match="target"):
+        concept_importance(fits["none"], x[:2], target=None)
+    with pytest.raises(ValueError, match="out of range"):
+        concept_importance(fits["none"], x[:2], target=10)
+    assert_same_state(before, model)
+    with pytest.raises(ValueError, match="coefficients"):
+        concept_importance(fits["none"], x[:2], target=1, coefficients=torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="not fitted"):
+        concept_presence_maps(CoupledNMFConcepts(3, model, layers=["block2.pool"]), x[:2])
+    with pytest.raises(TypeError, match="CoupledNMFConcepts"):
+        concept_presence_maps(object(), x[:2])
+    with pytest.raises(ValueError, match="n_iter"):
+        concept_presence_maps(fits["none"], x[:2], n_iter=0)
