@@ -1,4 +1,6 @@
-"""captum_concepts.concept: public names are re-exported here."""
+"""Concepts: semantic vectors of labelled concepts (:class:`SemanticVector`) and concepts
+discovered without labels by coupled NMF (:class:`CoupledNMFConcepts`, with out-of-core
+fitting through :class:`OutOfCore` and :class:`ActivationStore`)."""
 
 from ._core.coupled_nmf import CoupledNMFConcepts
 from ._core.out_of_core import ActivationStore, OutOfCore

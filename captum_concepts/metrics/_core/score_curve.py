@@ -131,8 +131,7 @@ def score_curve(
             submodule of that type in definition order.
         inputs (Tensor or tuple of Tensors): the meaningful inputs, batch first.
         score (str): ``"noise"`` (default) or ``"variance"``.
-        method, channel_aggregator, embedding_aggregator, upsample,
-        attribute_to_layer_input, strategy: as in
+        method, channel_aggregator, embedding_aggregator, upsample, attribute_to_layer_input, strategy: as in
             :class:`~captum_concepts.attr.EmbeddingAttribution` (same defaults).
             ``embedding_aggregator`` is unused by the variance score (per-dimension maps).
         noise_func, n_noise: noise inputs of the noise score, as in :func:`noise_score`.
