@@ -1,0 +1,27 @@
+"""The documentation's code runs: every Python block of the quick start, in order."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _python_blocks(page: Path) -> list:
+    return re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+
+
+def test_quickstart_page_has_code():
+    assert len(_python_blocks(DOCS / "quickstart.md")) >= 4
+
+
+@pytest.mark.slow
+def test_quickstart_code_runs_in_order():
+    namespace: dict = {}
+    for block in _python_blocks(DOCS / "quickstart.md"):
+        exec(compile(block, "quickstart.md", "exec"), namespace)
+    assert tuple(namespace["maps"].shape) == (16, 8, 8)
+    assert namespace["maps"].abs().sum() > 0
+    assert tuple(namespace["vs"].shape) == (16,) and float(namespace["vs"].max()) <= 0.25
+    assert len(namespace["concepts"]) == 10
