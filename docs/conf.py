@@ -82,10 +82,10 @@ def public_modules() -> list:
     return found
 
 
-def home_of(obj, name: str, modules: list, current) -> str | None:
-    """The other public module that exports ``obj`` under ``name`` (it is documented there)."""
-    for module in modules:
-        if module is not current and name in module.__all__ and getattr(module, name, None) is obj:
+def home_of(obj, name: str, modules: list) -> str | None:
+    """The module that documents ``obj``: the first subpackage exporting it under ``name``."""
+    for module in modules[1:]:
+        if name in module.__all__ and getattr(module, name, None) is obj:
             return module.__name__
     return None
 
@@ -122,10 +122,11 @@ def api_pages() -> None:
             obj = getattr(module, attr)
             if isinstance(obj, type(sys)):
                 submodules.append(obj.__name__)
-            elif (home := home_of(obj, attr, modules[1:], module)) is not None:
+            elif (home := home_of(obj, attr, modules) or name) != name:
                 elsewhere.append(f"{home}.{attr}")
             elif callable(obj):
                 here.append(attr)
+                keep.add(api / "generated" / f"{name}.{attr}.rst")
             else:
                 data.append(attr)
         lines = [title(f"``{name}``"), "", f".. automodule:: {name}", "", f".. currentmodule:: {name}", ""]
@@ -147,8 +148,8 @@ def api_pages() -> None:
         write_if_changed(page, "\n".join(lines))
     keep.add(api / "index.rst")
     write_if_changed(api / "index.rst", "\n".join(index) + "\n")
-    for stale in api.glob("*.rst"):
-        if stale not in keep:
+    for stale in [*api.glob("*.rst"), *api.glob("generated/*.rst")]:
+        if stale not in keep:  # a name or module that is no longer public
             stale.unlink()
 
 

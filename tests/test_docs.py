@@ -2,8 +2,7 @@
 
 import re
 from pathlib import Path
-
-import pytest
+from types import SimpleNamespace
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -16,8 +15,12 @@ def test_quickstart_page_has_code():
     assert len(_python_blocks(DOCS / "quickstart.md")) >= 4
 
 
-@pytest.mark.slow
-def test_quickstart_code_runs_in_order():
+def test_quickstart_code_runs_in_order(digits_cnn, monkeypatch):
+    import captum_concepts.data
+
+    # the page trains the digits CNN; the session's trained copy saves that half minute
+    trained = SimpleNamespace(model=digits_cnn)
+    monkeypatch.setattr(captum_concepts.data, "train_digits_cnn", lambda data, **kwargs: trained)
     namespace: dict = {}
     for block in _python_blocks(DOCS / "quickstart.md"):
         exec(compile(block, "quickstart.md", "exec"), namespace)
