@@ -52,6 +52,7 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_ivar = True  # an "Attributes:" section must not duplicate the dataclass fields
 napoleon_use_rtype = False
+strip_signature_backslash = True  # napoleon then escapes trailing underscores (``vectors_``)
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_typehints_format = "short"

@@ -156,10 +156,13 @@ class CoupledNMFConcepts(BaseEstimator):
         pixel_factors_ (list of Tensor): ``P_i``, ``(S_i, d)`` each.
         neuron_factors_ (list of Tensor): ``O_j``, ``(a_j, d)`` each.
         loss_history_ (list of float): ``J`` at the start and after each iteration.
-        n_iter_ (int): iterations run. ``converged_`` (bool): ``tol`` reached.
+        n_iter_ (int): iterations run.
+        converged_ (bool): ``tol`` reached.
         block_names_ (list of str): ``"pixels[i]"`` then the layer names.
         block_weights_ (list of float): the ``w`` used.
-        layer_names_, layer_shapes_, input_shape_: what :meth:`fit` collected.
+        layer_names_ (list of str): the activation blocks' layer names.
+        layer_shapes_ (list of tuple): each block's shape for one example.
+        input_shape_ (tuple or None): one input's shape (None after :meth:`fit_matrices`).
 
     Example::
 
