@@ -1,4 +1,6 @@
-"""captum_concepts.attr: public names are re-exported here."""
+"""Attribution methods: explain embeddings (:class:`EmbeddingAttribution`, its aggregators and
+upsampling) and class-discriminative semantic saliency (:class:`SemanticGuidedBackprop`,
+:class:`SemanticGradientInput`)."""
 
 from ._core.aggregators import aggregate
 from ._core.embedding_attribution import EmbeddingAttribution

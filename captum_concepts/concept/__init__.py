@@ -1,4 +1,6 @@
-"""captum_concepts.concept: public names are re-exported here."""
+"""Concepts: semantic vectors of labelled concepts (:class:`SemanticVector`) and concepts
+discovered without labels by coupled NMF (:class:`CoupledNMFConcepts`, with out-of-core
+fitting through :class:`OutOfCore` and :class:`ActivationStore`)."""
 
 from ._core.channel_masks import channel_masks
 from ._core.concept_maps import (

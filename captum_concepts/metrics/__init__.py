@@ -1,4 +1,5 @@
-"""captum_concepts.metrics: public names are re-exported here."""
+"""Metrics: representation scores of an embedding (noise score, noise benchmark, variance
+score, drift, score curves over layers) and the generalised pointing game of saliency maps."""
 
 from ._core.pointing_game import pointing_game, pointing_game_curve
 from ._core.representation_scores import drift_score, noise_benchmark, noise_score, variance_score

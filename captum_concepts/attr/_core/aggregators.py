@@ -1,4 +1,4 @@
-"""Aggregators over a multiset of maps (Bertolini et al., §2): mean, mean-absolute, population variance.
+"""Aggregators over a multiset of maps (Bertolini et al., §2.2): mean, mean-absolute, population variance.
 
 One place for the channel aggregator ``rho_C`` and the embedding aggregator ``rho_D`` of
 :class:`~captum_concepts.attr.EmbeddingAttribution`; the representation scores reuse it.

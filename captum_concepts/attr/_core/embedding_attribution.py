@@ -1,5 +1,5 @@
 """EmbeddingAttribution: attribute every component of an embedding to the input or to any
-earlier layer, aggregated over channels and embedding dimensions (SPEC §1, Bertolini et al. §2).
+earlier layer, aggregated over channels and embedding dimensions (Bertolini et al., §2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Semantic Guided Backprop and Semantic Gradient×Input (Gu & Tresp §5, SPEC.md §4).
+"""Semantic Guided Backprop and Semantic Gradient×Input (Gu & Tresp, §5).
 
 Both run one forward and one backward pass. At one chosen layer the gradient
 arriving at the layer's output is multiplied, per example, by the semantic mask
@@ -273,7 +273,7 @@ class SemanticGuidedBackprop(_SemanticGradientBase):
     At every ``nn.ReLU`` module the backward signal is ``R^{l+1} · 1[R^{l+1} > 0 and
     X^l > 0]`` (Captum's :class:`~captum.attr.GuidedBackprop`); at ``layer`` it is
     additionally multiplied by the semantic mask of each example's target class
-    (SPEC.md §4; the paper uses VGG16 ``pool5``). One forward and one backward pass
+    (Gu & Tresp, §5; the paper uses VGG16 ``pool5``). One forward and one backward pass
     for the whole batch. With an all-ones mask the result equals Captum's
     ``GuidedBackprop`` exactly.
 
@@ -328,7 +328,7 @@ class SemanticGradientInput(_SemanticGradientBase):
 
     Plain gradients everywhere (no ReLU is modified; ``F.relu`` and ``nn.ReLU``
     behave the same), multiplied at ``layer`` by the semantic mask of each
-    example's target class, then multiplied by the input (SPEC.md §4). One forward
+    example's target class, then multiplied by the input (Gu & Tresp, §5). One forward
     and one backward pass. With an all-ones mask it equals Captum's
     :class:`~captum.attr.InputXGradient` exactly.
 

@@ -1,4 +1,4 @@
-"""Upsampling of low-resolution attribution maps to the input's resolution (SPEC §1, ``U``)."""
+"""Upsampling of low-resolution attribution maps to the input's resolution (Bertolini et al., §2.1)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Solvers for coupled non-negative matrix factorisation (private).
 
-The problem (SPEC.md §5), written for ``B`` blocks ``X_b`` of shape ``(r_b, N)``
+The problem (Saini & Papalexakis, Equation 3.1), written for ``B`` blocks ``X_b`` of shape ``(r_b, N)``
 (pixel channels first, then layers) that share the example factor ``F``
 ``(d, N)``::
 
@@ -331,7 +331,7 @@ def mu_update(
 ) -> None:
     """One multiplicative update of all rows of ``H`` in place.
 
-    ``H <- H * A / (B H + reg * H + group_term + eps)`` (Lee & Seung; SPEC §5).
+    ``H <- H * A / (B H + reg * H + group_term + eps)`` (Lee & Seung; Saini & Papalexakis, Equation 3.2).
     ``reg`` is a float or a ``(M,)`` tensor (per column of ``H``); ``group_term``
     the group-lasso gradient ``(beta / 2) H / ||H[k, I_g]||`` or None.
     """

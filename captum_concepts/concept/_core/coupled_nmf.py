@@ -1,7 +1,7 @@
 """Coupled NMF concept discovery over pixels, neurons of several layers and examples.
 
 Saini & Papalexakis, "Analyzing Representations inside Convolutional Neural
-Networks" (SPEC.md §5).
+Networks", §3.2, Equations 3.1 and 3.2.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class CoupledNMFConcepts(BaseEstimator):
             + lambda_p sum_i ||P_i||^2 + lambda_o sum_j ||O_j||^2 + lambda_f ||F||^2
             + group_sparsity * sum_{k, g} ||F[k, I_g]||_2
 
-    with all factors non-negative (SPEC §5; the ``w`` are 1 unless
+    with all factors non-negative (Saini & Papalexakis, Equation 3.1; the ``w`` are 1 unless
     ``block_weights`` says otherwise). Row ``k`` of ``F`` is concept ``k``'s
     affinity with every example, column ``k`` of ``P_i`` its pixel pattern in
     channel ``i`` and column ``k`` of ``O_j`` its neurons in layer ``j``.
@@ -117,7 +117,7 @@ class CoupledNMFConcepts(BaseEstimator):
             unweighted one), so that a large layer does not drown the rest.
             **[choice]** Default: None.
         solver ("mu" or "hals"): "mu" is the paper's multiplicative update
-            (SPEC §5, with ``eps = 1e-10`` in the denominators); "hals" is
+            (Equation 3.2, with ``eps = 1e-10`` in the denominators); "hals" is
             hierarchical ALS (exact block coordinate descent over the ``d``
             concepts) on the same statistics with up to 4 inner sweeps per pass
             over the data and, after 5 plain iterations, extrapolation with
@@ -202,10 +202,13 @@ class CoupledNMFConcepts(BaseEstimator):
         pixel_factors_ (list of Tensor): ``P_i``, ``(S_i, d)`` each.
         neuron_factors_ (list of Tensor): ``O_j``, ``(a_j, d)`` each.
         loss_history_ (list of float): ``J`` at the start and after each iteration.
-        n_iter_ (int): iterations run. ``converged_`` (bool): ``tol`` reached.
+        n_iter_ (int): iterations run.
+        converged_ (bool): ``tol`` reached.
         block_names_ (list of str): ``"pixels[i]"`` then the layer names.
         block_weights_ (list of float): the ``w`` used.
-        layer_names_, layer_shapes_, input_shape_: what :meth:`fit` collected.
+        layer_names_ (list of str): the activation blocks' layer names.
+        layer_shapes_ (list of tuple): each block's shape for one example.
+        input_shape_ (tuple or None): one input's shape (None after :meth:`fit_matrices`).
 
     Example::
 

@@ -1,6 +1,6 @@
 """Semantic vectors (Gu & Tresp): concepts as directions in a layer's feature space.
 
-SPEC.md §3. For a concept ``c`` with examples ``I_c`` and the features ``φ(x)`` of
+Gu & Tresp, §3, Equation 3. For a concept ``c`` with examples ``I_c`` and the features ``φ(x)`` of
 one layer (flattened to ``D`` units):
 
 - binarised features ``a_i = 1[φ(x_i) > 0]`` and ``â_i = a_i / ||a_i||``;
@@ -196,7 +196,7 @@ class _ConceptSums:
 
 
 class SemanticVector(BaseEstimator):
-    r"""Semantic vectors of named concepts at one layer (Gu & Tresp, SPEC.md §3).
+    r"""Semantic vectors of named concepts at one layer (Gu & Tresp, §3, Equation 3).
 
     Fitting streams over data: each batch is forwarded up to ``layer``, binarised
     (``a = 1[φ(x) > 0]``) and added into per-concept sums, so memory depends on the
@@ -230,7 +230,7 @@ class SemanticVector(BaseEstimator):
             to float rounding). Concepts are the union over ranks. Without a
             process group it is a plain fit. Default: False.
 
-    Attributes (after fit):
+    Attributes:
         concept_names_ (list): concept names in order (dict keys for :meth:`fit`;
             the class labels ``0..C-1`` for :meth:`fit_from_labels`).
         vectors_ (Tensor): ``(n_concepts, D)`` unit-norm semantic vectors ``v_c``.
@@ -448,7 +448,7 @@ class SemanticVector(BaseEstimator):
     def masks(self, threshold: float = 0.5, mode: str = "unit") -> torch.Tensor:
         """Binary masks ``1[r_c > threshold]`` of shape ``(n_concepts, *layer_shape_)`` (bool).
 
-        SPEC.md §3 **[choice]**: the paper thresholds "the SeVec" at 0.5, but a
+        **[choice]** The paper (§3) thresholds "the SeVec" at 0.5, but a
         unit-norm vector has almost no entries above 0.5, so the threshold applies
         to the activation rate ``r_c`` (the share of the concept's examples in
         which the unit is active).
@@ -558,7 +558,7 @@ class SemanticVector(BaseEstimator):
     ) -> torch.Tensor:
         """Cosine similarity ``cos(φ(x), v_c)`` of each input with each concept: ``(N, n_concepts)``.
 
-        Raw features by default (SPEC.md §3, retrieval); ``binarize=True`` uses
+        Raw features by default (Gu & Tresp, §3, retrieval); ``binarize=True`` uses
         ``1[φ(x) > 0]`` instead. An input whose features are all zero gets 0.
         """
         feats = self.transform(inputs, additional_forward_args)

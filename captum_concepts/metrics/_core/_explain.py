@@ -90,7 +90,7 @@ def draw_noise(
     """``n`` noise inputs shaped like ``inputs``.
 
     ``noise_func`` is ``None`` (standard normal ``N(0, 1)`` of the inputs' shape,
-    dtype and device, SPEC §2 [choice]), a callable ``noise_func(inputs) -> noise``
+    dtype and device, a choice: the paper does not fix the noise), a callable ``noise_func(inputs) -> noise``
     (called once per draw with the inputs in the form given: tensor or tuple) or the
     noise itself (a tensor / tuple of tensors of the inputs' shape; then ``n`` must be 1).
     """

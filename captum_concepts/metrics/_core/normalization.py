@@ -1,4 +1,4 @@
-"""Per-example min–max normalisation of attribution maps (``Nrm`` in SPEC §2)."""
+"""Per-example min–max normalisation of attribution maps (``Nrm`` in Bertolini et al., §3.1, Equation 1)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ def minmax_normalize(maps: torch.Tensor, start_dim: int = 1) -> torch.Tensor:
     before it (the batch, and e.g. the embedding dimension of per-dimension maps)
     selects one map, normalised on its own.
 
-    A constant map has no range to rescale: it becomes all zeros **[choice,
-    SPEC §2]** and no division by zero happens. A map counts as constant when its
+    A constant map has no range to rescale: it becomes all zeros **[choice]**
+    and no division by zero happens. A map counts as constant when its
     range is at most ``8 · eps · max|m|`` (floating-point noise around a constant
     is not blown up to the full ``[0, 1]``). The result is differentiable
     w.r.t. ``maps`` (the constant branch has zero gradient).

@@ -1,4 +1,4 @@
-"""The generalised pointing game (Gu & Tresp §5.2, SPEC.md §4), batched.
+"""The generalised pointing game (Gu & Tresp, §5.2), batched.
 
 Keep the most salient pixels of each map until they hold a fraction ``energy``
 of its positive energy; the map *hits* when at least ``hit_fraction`` of the
@@ -142,7 +142,7 @@ def pointing_game(
     down until they hold at least ``energy`` of the map's positive energy (pixels
     tied with the last kept value are kept as well). The example is a hit when the
     kept pixels hold at least ``hit_fraction`` of the kept energy inside the target
-    region (SPEC.md §4 **[choice]**; the default 1.0 means all of it).
+    region (**[choice]**; the default 1.0 means all of it).
 
     - ``energy=0`` keeps only the maximum point(s): the classic pointing game.
     - A map without any positive value points nowhere: a miss.
@@ -186,10 +186,10 @@ def pointing_game_curve(
 
     Same rules as :func:`pointing_game`; the maps are sorted once for all energies.
     Examples with an empty region (``on_empty="nan"``) are left out of the accuracy.
+    The other arguments are those of :func:`pointing_game`.
 
     Args:
         energies: fractions in ``[0, 1]``; default ``0, 0.05, ..., 1.0`` (21 values).
-        Other arguments as in :func:`pointing_game`.
 
     Returns:
         ``(energies (E,), accuracy (E,))``.

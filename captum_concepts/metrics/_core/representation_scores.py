@@ -1,4 +1,4 @@
-"""Representation scores of Bertolini, Clevert & Montanari (SPEC §2; paper §3–4).
+"""Representation scores of Bertolini, Clevert & Montanari (§3–4).
 
 Functions in the style of ``captum.metrics.infidelity`` / ``sensitivity_max``: an
 explanation function first, then ``inputs``, the noise, ``max_examples_per_batch``,
@@ -52,7 +52,7 @@ def noise_score(
     ``NS(x) = mean_pixels |Nrm(E(x)) - Nrm(E(x̃))|``, ``x̃`` a noise input.
 
     ``Nrm`` rescales each example's map to ``[0, 1]`` (min–max; a constant map
-    becomes all zeros **[choice, SPEC §2]**), so ``0 <= NS <= 1``. With
+    becomes all zeros **[choice]**), so ``0 <= NS <= 1``. With
     ``n_noise > 1`` the score is averaged over that many independent noise inputs.
     The inputs and all noise inputs go through ``explanation_func`` together
     (stacked along the batch dimension), so an ``EmbeddingAttribution`` computes
@@ -69,7 +69,7 @@ def noise_score(
             layers need the ``EmbeddingAttribution``'s ``reshape_transform``.
         inputs (Tensor or tuple of Tensors): the meaningful inputs, batch first.
         noise_func (callable, Tensor or None, optional): ``None`` draws standard
-            normal noise of the inputs' shape (**[choice, SPEC §2]**);
+            normal noise of the inputs' shape (**[choice]**);
             a callable ``noise_func(inputs)`` returns a noise input shaped like
             ``inputs``; a tensor (tuple) *is* the noise input (then ``n_noise`` must
             be 1). Default: None.

@@ -132,8 +132,7 @@ def score_curve(
             submodule of that type in definition order.
         inputs (Tensor or tuple of Tensors): the meaningful inputs, batch first.
         score (str): ``"noise"`` (default) or ``"variance"``.
-        method, channel_aggregator, embedding_aggregator, upsample,
-        attribute_to_layer_input, strategy: as in
+        method, channel_aggregator, embedding_aggregator, upsample, attribute_to_layer_input, strategy: as in
             :class:`~captum_concepts.attr.EmbeddingAttribution` (same defaults).
         reshape_transform (callable, list aligned with ``layers``, or None): as in
             :class:`~captum_concepts.attr.EmbeddingAttribution`: layers whose output is not
