@@ -250,3 +250,5 @@ def test_a_model_of_another_architecture_is_refused_at_first_use(tmp_path, sv):
     loaded = SemanticVector.load(tmp_path / "sv.pt", model=other)
     with pytest.raises(ValueError, match="fitted on outputs of shape .* architecture"):
         loaded.similarity(X)
+    with pytest.raises(ValueError, match="fitted on outputs of shape .* architecture"):
+        loaded.perturbation_check(X, Y)

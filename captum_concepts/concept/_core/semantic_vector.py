@@ -603,14 +603,17 @@ class SemanticVector(BaseEstimator):
         )
         feats = []
         for f, shape, _ in self._features(batches, layer, additional_forward_args):
-            if shape != tuple(self.layer_shape_):
-                raise ValueError(
-                    f"layer {self.layer!r} gives outputs of shape {shape} per example, but this "
-                    f"SemanticVector was fitted on outputs of shape {tuple(self.layer_shape_)}: is "
-                    f"model the architecture it was fitted (or saved) with?"
-                )
+            self._check_layer_shape(shape)
             feats.append(f)
         return torch.cat(feats).to(self.vectors_.device)
+
+    def _check_layer_shape(self, shape: Tuple[int, ...]) -> None:
+        if tuple(shape) != tuple(self.layer_shape_):
+            raise ValueError(
+                f"layer {self.layer!r} gives outputs of shape {tuple(shape)} per example, but this "
+                f"SemanticVector was fitted on outputs of shape {tuple(self.layer_shape_)}: is "
+                f"model the architecture it was fitted (or saved) with?"
+            )
 
     def similarity(
         self, inputs: TensorOrTuple, additional_forward_args: Any = None, binarize: bool = False
@@ -732,6 +735,7 @@ class SemanticVector(BaseEstimator):
         edit: Dict[str, Any] = {}
 
         def replace(_module, _inp, out):
+            self._check_layer_shape(tuple(out.shape[1:]))
             if edit.get("fn") is None:
                 return None
             flat = out.reshape(out.shape[0], -1)
