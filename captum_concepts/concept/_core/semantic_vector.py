@@ -282,6 +282,13 @@ class SemanticVector(BaseEstimator):
             to float rounding). Concepts are the union over ranks. Without a
             process group it is a plain fit. Default: False.
 
+    Parameters are checked against the class's constraint table (numpy integers
+    accepted, ``bool`` refused where a number is expected) at the start of
+    :meth:`fit` / :meth:`fit_from_labels`, before any forward pass; methods that
+    need a fit raise ``sklearn.exceptions.NotFittedError`` before one;
+    ``sklearn.base.clone`` keeps a ``layer`` given as a module of ``model`` as its
+    name, so a clone reads its own copy of the model.
+
     Attributes (after fit):
         concept_names_ (list): concept names in order (dict keys for :meth:`fit`;
             the class labels ``0..C-1`` for :meth:`fit_from_labels`).
