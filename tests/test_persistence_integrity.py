@@ -216,9 +216,18 @@ def test_a_new_constructor_parameter_round_trips(tmp_path):
     loaded = TaggedNMF.load(tmp_path / "t.pt")
     assert loaded.tag == "blue" and loaded.scale == (3, 0.5) and type(loaded.scale[0]) is np.int64
     assert type(loaded.random_state) is np.int64 and loaded.random_state == 4
-    assert loaded.get_params() == est.get_params()
+    params = [{k: repr(v) for k, v in e.get_params().items()} for e in (loaded, est)]
+    assert params[0] == params[1]
     with pytest.raises(ValueError, match="does not take"):
         CoupledNMFConcepts.load(tmp_path / "t.pt")  # the base class has no 'tag'
+
+
+def test_numpy_array_parameters_round_trip(tmp_path):
+    weights = np.array([1.0, 2.5], dtype=np.float32)
+    est = CoupledNMFConcepts(2, max_iter=2, block_weights=weights)
+    est.fit_matrices([torch.rand(4, 6)], [torch.rand(3, 6)]).save(tmp_path / "w.pt")
+    loaded = CoupledNMFConcepts.load(tmp_path / "w.pt")
+    assert loaded.block_weights.dtype == np.float32 and np.array_equal(loaded.block_weights, weights)
 
 
 def test_a_callable_parameter_is_not_saved_and_is_passed_to_load(tmp_path):
@@ -250,3 +259,5 @@ def test_a_model_of_another_architecture_is_refused_at_first_use(tmp_path, sv):
     loaded = SemanticVector.load(tmp_path / "sv.pt", model=other)
     with pytest.raises(ValueError, match="fitted on outputs of shape .* architecture"):
         loaded.similarity(X)
+    with pytest.raises(ValueError, match="fitted on outputs of shape .* architecture"):
+        loaded.perturbation_check(X, Y)

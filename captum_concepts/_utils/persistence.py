@@ -17,8 +17,8 @@ When ``path`` is a symbolic link, the link is followed: the file it points to
 is replaced (atomically, in that file's folder) and the link is kept.
 
 :func:`encode_params` / :func:`decode_params` turn constructor parameters into
-JSON and back, keeping their types (tuples, numpy scalars, torch dtypes and
-devices).
+JSON and back, keeping their types (tuples, numpy scalars and numeric arrays,
+torch dtypes and devices).
 """
 
 from __future__ import annotations
@@ -208,6 +208,8 @@ def _encode(value: Any) -> Any:
         return value
     if isinstance(value, (np.integer, np.floating, np.bool_)):
         return {"__numpy__": type(value).__name__, "value": value.item()}
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return {"__ndarray__": value.dtype.str, "value": value.tolist()}
     if isinstance(value, torch.dtype):
         return {"__dtype__": str(value)}
     if isinstance(value, torch.device):
@@ -247,6 +249,13 @@ def _decode(value: Any, where: str) -> Any:
         kind = getattr(np, str(value["__numpy__"]), None)
         if isinstance(kind, type) and issubclass(kind, (np.integer, np.floating, np.bool_)):
             return kind(value["value"])
+    if set(value) == {"__ndarray__", "value"}:
+        try:
+            dtype = np.dtype(str(value["__ndarray__"]))
+            if dtype.kind in "biuf":
+                return np.asarray(value["value"], dtype=dtype)
+        except (TypeError, ValueError):
+            pass
     if set(value) == {"__dtype__"} and value["__dtype__"] in _DTYPES:
         return _DTYPES[value["__dtype__"]]
     if set(value) == {"__device__"} and isinstance(value["__device__"], str):

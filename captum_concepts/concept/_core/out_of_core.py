@@ -225,6 +225,11 @@ class ActivationStore:
         if self.path is not None and os.path.exists(self.path):
             os.remove(self.path)
 
+    def __del__(self) -> None:  # the descriptor stays open for reading until the store goes away
+        file = getattr(self, "_file", None)
+        if file is not None:
+            file.close()
+
     def _fileno(self) -> int:
         if self._file is None:
             raise ValueError("this ActivationStore was deleted")

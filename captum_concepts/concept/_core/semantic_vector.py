@@ -230,6 +230,13 @@ class SemanticVector(BaseEstimator):
             to float rounding). Concepts are the union over ranks. Without a
             process group it is a plain fit. Default: False.
 
+    Parameters are checked against the class's constraint table (numpy integers
+    accepted, ``bool`` refused where a number is expected) at the start of
+    :meth:`fit` / :meth:`fit_from_labels`, before any forward pass; methods that
+    need a fit raise ``sklearn.exceptions.NotFittedError`` before one;
+    ``sklearn.base.clone`` keeps a ``layer`` given as a module of ``model`` as its
+    name, so a clone reads its own copy of the model.
+
     Attributes:
         concept_names_ (list): concept names in order (dict keys for :meth:`fit`;
             the class labels ``0..C-1`` for :meth:`fit_from_labels`).
@@ -544,14 +551,17 @@ class SemanticVector(BaseEstimator):
         batches = iter_batches(format_inputs(inputs)[0], int(self.batch_size), "inputs")
         feats = []
         for f, shape, _ in self._features(batches, layer, additional_forward_args):
-            if shape != tuple(self.layer_shape_):
-                raise ValueError(
-                    f"layer {self.layer!r} gives outputs of shape {shape} per example, but this "
-                    f"SemanticVector was fitted on outputs of shape {tuple(self.layer_shape_)}: is "
-                    f"model the architecture it was fitted (or saved) with?"
-                )
+            self._check_layer_shape(shape)
             feats.append(f)
         return torch.cat(feats).to(self.vectors_.device)
+
+    def _check_layer_shape(self, shape: Tuple[int, ...]) -> None:
+        if tuple(shape) != tuple(self.layer_shape_):
+            raise ValueError(
+                f"layer {self.layer!r} gives outputs of shape {tuple(shape)} per example, but this "
+                f"SemanticVector was fitted on outputs of shape {tuple(self.layer_shape_)}: is "
+                f"model the architecture it was fitted (or saved) with?"
+            )
 
     def similarity(
         self, inputs: TensorOrTuple, additional_forward_args: Any = None, binarize: bool = False
@@ -673,6 +683,7 @@ class SemanticVector(BaseEstimator):
         edit: Dict[str, Any] = {}
 
         def replace(_module, _inp, out):
+            self._check_layer_shape(tuple(out.shape[1:]))
             if edit.get("fn") is None:
                 return None
             flat = out.reshape(out.shape[0], -1)
