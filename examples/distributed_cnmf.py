@@ -68,7 +68,7 @@ def main() -> None:
         max_iter=100,
         random_state=0,
         distributed=True,
-    ).fit(loader)
+    ).fit(loader, has_labels=True)  # batches are (images, labels): the labels stay out of the model
     seconds = time.perf_counter() - start
 
     # example_factors_ holds this rank's columns of F; pixel and neuron factors are global.

@@ -34,8 +34,13 @@ def _cloned_output(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tenso
     return got[0]
 
 
+def _resnet50() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet50(weights=None).eval()
+
+
 CASES = {
-    "resnet50.layer1.0.bn1": (lambda: torchvision.models.resnet50(weights=None), "layer1.0.bn1"),
+    "resnet50.layer1.0.bn1": (_resnet50, "layer1.0.bn1"),
     "densenet121.features.norm5": (lambda: torchvision.models.densenet121(weights=None), "features.norm5"),
     "mobilenet_v3_small.features.0.1": (
         lambda: torchvision.models.mobilenet_v3_small(weights=None),
@@ -53,7 +58,15 @@ def images():
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.fixture(scope="module")
+def resnet50():
+    """Shared by the tests that leave it untouched (each checks so)."""
+    return _resnet50()
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.slow) if "densenet" in c else c for c in CASES]
+)
 def test_coupled_nmf_collects_the_layer_output_not_what_an_inplace_op_left(case, images):
     build, layer = CASES[case]
     torch.manual_seed(0)
@@ -70,9 +83,8 @@ def test_coupled_nmf_collects_the_layer_output_not_what_an_inplace_op_left(case,
     assert_same_state(before, model)
 
 
-def test_semantic_vector_features_equal_the_truncated_model(images):
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50(weights=None).eval()
+def test_semantic_vector_features_equal_the_truncated_model(images, resnet50):
+    model = resnet50
     truncated = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1[0].conv1)
     with torch.no_grad():
         reference = model.layer1[0].bn1(truncated(images))
@@ -82,10 +94,9 @@ def test_semantic_vector_features_equal_the_truncated_model(images):
     torch.testing.assert_close(sv.transform(images), reference.reshape(2, -1), rtol=1e-5, atol=1e-6)
 
 
-def test_embedding_attribution_gradient_is_wrt_the_value_downstream_consumes(images):
+def test_embedding_attribution_gradient_is_wrt_the_value_downstream_consumes(images, resnet50):
     """Gradients at ``layer1.0.bn1`` (overwritten by the in-place ReLU) against plain autograd."""
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50(weights=None).eval()
+    model = resnet50
     x = images[:1, :, :32, :32]
     bn1 = model.layer1[0].bn1
     kept = []
