@@ -23,6 +23,8 @@ def test_readme_first_two_commands_install_and_test_and_ci_runs_them():
     assert any(line.startswith(install) for line in ci_lines), "install command differs in .ci/run"
     assert any(line.startswith(test) for line in ci_lines), "test command differs in .ci/run"
     assert any(line.startswith("ruff check") for line in ci_lines)
+    assert any(line.startswith("python tutorials/build.py --check") for line in ci_lines)
+    assert any(line.startswith("python -m sphinx -W -b html docs docs/_build/html") for line in ci_lines)
 
 
 def test_import_does_not_pull_torchvision():
