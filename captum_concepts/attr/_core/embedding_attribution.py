@@ -245,7 +245,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                     m = upsample_maps(m, size, self.upsample, spatial_dims=spatial)
                 maps.append(m if create_graph else m.detach())
             results.append(restore_form(tuple(maps), _was_tuple if lay is None else len(maps) > 1))
-        return check_finite_result(results if self._multi else results[0], type(self).__name__)
+        return check_finite_result(results if self._multi else results[0], type(self).__name__, inputs_t)
 
     # ------------------------------------------------------------------ forward
     def _register_hooks(self, guard: ModelGuard, model: nn.Module):
