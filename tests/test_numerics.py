@@ -91,7 +91,7 @@ def _direct_objective(cnmf: CoupledNMFConcepts, blocks, penalties=(0.0, 0.0, 0.0
 
 @pytest.mark.parametrize("solver", ["hals", "mu"])
 def test_loss_history_is_the_objective_near_an_exact_fit(solver):
-    blocks = _planted()
+    blocks = _planted(seed=2)  # before the fix: 85 of 301 HALS values negative, min -2.2e-3
     cnmf = CoupledNMFConcepts(5, solver=solver, max_iter=300, tol=0.0).fit_matrices([blocks[0]], [blocks[1]])
     h = np.asarray(cnmf.loss_history_)
     assert np.all(h >= 0), f"{int((h < 0).sum())} negative objective values, min {h.min():.3g}"
