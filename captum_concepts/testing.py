@@ -105,6 +105,7 @@ def run_local_ranks(
     backend: str = "gloo",
     threads_per_rank: int = 1,
     timeout_s: Optional[float] = None,
+    wall_timeout_s: Optional[float] = None,
 ) -> List[Any]:
     """Run ``fn(*args)`` on ``world_size`` local processes joined in one process group.
 
@@ -116,8 +117,9 @@ def run_local_ranks(
     rank order.
 
     ``timeout_s`` (default None: PyTorch's 30 minutes) is the process group's
-    timeout and a limit on the whole run: past it the ranks are terminated and
-    ``TimeoutError`` is raised, so a hanging collective fails a test quickly.
+    timeout: a collective that waits longer raises on its rank, so a hang fails a
+    test quickly. ``wall_timeout_s`` (default None: no limit) bounds the whole run:
+    past it the ranks are terminated and ``TimeoutError`` is raised.
     """
     import torch.multiprocessing as mp
 
@@ -130,7 +132,7 @@ def run_local_ranks(
         join=False,
         start_method="spawn",
     )
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    deadline = None if wall_timeout_s is None else time.monotonic() + wall_timeout_s
     results = {}
     done = False
     while not done:  # drain while joining: a large result blocks its sender until read
@@ -142,5 +144,5 @@ def run_local_ranks(
             for process in context.processes:
                 if process.is_alive():
                     process.terminate()
-            raise TimeoutError(f"run_local_ranks: {world_size} ranks still running after {timeout_s} s")
+            raise TimeoutError(f"run_local_ranks: {world_size} ranks still running after {wall_timeout_s} s")
     return [results[r] for r in range(world_size)]

@@ -36,6 +36,7 @@ import functools
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -213,6 +214,8 @@ class _collective:
 
 
 def _describe(value: Any) -> str:
+    if isinstance(value, np.generic):  # np.int64(3) and 3 are the same parameter
+        value = value.item()
     if isinstance(value, torch.nn.Module):
         return type(value).__name__
     if isinstance(value, Tensor):

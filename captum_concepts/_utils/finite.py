@@ -7,7 +7,7 @@ near ``1e22`` squared by a variance exceed float32's ``3.4e38``); a map with
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Sequence
 
 import torch
 
@@ -22,21 +22,40 @@ def _tensors(value: Any) -> List[torch.Tensor]:
     return []
 
 
-def check_finite_result(result: Any, who: str) -> Any:
+def _finite_rows(t: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool: every value of example ``n`` is finite."""
+    t = t.detach()
+    return torch.isfinite(t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(-1, 1)).all(dim=1)
+
+
+def check_finite_result(result: Any, who: str, inputs: Sequence[torch.Tensor] = ()) -> Any:
     """Return ``result`` (a tensor, or nested tuples/lists of them) if every value is finite.
+
+    Examples whose ``inputs`` already hold NaN or ``inf`` are not checked: what a
+    method does with non-finite inputs is its own documented behaviour (raise, or
+    a non-finite map for that example only); this check is about finite inputs
+    whose result overflowed.
 
     Raises:
         ValueError: naming ``who``, the dtype and the first examples (rows of the
-            batch dimension) that hold ``NaN`` or ``inf``.
+            batch dimension) with finite inputs and a ``NaN`` or ``inf`` result.
     """
+    finite_in = None
+    for x in inputs:
+        rows = _finite_rows(x) if x.dim() > 0 and (x.is_floating_point() or x.is_complex()) else None
+        if rows is not None:
+            finite_in = rows if finite_in is None else finite_in & rows
     for t in _tensors(result):
-        flat = t.detach()
-        if bool(torch.isfinite(flat).all()):
+        if bool(torch.isfinite(t.detach()).all()):
             continue
-        rows = flat.reshape(flat.shape[0], -1) if flat.dim() > 1 else flat.reshape(-1, 1)
-        bad = torch.nonzero(~torch.isfinite(rows).all(dim=1)).flatten().tolist()
+        bad_rows = ~_finite_rows(t)
+        if finite_in is not None and finite_in.shape == bad_rows.shape:
+            bad_rows &= finite_in.to(bad_rows.device)
+        bad = torch.nonzero(bad_rows).flatten().tolist()
+        if not bad:
+            continue
         raise ValueError(
-            f"{who} produced NaN or infinite values for examples {bad[:10]} although the inputs are "
+            f"{who} produced NaN or infinite values for examples {bad[:10]} although their inputs are "
             f"finite: the computation overflowed {t.dtype} (largest finite value "
             f"{torch.finfo(t.dtype).max:.3g}); rescale the inputs or use a wider dtype (e.g. float64)"
         )

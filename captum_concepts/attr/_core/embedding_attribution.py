@@ -338,7 +338,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                 maps.append(m if create_graph else m.detach())
             # tuples in -> tuples out for layer sources too (Captum's metrics tuple-ize the inputs)
             results.append(restore_form(tuple(maps), _was_tuple or len(maps) > 1))
-        return check_finite_result(results if self._multi else results[0], type(self).__name__)
+        return check_finite_result(results if self._multi else results[0], type(self).__name__, inputs_t)
 
     def _warn_layouts(self, model: nn.Module, sources: List[Tuple[torch.Tensor, ...]]) -> None:
         for i, (lay, fn, group) in enumerate(zip(self._layers, self._transforms, sources)):

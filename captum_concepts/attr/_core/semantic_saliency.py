@@ -264,7 +264,7 @@ class _SemanticGradientBase(GradientAttribution):
             result = tuple(g.detach() for g in gradients)
         else:
             result = tuple((g * x).detach() for g, x in zip(gradients, inputs_t))
-        return restore_form(check_finite_result(result, type(self).__name__), was_tuple)
+        return restore_form(check_finite_result(result, type(self).__name__, inputs_t), was_tuple)
 
 
 class SemanticGuidedBackprop(_SemanticGradientBase):
