@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from captum_concepts.data import load_digits_tensors, train_digits_cnn
+from captum_concepts.data import DigitsCNN, load_digits_tensors, train_digits_cnn
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest -n N already uses every core; more threads per worker only contend.
@@ -34,3 +34,11 @@ def trained_digits(digits):
 def digits_cnn(trained_digits):
     """A private deep copy of the trained digits CNN, in eval mode."""
     return copy.deepcopy(trained_digits.model).eval()
+
+
+@pytest.fixture
+def random_digits_cnn():
+    """An untrained DigitsCNN (seed 0), in eval mode."""
+    torch.manual_seed(0)
+    return DigitsCNN().eval()
+

@@ -28,6 +28,7 @@ from captum_concepts.attr import (
     tokens_to_grid,
 )
 from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
+from captum_concepts.data import TinyTextTransformer
 from captum_concepts.metrics import score_curve, variance_score
 
 DIMS = [0, 1, 2]  # embedding components explained (the logits of classes 0-2)
@@ -46,18 +47,6 @@ def _tokens(t: torch.Tensor) -> torch.Tensor:
 
 
 REF_LAYOUT = {None: lambda t: t, channels_last: _cl, "tokens": _tokens}
-
-
-class TextClassifier(nn.Module):
-    def __init__(self, vocab: int = 40, e: int = 16, classes: int = 4) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding(vocab, e)
-        layer = nn.TransformerEncoderLayer(e, 2, 32, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.head = nn.Linear(e, classes)
-
-    def forward(self, tokens):
-        return self.head(self.encoder(self.embedding(tokens)).mean(1))
 
 
 def _vit():
@@ -126,7 +115,7 @@ ARCHS: Dict[str, tuple] = {
         True,
     ),
     "text": (
-        TextClassifier,
+        lambda: TinyTextTransformer(vocab_size=40, embedding_dim=16, n_heads=2),
         None,
         ["embedding", "encoder.layers.0"],
         [channels_last, channels_last],

@@ -9,7 +9,6 @@ from captum.metrics import infidelity, sensitivity_max
 
 from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.attr import EmbeddingAttribution, SemanticGradientInput, SemanticGuidedBackprop
-from captum_concepts.data import DigitsCNN
 
 N_SAMPLES = 3
 STDEV = 0.2
@@ -17,9 +16,8 @@ DIMS = [0, 5, 17]  # a few embedding components keep the per-dimension backward 
 
 
 @pytest.fixture
-def model():
-    torch.manual_seed(0)
-    return DigitsCNN().eval()
+def model(random_digits_cnn):
+    return random_digits_cnn
 
 
 @pytest.fixture

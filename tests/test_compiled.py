@@ -13,20 +13,17 @@ from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts._utils.layers import resolve_layer
 from captum_concepts.attr import EmbeddingAttribution, SemanticGradientInput, SemanticGuidedBackprop
 from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
-from captum_concepts.data import DigitsCNN
 from captum_concepts.metrics import score_curve
 
 
 @pytest.fixture
-def model():
-    torch.manual_seed(0)
-    return DigitsCNN().eval()
+def model(random_digits_cnn):
+    return random_digits_cnn
 
 
 @pytest.fixture
 def x():
-    torch.manual_seed(1)
-    return torch.rand(3, 1, 8, 8)
+    return torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
 
 
 def test_resolve_layer_accepts_names_with_and_without_the_prefix(model):

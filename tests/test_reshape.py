@@ -12,6 +12,7 @@ from torchvision.ops.misc import Permute
 from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.attr import EmbeddingAttribution, channels_last, tokens_to_grid
 from captum_concepts.concept import CoupledNMFConcepts
+from captum_concepts.data import TinyTextTransformer
 from captum_concepts.metrics import score_curve, variance_score
 
 
@@ -48,20 +49,6 @@ class TokenNet(nn.Module):
         t = self.patch(x).flatten(2).transpose(1, 2)
         t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], dim=1)
         return self.head(self.encoder(t)[:, 0])
-
-
-class TextNet(nn.Module):
-    """nn.Embedding + transformer encoder over integer tokens; the output is the embedding."""
-
-    def __init__(self, vocab: int = 30, e: int = 8, d: int = 3) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding(vocab, e)
-        layer = nn.TransformerEncoderLayer(e, 2, 16, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
-        self.head = nn.Linear(e, d)
-
-    def forward(self, tokens):
-        return self.head(self.encoder(self.embedding(tokens)).mean(1))
 
 
 def _layer_output_grads(model, layer, x):
@@ -186,7 +173,7 @@ def test_token_layer_matches_autograd():
 
 def test_text_model_per_token_maps():
     torch.manual_seed(0)
-    model = TextNet().eval()
+    model = TinyTextTransformer(vocab_size=30, embedding_dim=8, n_heads=2).eval()
     tokens = torch.randint(0, 30, (2, 7))
     f, g = _layer_output_grads(model, model.embedding, tokens)  # (N, L, E)
     ref = _var((g * f).mean(-1), 0)  # (N, L)
@@ -204,7 +191,7 @@ def test_text_model_per_token_maps():
 
 
 def test_integer_inputs_error_shows_the_per_token_path():
-    model = TextNet().eval()
+    model = TinyTextTransformer(vocab_size=30, embedding_dim=8, n_heads=2).eval()
     with pytest.raises(TypeError, match="reshape_transform=channels_last.*maps \\(N, L\\)"):
         EmbeddingAttribution(model).attribute(torch.randint(0, 30, (2, 7)))
 

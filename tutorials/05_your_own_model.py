@@ -44,6 +44,7 @@ from torch import nn
 
 from captum_concepts.attr import EmbeddingAttribution, channels_last, tokens_to_grid
 from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
+from captum_concepts.data import TinyTextTransformer
 from captum_concepts.metrics import score_curve
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # CI runs the notebooks in parallel: one thread each
@@ -165,19 +166,7 @@ print(cnmf.layer_shapes_, cnmf.top_examples(2).tolist())
 # the maps are `(N, L)`: one value per token.
 
 # %%
-class TextClassifier(nn.Module):
-    def __init__(self, vocab=100, e=32, classes=4):
-        super().__init__()
-        self.embedding = nn.Embedding(vocab, e)
-        layer = nn.TransformerEncoderLayer(e, 4, 64, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.head = nn.Linear(e, classes)
-
-    def forward(self, tokens):
-        return self.head(self.encoder(self.embedding(tokens)).mean(1))
-
-
-text_model = TextClassifier().eval()
+text_model = TinyTextTransformer().eval()  # nn.Embedding + 2 encoder layers + head
 tokens = torch.randint(0, 100, (3, 12))
 ea = EmbeddingAttribution(
     text_model,

@@ -3,12 +3,14 @@
 from .canvas import TwoDigitCanvas, make_two_digit_canvas
 from .digits import DigitsData, load_digits_tensors
 from .models import DigitsCNN
+from .text_models import TinyTextTransformer
 from .training import TrainResult, accuracy, pretrained_digits_cnn, train_classifier, train_digits_cnn
 
 __all__ = [
     "DigitsData",
     "load_digits_tensors",
     "DigitsCNN",
+    "TinyTextTransformer",
     "TrainResult",
     "accuracy",
     "train_classifier",

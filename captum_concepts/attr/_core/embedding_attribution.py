@@ -9,10 +9,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.attr import GradientAttribution, LayerAttribution
-from captum.log import log_usage
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..._utils.captum_compat import captum_wrappable
 from ..._utils.capture import LayerCapture
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_form, run_forward
 from ..._utils.finite import check_finite_result
@@ -164,7 +164,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
     is a Captum ``LayerAttribution`` and ``GradientAttribution`` (like ``LayerGradCam``);
     ``self.layer`` is the resolved module, None (inputs) or a list of them.
 
-    Captum interop: :meth:`attribute` carries ``__wrapped__`` (Captum's ``log_usage``), so
+    Captum interop: :meth:`attribute` carries the ``__wrapped__`` of Captum's ``log_usage``, so
     ``NoiseTunnel(ea)`` works; ``captum.metrics.sensitivity_max(ea.attribute, x)`` and
     ``infidelity`` take its maps (for ``infidelity``, which wants input-shaped attributions,
     broadcast a map over the input channels: ``maps.unsqueeze(1).expand_as(x)``). A
@@ -234,7 +234,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         return False
 
     # ------------------------------------------------------------------ public
-    @log_usage()
+    @captum_wrappable
     def attribute(
         self,
         inputs: TensorOrTuple,

@@ -13,9 +13,9 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.attr import GradientAttribution
-from captum.log import log_usage
 from torch import nn
 
+from ..._utils.captum_compat import captum_wrappable
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_form
 from ..._utils.finite import check_finite_result
 from ..._utils.hooks import ModelGuard
@@ -202,7 +202,7 @@ class _SemanticGradientBase(GradientAttribution):
 
         return forward
 
-    @log_usage()
+    @captum_wrappable
     def attribute(
         self,
         inputs: TensorOrTuple,
