@@ -173,3 +173,24 @@ def test_model_left_unchanged_and_bad_arguments(setup):
         concept_presence_maps(object(), x[:2])
     with pytest.raises(ValueError, match="n_iter"):
         concept_presence_maps(fits["none"], x[:2], n_iter=0)
+
+
+def test_sobol_indices_match_the_analytic_values_of_a_linear_head(digits):
+    from torch import nn
+
+    from captum_concepts.concept import concept_sobol_indices
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 3)).eval()
+    x = digits.x_train[:80]
+    cnmf = CoupledNMFConcepts(3, model, layers=["1"], include_pixels=False, max_iter=40).fit(x)
+    u = cnmf.transform(x[:4])
+    got = concept_sobol_indices(cnmf, x[:4], target=2, n_designs=2048, coefficients=u)
+    # y = const + sum_k m_k c_k with c_k = u_k <w_2, o_k> and m_k ~ U[0, 1] independent:
+    # Var(y) = sum_k c_k^2 / 12 and S_T,k = c_k^2 / sum_j c_j^2
+    c = u.t() * (cnmf.neuron_factors_[0].t() @ model[3].weight[2].detach())[None]
+    expected = c**2 / (c**2).sum(1, keepdim=True)
+    assert expected.max() > 0.1
+    torch.testing.assert_close(got, expected, atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match="n_designs"):
+        concept_sobol_indices(cnmf, x[:4], target=2, n_designs=1)

@@ -85,6 +85,20 @@ names = [f"digit {c}" for c in classes[:5].tolist()]
 fig, axes = visualize_concept_importance(imp[:5], res[:5], class_names=names)
 
 # %% [markdown]
+# CRAFT's total Sobol indices rank the same concepts by a perturbation test instead of a gradient:
+# the coefficients are masked at random, the layer rebuilt from them (plus the residual) and the rest
+# of the model rerun; `S_T,k` is the share of the logit's variance that concept `k` explains.
+
+# %%
+from captum_concepts.concept import concept_sobol_indices
+
+sobol = concept_sobol_indices(cnmf, data.x_test[:4], target=data.y_test[:4], layer="block3.pool")
+print("total Sobol indices (rows: examples, columns: concepts)")
+print(sobol.numpy().round(2))
+print("importance, same examples:")
+print(result.importance[:4].numpy().round(2))
+
+# %% [markdown]
 # `SemanticVector` concepts have presence maps too: the cosine of each position's features with the
 # concept's vector at that position.
 

@@ -10,6 +10,7 @@ from ._core.concept_maps import (
     concept_importance,
     concept_presence_maps,
 )
+from ._core.concept_sobol import concept_sobol_indices
 from ._core.coupled_nmf import CoupledNMFConcepts
 from ._core.out_of_core import ActivationStore, OutOfCore
 from ._core.semantic_vector import ConceptRanking, PerturbationResult, SemanticVector
@@ -21,3 +22,4 @@ __all__ += ["OutOfCore", "ActivationStore"]
 __all__ += ["concept_presence_maps", "concept_attribution_maps", "concept_importance", "class_importance"]
 __all__ += ["ConceptImportance"]
 __all__ += ["channel_masks"]
+__all__ += ["concept_sobol_indices"]

@@ -1,0 +1,119 @@
+"""CRAFT's total Sobol indices of concept coefficients for a target logit."""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Union
+
+import torch
+from captum._utils.typing import TargetType
+from torch import Tensor
+
+from ..._utils.common import TensorOrTuple, check_batch, format_additional_args, format_inputs
+from ..._utils.hooks import ModelGuard
+from .concept_maps import _basis, _targets
+from .coupled_nmf import CoupledNMFConcepts
+
+__all__ = ["concept_sobol_indices"]
+
+
+def concept_sobol_indices(
+    concepts: CoupledNMFConcepts,
+    inputs: TensorOrTuple,
+    target: TargetType,
+    layer: Union[int, str] = 0,
+    n_designs: int = 32,
+    additional_forward_args: Any = None,
+    coefficients: Optional[Tensor] = None,
+    random_state: Optional[int] = 0,
+    max_batch: int = 1024,
+) -> Tensor:
+    r"""Total Sobol indices of the concept coefficients for the ``target`` logit (Fel et al., 2023,
+    "CRAFT: Concept Recursive Activation FacTorization"): ``(N, d)``, one row per example.
+
+    The layer's activations are rebuilt from masked coefficients, ``A(m) = sum_k m_k u_k o_k + R``
+    with ``R = A - sum_k u_k o_k`` (so ``m = 1`` gives back ``A``), and the rest of the model runs
+    on ``A(m)``. With masks ``m`` uniform on ``[0, 1]^d`` from a scrambled Sobol sequence and
+    Jansen's estimator on Saltelli's design (matrices ``M_A``, ``M_B`` and ``M_C^k`` = ``M_A``
+    with column ``k`` from ``M_B``)::
+
+        S_T,k = mean((y(M_A) - y(M_C^k))^2) / (2 Var(y)),    Var over y(M_A) and y(M_B)
+
+    Costs ``n_designs * (d + 2) * N`` rows of forward passes, run ``max_batch`` rows at a time
+    (the inputs repeated; no backward pass). An example whose
+    logit does not vary gets indices 0.
+
+    Args:
+        concepts (CoupledNMFConcepts): fitted with :meth:`~CoupledNMFConcepts.fit`.
+        inputs (Tensor or tuple of Tensor): ``(N, C0, *S0)``; the model outputs ``(N, n_classes)``.
+        target (int, list of int or Tensor): the logit explained, one for all or one per example.
+        layer (int or str): the fitted layer (index into ``neuron_factors_`` or its name).
+        n_designs (int): rows of ``M_A`` (and ``M_B``). Default 32 (CRAFT's default).
+        additional_forward_args (Any, optional): extra forward arguments.
+        coefficients (Tensor, optional): ``u`` as ``(d, N)`` (default: ``concepts.transform``).
+        random_state (int or None): seed of the Sobol scrambling.
+        max_batch (int): the most rows per forward pass (masks x examples). Default 1024.
+
+    Returns:
+        Tensor ``(N, d)``.
+    """
+    if isinstance(n_designs, bool) or not isinstance(n_designs, int) or n_designs < 2:
+        raise ValueError(f"n_designs must be an int >= 2, got {n_designs!r}")
+    b = _basis(concepts, layer)
+    x, _ = format_inputs(inputs)
+    n = check_batch(x)
+    t = _targets(target, n)
+    if coefficients is None:
+        if len(x) > 1:
+            raise ValueError("pass coefficients= for tuple inputs (transform takes one input tensor)")
+        coefficients = concepts.transform(x[0])
+    d = b.basis.shape[1]
+    if not isinstance(coefficients, Tensor) or tuple(coefficients.shape) != (d, n):
+        got = tuple(coefficients.shape) if isinstance(coefficients, Tensor) else type(coefficients).__name__
+        raise ValueError(f"coefficients must be a ({d}, {n}) tensor (d, N), got {got}")
+    if b.transform is not None:
+        raise ValueError(
+            "Sobol indices rebuild the layer's raw output; layers with a reshape_transform are not supported"
+        )
+    extra = format_additional_args(additional_forward_args)
+    engine = torch.quasirandom.SobolEngine(2 * d, scramble=True, seed=random_state)
+    draws = engine.draw(n_designs)
+    m_a, m_b = draws[:, :d], draws[:, d:]
+    designs = [m_a, m_b] + [torch.cat([m_a[:, :k], m_b[:, k : k + 1], m_a[:, k + 1 :]], 1) for k in range(d)]
+    masks = torch.cat(designs)  # ((d + 2) * n_designs, d)
+
+    state: List[Tensor] = []
+
+    def rebuild(_module, _args, out):
+        if not isinstance(out, Tensor):
+            raise TypeError(f"the layer must output a tensor, got {type(out).__name__}")
+        if not state:  # first call: the real activations, kept to rebuild from
+            state.append(out)
+            return out
+        return state[1]
+
+    with ModelGuard(b.model) as guard, torch.no_grad():
+        guard.register_forward_hook(b.module, rebuild)
+        b.model(*x, *extra)
+        acts = state[0]
+        flat_o = b.layer_basis(tuple(acts.shape[1:])).to(acts).reshape(d, -1)  # (d, features)
+        u = coefficients.t().to(acts)  # (N, d)
+        residual = acts.reshape(n, -1) - u @ flat_o
+        chunk = max(1, max_batch // n)  # masks per forward pass: the batch repeated `chunk` times
+        ys = []
+        for part in masks.to(acts).split(chunk):
+            k = part.shape[0]
+            rebuilt = (u[None] * part[:, None]).reshape(k * n, d) @ flat_o + residual.repeat(k, 1)
+            state[1:] = [rebuilt.reshape(k * n, *acts.shape[1:])]
+            logits = b.model(*(_repeat(inp, k) for inp in x), *(_repeat(a, k, n) for a in extra))
+            ys.append(logits.gather(1, t.repeat(k).to(logits.device)[:, None])[:, 0].reshape(k, n))
+    y = torch.cat(ys).reshape(d + 2, n_designs, n)  # (designs, rows, N)
+    var = torch.cat([y[0], y[1]]).var(dim=0, unbiased=False)  # (N,)
+    jansen = ((y[0][None] - y[2:]) ** 2).mean(dim=1) / 2  # (d, N)
+    return torch.where(var > 0, jansen / var.clamp_min(1e-30), torch.zeros_like(jansen)).t()
+
+
+def _repeat(value: Any, k: int, n: Optional[int] = None) -> Any:
+    """Repeat a batch tensor ``k`` times along dim 0 (extra arguments: only those with batch ``n``)."""
+    if not isinstance(value, Tensor) or value.dim() == 0 or (n is not None and value.shape[0] != n):
+        return value
+    return value.repeat(k, *([1] * (value.dim() - 1)))
