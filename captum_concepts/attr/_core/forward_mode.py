@@ -51,9 +51,11 @@ __all__ = [
 ]
 
 # Relative cost of one Jacobian-vector product (vmapped, in chunks) against one reverse pass
-# of the same head, per device type; measured on torchvision ResNets (benchmarks/).
-_PASS_COST = {"cpu": 1.0, "cuda": 1.0}
-_MAX_AUTO_CHUNK = 32
+# of the same head, per device type: about 1.5 on CPU for torchvision ResNet-18 layer2/layer3
+# (benchmarks/embedding_attribution_real.py); not measured on CUDA, where both sides are vmapped.
+_PASS_COST = {"cpu": 1.5, "cuda": 1.0}
+# Every chunk recomputes the layers below the source once: large chunks amortise it.
+_MAX_AUTO_CHUNK = 64
 _CHUNK_BUDGET_BYTES = 1024 * 2**20
 # Elements of one chunk of (N, d, C, |S|) channel-resolved maps in the channel/element bases.
 _COMBINE_ELEMENTS = 2**24
@@ -111,13 +113,13 @@ def choose_strategy(
 
     ``"auto"``: ``"forward"`` when ``cost * passes < n_dims`` (``passes`` Jacobian-vector
     products, see :func:`forward_passes`, against ``n_dims`` vector-Jacobian products;
-    ``cost`` is the measured relative price of one product on the device type, 1.0 on CPU and
-    CUDA), unless ``create_graph`` (maps that stay differentiable need reverse mode) or the
-    model runs in training mode (each extra forward pass would update batch-norm statistics and
-    redraw dropout); otherwise the reverse strategy of the device: ``"batched"`` on CUDA,
-    ``"loop"`` elsewhere. An explicit ``"forward"`` falls back to ``"loop"``/``"batched"`` with
-    ``create_graph`` and raises ``ValueError`` for a model in training mode; explicit
-    ``"loop"``/``"batched"`` are returned unchanged.
+    ``cost`` is the relative price of one product on the device type: 1.5 on CPU, as measured
+    on torchvision ResNets, 1.0 elsewhere), unless ``create_graph`` (maps that stay
+    differentiable need reverse mode) or the model runs in training mode (each extra forward
+    pass would update batch-norm statistics and redraw dropout); otherwise the reverse strategy
+    of the device: ``"batched"`` on CUDA, ``"loop"`` elsewhere. An explicit ``"forward"`` falls
+    back to ``"loop"``/``"batched"`` with ``create_graph`` and raises ``ValueError`` for a model
+    in training mode; explicit ``"loop"``/``"batched"`` are returned unchanged.
     """
     reverse = reverse_strategy(strategy, device)
     if strategy in ("loop", "batched"):
