@@ -96,7 +96,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
       layer output (permutations, reshapes, token selections): the tangents are built in the
       transformed layout and mapped back by the transform's adjoint.
     - ``"auto"`` (default): per source layer, ``"forward"`` when its number of
-      Jacobian-vector products, times 1.5 on CPU (their measured relative price), is smaller
+      Jacobian-vector products, times 1.5 on CPU (a margin for its fixed costs), is smaller
       than ``D`` (the number of vector-Jacobian products of reverse mode), ``create_graph`` is
       False and the model runs in eval mode; otherwise
       ``"batched"`` when the embedding lives on a CUDA device and ``"loop"`` elsewhere (see
