@@ -105,9 +105,10 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
       operation has no forward-mode (or vmap) rule, ``"auto"`` silently reruns those layers in
       reverse mode on the graph of the first pass (``"forward"`` raises
       :class:`~captum_concepts.attr._core.forward_mode.ForwardModeUnsupported`). Measured on a
-      loaded 2-core CPU (``benchmarks/embedding_attribution_real.py``, one thread, batch 4):
+      shared 2-core CPU (``benchmarks/embedding_attribution_real.py``, one thread, batch 4):
       ResNet-18 ``layer3`` at 112x112, all 512 ``avgpool`` dimensions, var/var: 49 products,
-      12x faster than ``"batched"``/``"loop"`` and 67x faster than a loop of Captum calls.
+      13x faster than ``"batched"``/``"loop"`` and 64x faster than a loop of Captum calls; at the
+      last stage before the embedding reverse mode is already at the floor and can be faster.
 
     Several source layers (``layer`` a list) share the same forward pass and the same backward
     pass(es): a list of ``L`` layers costs what the lowest one costs, not ``L`` times.
