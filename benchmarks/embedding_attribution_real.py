@@ -12,16 +12,20 @@ its source is the patch-token grid ``conv_proj``), ``method="activation_gradient
 - ``floor``: one forward and one backward pass of the model to the source layer.
 
 Before timing, the per-dimension maps of all four on a subset of dimensions are asserted equal.
-Reverse strategies and the Captum loop whose full run would take minutes are timed on
-``k`` dimensions and extrapolated linearly: ``t(D) = t_fwd + (t(k) - t_fwd) D / k`` for ours
-(``t_fwd`` = one forward pass, shared by all dimensions), ``t(D) = t(k) D / k`` for Captum
-(every call repeats the forward pass); the table says which numbers are extrapolated (``~``).
+Our reverse strategies are timed on ``k/2`` and ``k`` dimensions (``--reverse-dims``); their
+difference is the cost per dimension (the shared forward pass cancels), and the full run is
+measured when it is predicted under ``--measure-below`` seconds, else extrapolated:
+``t(D) = t(k) + slope (D - k)``. The Captum loop is timed on ``--captum-dims`` dimensions and
+scaled, ``t(D) = t(k) D / k`` (every call repeats the forward pass). ``~`` marks extrapolated
+numbers.
 Two extra tables: cost against D (``embedding_dims`` subsets) and against the image size, at
 ResNet-18 ``layer3``.
 
 Run: ``python benchmarks/embedding_attribution_real.py [--device cuda] [--batch 4] [--quick] [--full]``
-(``--quick``: a smoke test of a few seconds; ``--full``: also ResNet-50 ``layer2`` and the
-224x224 ResNet-18 rows). Prints markdown tables.
+Default: ResNet-18 at 112x112 (``layer2``/``layer3``/``layer4``), ResNet-50 at 224x224
+``layer4``, ViT-B/16 at 64x64, a few minutes on one idle core; ``--full`` adds ResNet-18 at
+224x224 and ResNet-50 ``layer2``/``layer3`` (196 and 784 products: tens of minutes on CPU);
+``--quick``: a smoke test of a few seconds. Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import torchvision
@@ -98,9 +102,19 @@ def floor_time(model, embedding, layer, x, repeats, device):
     return timed(lambda: ea.attribute(x), repeats, device)
 
 
-def forward_time(model, embedding, x, repeats, device):
-    with torch.no_grad():
-        return timed(lambda: model(x), repeats, device)
+def reverse_time(run: Callable[[int], float], d_total: int, args) -> Tuple[float, bool]:
+    """Seconds for all ``d_total`` dimensions and whether they are extrapolated: ``run(k)`` at
+    ``k/2`` and ``k`` dimensions gives the cost per dimension (the slope; the forward pass and
+    other fixed costs cancel); when the full run is predicted under ``--measure-below`` seconds
+    it is measured instead."""
+    k = min(d_total, args.reverse_dims)
+    if args.full_reverse or k == d_total:
+        return run(d_total), False
+    t1, t2 = run(k // 2), run(k)
+    predicted = t2 + max(t2 - t1, 0.0) / (k - k // 2) * (d_total - k)
+    if predicted < args.measure_below:
+        return run(d_total), False
+    return predicted, True
 
 
 def run_case(model, embedding, layer, x, shape, d_total, args, full_reverse: bool) -> Dict[str, object]:
@@ -132,18 +146,19 @@ def run_case(model, embedding, layer, x, shape, d_total, args, full_reverse: boo
             peak[key] = torch.cuda.max_memory_allocated() / 2**20
         return t
 
-    t_fwd = forward_time(model, embedding, x, reps, dev)
     row["floor"] = floor_time(model, embedding, layer, x, reps, dev)
     row["forward"] = measure("forward", ours("forward"), reps)
     row["mean"] = measure("mean", ours("auto", "mean", "mean"), reps)
-    k = d_total if full_reverse else min(d_total, args.reverse_dims)
+    extrapolated = False
     for s in ["loop", "batched"]:
-        t = measure(s, ours(s, embedding_dims=range(k)), 1 if k < d_total else reps)
-        row[s] = t if k == d_total else t_fwd + (t - t_fwd) * d_total / k
+        row[s], ext = reverse_time(
+            lambda k, s=s: measure(s, ours(s, embedding_dims=range(k)), 1), d_total, args
+        )
+        extrapolated |= ext
     kc = d_total if full_reverse else min(d_total, args.captum_dims)
     t = timed(lambda: captum_per_dim(model, embedding, layer, x, range(kc)), 1, dev)
     row["captum"] = t * d_total / kc
-    row["extrapolated"] = (k < d_total, kc < d_total)
+    row["extrapolated"] = (extrapolated, kc < d_total)
     row["peak"] = peak
     return row
 
@@ -196,13 +211,14 @@ def growth_in_size(name, layer, sizes: List[int], args) -> None:
         model, embedding = build(name, size, args.device)
         x = torch.randn(args.batch, 3, size, size, device=args.device)
         d = int(Embedded(model, embedding)(x[:1]).shape[1])
-        k = min(d, args.reverse_dims)
         f = EmbeddingAttribution(model, embedding, layer, "activation_gradient", strategy="forward")
         lo = EmbeddingAttribution(model, embedding, layer, "activation_gradient", strategy="loop")
         tf = timed(lambda f=f, x=x: f.attribute(x), args.repeats, args.device)
-        t_fwd = forward_time(model, embedding, x, args.repeats, args.device)
-        tl = timed(lambda lo=lo, x=x, k=k: lo.attribute(x, embedding_dims=range(k)), 1, args.device)
-        tl = t_fwd + (tl - t_fwd) * d / k
+        tl, ext = reverse_time(
+            lambda k, lo=lo, x=x: timed(lambda: lo.attribute(x, embedding_dims=range(k)), 1, args.device),
+            d,
+            args,
+        )
         hw = size // {"layer2": 8, "layer3": 16, "layer4": 32}[layer]
         fl = floor_time(model, embedding, layer, x, args.repeats, args.device)
         print(
@@ -218,8 +234,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--reverse-dims", type=int, default=64, help="dimensions our reverse loop times")
     parser.add_argument("--captum-dims", type=int, default=4, help="dimensions the Captum loop times")
+    parser.add_argument(
+        "--measure-below", type=float, default=20.0, help="measure our reverse strategies fully below this"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: ResNet-18 at 64x64, layer3 only")
-    parser.add_argument("--full", action="store_true", help="also ResNet-50 layer2 and ResNet-18 at 224x224")
+    parser.add_argument(
+        "--full", action="store_true", help="also ResNet-50 layer2/3 and ResNet-18 at 224x224"
+    )
     parser.add_argument("--full-reverse", action="store_true", help="time every dimension, no extrapolation")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -238,7 +259,7 @@ def main() -> None:
     else:
         cases = [
             ("resnet18", 112, ["layer2", "layer3", "layer4"]),
-            ("resnet50", 224, ["layer3", "layer4"]),
+            ("resnet50", 224, ["layer4"]),
             ("vit_b_16", 64, ["conv_proj"]),
         ]
         if args.full:

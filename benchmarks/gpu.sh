@@ -2,7 +2,7 @@
 # Every benchmark and the CUDA-marked tests on one CUDA device, in about 10 minutes.
 #
 #   benchmarks/gpu.sh            # from anywhere; output also goes to benchmarks/gpu-results.txt
-#   benchmarks/gpu.sh --check    # no GPU needed: the CPU smoke path (a few seconds per script)
+#   benchmarks/gpu.sh --check    # no GPU needed: the CPU smoke path (about 2 minutes, output in /tmp)
 #
 # Scripts with a --device option run with --device cuda; coupled_nmf.py, scale.py and
 # scores.py have none (CPU estimators / tiny digits models) and run as they are. Each step has
@@ -12,7 +12,10 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" MPLBACKEND=Agg
 OUT=benchmarks/gpu-results.txt
 CHECK=0
-[[ "${1:-}" == "--check" ]] && CHECK=1
+if [[ "${1:-}" == "--check" ]]; then
+    CHECK=1
+    OUT=$(mktemp -t gpu-check.XXXXXX)
+fi
 if [[ $CHECK == 0 ]] && ! python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     echo "gpu.sh: no CUDA device visible to torch; run 'benchmarks/gpu.sh --check' for the CPU smoke path" >&2
     exit 2
@@ -35,17 +38,19 @@ exec > >(tee "$OUT") 2>&1
     if [[ $CHECK == 1 ]]; then
         step 120 python benchmarks/embedding_attribution_real.py --quick --device cpu
         step 120 python benchmarks/embedding_attribution.py --device cpu --dims 16 --n 4 --repeats 1
-        step 120 python benchmarks/semantic.py --device cpu --repeats 1 --batch 16
+        for script in semantic scores coupled_nmf scale; do  # no quick mode: check they parse
+            step 30 python -m py_compile "benchmarks/$script.py"
+        done
         step 60 python -m pytest -q -m gpu tests
     else
-        step 240 python benchmarks/embedding_attribution_real.py --device cuda --batch 32 --threads 4 \
+        step 200 python benchmarks/embedding_attribution_real.py --device cuda --batch 32 --threads 4 \
             --repeats 3 --reverse-dims 512 --captum-dims 32 --full
-        step 60 python benchmarks/embedding_attribution.py --device cuda --threads 4
-        step 60 python benchmarks/semantic.py --device cuda
-        step 60 python -m pytest -q -m gpu tests
-        step 60 python benchmarks/scores.py
-        step 60 python benchmarks/coupled_nmf.py --threads 4
-        step 60 python benchmarks/scale.py --repeats 1
+        step 45 python benchmarks/embedding_attribution.py --device cuda --threads 4
+        step 45 python benchmarks/semantic.py --device cuda
+        step 30 python -m pytest -q -m gpu tests
+        step 120 python benchmarks/scores.py
+        step 90 python benchmarks/coupled_nmf.py --threads 4
+        step 70 python benchmarks/scale.py --repeats 1
     fi
 }
 exit $failed

@@ -17,14 +17,8 @@ from captum.testing.helpers.basic_models import (
 from torch import nn
 
 from captum_concepts._utils.hooks import assert_same_state, count_hooks, model_state
-from captum_concepts.attr import EmbeddingAttribution
-from captum_concepts.attr._core.forward_mode import (
-    ForwardModeUnsupported,
-    ForwardSource,
-    choose_strategy,
-    forward_maps,
-    forward_passes,
-)
+from captum_concepts.attr import EmbeddingAttribution, ForwardModeUnsupported, choose_strategy
+from captum_concepts.attr._core.forward_mode import ForwardSource, forward_maps, forward_passes
 from captum_concepts.metrics import score_curve, variance_score
 
 METHODS = ["gradient", "activation_gradient", "gradcam"]

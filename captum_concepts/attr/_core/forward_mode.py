@@ -50,10 +50,14 @@ __all__ = [
     "reverse_strategy",
 ]
 
-# Relative cost of one Jacobian-vector product (vmapped, in chunks) against one reverse pass
-# of the same head, per device type; measured on torchvision ResNets (benchmarks/).
-_PASS_COST = {"cpu": 1.0, "cuda": 1.0}
-_MAX_AUTO_CHUNK = 32
+# Price of one Jacobian-vector product relative to one reverse pass, per device type. On CPU a
+# product cost 0.65-0.7 reverse passes at ResNet-18 layer2/layer3, but forward mode also
+# recomputes the layers below the source once per chunk (break-even at D ~ 35 for 49 products
+# at ResNet-18 layer3, benchmarks/embedding_attribution_real.py): 1.5 is a conservative margin.
+# Not measured on CUDA.
+_PASS_COST = {"cpu": 1.5, "cuda": 1.0}
+# Every chunk recomputes the layers below the source once: large chunks amortise it.
+_MAX_AUTO_CHUNK = 64
 _CHUNK_BUDGET_BYTES = 1024 * 2**20
 # Elements of one chunk of (N, d, C, |S|) channel-resolved maps in the channel/element bases.
 _COMBINE_ELEMENTS = 2**24
@@ -111,11 +115,12 @@ def choose_strategy(
 
     ``"auto"``: ``"forward"`` when ``cost * passes < n_dims`` (``passes`` Jacobian-vector
     products, see :func:`forward_passes`, against ``n_dims`` vector-Jacobian products;
-    ``cost`` is the measured relative price of one product on the device type, 1.0 on CPU and
-    CUDA), unless ``create_graph`` (maps that stay differentiable need reverse mode) or the
-    model runs in training mode (each extra forward pass would update batch-norm statistics and
-    redraw dropout); otherwise the reverse strategy of the device: ``"batched"`` on CUDA,
-    ``"loop"`` elsewhere. An explicit ``"forward"`` falls back to ``"loop"``/``"batched"`` with
+    ``cost`` is a price per product that covers forward mode's fixed costs: 1.5 on CPU, a
+    conservative margin over the break-even measured on torchvision ResNets, 1.0 elsewhere),
+    unless ``create_graph`` (maps that stay differentiable need reverse mode) or the model runs
+    in training mode (each extra forward pass would update batch-norm statistics and redraw
+    dropout); otherwise the reverse strategy of the device: ``"batched"`` on CUDA, ``"loop"``
+    elsewhere. An explicit ``"forward"`` falls back to ``"loop"``/``"batched"`` with
     ``create_graph`` and raises ``ValueError`` for a model in training mode; explicit
     ``"loop"``/``"batched"`` are returned unchanged.
     """

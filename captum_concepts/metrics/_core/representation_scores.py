@@ -176,7 +176,9 @@ def variance_score(
             of shape ``(N, D, ...)`` (e.g. ``(N, D, H, W)``). An
             :class:`~captum_concepts.attr.EmbeddingAttribution` (or its bound
             ``attribute``) may be passed directly: ``return_per_dim=True`` is then set
-            for it. Token or channels-last layers need its ``reshape_transform``.
+            for it, and its ``strategy`` (``"auto"``: forward mode where the layer has fewer
+            source pixels than embedding dimensions) decides how the maps are computed. Token or
+            channels-last layers need its ``reshape_transform``.
         inputs (Tensor or tuple of Tensors): inputs, batch first.
         threshold (float, optional): binarise the normalised maps first (paper §4.3):
             a pixel is 1 where ``Nrm(M_d) > threshold``, else 0. Must lie in

@@ -122,6 +122,9 @@ def score_curve(
     :class:`~captum_concepts.attr.EmbeddingAttribution` over the list of layers runs one
     forward and one (batched) backward pass from the embedding on a batch that stacks
     the inputs, their noise inputs and the benchmark's noise pairs — not ``L`` passes.
+    With ``strategy="auto"`` the choice between forward and reverse mode is made per layer (see
+    :class:`~captum_concepts.attr.EmbeddingAttribution`): deep layers with fewer source pixels
+    than embedding dimensions run forward mode, the others share one reverse sweep.
 
     Args:
         model (nn.Module): the model.
