@@ -94,8 +94,8 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
     are run:
 
     - ``"batched"``: ``torch.autograd.grad(..., is_grads_batched=True)`` on chunks of
-      ``internal_batch_size`` dimensions (one vmapped backward per chunk). The issue's H100
-      measurements (ResNet-18) found it 14-336x faster than a Captum loop; our default on CUDA.
+      ``internal_batch_size`` dimensions (one vmapped backward per chunk); the reverse-mode
+      default on CUDA, where one vmapped backward keeps the device busy.
     - ``"loop"``: one backward pass of the head per dimension, reusing the single forward graph
       (``retain_graph=True``), each gradient reduced at once. Measured 1.5-3x faster than
       ``"batched"`` on CPU (``benchmarks/RESULTS.md``): max-pool backward has no vmap batching
