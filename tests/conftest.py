@@ -42,3 +42,18 @@ def random_digits_cnn():
     torch.manual_seed(0)
     return DigitsCNN().eval()
 
+
+@pytest.fixture
+def untouched():
+    """Every model and input of the bad-input matrix comes out of a case as it went in."""
+    from _bad_inputs_common import ALL_INPUTS, ALL_MODELS
+
+    from captum_concepts.testing import assert_same_state, model_state
+
+    states = [model_state(m) for m in ALL_MODELS]
+    inputs = [t.clone() for t in ALL_INPUTS]
+    yield
+    for before, m in zip(states, ALL_MODELS):
+        assert_same_state(before, m)
+    for before, t in zip(inputs, ALL_INPUTS):
+        assert torch.equal(before, t) or (torch.isnan(before).any() and before.isnan().eq(t.isnan()).all())
