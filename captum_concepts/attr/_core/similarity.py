@@ -12,7 +12,7 @@ from torch import nn
 from ..._utils.common import TensorOrTuple, check_batch, format_additional_args, format_inputs, restore_form
 from ..._utils.layers import LayerSpec, resolve_layer
 from .embedding_attribution import METHODS, EmbeddingAttribution
-from .layer_readout import LayerReadout, hook_readouts
+from .layer_readout import Embedding, read_embeddings
 
 __all__ = ["SimilarityAttribution", "SIMILARITIES"]
 
@@ -67,7 +67,7 @@ class _PairObjective(nn.Module):
     """
 
     def __init__(
-        self, towers: Sequence[LayerReadout], similarity: str, stacked: bool, n_inputs_a: int
+        self, towers: Sequence[Embedding], similarity: str, stacked: bool, n_inputs_a: int
     ) -> None:
         super().__init__()
         self.towers = (
@@ -227,12 +227,12 @@ class SimilarityAttribution:
             kwargs["reshape_transform"] = transform[side]
         return kwargs
 
-    def _towers(self) -> List[LayerReadout]:
+    def _towers(self) -> List[Embedding]:
         if self.shared:
-            return [LayerReadout(self.model, self.embedding_layer, "embedding_layer")]
+            return [Embedding(self.model, self.embedding_layer, "embedding_layer")]
         return [
-            LayerReadout(self.model, self.embedding_layer, "embedding_layer"),
-            LayerReadout(self.model_b, self.embedding_layer_b, "embedding_layer_b"),
+            Embedding(self.model, self.embedding_layer, "embedding_layer"),
+            Embedding(self.model_b, self.embedding_layer_b, "embedding_layer_b"),
         ]
 
     def _pair(self, inputs_a: TensorOrTuple, inputs_b: TensorOrTuple):
@@ -303,7 +303,7 @@ class SimilarityAttribution:
             embedding_aggregator="mean",
             **kwargs,
         )
-        with hook_readouts(towers):
+        with read_embeddings(towers):
             if stacked:
                 x = tuple(torch.cat([ta, tb]) for ta, tb in zip(xa, xb))
                 (maps,) = ea.attribute(x)
@@ -334,7 +334,7 @@ class SimilarityAttribution:
         xa, xb, _, _, _, _ = self._pair(inputs_a, inputs_b)
         extra_a, extra_b = _extras(extra_a, extra_b)
         towers = self._towers()
-        with hook_readouts(towers, eval_mode=self.kwargs.get("eval_mode", True)), torch.no_grad():
+        with read_embeddings(towers, eval_mode=self.kwargs.get("eval_mode", True)), torch.no_grad():
             return towers[0].read(xa, extra_a), towers[-1].read(xb, extra_b)
 
     def per_dim_maps(

@@ -81,20 +81,13 @@ def concept_sobol_indices(
     designs = [m_a, m_b] + [torch.cat([m_a[:, :k], m_b[:, k : k + 1], m_a[:, k + 1 :]], 1) for k in range(d)]
     masks = torch.cat(designs)  # ((d + 2) * n_designs, d)
 
-    state: List[Tensor] = []
-
-    def rebuild(_module, _args, out):
-        if not isinstance(out, Tensor):
-            raise TypeError(f"the layer must output a tensor, got {type(out).__name__}")
-        if not state:  # first call: the real activations, kept to rebuild from
-            state.append(out)
-            return out
-        return state[1]
+    rebuilt_output: List[Tensor] = []
 
     with ModelGuard(b.model) as guard, torch.no_grad():
-        guard.register_forward_hook(b.module, rebuild)
-        b.model(*x, *extra)
-        acts = state[0]
+        captured = guard.capture(b.module, "layer", stop=True)
+        guard.forward(b.model, *x, *extra)
+        acts = captured.tensor()
+        guard.register_forward_hook(b.module, lambda _module, _args, _out: rebuilt_output[0])
         flat_o = b.layer_basis(tuple(acts.shape[1:])).to(acts).reshape(d, -1)  # (d, features)
         u = coefficients.t().to(acts)  # (N, d)
         residual = acts.reshape(n, -1) - u @ flat_o
@@ -103,7 +96,7 @@ def concept_sobol_indices(
         for part in masks.to(acts).split(chunk):
             k = part.shape[0]
             rebuilt = (u[None] * part[:, None]).reshape(k * n, d) @ flat_o + residual.repeat(k, 1)
-            state[1:] = [rebuilt.reshape(k * n, *acts.shape[1:])]
+            rebuilt_output[:] = [rebuilt.reshape(k * n, *acts.shape[1:])]
             logits = b.model(*(_repeat(inp, k) for inp in x), *(_repeat(a, k, n) for a in extra))
             ys.append(logits.gather(1, t.repeat(k).to(logits.device)[:, None])[:, 0].reshape(k, n))
     y = torch.cat(ys).reshape(d + 2, n_designs, n)  # (designs, rows, N)
