@@ -33,12 +33,15 @@ def similarity_weights(
     """
     if similarity == "dot":
         return zb, za
-    na = za.norm(dim=1, keepdim=True)
-    nb = zb.norm(dim=1, keepdim=True)
-    inv_a = torch.where(na > 0, 1.0 / na.clamp_min(1e-30), torch.zeros_like(na))
-    inv_b = torch.where(nb > 0, 1.0 / nb.clamp_min(1e-30), torch.zeros_like(nb))
+    inv_a = _inverse(za.norm(dim=1, keepdim=True))
+    inv_b = _inverse(zb.norm(dim=1, keepdim=True))
     s = (za * zb).sum(1, keepdim=True) * inv_a * inv_b
     return zb * inv_a * inv_b - s * za * inv_a**2, za * inv_a * inv_b - s * zb * inv_b**2
+
+
+def _inverse(norms: torch.Tensor) -> torch.Tensor:
+    """``1 / norms``, and 0 where a norm is 0 (a zero embedding's cosine is taken as 0)."""
+    return torch.where(norms > 0, 1.0 / norms.clamp_min(1e-30), torch.zeros_like(norms))
 
 
 def _similarity(za: torch.Tensor, zb: torch.Tensor, similarity: str) -> torch.Tensor:
@@ -410,9 +413,7 @@ class SimilarityAttribution:
         m = torch.einsum("ndp,ndq->npq", fa, fb)
         if self.similarity == "cosine":
             za, zb = self._embeddings(inputs_a, inputs_b, additional_forward_args, additional_forward_args_b)
-            norms = (za.norm(dim=1) * zb.norm(dim=1)).to(m.dtype)
-            scale = torch.where(norms > 0, 1.0 / norms.clamp_min(1e-30), torch.zeros_like(norms))
-            m = m * scale[:, None, None]
+            m = m * _inverse((za.norm(dim=1) * zb.norm(dim=1)).to(m.dtype))[:, None, None]
         return m
 
 

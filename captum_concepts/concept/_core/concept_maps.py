@@ -324,6 +324,30 @@ def _targets(target: TargetType, n: int) -> Tensor:
     return t
 
 
+def _explained_batch(
+    concepts: Concepts,
+    inputs: TensorOrTuple,
+    target: TargetType,
+    layer: Union[int, str],
+    coefficients: Optional[Tensor],
+) -> Tuple[_Basis, Tuple[Tensor, ...], int, Tensor, Tensor]:
+    """``(basis, inputs, N, targets, coefficients (d, N))`` checked; the coefficients from
+    ``concepts.transform`` unless given."""
+    b = _basis(concepts, layer)
+    x, _ = format_inputs(inputs)
+    n = check_batch(x)
+    t = _targets(target, n)
+    if coefficients is None:
+        if len(x) > 1:
+            raise ValueError("pass coefficients= for tuple inputs (transform takes one input tensor)")
+        coefficients = concepts.transform(x[0])
+    d = b.basis.shape[1]
+    if not isinstance(coefficients, Tensor) or tuple(coefficients.shape) != (d, n):
+        got = tuple(coefficients.shape) if isinstance(coefficients, Tensor) else type(coefficients).__name__
+        raise ValueError(f"coefficients must be a ({d}, {n}) tensor (d, N), got {got}")
+    return b, x, n, t, coefficients
+
+
 def concept_importance(
     concepts: CoupledNMFConcepts,
     inputs: TensorOrTuple,
@@ -363,17 +387,7 @@ def concept_importance(
     """
     if not isinstance(concepts, CoupledNMFConcepts):
         raise TypeError(f"concepts must be a fitted CoupledNMFConcepts, got {type(concepts).__name__}")
-    b = _basis(concepts, layer)
-    x, was_tuple = format_inputs(inputs)
-    n = check_batch(x)
-    t = _targets(target, n)
-    if coefficients is None:
-        if was_tuple and len(x) > 1:
-            raise ValueError("pass coefficients= for tuple inputs (transform takes one input tensor)")
-        coefficients = concepts.transform(x[0])
-    if not isinstance(coefficients, Tensor) or tuple(coefficients.shape) != (b.basis.shape[1], n):
-        got = tuple(coefficients.shape) if isinstance(coefficients, Tensor) else type(coefficients).__name__
-        raise ValueError(f"coefficients must be a ({b.basis.shape[1]}, {n}) tensor (d, N), got {got}")
+    b, x, n, t, coefficients = _explained_batch(concepts, inputs, target, layer, coefficients)
     acts, grads = _layer_gradient(b, x, t, format_additional_args(additional_forward_args))
     o_layer = b.layer_basis(tuple(acts.shape[1:])).to(acts)  # (d, *shape)
     u = coefficients.t().to(acts)

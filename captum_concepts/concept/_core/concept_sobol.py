@@ -8,9 +8,9 @@ import torch
 from captum._utils.typing import TargetType
 from torch import Tensor
 
-from ..._utils.common import TensorOrTuple, check_batch, format_additional_args, format_inputs
+from ..._utils.common import TensorOrTuple, format_additional_args
 from ..._utils.hooks import ModelGuard
-from .concept_maps import _basis, _targets
+from .concept_maps import _explained_batch
 from .coupled_nmf import CoupledNMFConcepts
 
 __all__ = ["concept_sobol_indices"]
@@ -58,18 +58,8 @@ def concept_sobol_indices(
     """
     if isinstance(n_designs, bool) or not isinstance(n_designs, int) or n_designs < 2:
         raise ValueError(f"n_designs must be an int >= 2, got {n_designs!r}")
-    b = _basis(concepts, layer)
-    x, _ = format_inputs(inputs)
-    n = check_batch(x)
-    t = _targets(target, n)
-    if coefficients is None:
-        if len(x) > 1:
-            raise ValueError("pass coefficients= for tuple inputs (transform takes one input tensor)")
-        coefficients = concepts.transform(x[0])
+    b, x, n, t, coefficients = _explained_batch(concepts, inputs, target, layer, coefficients)
     d = b.basis.shape[1]
-    if not isinstance(coefficients, Tensor) or tuple(coefficients.shape) != (d, n):
-        got = tuple(coefficients.shape) if isinstance(coefficients, Tensor) else type(coefficients).__name__
-        raise ValueError(f"coefficients must be a ({d}, {n}) tensor (d, N), got {got}")
     if b.transform is not None:
         raise ValueError(
             "Sobol indices rebuild the layer's raw output; layers with a reshape_transform are not supported"
