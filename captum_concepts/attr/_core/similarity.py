@@ -69,9 +69,7 @@ class _PairObjective(nn.Module):
     are ``(*inputs_a, *inputs_b)`` and each tower runs on its own (output ``(N, 1)``).
     """
 
-    def __init__(
-        self, towers: Sequence[Embedding], similarity: str, stacked: bool, n_inputs_a: int
-    ) -> None:
+    def __init__(self, towers: Sequence[Embedding], similarity: str, stacked: bool, n_inputs_a: int) -> None:
         super().__init__()
         self.towers = (
             nn.ModuleList([t.model for t in towers])
