@@ -51,3 +51,23 @@ def test_sobol_indices_rebuild_from_the_activations_before_an_inplace_op(digits)
     expected = (((y[0][None] - y[2:]) ** 2).mean(dim=1) / 2 / var).t()
     assert expected.max() > 0.05
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-5)
+
+
+def test_concept_importance_works_before_an_inplace_op(digits):
+    from captum_concepts.concept import concept_importance
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), InplaceShift(), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3)
+    ).eval()
+    x = digits.x_train[:80]
+    cnmf = CoupledNMFConcepts(3, model, layers=["1"], include_pixels=False, max_iter=40).fit(x)
+    xb, target = x[:4], torch.tensor([0, 1, 2, 0])
+    result = concept_importance(cnmf, xb, target=target)
+    acts = model[1](model[0](xb)).detach().requires_grad_(True)
+    logits = model[2:](acts.clone())
+    (g,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), acts)
+    total = (g * acts.detach()).reshape(4, -1).sum(1)
+    assert total.abs().max() > 1e-3
+    torch.testing.assert_close(result.total, total, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(result.importance.sum(1) + result.residual, total, rtol=1e-4, atol=1e-6)
