@@ -4,7 +4,9 @@ A :class:`LayerCapture` is created by :meth:`ModelGuard.capture
 <captum_concepts._utils.hooks.ModelGuard.capture>` and records the layer's output (or
 input) only while :meth:`ModelGuard.forward <captum_concepts._utils.hooks.ModelGuard.forward>`
 of its guard runs in the current thread: a forward pass started by anyone else (another
-thread, user code between two of our passes, a nested call of ours) passes through untouched.
+thread, user code between two of our passes) passes through untouched. A guard's forward
+nested inside another's (an objective whose ``forward`` reads an encoder's layer through its
+own guard) is part of the outer pass: the captures of both guards record there.
 
 The recorded tensors are protected from in-place operations that run later in the same
 forward pass (``nn.ReLU(inplace=True)`` after a batch norm, ``out += identity`` in a
@@ -27,15 +29,21 @@ __all__ = ["LayerCapture", "StopForward", "current_forward"]
 _local = threading.local()
 
 
+def running_forwards() -> Tuple[Any, ...]:
+    """The guards whose :meth:`forward` runs in this thread, outermost first."""
+    return getattr(_local, "guards", ())
+
+
 def current_forward() -> Any:
     """The guard whose :meth:`forward` runs innermost in this thread (None if none)."""
-    return getattr(_local, "guard", None)
+    guards = running_forwards()
+    return guards[-1] if guards else None
 
 
-def set_current_forward(guard: Any) -> Any:
-    """Make ``guard`` the innermost running forward of this thread; return the previous one."""
-    previous = getattr(_local, "guard", None)
-    _local.guard = guard
+def set_current_forward(guard: Any) -> Tuple[Any, ...]:
+    """Make ``guard`` the innermost running forward of this thread; return the previous stack."""
+    previous = running_forwards()
+    _local.guards = previous + (guard,)
     return previous
 
 
@@ -94,7 +102,7 @@ class LayerCapture:
         return self._record(args)
 
     def _record(self, value: Any) -> Any:
-        if current_forward() is not self.guard or (self.stop and self.records):
+        if not any(g is self.guard for g in running_forwards()) or (self.stop and self.records):
             return None
         items = _items(value)
         if not any(isinstance(t, torch.Tensor) for t in items):
@@ -180,4 +188,4 @@ def forward_once(guard: Any, captures: List[LayerCapture], fn, *args, **kwargs) 
             raise
         return None
     finally:
-        set_current_forward(previous)
+        _local.guards = previous

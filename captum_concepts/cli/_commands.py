@@ -197,15 +197,11 @@ def _check_layers(
     from .._utils.layers import resolve_layer
     from .._utils.layout import apply_reshape, layout_hint
 
-    seen: dict = {name: [] for name in layers}
     with ModelGuard(model) as guard, torch.no_grad():
-        for name in layers:
-            guard.register_forward_hook(
-                resolve_layer(model, name), lambda _m, _a, out, name=name: seen[name].append(out)
-            )
-        model(x)
+        captures = {name: guard.capture(resolve_layer(model, name), "--layers") for name in layers}
+        guard.forward(model, x)
     for j, (name, user) in enumerate(zip(layers, user_names)):
-        outs = seen[name]
+        outs = [value for value, _ in captures[name].records]
         if len(outs) != 1:
             what = "never runs in the forward pass" if not outs else f"runs {len(outs)} times per forward"
             raise CLIError(

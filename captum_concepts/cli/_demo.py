@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from . import _beyond_sections as B
 from . import _sections as S
 from ._loading import pick_device
 from ._report import Report
@@ -148,14 +147,14 @@ def run_demo(args: argparse.Namespace) -> Path:
             f"Section time {time.perf_counter() - start:.1f} s."
         )
         S.run_section(
-            "Channel masks", B.channel_masks_comparison, report, canvas_ctx, sv, images, targets, masks
+            "Channel masks", S.channel_masks_comparison, report, canvas_ctx, sv, images, targets, masks
         )
     bar.update()
 
     step("coupled-NMF concepts and TCAV")
     S.run_section("Concepts by coupled NMF", S.coupled_nmf, report, ctx, n_concepts=6 if quick else 10)
-    S.run_section("Concept maps and importance", B.concept_maps, report, ctx)
-    S.run_section("Similarity attribution", B.similarity, report, ctx)
+    S.run_section("Concept maps and importance", S.concept_maps, report, ctx)
+    S.run_section("Similarity attribution", S.similarity, report, ctx)
     bar.update()
     bar.close()
     return report.write()

@@ -8,7 +8,12 @@ to draw into existing axes, ``use_pyplot`` / ``cmap`` / ``title`` / ``fig_size``
 
 from ._attribution_grid import visualize_attribution_grid, visualize_embedding_attributions
 from ._concept_maps import visualize_concept_importance, visualize_concept_maps
-from ._concepts import visualize_concept_grid, visualize_relevance_matrix, visualize_similarity_matrices
+from ._concepts import (
+    visualize_concept_grid,
+    visualize_relevance_matrix,
+    visualize_similarity_matrices,
+    visualize_tcav_scores,
+)
 from ._curves import visualize_pointing_game_curve, visualize_score_curve
 from ._similarity import visualize_correspondence, visualize_similarity_maps
 
@@ -23,3 +28,4 @@ __all__ = [
 ]
 __all__ += ["visualize_concept_maps", "visualize_concept_importance"]
 __all__ += ["visualize_similarity_maps", "visualize_correspondence"]
+__all__ += ["visualize_tcav_scores"]

@@ -14,14 +14,12 @@ from ._common import (
     check_ndim,
     check_sign,
     clear_ticks,
-    default_cmap,
+    draw_map,
     finish,
     image_for_display,
+    image_panel,
     labels_or_default,
     prepare_figure,
-    scale_map,
-    show_image,
-    sign_limits,
     to_numpy,
 )
 
@@ -101,24 +99,20 @@ def visualize_attribution_grid(
             (cell_h + 0.25) * n_rows + (0.5 if title else 0.2),
         )
     fig, axes = prepare_figure(plt_fig_axis, n_rows, total_cols, fig_size, use_pyplot)
-    lo, hi = sign_limits(sign)
-    cmap = default_cmap(sign, cmap)
     last = None
     for r in range(n_rows):
         if images is not None:
-            show_image(axes[r, 0], images[r])
-            clear_ticks(axes[r, 0])
+            image_panel(axes[r, 0], images[r])
             if r == 0:
                 axes[r, 0].set_title("image", fontsize=9)
         for c in range(n_cols):
             ax = axes[r, c + offset]
-            scaled = scale_map(maps[r, c], sign, outlier_perc)
             if method == "blended_heat_map":
                 gray = images[r] if images[r].ndim == 2 else images[r].mean(axis=-1)
                 ax.imshow(gray, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-                last = ax.imshow(scaled, cmap=cmap, vmin=lo, vmax=hi, alpha=alpha_overlay)
+                last = draw_map(ax, maps[r, c], sign, cmap, outlier_perc, alpha_overlay, interpolation=None)
             else:
-                last = ax.imshow(scaled, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+                last = draw_map(ax, maps[r, c], sign, cmap, outlier_perc)
             if box_arr is not None:
                 _draw_boxes(ax, box_arr[r])
             clear_ticks(ax)

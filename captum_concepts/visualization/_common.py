@@ -141,6 +141,44 @@ def clear_ticks(ax: Axes) -> None:
     ax.set_yticks([])
 
 
+def image_panel(ax: Axes, image: np.ndarray) -> None:
+    """``image`` (from :func:`image_for_display`) on its own, without ticks."""
+    show_image(ax, image)
+    clear_ticks(ax)
+
+
+def draw_map(
+    ax: Axes,
+    heat: np.ndarray,
+    sign: str,
+    cmap: Union[str, Any, None],
+    outlier_perc: float = 2.0,
+    alpha: Optional[float] = None,
+    interpolation: Optional[str] = "nearest",
+) -> Any:
+    """The 2-D map ``heat`` scaled by :func:`scale_map` in its sign's colour map; return the artist."""
+    low, high = sign_limits(sign)
+    return ax.imshow(
+        scale_map(heat, sign, outlier_perc),
+        cmap=default_cmap(sign, cmap),
+        vmin=low,
+        vmax=high,
+        alpha=alpha,
+        interpolation=interpolation,
+    )
+
+
+def overlay_map(
+    ax: Axes, image: Optional[np.ndarray], heat: np.ndarray, sign: str, cmap: Any, alpha: float
+) -> Any:
+    """Draw ``image`` (if any) and the scaled ``heat`` map over it, without ticks; return the map's artist."""
+    if image is not None:
+        show_image(ax, image)
+    art = draw_map(ax, heat, sign, cmap, alpha=alpha if image is not None else 1.0)
+    clear_ticks(ax)
+    return art
+
+
 def labels_or_default(labels: Optional[Sequence[str]], n: int, argument: str, prefix: str) -> list:
     if labels is None:
         return [f"{prefix}{i}" for i in range(n)]

@@ -5,42 +5,19 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ._common import (
     ArrayLike,
     check_ndim,
-    clear_ticks,
-    default_cmap,
     finish,
     image_for_display,
+    image_panel,
     labels_or_default,
+    overlay_map,
     prepare_figure,
-    scale_map,
-    show_image,
-    sign_limits,
     to_numpy,
 )
-
-
-def overlay_map(
-    ax: Axes, image: Optional[np.ndarray], heat: np.ndarray, sign: str, cmap: Any, alpha: float
-) -> Any:
-    """Draw ``image`` (if any) and the scaled ``heat`` map over it; return the map's artist."""
-    if image is not None:
-        show_image(ax, image)
-    low, high = sign_limits(sign)
-    art = ax.imshow(
-        scale_map(heat, sign),
-        cmap=default_cmap(sign, cmap),
-        vmin=low,
-        vmax=high,
-        alpha=alpha if image is not None else 1.0,
-        interpolation="nearest",
-    )
-    clear_ticks(ax)
-    return art
 
 
 def visualize_concept_maps(
@@ -93,8 +70,7 @@ def visualize_concept_maps(
     for col, k in enumerate(chosen):
         axes[0, col].set_title(names[col], fontsize=8)
         if factors is not None:
-            show_image(axes[0, col], image_for_display(factors[k], "factor_images"))
-            clear_ticks(axes[0, col])
+            image_panel(axes[0, col], image_for_display(factors[k], "factor_images"))
         for i in range(n):
             ax = axes[i + (factors is not None), col]
             overlay_map(ax, image_for_display(imgs[i], "images"), heat[i, k], sign, cmap, alpha)

@@ -3,7 +3,7 @@ concept relevance heat maps."""
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -212,4 +212,53 @@ def visualize_relevance_matrix(
                 )
     if title:
         ax.set_title(title)
+    return fig, ax
+
+
+def visualize_tcav_scores(
+    scores: Union[ArrayLike, Mapping[str, ArrayLike]],
+    concept_labels: Optional[Sequence[str]] = None,
+    chance: Optional[float] = 0.5,
+    plt_fig_axis: Optional[Tuple[Figure, Axes]] = None,
+    title: Optional[str] = None,
+    fig_size: Tuple[float, float] = (7, 3),
+    use_pyplot: bool = True,
+) -> Tuple[Figure, Axes]:
+    """TCAV scores of concepts as grouped bars (Kim et al., 2018, Fig. 4 style).
+
+    Args:
+        scores: ``(d,)`` one score per concept, or ``{label: (d,)}`` for several groups side by
+            side, e.g. ``{"top class": ..., "control class": ...}`` (the sign-count score of each
+            concept's top class and of a control class).
+        concept_labels: ``d`` tick labels (default ``"c0".."c{d-1}"``).
+        chance: a dashed reference line (0.5: a concept unrelated to the class); None: none.
+        plt_fig_axis, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+
+    Returns:
+        ``(fig, ax)``.
+    """
+    groups = dict(scores) if isinstance(scores, Mapping) else {"TCAV score": scores}
+    if not groups:
+        raise ValueError("scores must hold at least one group of scores")
+    values = {str(k): to_numpy(v, f"scores[{k!r}]").reshape(-1) for k, v in groups.items()}
+    lengths = {len(v) for v in values.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"every group of scores needs one score per concept, got lengths {sorted(lengths)}")
+    d = lengths.pop()
+    labels = labels_or_default(concept_labels, d, "concept_labels", "c")
+    fig, ax = prepare_figure(plt_fig_axis, 1, 1, fig_size, use_pyplot, squeeze=True)
+    pos = np.arange(d)
+    width = 0.8 / len(values)
+    colors = ("tab:blue", "tab:gray", "tab:orange", "tab:green", "tab:purple")
+    for i, (label, v) in enumerate(values.items()):
+        offset = (i - (len(values) - 1) / 2) * width
+        ax.bar(pos + offset, v, width=width, color=colors[i % len(colors)], label=label)
+    if chance is not None:
+        ax.axhline(chance, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xticks(pos)
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("TCAV score")
+    ax.legend(fontsize=8, loc="lower right")
+    finish(fig, title)
     return fig, ax

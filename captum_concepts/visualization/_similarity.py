@@ -11,14 +11,13 @@ from matplotlib.patches import ConnectionPatch
 from ._common import (
     ArrayLike,
     check_ndim,
-    clear_ticks,
     finish,
     image_for_display,
+    image_panel,
+    overlay_map,
     prepare_figure,
-    show_image,
     to_numpy,
 )
-from ._concept_maps import overlay_map
 
 
 def visualize_similarity_maps(
@@ -59,8 +58,7 @@ def visualize_similarity_maps(
     for i in range(n):
         for col, (img, m) in enumerate(((a[i], ma[i]), (b[i], mb[i]))):
             shown = image_for_display(img, "images_a" if col == 0 else "images_b")
-            show_image(axes[i, 2 * col], shown)
-            clear_ticks(axes[i, 2 * col])
+            image_panel(axes[i, 2 * col], shown)
             overlay_map(axes[i, 2 * col + 1], shown, m, sign, cmap, alpha)
         if s is not None:
             axes[i, 0].set_ylabel(f"s = {s[i]:.3g}", fontsize=8)
@@ -129,8 +127,7 @@ def visualize_correspondence(
     ca, cb = _centres(grid_a, a.shape[:2]), _centres(grid_b, b.shape[:2])
     fig, axes = prepare_figure(plt_fig_axis, 1, 2, fig_size or (6.0, 3.0), use_pyplot)
     for ax, img, name in ((axes[0, 0], a, "a"), (axes[0, 1], b, "b")):
-        show_image(ax, img)
-        clear_ticks(ax)
+        image_panel(ax, img)
         ax.set_xlabel(name, fontsize=8)
     top = float(np.abs(m.reshape(-1)[order]).max()) if order.size else 0.0
     for flat in order:

@@ -1,102 +1,85 @@
-"""Read a layer's output inside a model's forward pass (private helpers).
+"""An encoder's embedding as a function of its inputs, read through :meth:`ModelGuard.capture`.
 
 Used where a scalar or vector function of an inner layer must look like a model output, so that
 :class:`EmbeddingAttribution` can explain it: the similarity of two embeddings, a concept's
-coefficient.
+coefficient. The capture itself (exactly once, safe from later in-place operations, this thread
+only) is :meth:`ModelGuard.capture <captum_concepts._utils.hooks.ModelGuard.capture>`; this module
+only names the layer in errors and checks the batch dimension.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from ..._utils.capture import LayerCapture
 from ..._utils.hooks import ModelGuard
-from ..._utils.layers import layer_name
 
-__all__ = ["LayerReadout", "hook_readouts"]
+__all__ = ["Embedding", "read_embeddings"]
 
 
-class LayerReadout:
-    """Reads one layer's output (or the model output) of a model during a forward pass.
-
-    ``layer=None`` reads the model output. The hook goes on a guard from :func:`hook_readouts`.
-    """
+class Embedding:
+    """The output of ``layer`` of ``model`` (``layer=None``: the model output); ``name`` is the
+    argument named in errors. :meth:`read` works inside :func:`read_embeddings`."""
 
     def __init__(self, model: nn.Module, layer: Optional[nn.Module], name: str) -> None:
         self.model = model
         self.layer = layer
         self.name = name
-        self.captured: List[torch.Tensor] = []
-
-    def hook(self, guard: ModelGuard) -> None:
-        if self.layer is None:
-            return
-
-        def capture(module, args, out):
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(
-                    f"{self.name} {layer_name(self.model, module)!r} must output a tensor, "
-                    f"got {type(out).__name__}"
-                )
-            self.captured.append(out)
-
-        guard.register_forward_hook(self.layer, capture)
+        self._guard: Optional[ModelGuard] = None
+        self._capture: Optional[LayerCapture] = None
 
     def read(
         self, inputs: Tuple[torch.Tensor, ...], extra: Tuple[Any, ...], flatten: bool = True
     ) -> torch.Tensor:
-        """Run ``model(*inputs, *extra)``; return the read tensor, ``(N, -1)`` if ``flatten``."""
-        self.captured.clear()
-        out = self.model(*inputs, *extra)
-        if self.layer is None:
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(
-                    f"the model output is the embedding ({self.name}=None) and must be a tensor, got "
-                    f"{type(out).__name__}; pass {self.name}"
-                )
+        """Run ``model(*inputs, *extra)``; return the embedding, ``(N, -1)`` if ``flatten``."""
+        if self._guard is None:
+            raise RuntimeError("Embedding.read runs inside 'with read_embeddings(...)'")
+        out = self._guard.forward(self.model, *inputs, *extra)
+        if self._capture is not None:
+            z = self._capture.tensor()
+        elif isinstance(out, torch.Tensor):
             z = out
         else:
-            if len(self.captured) != 1:
-                raise ValueError(
-                    f"{self.name} ran {len(self.captured)} times in one forward pass; "
-                    "it must run exactly once"
-                )
-            z = self.captured[0]
+            raise TypeError(
+                f"the model output is the embedding ({self.name}=None) and must be a tensor, got "
+                f"{type(out).__name__}; pass {self.name}"
+            )
         n = inputs[0].shape[0]
         if z.dim() == 0 or z.shape[0] != n:
             raise ValueError(f"the embedding has shape {tuple(z.shape)}; expected batch size {n} first")
         return z.reshape(n, -1) if flatten else z
 
 
-class hook_readouts:
-    """Context manager: one ModelGuard per distinct model of ``readouts`` (hooks only, eval mode when
-    asked), with every readout's hook registered; all undone on exit, also after an exception."""
+class read_embeddings:
+    """Context manager: one :class:`ModelGuard` per distinct model of ``embeddings`` (eval mode
+    when asked) with each embedding layer captured; all undone on exit, also after an exception."""
 
-    def __init__(self, readouts: Sequence[LayerReadout], eval_mode: bool = False) -> None:
-        seen: List[nn.Module] = []
-        self.readouts = readouts
-        self.guards = []
-        for t in readouts:
-            if not any(t.model is m for m in seen):
-                seen.append(t.model)
-                self.guards.append(ModelGuard(t.model, eval_mode=eval_mode, warn_train_mode=False))
-        self._entered: List[ModelGuard] = []
+    def __init__(self, embeddings: Sequence[Embedding], eval_mode: bool = False) -> None:
+        self.embeddings = embeddings
+        self.eval_mode = eval_mode
+        self._stack = ExitStack()
 
-    def __enter__(self):
-        try:
-            for g in self.guards:
-                g.__enter__()
-                self._entered.append(g)
-            by_model = {id(g.model): g for g in self.guards}
-            for t in self.readouts:
-                t.hook(by_model[id(t.model)])
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
+    def __enter__(self) -> read_embeddings:
+        with ExitStack() as stack:
+            guards: List[ModelGuard] = []
+            for e in self.embeddings:
+                guard = next((g for g in guards if g.model is e.model), None)
+                if guard is None:
+                    guard = ModelGuard(e.model, eval_mode=self.eval_mode, warn_train_mode=False)
+                    stack.enter_context(guard)
+                    guards.append(guard)
+                e._guard = guard
+                e._capture = None if e.layer is None else guard.capture(e.layer, e.name)
+            self._stack = stack.pop_all()
         return self
 
-    def __exit__(self, *exc) -> None:
-        while self._entered:
-            self._entered.pop().__exit__(None, None, None)
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._stack.close()
+        finally:
+            for e in self.embeddings:
+                e._guard = e._capture = None

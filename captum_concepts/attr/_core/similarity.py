@@ -12,7 +12,7 @@ from torch import nn
 from ..._utils.common import TensorOrTuple, check_batch, format_additional_args, format_inputs, restore_form
 from ..._utils.layers import LayerSpec, resolve_layer
 from .embedding_attribution import METHODS, EmbeddingAttribution
-from .layer_readout import LayerReadout, hook_readouts
+from .layer_readout import Embedding, read_embeddings
 
 __all__ = ["SimilarityAttribution", "SIMILARITIES"]
 
@@ -33,12 +33,15 @@ def similarity_weights(
     """
     if similarity == "dot":
         return zb, za
-    na = za.norm(dim=1, keepdim=True)
-    nb = zb.norm(dim=1, keepdim=True)
-    inv_a = torch.where(na > 0, 1.0 / na.clamp_min(1e-30), torch.zeros_like(na))
-    inv_b = torch.where(nb > 0, 1.0 / nb.clamp_min(1e-30), torch.zeros_like(nb))
+    inv_a = _inverse(za.norm(dim=1, keepdim=True))
+    inv_b = _inverse(zb.norm(dim=1, keepdim=True))
     s = (za * zb).sum(1, keepdim=True) * inv_a * inv_b
     return zb * inv_a * inv_b - s * za * inv_a**2, za * inv_a * inv_b - s * zb * inv_b**2
+
+
+def _inverse(norms: torch.Tensor) -> torch.Tensor:
+    """``1 / norms``, and 0 where a norm is 0 (a zero embedding's cosine is taken as 0)."""
+    return torch.where(norms > 0, 1.0 / norms.clamp_min(1e-30), torch.zeros_like(norms))
 
 
 def _similarity(za: torch.Tensor, zb: torch.Tensor, similarity: str) -> torch.Tensor:
@@ -66,9 +69,7 @@ class _PairObjective(nn.Module):
     are ``(*inputs_a, *inputs_b)`` and each tower runs on its own (output ``(N, 1)``).
     """
 
-    def __init__(
-        self, towers: Sequence[LayerReadout], similarity: str, stacked: bool, n_inputs_a: int
-    ) -> None:
+    def __init__(self, towers: Sequence[Embedding], similarity: str, stacked: bool, n_inputs_a: int) -> None:
         super().__init__()
         self.towers = (
             nn.ModuleList([t.model for t in towers])
@@ -227,12 +228,12 @@ class SimilarityAttribution:
             kwargs["reshape_transform"] = transform[side]
         return kwargs
 
-    def _towers(self) -> List[LayerReadout]:
+    def _towers(self) -> List[Embedding]:
         if self.shared:
-            return [LayerReadout(self.model, self.embedding_layer, "embedding_layer")]
+            return [Embedding(self.model, self.embedding_layer, "embedding_layer")]
         return [
-            LayerReadout(self.model, self.embedding_layer, "embedding_layer"),
-            LayerReadout(self.model_b, self.embedding_layer_b, "embedding_layer_b"),
+            Embedding(self.model, self.embedding_layer, "embedding_layer"),
+            Embedding(self.model_b, self.embedding_layer_b, "embedding_layer_b"),
         ]
 
     def _pair(self, inputs_a: TensorOrTuple, inputs_b: TensorOrTuple):
@@ -303,7 +304,7 @@ class SimilarityAttribution:
             embedding_aggregator="mean",
             **kwargs,
         )
-        with hook_readouts(towers):
+        with read_embeddings(towers):
             if stacked:
                 x = tuple(torch.cat([ta, tb]) for ta, tb in zip(xa, xb))
                 (maps,) = ea.attribute(x)
@@ -334,7 +335,7 @@ class SimilarityAttribution:
         xa, xb, _, _, _, _ = self._pair(inputs_a, inputs_b)
         extra_a, extra_b = _extras(extra_a, extra_b)
         towers = self._towers()
-        with hook_readouts(towers, eval_mode=self.kwargs.get("eval_mode", True)), torch.no_grad():
+        with read_embeddings(towers, eval_mode=self.kwargs.get("eval_mode", True)), torch.no_grad():
             return towers[0].read(xa, extra_a), towers[-1].read(xb, extra_b)
 
     def per_dim_maps(
@@ -410,9 +411,7 @@ class SimilarityAttribution:
         m = torch.einsum("ndp,ndq->npq", fa, fb)
         if self.similarity == "cosine":
             za, zb = self._embeddings(inputs_a, inputs_b, additional_forward_args, additional_forward_args_b)
-            norms = (za.norm(dim=1) * zb.norm(dim=1)).to(m.dtype)
-            scale = torch.where(norms > 0, 1.0 / norms.clamp_min(1e-30), torch.zeros_like(norms))
-            m = m * scale[:, None, None]
+            m = m * _inverse((za.norm(dim=1) * zb.norm(dim=1)).to(m.dtype))[:, None, None]
         return m
 
 

@@ -6,7 +6,7 @@ For fitted :class:`CoupledNMFConcepts` (any fitted layer) and :class:`SemanticVe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from ..._utils.common import TensorOrTuple, check_batch, format_additional_args,
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, resolve_layer
 from ...attr._core.embedding_attribution import EmbeddingAttribution
-from ...attr._core.layer_readout import LayerReadout, hook_readouts
+from ...attr._core.layer_readout import Embedding, read_embeddings
 from ...attr._core.upsampling import upsample_maps
 from .coupled_nmf import CoupledNMFConcepts
 from .semantic_vector import SemanticVector
@@ -97,8 +97,8 @@ def _basis(concepts: Concepts, layer: Union[int, str], argument: str = "concepts
 
 
 def _layer_outputs(b: _Basis, inputs: Tuple[Tensor, ...], extra: Tuple[Any, ...]) -> Tensor:
-    readout = LayerReadout(b.model, b.module, "layer")
-    with hook_readouts([readout], eval_mode=True), torch.no_grad():
+    readout = Embedding(b.model, b.module, "layer")
+    with read_embeddings([readout], eval_mode=True), torch.no_grad():
         return b.raw(readout.read(inputs, extra, flatten=False))
 
 
@@ -220,7 +220,7 @@ class _ConceptHead(nn.Module):
         super().__init__()
         self.model = b.model
         self._basis = b
-        self._readout = LayerReadout(b.model, b.module, "layer")
+        self._readout = Embedding(b.model, b.module, "layer")
         self._extra = extra
         self._coef = _coefficient_matrix(b)
         self.training = b.model.training  # the guard then warns about the user's model, not ours
@@ -280,7 +280,7 @@ def concept_attribution_maps(
     kwargs.setdefault("channel_aggregator", _channel_sum)
     source = None if source_layer is None else resolve_layer(b.model, source_layer, "source_layer")
     ea = EmbeddingAttribution(head, layer=source, method=method, **kwargs)
-    with hook_readouts([head._readout]):
+    with read_embeddings([head._readout]):
         maps = ea.attribute(x, return_per_dim=True, **call)
     return maps[0] if isinstance(maps, tuple) else maps
 
@@ -324,6 +324,30 @@ def _targets(target: TargetType, n: int) -> Tensor:
     return t
 
 
+def _explained_batch(
+    concepts: Concepts,
+    inputs: TensorOrTuple,
+    target: TargetType,
+    layer: Union[int, str],
+    coefficients: Optional[Tensor],
+) -> Tuple[_Basis, Tuple[Tensor, ...], int, Tensor, Tensor]:
+    """``(basis, inputs, N, targets, coefficients (d, N))`` checked; the coefficients from
+    ``concepts.transform`` unless given."""
+    b = _basis(concepts, layer)
+    x, _ = format_inputs(inputs)
+    n = check_batch(x)
+    t = _targets(target, n)
+    if coefficients is None:
+        if len(x) > 1:
+            raise ValueError("pass coefficients= for tuple inputs (transform takes one input tensor)")
+        coefficients = concepts.transform(x[0])
+    d = b.basis.shape[1]
+    if not isinstance(coefficients, Tensor) or tuple(coefficients.shape) != (d, n):
+        got = tuple(coefficients.shape) if isinstance(coefficients, Tensor) else type(coefficients).__name__
+        raise ValueError(f"coefficients must be a ({d}, {n}) tensor (d, N), got {got}")
+    return b, x, n, t, coefficients
+
+
 def concept_importance(
     concepts: CoupledNMFConcepts,
     inputs: TensorOrTuple,
@@ -363,17 +387,7 @@ def concept_importance(
     """
     if not isinstance(concepts, CoupledNMFConcepts):
         raise TypeError(f"concepts must be a fitted CoupledNMFConcepts, got {type(concepts).__name__}")
-    b = _basis(concepts, layer)
-    x, was_tuple = format_inputs(inputs)
-    n = check_batch(x)
-    t = _targets(target, n)
-    if coefficients is None:
-        if was_tuple and len(x) > 1:
-            raise ValueError("pass coefficients= for tuple inputs (transform takes one input tensor)")
-        coefficients = concepts.transform(x[0])
-    if not isinstance(coefficients, Tensor) or tuple(coefficients.shape) != (b.basis.shape[1], n):
-        got = tuple(coefficients.shape) if isinstance(coefficients, Tensor) else type(coefficients).__name__
-        raise ValueError(f"coefficients must be a ({b.basis.shape[1]}, {n}) tensor (d, N), got {got}")
+    b, x, n, t, coefficients = _explained_batch(concepts, inputs, target, layer, coefficients)
     acts, grads = _layer_gradient(b, x, t, format_additional_args(additional_forward_args))
     o_layer = b.layer_basis(tuple(acts.shape[1:])).to(acts)  # (d, *shape)
     u = coefficients.t().to(acts)
@@ -390,28 +404,18 @@ def _layer_gradient(
     b: _Basis, x: Tuple[Tensor, ...], target: Tensor, extra: Tuple[Any, ...]
 ) -> Tuple[Tensor, Tensor]:
     """``(A, d logit_target / dA)`` at the basis' layer, one forward and one backward pass."""
-    kept: List[Tensor] = []
-
-    def hook(_module, _args, out):
-        if not isinstance(out, Tensor):
-            raise TypeError(f"the layer must output a tensor, got {type(out).__name__}")
-        leaf = out.detach().requires_grad_(True)  # the backward pass stops here
-        kept.append(leaf)
-        return leaf
-
     with ModelGuard(b.model, freeze_parameters=True) as guard, torch.enable_grad():
-        guard.register_forward_hook(b.module, hook)
-        logits = b.model(*x, *extra)
+        captured = guard.capture(b.module, "layer", leaf=True)
+        logits = guard.forward(b.model, *x, *extra)
         if not isinstance(logits, Tensor) or logits.dim() != 2:
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ValueError(f"the model output must be (N, n_classes) logits, got {got}")
-        if len(kept) != 1:
-            raise ValueError(f"the layer ran {len(kept)} times in one forward pass; it must run exactly once")
+        layer_out = captured.tensor()
         if int(target.max()) >= logits.shape[1] or int(target.min()) < 0:
             raise ValueError(f"target {target.tolist()[:10]} out of range for {logits.shape[1]} classes")
         score = logits.gather(1, target.to(logits.device)[:, None]).sum()
-        (grad,) = torch.autograd.grad(score, kept[0])
-    acts = b.raw(kept[0].detach())
+        (grad,) = torch.autograd.grad(score, layer_out)
+    acts = b.raw(layer_out.detach())
     grads = b.raw(grad)
     if acts.dim() == 2:
         acts, grads = acts.unsqueeze(-1), grads.unsqueeze(-1)

@@ -8,9 +8,9 @@ import torch
 from captum._utils.typing import TargetType
 from torch import Tensor
 
-from ..._utils.common import TensorOrTuple, check_batch, format_additional_args, format_inputs
+from ..._utils.common import TensorOrTuple, format_additional_args
 from ..._utils.hooks import ModelGuard
-from .concept_maps import _basis, _targets
+from .concept_maps import _explained_batch
 from .coupled_nmf import CoupledNMFConcepts
 
 __all__ = ["concept_sobol_indices"]
@@ -58,18 +58,8 @@ def concept_sobol_indices(
     """
     if isinstance(n_designs, bool) or not isinstance(n_designs, int) or n_designs < 2:
         raise ValueError(f"n_designs must be an int >= 2, got {n_designs!r}")
-    b = _basis(concepts, layer)
-    x, _ = format_inputs(inputs)
-    n = check_batch(x)
-    t = _targets(target, n)
-    if coefficients is None:
-        if len(x) > 1:
-            raise ValueError("pass coefficients= for tuple inputs (transform takes one input tensor)")
-        coefficients = concepts.transform(x[0])
+    b, x, n, t, coefficients = _explained_batch(concepts, inputs, target, layer, coefficients)
     d = b.basis.shape[1]
-    if not isinstance(coefficients, Tensor) or tuple(coefficients.shape) != (d, n):
-        got = tuple(coefficients.shape) if isinstance(coefficients, Tensor) else type(coefficients).__name__
-        raise ValueError(f"coefficients must be a ({d}, {n}) tensor (d, N), got {got}")
     if b.transform is not None:
         raise ValueError(
             "Sobol indices rebuild the layer's raw output; layers with a reshape_transform are not supported"
@@ -81,20 +71,13 @@ def concept_sobol_indices(
     designs = [m_a, m_b] + [torch.cat([m_a[:, :k], m_b[:, k : k + 1], m_a[:, k + 1 :]], 1) for k in range(d)]
     masks = torch.cat(designs)  # ((d + 2) * n_designs, d)
 
-    state: List[Tensor] = []
-
-    def rebuild(_module, _args, out):
-        if not isinstance(out, Tensor):
-            raise TypeError(f"the layer must output a tensor, got {type(out).__name__}")
-        if not state:  # first call: the real activations, kept to rebuild from
-            state.append(out)
-            return out
-        return state[1]
+    rebuilt_output: List[Tensor] = []
 
     with ModelGuard(b.model) as guard, torch.no_grad():
-        guard.register_forward_hook(b.module, rebuild)
-        b.model(*x, *extra)
-        acts = state[0]
+        captured = guard.capture(b.module, "layer", stop=True)
+        guard.forward(b.model, *x, *extra)
+        acts = captured.tensor()
+        guard.register_forward_hook(b.module, lambda _module, _args, _out: rebuilt_output[0])
         flat_o = b.layer_basis(tuple(acts.shape[1:])).to(acts).reshape(d, -1)  # (d, features)
         u = coefficients.t().to(acts)  # (N, d)
         residual = acts.reshape(n, -1) - u @ flat_o
@@ -103,7 +86,7 @@ def concept_sobol_indices(
         for part in masks.to(acts).split(chunk):
             k = part.shape[0]
             rebuilt = (u[None] * part[:, None]).reshape(k * n, d) @ flat_o + residual.repeat(k, 1)
-            state[1:] = [rebuilt.reshape(k * n, *acts.shape[1:])]
+            rebuilt_output[:] = [rebuilt.reshape(k * n, *acts.shape[1:])]
             logits = b.model(*(_repeat(inp, k) for inp in x), *(_repeat(a, k, n) for a in extra))
             ys.append(logits.gather(1, t.repeat(k).to(logits.device)[:, None])[:, 0].reshape(k, n))
     y = torch.cat(ys).reshape(d + 2, n_designs, n)  # (designs, rows, N)

@@ -39,7 +39,7 @@ from ..._utils.validation import (
 from . import block_prep
 from . import cnmf_solvers as solvers
 from . import out_of_core as ooc
-from .activations import POOLS, collect_blocks
+from .activations import POOLS, CollectedBlocks, collect_blocks
 from .estimator_io import clone_with_layer_names, fingerprint, load_estimator, save_estimator
 
 __all__ = ["CoupledNMFConcepts"]
@@ -409,6 +409,24 @@ class CoupledNMFConcepts(BaseEstimator):
     def _reduce_min(self, t: Tensor) -> Tensor:
         return dist_utils.all_reduce_min(t) if self.distributed else t
 
+    def _collect(
+        self, inputs: Any, device: torch.device, additional_forward_args: Any, has_labels: bool
+    ) -> CollectedBlocks:
+        """The pixel and activation blocks of ``inputs``, as this estimator's parameters define them."""
+        return collect_blocks(
+            self.model,
+            list(self.layers),
+            inputs,
+            include_pixels=self.include_pixels,
+            pool=self.pool,
+            batch_size=int(self.batch_size),
+            device=device,
+            dtype=self.dtype,
+            additional_forward_args=additional_forward_args,
+            has_labels=has_labels,
+            reshape_transform=self.reshape_transform,
+        )
+
     def _resolve_device(self, fallback: torch.device) -> torch.device:
         return torch.device(self.device) if self.device is not None else fallback
 
@@ -484,19 +502,7 @@ class CoupledNMFConcepts(BaseEstimator):
                 store.delete()
             self._fitted_on_inputs = True
             return self
-        collected = collect_blocks(
-            self.model,
-            list(self.layers),
-            inputs_or_loader,
-            include_pixels=self.include_pixels,
-            pool=self.pool,
-            batch_size=int(self.batch_size),
-            device=device,
-            dtype=self.dtype,
-            additional_forward_args=additional_forward_args,
-            has_labels=has_labels,
-            reshape_transform=self.reshape_transform,
-        )
+        collected = self._collect(inputs_or_loader, device, additional_forward_args, has_labels)
         self.input_shape_ = collected.input_shape
         self.layer_names_ = collected.layer_names
         self.layer_shapes_ = collected.layer_shapes
@@ -704,19 +710,7 @@ class CoupledNMFConcepts(BaseEstimator):
                     "this model was fitted with fit_matrices(); "
                     "pass (pixel_blocks, activation_blocks) to transform"
                 )
-            collected = collect_blocks(
-                self.model,
-                list(self.layers),
-                x,
-                include_pixels=self.include_pixels,
-                pool=self.pool,
-                batch_size=int(self.batch_size),
-                device=device,
-                dtype=self.dtype,
-                additional_forward_args=additional_forward_args,
-                has_labels=has_labels,
-                reshape_transform=self.reshape_transform,
-            )
+            collected = self._collect(x, device, additional_forward_args, has_labels)
             pixel_blocks, activation_blocks = collected.pixel_blocks, collected.activation_blocks
         n_act = len(self._offsets) - 1 - self._n_pixel_blocks
         if len(pixel_blocks) != self._n_pixel_blocks or len(activation_blocks) != n_act:
