@@ -17,7 +17,7 @@ from captum.testing.helpers.basic_models import (
 from torch import nn
 
 from captum_concepts._utils.hooks import assert_same_state, count_hooks, model_state
-from captum_concepts.attr import EmbeddingAttribution, ForwardModeUnsupported, choose_strategy
+from captum_concepts.attr import EmbeddingAttribution, ForwardModeUnsupported, choose_strategy, tokens_to_grid
 from captum_concepts.attr._core.forward_mode import ForwardSource, forward_maps, forward_passes
 from captum_concepts.metrics import score_curve, variance_score
 
@@ -224,6 +224,45 @@ def test_forward_vit_with_a_linear_reshape_transform():
         model, (x,), None, None, lambda e: e[:, dims], [src], "activation_gradient", "mean", 2, True
     )
     close(got, ref, 1e-4)
+
+
+@pytest.mark.slow
+def test_forward_vit_tokens_to_grid_through_embedding_attribution():
+    """``EmbeddingAttribution(reshape_transform=tokens_to_grid())`` on a ViT token layer: forward
+    mode equals loop and batched, and equals plain autograd with the class token dropped and the
+    tokens laid out as a grid, for the activation and the gradient alike."""
+    model = _vit()
+    x = torch.randn(2, 3, 32, 32)
+    layer = model.encoder.layers.encoder_layer_10
+    dims = [3, 17, 400]
+    call = dict(embedding_dims=dims, return_per_dim=True)
+    kwargs = dict(
+        method="activation_gradient",
+        channel_aggregator="mean",
+        embedding_aggregator="var",
+        upsample=None,
+        reshape_transform=tokens_to_grid(),
+    )
+    assert_strategies_agree(x, model, None, layer, tol=1e-4, call=call, **kwargs)
+    store = {}
+    handle = layer.register_forward_hook(lambda m, a, o: store.__setitem__("f", o))
+    try:
+        z = model(x)
+    finally:
+        handle.remove()
+
+    def grid(t):  # (N, 1 + 4, C) -> (N, C, 2, 2)
+        return t[:, 1:].transpose(1, 2).reshape(t.shape[0], t.shape[2], 2, 2)
+
+    ref = []
+    for d in dims:
+        (g,) = torch.autograd.grad(z[:, d].sum(), store["f"], retain_graph=True)
+        ref.append((grid(g) * grid(store["f"])).mean(1))
+    ref = torch.stack(ref, 1).detach()  # (N, 3, 2, 2)
+    assert ref.abs().sum() > 0
+    ea = EmbeddingAttribution(model, None, layer, strategy="forward", **kwargs)
+    close(ea.attribute(x, **call), ref, 1e-4)
+    assert ea.strategy_ == "forward"
 
 
 # ---------------------------------------------------------------------------- auto
