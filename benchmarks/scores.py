@@ -72,7 +72,7 @@ def bench_curve() -> None:
         "| aggregators (channel, embedding) | one score_curve call | L noise_score calls | speed-up | 0.8 L "
         "| one noise_score call at the lowest layer | curve / lowest-layer call |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for ca, ea_ in (("mean", "var"), ("mean", "mean")):
 
         def curve(ca=ca, ea_=ea_):
@@ -160,7 +160,7 @@ def bench_training() -> None:
 if __name__ == "__main__":
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}, {os.cpu_count()} CPUs (shared, loaded)"
+        f"threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
     bench_curve()
     bench_training()
