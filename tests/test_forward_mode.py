@@ -197,6 +197,24 @@ def test_forward_vit_token_layer():
     assert torch.backends.mha.get_fastpath_enabled() == fast
 
 
+def _act_grad_reference(model, layer, x, dims, transform):
+    """Plain-autograd per-dimension activation x gradient maps (rho_C = mean) at ``layer``, the
+    transform applied to the activation and the gradient alike; also the layer's output."""
+    store = {}
+    handle = layer.register_forward_hook(lambda m, a, o: store.__setitem__("f", o))
+    try:
+        z = model(x)
+    finally:
+        handle.remove()
+    ref = []
+    for d in dims:
+        (g,) = torch.autograd.grad(z[:, d].sum(), store["f"], retain_graph=True)
+        ref.append((transform(g) * transform(store["f"])).mean(1))
+    ref = torch.stack(ref, 1).detach()
+    assert ref.abs().sum() > 0
+    return ref, store["f"].detach()
+
+
 @pytest.mark.slow
 def test_forward_vit_with_a_linear_reshape_transform():
     """Tokens -> (N, C, T) without the class token: the basis is built in the transformed layout and
@@ -206,20 +224,9 @@ def test_forward_vit_with_a_linear_reshape_transform():
     x = torch.randn(2, 3, 32, 32)
     layer = model.encoder.layers.encoder_layer_10
     to_grid = lambda t: t[:, 1:].transpose(1, 2)  # noqa: E731
-    store = {}
-    handle = layer.register_forward_hook(lambda m, a, o: store.__setitem__("f", o))
-    try:
-        z = model(x)
-    finally:
-        handle.remove()
     dims = [3, 17, 400]
-    ref = []
-    for d in dims:
-        (g,) = torch.autograd.grad(z[:, d].sum(), store["f"], retain_graph=True)
-        ref.append((to_grid(g) * to_grid(store["f"])).mean(1))  # activation_gradient, rho_C = mean
-    ref = torch.stack(ref, 1).detach()  # (N, 3, 4)
-    assert ref.abs().sum() > 0
-    src = ForwardSource(layer, 0, store["f"].detach(), to_grid)
+    ref, out = _act_grad_reference(model, layer, x, dims, to_grid)  # (N, 3, 4)
+    src = ForwardSource(layer, 0, out, to_grid)
     (got,) = forward_maps(
         model, (x,), None, None, lambda e: e[:, dims], [src], "activation_gradient", "mean", 2, True
     )
@@ -244,22 +251,11 @@ def test_forward_vit_tokens_to_grid_through_embedding_attribution():
         reshape_transform=tokens_to_grid(),
     )
     assert_strategies_agree(x, model, None, layer, tol=1e-4, call=call, **kwargs)
-    store = {}
-    handle = layer.register_forward_hook(lambda m, a, o: store.__setitem__("f", o))
-    try:
-        z = model(x)
-    finally:
-        handle.remove()
 
     def grid(t):  # (N, 1 + 4, C) -> (N, C, 2, 2)
         return t[:, 1:].transpose(1, 2).reshape(t.shape[0], t.shape[2], 2, 2)
 
-    ref = []
-    for d in dims:
-        (g,) = torch.autograd.grad(z[:, d].sum(), store["f"], retain_graph=True)
-        ref.append((grid(g) * grid(store["f"])).mean(1))
-    ref = torch.stack(ref, 1).detach()  # (N, 3, 2, 2)
-    assert ref.abs().sum() > 0
+    ref, _ = _act_grad_reference(model, layer, x, dims, grid)  # (N, 3, 2, 2)
     ea = EmbeddingAttribution(model, None, layer, strategy="forward", **kwargs)
     close(ea.attribute(x, **call), ref, 1e-4)
     assert ea.strategy_ == "forward"
