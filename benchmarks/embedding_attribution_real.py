@@ -2,7 +2,8 @@
 
 Per configuration (model, image size, source layer), all embedding dimensions
 (``avgpool`` of the ResNets: D = 512 / 2048; the re-initialised logits of ViT-B/16: D = 1000;
-its source is the patch-token grid ``conv_proj``), ``method="activation_gradient"``:
+its sources are the patch-token grid ``conv_proj`` and the token layer ``encoder_layer_5`` read
+through ``tokens_to_grid``), ``method="activation_gradient"``:
 
 - ``forward``: ``strategy="forward"`` (one Jacobian-vector product per source pixel), var/var;
 - ``loop`` / ``batched``: our reverse-mode strategies (one vector-Jacobian product per dimension);
@@ -42,8 +43,16 @@ import torchvision
 from captum.attr import LayerGradientXActivation
 from torch import nn
 
-from captum_concepts.attr import EmbeddingAttribution
+from captum_concepts.attr import EmbeddingAttribution, tokens_to_grid
 from captum_concepts.attr._core.forward_mode import choose_strategy, forward_passes
+
+# source layers whose output is not (N, C, *S): the reshape_transform that lays it out
+TRANSFORMS = {"encoder.layers.encoder_layer_5": tokens_to_grid(prefix_tokens=1)}
+
+
+def layout(layer: str, t: torch.Tensor) -> torch.Tensor:
+    fn = TRANSFORMS.get(layer)
+    return t if fn is None else fn(t)
 
 
 def sync(device: str) -> None:
@@ -93,12 +102,15 @@ def build(name: str, size: int, device: str):
 def captum_per_dim(model, embedding, layer, x, dims):
     """(N, k, *S) channel-mean maps from one LayerGradientXActivation call per dimension."""
     lgxa = LayerGradientXActivation(Embedded(model, embedding), dict(model.named_modules())[layer])
-    return torch.stack([lgxa.attribute(x, target=int(d)).detach().mean(1) for d in dims], 1)
+    return torch.stack([layout(layer, lgxa.attribute(x, target=int(d)).detach()).mean(1) for d in dims], 1)
 
 
 def floor_time(model, embedding, layer, x, repeats, device):
     """One forward pass and one backward pass of sum(z) to the source layer."""
-    ea = EmbeddingAttribution(model, embedding, layer, "activation_gradient", "mean", "mean", upsample=None)
+    ea = EmbeddingAttribution(
+        model, embedding, layer, "activation_gradient", "mean", "mean", upsample=None,
+        reshape_transform=TRANSFORMS.get(layer),
+    )
     return timed(lambda: ea.attribute(x), repeats, device)
 
 
@@ -122,7 +134,8 @@ def run_case(model, embedding, layer, x, shape, d_total, args, full_reverse: boo
 
     def ours(strategy, rc="mean", rd="var", **kw):
         ea = EmbeddingAttribution(
-            model, embedding, layer, "activation_gradient", rc, rd, upsample=None, strategy=strategy
+            model, embedding, layer, "activation_gradient", rc, rd, upsample=None, strategy=strategy,
+            reshape_transform=TRANSFORMS.get(layer),
         )
         return lambda: ea.attribute(x, **kw)
 
@@ -241,6 +254,7 @@ def main() -> None:
     parser.add_argument(
         "--full", action="store_true", help="also ResNet-50 layer2/3 and ResNet-18 at 224x224"
     )
+    parser.add_argument("--models", nargs="+", help="only these models (e.g. vit_b_16)")
     parser.add_argument("--full-reverse", action="store_true", help="time every dimension, no extrapolation")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -260,11 +274,13 @@ def main() -> None:
         cases = [
             ("resnet18", 112, ["layer2", "layer3", "layer4"]),
             ("resnet50", 224, ["layer4"]),
-            ("vit_b_16", 64, ["conv_proj"]),
+            ("vit_b_16", 64, ["conv_proj", "encoder.layers.encoder_layer_5"]),
         ]
         if args.full:
             cases[1] = ("resnet50", 224, ["layer2", "layer3", "layer4"])
             cases.insert(1, ("resnet18", 224, ["layer2", "layer3", "layer4"]))
+    if args.models:
+        cases = [c for c in cases if c[0] in args.models]
     rows = []
     for name, size, layers in cases:
         model, embedding = build(name, size, args.device)
@@ -275,7 +291,7 @@ def main() -> None:
             with torch.no_grad():
                 z = Embedded(model, embedding)(x[:1])
             h.remove()
-            shape = tuple(store[0].shape[1:])
+            shape = tuple(layout(layer, store[0]).shape[1:])
             row = run_case(model, embedding, layer, x, (1, *shape), int(z.shape[1]), args, args.full_reverse)
             hw = 1
             for s in shape[1:]:
