@@ -147,3 +147,13 @@ def test_iter_batches_rules_and_errors():
         list(iter_batches(x[:0], 2))
     with pytest.raises(TypeError, match=r"inputs\[1\] must be a torch.Tensor"):
         list(iter_batches([(x, "y")], 2))
+
+
+def test_labelled_loader_without_has_labels_gets_a_hint():
+    """A (images, labels) loader passed as unlabelled: the model's TypeError says what to pass."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    loader = [(torch.rand(4, 1, 6, 6), torch.tensor([0, 1, 0, 1]))]
+    with pytest.raises(TypeError, match="has_labels=True"):
+        CoupledNMFConcepts(2, model, layers=["1"], max_iter=2).fit(loader)
+    cnmf = CoupledNMFConcepts(2, model, layers=["1"], max_iter=2).fit(loader, has_labels=True)
+    assert tuple(cnmf.example_factors_.shape) == (2, 4)

@@ -52,8 +52,23 @@ class Batch(NamedTuple):
         )
 
     def forward(self, model: nn.Module, additional_forward_args: Any = None) -> Any:
-        """``model(*inputs, *additional_forward_args, **kwargs)``."""
-        return model(*self.inputs, *format_additional_args(additional_forward_args), **self.kwargs)
+        """``model(*inputs, *additional_forward_args, **kwargs)``.
+
+        A ``TypeError`` of the call for a batch of several inputs whose last one looks like labels
+        (a 1-D integer tensor) gets a hint: every element of such a batch reaches the model unless
+        the batches are declared labelled.
+        """
+        try:
+            return model(*self.inputs, *format_additional_args(additional_forward_args), **self.kwargs)
+        except TypeError as err:
+            last = self.inputs[-1] if len(self.inputs) > 1 else None
+            if self.labels is None and last is not None and last.dim() == 1 and not last.is_floating_point():
+                raise TypeError(
+                    f"{err} (the batch holds {len(self.inputs)} tensors and every one is passed to the "
+                    "model; if the last one holds labels, pass has_labels=True to CoupledNMFConcepts "
+                    "or use SemanticVector.fit_from_labels)"
+                ) from err
+            raise
 
 
 def _tensors(items: Any, argument: str) -> None:
