@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import ConnectionPatch
 
+from .._utils.validation import check_int
 from ._common import (
     ArrayLike,
     check_ndim,
@@ -119,8 +120,7 @@ def visualize_correspondence(
         )
     if sign not in ("positive", "negative", "absolute_value"):
         raise ValueError(f"sign must be 'positive', 'negative' or 'absolute_value', got {sign!r}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    k = check_int(k, "k", low=1)
     key = {"positive": m, "negative": -m, "absolute_value": np.abs(m)}[sign]
     order = np.argsort(key, axis=None)[::-1][: min(k, m.size)]
     a, b = image_for_display(image_a, "image_a"), image_for_display(image_b, "image_b")

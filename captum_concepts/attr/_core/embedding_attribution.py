@@ -19,6 +19,7 @@ from ..._utils.finite import check_finite_result
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layer, uncompiled
 from ..._utils.layout import ReshapeTransform, apply_reshape, check_reshape_transforms, layout_hint
+from ..._utils.validation import check_int
 from .aggregators import Aggregator, aggregate, check_aggregator, is_mean
 from .forward_mode import (
     ForwardModeUnsupported,
@@ -281,14 +282,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         """
         inputs_t, _was_tuple = format_inputs(inputs)
         n = check_batch(inputs_t)
-        if internal_batch_size is not None and (
-            isinstance(internal_batch_size, bool)
-            or not isinstance(internal_batch_size, int)
-            or internal_batch_size < 1
-        ):
-            raise ValueError(
-                f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}"
-            )
+        internal_batch_size = check_int(internal_batch_size, "internal_batch_size", low=1, allow_none=True)
         model = self.forward_func
         with ModelGuard(
             model, eval_mode=self.eval_mode, freeze_parameters=not create_graph

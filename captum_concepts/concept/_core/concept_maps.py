@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..._utils.common import TensorOrTuple, check_batch, format_additional_args, format_inputs
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, resolve_layer
+from ..._utils.validation import check_int
 from ...attr._core.embedding_attribution import EmbeddingAttribution
 from ...attr._core.layer_readout import Embedding, read_embeddings
 from ...attr._core.upsampling import upsample_maps
@@ -182,8 +183,7 @@ def concept_presence_maps(
     Returns:
         Tensor ``(N, d, *S0)`` (``d`` concepts), detached.
     """
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-        raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
+    n_iter = check_int(n_iter, "n_iter", low=1)
     b = _basis(concepts, layer)
     x, _ = format_inputs(inputs)
     n = check_batch(x)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..._utils.common import TensorOrTuple, format_additional_args
 from ..._utils.hooks import ModelGuard
+from ..._utils.validation import check_int
 from .concept_maps import _explained_batch
 from .coupled_nmf import CoupledNMFConcepts
 
@@ -56,8 +57,7 @@ def concept_sobol_indices(
     Returns:
         Tensor ``(N, d)``.
     """
-    if isinstance(n_designs, bool) or not isinstance(n_designs, int) or n_designs < 2:
-        raise ValueError(f"n_designs must be an int >= 2, got {n_designs!r}")
+    n_designs = check_int(n_designs, "n_designs", low=2)
     b, x, n, t, coefficients = _explained_batch(concepts, inputs, target, layer, coefficients)
     d = b.basis.shape[1]
     if b.transform is not None:

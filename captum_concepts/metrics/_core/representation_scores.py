@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 import torch
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
+from ..._utils.validation import check_real
 from ._explain import check_positive_int, draw_noise, explain_copies, resolve_explainer
 from .normalization import minmax_normalize
 
@@ -193,8 +194,7 @@ def variance_score(
     """
     differentiable = _check_differentiable(differentiable)
     if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
-            raise ValueError(f"threshold must be None or a float in [0, 1), got {threshold!r}")
+        threshold = check_real(threshold, "threshold", low=0.0, high=1.0, high_open=True)
         if differentiable:
             raise ValueError(
                 "threshold binarises the maps and has no gradient; use threshold=None "
