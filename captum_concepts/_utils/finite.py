@@ -28,6 +28,16 @@ def _finite_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(-1, 1)).all(dim=1)
 
 
+def _finite_examples(inputs: Sequence[torch.Tensor]) -> Any:
+    """``(N,)`` bool, examples whose floating inputs are all finite; False when no input is floating."""
+    finite_in: Any = False
+    for x in inputs:
+        if x.dim() > 0 and (x.is_floating_point() or x.is_complex()):
+            rows = _finite_rows(x)
+            finite_in = rows if finite_in is False else finite_in & rows
+    return finite_in
+
+
 def check_finite_result(result: Any, who: str, inputs: Sequence[torch.Tensor] = ()) -> Any:
     """Return ``result`` (a tensor, or nested tuples/lists of them) if every value is finite.
 
@@ -41,15 +51,13 @@ def check_finite_result(result: Any, who: str, inputs: Sequence[torch.Tensor] = 
             batch dimension) with finite inputs and a ``NaN`` or ``inf`` result.
     """
     finite_in = None
-    for x in inputs:
-        rows = _finite_rows(x) if x.dim() > 0 and (x.is_floating_point() or x.is_complex()) else None
-        if rows is not None:
-            finite_in = rows if finite_in is None else finite_in & rows
     for t in _tensors(result):
         if bool(torch.isfinite(t.detach()).all()):
             continue
+        if finite_in is None:  # only once a result is not finite: the common case pays nothing
+            finite_in = _finite_examples(inputs)
         bad_rows = ~_finite_rows(t)
-        if finite_in is not None and finite_in.shape == bad_rows.shape:
+        if finite_in is not False and finite_in.shape == bad_rows.shape:
             bad_rows &= finite_in.to(bad_rows.device)
         bad = torch.nonzero(bad_rows).flatten().tolist()
         if not bad:
