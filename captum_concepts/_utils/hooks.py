@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import signal
 import threading
-import warnings
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -22,6 +21,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .capture import LayerCapture, forward_once
+from .warn import warn_user
 
 __all__ = ["ModelGuard", "model_lock"]
 
@@ -209,12 +209,10 @@ class ModelGuard:
                 self._requires_grad = {p: p.requires_grad for p in self.model.parameters()}
                 if self.eval_mode and any(flag for _, flag in self._training):
                     if self.warn_train_mode and self.model.training:
-                        warnings.warn(
+                        warn_user(
                             "model is in training mode; captum_concepts computes explanations "
                             "in eval mode and restores training mode afterwards "
-                            "(pass eval_mode=False to keep the mode as it is)",
-                            UserWarning,
-                            stacklevel=3,
+                            "(pass eval_mode=False to keep the mode as it is)"
                         )
                     self.model.eval()
                 if self.freeze_parameters:

@@ -10,10 +10,11 @@ prefix (the prefixed names are accepted as well).
 from __future__ import annotations
 
 import difflib
-import warnings
 from typing import List, Optional, Sequence, Union
 
 from torch import nn
+
+from .warn import warn_user
 
 __all__ = ["LayerSpec", "resolve_layer", "resolve_layers", "layer_name", "uncompiled"]
 
@@ -41,12 +42,10 @@ def uncompiled(model: nn.Module, warn: bool = True) -> nn.Module:
     if orig is None:
         return model
     if warn:
-        warnings.warn(
+        warn_user(
             "model is a torch.compile()d module; captum_concepts explains its original module "
             "(model._orig_mod) eagerly, with the same parameters: hooks and per-dimension gradients "
-            "do not run through the compiled graph. Layer names need no '_orig_mod.' prefix.",
-            UserWarning,
-            stacklevel=3,
+            "do not run through the compiled graph. Layer names need no '_orig_mod.' prefix."
         )
     return orig
 

@@ -6,7 +6,10 @@ for estimators, in the spirit of scikit-learn's ``_parameter_constraints``:
 each estimator lists ``{parameter: constraint}`` and calls
 :func:`validate_params` first thing in every ``fit*`` method, before any data
 is read or any forward pass runs. :func:`check_fitted` is the one not-fitted
-check; it raises scikit-learn's ``NotFittedError``.
+check; it raises scikit-learn's ``NotFittedError``. :func:`validated` is the one
+decorator that runs these checks at a public entry (``fit*``, ``transform``,
+``attribute``, analyses), together with :func:`check_grad_mode` for entries that
+need gradients.
 
 Every error names the parameter and the expected type or range. Wrong types
 and wrong values both raise :class:`InvalidParameterError`, a subclass of
@@ -16,12 +19,15 @@ either ``except`` clause catches it.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
+import torch
 from sklearn.exceptions import NotFittedError
 
 __all__ = [
@@ -45,7 +51,11 @@ __all__ = [
     "DeviceSpec",
     "NONE",
     "validate_params",
+    "validated",
+    "check_grad_mode",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class InvalidParameterError(ValueError, TypeError):
@@ -312,3 +322,114 @@ def check_fitted(est: Any, attribute: str, fit_methods: str = "fit") -> None:
             f"this {type(est).__name__} instance is not fitted yet; "
             f"call {fit_methods} before using this method"
         )
+
+
+# ---------------------------------------------------------------------- gradients
+def _inference_tensor_path(value: Any, name: str, depth: int = 0) -> Optional[str]:
+    """The name of the first inference tensor in ``value`` (a tensor or a tuple/list/dict of them)."""
+    if isinstance(value, torch.Tensor):
+        return name if value.is_inference() else None
+    if depth >= 2:
+        return None
+    if isinstance(value, (tuple, list)):
+        items: Iterable[Tuple[Any, Any]] = enumerate(value)
+    elif isinstance(value, Mapping):
+        items = value.items()
+    else:
+        return None
+    for key, item in items:
+        found = _inference_tensor_path(item, f"{name}[{key!r}]", depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def check_grad_mode(where: str, arguments: Optional[Mapping[str, Any]] = None) -> None:
+    """Refuse ``torch.inference_mode()`` and inference tensors at an entry that needs gradients.
+
+    ``torch.no_grad()`` is fine (the entries switch gradients on themselves); inference mode
+    is not: tensors made under it can never take part in autograd.
+
+    Args:
+        where (str): the entry, e.g. ``"EmbeddingAttribution.attribute"``, named in the error.
+        arguments (mapping, optional): the call's arguments by name; tensors among them (also
+            inside tuples, lists and dicts) must not be inference tensors.
+
+    Raises:
+        RuntimeError: inside ``torch.inference_mode()``, or an argument is an inference tensor.
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{where} needs gradients, but it was called inside torch.inference_mode(); call it outside "
+            "that block (torch.no_grad() is fine: gradients are switched on where they are needed)"
+        )
+    for name, value in (arguments or {}).items():
+        found = _inference_tensor_path(value, name)
+        if found is not None:
+            raise RuntimeError(
+                f"{where}: {found} is an inference tensor (made under torch.inference_mode()), which "
+                "cannot take part in autograd; create it outside inference mode, or pass "
+                f"{name.split('[')[0]}.clone() made outside it"
+            )
+
+
+# ---------------------------------------------------------------------- the entry decorator
+def validated(
+    *,
+    params: bool = True,
+    fitted: bool = False,
+    grad: bool = False,
+    args: Optional[Mapping[str, Constraint]] = None,
+) -> Callable[[F], F]:
+    """Decorate a public entry so that its checks run before its body, in one place.
+
+    In order: ``grad`` — :func:`check_grad_mode` over the call's arguments; ``params`` (methods)
+    — the class's constraint table via :func:`validate_params`, if the class has one (parameters
+    may have changed through ``set_params`` since the constructor); ``fitted`` (methods) —
+    ``self._check_fitted()``; ``args`` — a constraint per named call argument, as the class table
+    does for parameters. All of this happens before any data is read or any forward pass runs.
+
+    The wrapper keeps ``__name__``, ``__doc__`` and the signature (``functools.wraps``). It adds a
+    frame: warnings raised inside go through :func:`~captum_concepts._utils.warn.warn_user`.
+
+    Example::
+
+        class Estimator:
+            _parameter_constraints = {"n": Int(1)}
+
+            @validated(args={"max_iter": AnyOf(NONE, Int(1))})
+            def fit(self, x, max_iter=None): ...
+    """
+    rules = dict(args or {})
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func)
+        method = next(iter(signature.parameters), None) == "self"
+        unknown = set(rules) - set(signature.parameters)
+        if unknown:
+            raise TypeError(f"validated: {func.__qualname__} has no argument(s) {sorted(unknown)}")
+        where = func.__qualname__
+
+        @functools.wraps(func)
+        def wrapper(*call_args: Any, **call_kwargs: Any) -> Any:
+            bound = None
+            if grad or rules:
+                bound = signature.bind_partial(*call_args, **call_kwargs)
+            if grad:
+                named = {k: v for k, v in bound.arguments.items() if k != "self"}
+                check_grad_mode(where, named)
+            if method:
+                self = call_args[0] if call_args else call_kwargs["self"]
+                if params and hasattr(type(self), "_parameter_constraints"):
+                    validate_params(self)
+                if fitted:
+                    self._check_fitted()
+            if rules:
+                bound.apply_defaults()
+                for name, rule in rules.items():
+                    rule.check(bound.arguments[name], name)
+            return func(*call_args, **call_kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -4,7 +4,6 @@ earlier layer, aggregated over channels and embedding dimensions (Bertolini et a
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -20,6 +19,7 @@ from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layer, uncompiled
 from ..._utils.layout import ReshapeTransform, apply_reshape, check_reshape_transforms, layout_hint
 from ..._utils.validation import check_int
+from ..._utils.warn import warn_user
 from .aggregators import Aggregator, aggregate, check_aggregator, is_mean
 from .forward_mode import (
     ForwardModeUnsupported,
@@ -344,7 +344,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             hint = layout_hint(model, lay, tuple(group[0].shape))
             if hint is not None:
                 arg = f"layer[{i}]" if self._multi else "layer"
-                warnings.warn(f"{arg}={layer_name(model, lay)!r}: {hint}", UserWarning, stacklevel=3)
+                warn_user(f"{arg}={layer_name(model, lay)!r}: {hint}")
 
     # ------------------------------------------------------------------ forward
     def _register_hooks(self, guard: ModelGuard, model: nn.Module):

@@ -8,7 +8,6 @@ class concept: ``R^l = R^{l+1} · 1[R^{l+1} > 0 and X^l > 0 and mask > 0]``.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
@@ -20,6 +19,7 @@ from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_
 from ..._utils.finite import check_finite_result
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, resolve_layer, uncompiled
+from ..._utils.warn import warn_user
 from ...concept._core.semantic_vector import ConceptKey, SemanticVector
 
 __all__ = ["SemanticGuidedBackprop", "SemanticGradientInput"]
@@ -164,22 +164,18 @@ class _SemanticGradientBase(GradientAttribution):
         n_relu = sum(isinstance(m, nn.ReLU) for m in self.model.modules())
         others = sorted({type(m).__name__ for m in self.model.modules() if isinstance(m, _OTHER_ACTIVATIONS)})
         if n_relu == 0:
-            warnings.warn(
+            warn_user(
                 f"{type(self).__name__}: the model has no nn.ReLU module"
                 + (f" (its activations are {', '.join(others)})" if others else "")
                 + "; Guided Backprop changes only nn.ReLU modules, so the result is a plain gradient "
-                "masked at the semantic layer (as Captum's GuidedBackprop would give)",
-                UserWarning,
-                stacklevel=3,
+                "masked at the semantic layer (as Captum's GuidedBackprop would give)"
             )
         elif others:
-            warnings.warn(
+            warn_user(
                 f"{type(self).__name__}: only some activations are nn.ReLU modules "
                 f"(also {', '.join(others)}); "
                 "Guided Backprop changes only the nn.ReLU modules (not these, nor functional F.relu "
-                "calls), whose gradients pass unchanged",
-                UserWarning,
-                stacklevel=3,
+                "calls), whose gradients pass unchanged"
             )
 
     @property

@@ -9,7 +9,6 @@ user's loader) runs between batches.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -20,6 +19,7 @@ from ..._utils.batches import Batch, iter_batches
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layers, uncompiled
 from ..._utils.layout import apply_reshape, check_reshape_transforms, layout_hint
+from ..._utils.warn import warn_user
 
 __all__ = ["POOLS", "CollectedBlocks", "stream_layer_outputs", "collect_blocks"]
 
@@ -101,7 +101,7 @@ class _Sink:
 def _warn_layout(model: nn.Module, module: nn.Module, name: str, act: Tensor) -> None:
     hint = layout_hint(model, module, tuple(act.shape))
     if hint is not None:
-        warnings.warn(f"layers: {name!r} is pooled per channel, but {hint}", UserWarning, stacklevel=4)
+        warn_user(f"layers: {name!r} is pooled per channel, but {hint}")
 
 
 def collect_blocks(

@@ -44,12 +44,13 @@ negative and accurate to ``~eps ||X|| ||X - W F||``.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+from ..._utils.warn import warn_user
 
 __all__ = [
     "EPS",
@@ -562,7 +563,7 @@ def solve(
     if solver not in ("mu", "hals"):
         raise ValueError(f"solver must be 'mu' or 'hals', got {solver!r}")
     if normalize and has_penalties(problem):
-        warnings.warn(NORMALIZE_WITH_PENALTIES, UserWarning, stacklevel=3)
+        warn_user(NORMALIZE_WITH_PENALTIES)
     if moments is None:
         moments = problem.moments(reduce)
     if normalize:

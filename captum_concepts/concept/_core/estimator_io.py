@@ -22,7 +22,6 @@ need it.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -32,6 +31,7 @@ from torch import nn
 from ..._utils.layers import layer_name
 from ..._utils.persistence import UNSAVED, PathLike, decode_params, encode_params, load_state, save_state
 from ..._utils.validation import validate_params
+from ..._utils.warn import warn_user
 
 __all__ = [
     "StateReader",
@@ -218,13 +218,11 @@ def load_estimator(cls: type, path: PathLike, model: Optional[nn.Module], overri
     for name in unsaved:
         params[name] = None
     if missing:
-        warnings.warn(
+        warn_user(
             f"{cls.__name__}.load: {missing} could not be saved (no JSON form, e.g. a callable) and "
             f"are set to None; pass them again: {cls.__name__}.load(path, model, "
             + ", ".join(f"{n}=..." for n in missing)
-            + ")",
-            UserWarning,
-            stacklevel=3,
+            + ")"
         )
     saved = set(params) - set(unsaved)
     params.update(overrides)
