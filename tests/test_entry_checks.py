@@ -93,3 +93,22 @@ def test_warn_user_points_at_the_first_frame_outside_the_package():
         compiled = torch.compile(torch.nn.Linear(2, 2))
         uncompiled(compiled)
     assert [w.filename for w in caught if "torch.compile" in str(w.message)] == [__file__]
+
+
+def test_guard_replace_hands_the_rest_of_the_model_the_new_value_and_is_undone():
+    from captum_concepts._utils.hooks import ModelGuard
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    x = torch.randn(4, 3)
+    expected = model[2](torch.zeros(4, 3))
+    with ModelGuard(model) as guard:
+        guard.replace(model[1], lambda out: torch.zeros_like(out))
+        torch.testing.assert_close(model(x), expected)
+    with ModelGuard(model) as guard:
+        guard.replace(model[2], lambda args: (args[0] * 0,), of="input")
+        torch.testing.assert_close(model(x), expected)
+        guard.replace(model[0], lambda out: None)  # None keeps the value
+        torch.testing.assert_close(model(x), expected)
+    assert not model[1]._forward_hooks and not model[2]._forward_pre_hooks
+    reference = model[2](model[1](model[0](x)))
+    assert reference.abs().sum() > 0 and not torch.allclose(model(x), expected)

@@ -364,6 +364,27 @@ class ModelGuard:
             self.register_forward_hook(module, capture.forward_hook)
         return capture
 
+    def replace(self, module: nn.Module, fn: Callable[[Any], Any], of: str = "output") -> RemovableHandle:
+        """Hand the rest of the model ``fn(value)`` instead of ``module``'s output, in every pass.
+
+        The one mechanism for output replacement (forward-mode tangents, perturbations of a
+        layer, rebuilt activations); removed on exit like every hook of the guard.
+
+        Args:
+            module: a module of the model.
+            fn: called with the module's output (``of="input"``: the tuple of its positional
+                inputs); its result replaces that value, None keeps it as it is.
+            of: ``"output"`` (default) or ``"input"``.
+
+        Returns:
+            The handle (removing it ends the replacement early).
+        """
+        if of not in ("output", "input"):
+            raise ValueError(f"of must be 'output' or 'input', got {of!r}")
+        if of == "input":
+            return self.register_forward_pre_hook(module, lambda _module, args: fn(tuple(args)))
+        return self.register_forward_hook(module, lambda _module, _args, out: fn(out))
+
     def forward(self, fn: Callable, *args, **kwargs) -> Any:
         """``fn(*args, **kwargs)`` (usually the model) with this guard's captures recording.
 
