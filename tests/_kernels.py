@@ -32,6 +32,7 @@ def assert_matches(actual, expected, *, rtol: float | None = None, atol: float |
         for a, e in zip(actual, expected):
             assert_matches(a, e, rtol=rtol, atol=atol, nonzero=nonzero)
         return
+    actual, expected = actual.detach(), expected.detach()
     assert torch.isfinite(expected).all(), "the reference holds NaN or infinite values"
     assert torch.isfinite(actual).all(), "the result holds NaN or infinite values"
     scale = float(expected.abs().max()) if expected.numel() else 0.0
