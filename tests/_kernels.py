@@ -5,11 +5,37 @@ the same bits: compare with ``torch.equal``. Results computed with other batch c
 sizes, thread counts, devices or by another implementation (Captum's, another strategy) agree only to
 the rounding of their dtype: compare with :func:`assert_matches`, which also asserts that the reference
 is finite and not all zero, so that the comparison cannot pass vacuously.
+
+A test that compares results across batch compositions writes its batch or chunk size as
+``kernel_batch(size)``: CI's second pass sets ``CAPTUM_CONCEPTS_TEST_BATCH`` to run the comparison with
+other compositions (``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
+
+
+def env_int(name: str) -> int | None:
+    """The integer >= 1 in the environment variable ``name``, or None when it is unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise pytest.UsageError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+TEST_BATCH = env_int("CAPTUM_CONCEPTS_TEST_BATCH")
+
+
+def kernel_batch(size: int) -> int:
+    """The batch or chunk size of a comparison across batch compositions: ``size``, or
+    ``CAPTUM_CONCEPTS_TEST_BATCH`` when set (CI's second pass)."""
+    return size if TEST_BATCH is None else TEST_BATCH
 
 # relative tolerance, and absolute tolerance as a fraction of the reference's largest magnitude
 _TOLERANCE = {

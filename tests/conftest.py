@@ -8,8 +8,8 @@ reruns the suite with other settings so that a test which only holds on one kern
 - ``CAPTUM_CONCEPTS_TEST_THREADS=N``: every test process runs ``N`` intra-op threads (default: 1 per
   ``pytest -n`` worker, the machine's default otherwise);
 - ``CAPTUM_CONCEPTS_TEST_BATCH=B``: the batch and chunk sizes that tests choose for comparisons across
-  batch compositions (``internal_batch_size``, an estimator's ``batch_size``, a loader's) read the
-  ``kernel_batch`` fixture, which returns ``B`` instead of the test's own value.
+  batch compositions (``internal_batch_size``, an estimator's ``batch_size``, a loader's) are written
+  ``kernel_batch(size)`` (``tests/_kernels.py``), which returns ``B`` instead of the test's own value.
 """
 
 from __future__ import annotations
@@ -19,22 +19,11 @@ import os
 
 import pytest
 import torch
+from _kernels import TEST_BATCH, env_int
 
 from captum_concepts.data import DigitsCNN, load_digits_tensors, train_digits_cnn
 
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise pytest.UsageError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-TEST_THREADS = _env_int("CAPTUM_CONCEPTS_TEST_THREADS")
-TEST_BATCH = _env_int("CAPTUM_CONCEPTS_TEST_BATCH")
-
+TEST_THREADS = env_int("CAPTUM_CONCEPTS_TEST_THREADS")
 if TEST_THREADS is not None:
     torch.set_num_threads(TEST_THREADS)
 elif os.environ.get("PYTEST_XDIST_WORKER"):
@@ -48,16 +37,6 @@ def pytest_report_header(config):
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"test batch {TEST_BATCH or 'per test'}"
     )
-
-
-@pytest.fixture
-def kernel_batch():
-    """``kernel_batch(b)``: the batch or chunk size a comparison across batch compositions runs with.
-
-    ``b`` normally; ``CAPTUM_CONCEPTS_TEST_BATCH`` in CI's second pass, so that the comparison also
-    holds with other batch compositions.
-    """
-    return lambda size: size if TEST_BATCH is None else TEST_BATCH
 
 
 @pytest.fixture(scope="session")

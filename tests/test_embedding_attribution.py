@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 import torch
+from _kernels import kernel_batch
 from captum.attr import (
     GradientAttribution,
     InputXGradient,
@@ -163,7 +164,7 @@ def test_d1_equals_captum_at_input(digits_cnn, x8):
 
 # ---------------------------------------------------------------------------- D > 1 vs reference loop
 @pytest.mark.parametrize("method", METHODS)
-def test_every_aggregator_equals_per_dimension_reference(digits_cnn, x8, method, kernel_batch):
+def test_every_aggregator_equals_per_dimension_reference(digits_cnn, x8, method):
     ref_a = reference_per_channel(digits_cnn, x8, digits_cnn.embedding, digits_cnn.block3.relu, method)
     combos = list(itertools.product(AGGS, AGGS)) + [
         (lambda t, d: t.amax(d), "var"),
@@ -202,7 +203,7 @@ def test_return_per_dim_shapes_and_consistency(digits_cnn, x8):
 
 
 # ---------------------------------------------------------------------------- multi-layer, cost
-def test_multi_layer_equals_single_layers_with_one_forward(digits_cnn, x8, monkeypatch, kernel_batch):
+def test_multi_layer_equals_single_layers_with_one_forward(digits_cnn, x8, monkeypatch):
     layers = [None, "block1.relu", "block2.pool", "block3.conv"]
     calls = {"forward": 0, "grad": 0}
     real_grad = torch.autograd.grad

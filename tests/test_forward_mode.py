@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 import torchvision
+from _kernels import kernel_batch
 from captum.testing.helpers.basic_models import (
     BasicModel_ConvNet_One_Conv,
     BasicModel_MultiLayer_MultiInput,
@@ -49,7 +50,7 @@ def x8(digits):
 
 # ---------------------------------------------------------------------------- digits CNN
 @pytest.mark.parametrize("method", METHODS)
-def test_forward_equals_reverse_every_aggregator(digits_cnn, x8, method, kernel_batch):
+def test_forward_equals_reverse_every_aggregator(digits_cnn, x8, method):
     combos = list(itertools.product(AGGS, AGGS)) + [
         (lambda t, d: t.amax(d), "var"),
         ("abs", lambda t, d: t.amin(d)),
@@ -78,7 +79,7 @@ def test_forward_per_dim_and_dense_source(digits_cnn, x8):
         assert_strategies_agree(x8, digits_cnn, "classifier", "embedding_relu", method, rc)
 
 
-def test_forward_multi_layer(digits_cnn, x8, kernel_batch):
+def test_forward_multi_layer(digits_cnn, x8):
     layers = [None, "block1.relu", "block2.pool", "block3.conv"]
     chunks = dict(internal_batch_size=kernel_batch(8))
     for method, rc, rd in [("gradcam", "var", "var"), ("activation_gradient", "mean", "var")]:
