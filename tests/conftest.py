@@ -1,4 +1,16 @@
-"""Shared fixtures: real digits, a trained digits CNN (trained once per session)."""
+"""Shared fixtures: real digits, a trained digits CNN (trained once per session), and the kernel-path
+settings of CI's second pass.
+
+Results across machines (RELIABILITY.md): the same computation repeated identically gives the same
+bits; other threads, batch compositions or CPUs agree only to rounding. CI's second pass (``.ci/run``)
+reruns the suite with other settings so that a test which only holds on one kernel path fails there:
+
+- ``CAPTUM_CONCEPTS_TEST_THREADS=N``: every test process runs ``N`` intra-op threads (default: 1 per
+  ``pytest -n`` worker, the machine's default otherwise);
+- ``CAPTUM_CONCEPTS_TEST_BATCH=B``: the batch and chunk sizes that tests choose for comparisons across
+  batch compositions (``internal_batch_size``, an estimator's ``batch_size``, a loader's) are written
+  ``kernel_batch(size)`` (``tests/_kernels.py``), which returns ``B`` instead of the test's own value.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +19,24 @@ import os
 
 import pytest
 import torch
+from _kernels import TEST_BATCH, env_int
 
 from captum_concepts.data import DigitsCNN, load_digits_tensors, train_digits_cnn
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
+TEST_THREADS = env_int("CAPTUM_CONCEPTS_TEST_THREADS")
+if TEST_THREADS is not None:
+    torch.set_num_threads(TEST_THREADS)
+elif os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest -n N already uses every core; more threads per worker only contend.
     torch.set_num_threads(1)
+
+
+def pytest_report_header(config):
+    return (
+        f"captum_concepts kernel paths: {torch.get_num_threads()} intra-op threads, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"test batch {TEST_BATCH or 'per test'}"
+    )
 
 
 @pytest.fixture(scope="session")

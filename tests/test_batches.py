@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _kernels import kernel_batch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -65,12 +66,15 @@ def _reference_blocks(model, scale=1.0):
 
 
 def _cnmf(model):
-    return CoupledNMFConcepts(3, model, layers=LAYERS, max_iter=5, solver="hals", batch_size=4)
+    return CoupledNMFConcepts(3, model, layers=LAYERS, max_iter=5, solver="hals", batch_size=kernel_batch(4))
 
 
 DATA = {
     "tuple": (lambda: (IMAGES, TOKENS), False),
-    "loader-with-labels": (lambda: DataLoader(TensorDataset(IMAGES, TOKENS, LABELS), batch_size=4), True),
+    "loader-with-labels": (
+        lambda: DataLoader(TensorDataset(IMAGES, TOKENS, LABELS), batch_size=kernel_batch(4)),
+        True,
+    ),
     "dict-batches": (
         lambda: [{"image": IMAGES[:4], "tokens": TOKENS[:4]}, {"image": IMAGES[4:], "tokens": TOKENS[4:]}],
         False,
@@ -113,7 +117,7 @@ def test_semantic_vector_reads_batches_by_the_same_rules():
     as_dicts = [
         {"image": IMAGES[s], "tokens": TOKENS[s], "labels": LABELS[s]} for s in (slice(0, 4), slice(4, N))
     ]
-    for data in (as_dicts, DataLoader(TensorDataset(IMAGES, TOKENS, LABELS), batch_size=4)):
+    for data in (as_dicts, DataLoader(TensorDataset(IMAGES, TOKENS, LABELS), batch_size=kernel_batch(4))):
         sv = SemanticVector(model, "out_relu").fit_from_labels(data)
         torch.testing.assert_close(sv.vectors_, reference.vectors_)
     by_name = SemanticVector(model, "out_relu").fit(

@@ -31,13 +31,18 @@ def test_mode_channel_matches_the_experiment_rule_and_ignores_positions(fitted):
     shape = sv.layer_shape_
     assert masks.shape == (10, *shape) and masks.dtype == torch.bool
     rates = sv.activation_rates_.reshape(10, *shape).mean(dim=(2, 3))
-    expected = (rates > rates.mean(dim=0, keepdim=True))[:, :, None, None].expand(-1, -1, *shape[1:])
-    assert torch.equal(masks, expected)
+    gap = rates - rates.mean(dim=0, keepdim=True)
+    expected = (gap > 0)[:, :, None, None].expand(-1, -1, *shape[1:])
+    # a mean summed in another order may differ in its last bit: compare where the rule decides
+    # beyond rounding (the masks are thresholds of such means)
+    decided = (gap.abs() > 1e-6)[:, :, None, None].expand(-1, -1, *shape[1:])
+    assert decided.float().mean() > 0.9
+    assert torch.equal(masks[decided], expected[decided])
     assert 0 < masks.float().mean() < 1
     # moving the evidence to other positions (a permutation of the positions) leaves the mask unchanged
     perm = torch.randperm(shape[1] * shape[2], generator=torch.Generator().manual_seed(0))
     moved = sv.activation_rates_.reshape(10, shape[0], -1)[:, :, perm].reshape(10, -1)
-    assert torch.equal(channel_masks(moved, shape), masks)
+    assert torch.equal(channel_masks(moved, shape)[decided], masks[decided])
     assert not torch.equal(sv.masks(0.5), masks)  # the paper's per-unit rule differs
     assert torch.equal(sv.masks(0.5, mode="unit"), sv.masks(0.5))
 

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _kernels import kernel_batch
 from captum.concept import TCAV
 from sklearn.base import clone
 from sklearn.decomposition import NMF
@@ -193,7 +194,7 @@ def test_fit_leaves_model_untouched_and_loader_matches_tensor(digits, digits_cnn
     kwargs = dict(layers=["block3.pool", "embedding_relu"], max_iter=20, solver="hals")
     a = CoupledNMFConcepts(6, digits_cnn, **kwargs).fit(x)
     assert_same_state(before, digits_cnn)
-    loader = DataLoader(TensorDataset(x, digits.y_test), batch_size=50)
+    loader = DataLoader(TensorDataset(x, digits.y_test), batch_size=kernel_batch(50))
     b = CoupledNMFConcepts(6, digits_cnn, **kwargs).fit(loader, has_labels=True)
     assert torch.allclose(a.example_factors_, b.example_factors_, rtol=1e-3, atol=1e-5)
     pooled = CoupledNMFConcepts(6, digits_cnn, layers=["block2.relu", "block3.pool"], pool="mean", max_iter=5)

@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 import torchvision
+from _kernels import kernel_batch
 from captum.testing.helpers.basic_models import (
     BasicModel_ConvNet_One_Conv,
     BasicModel_MultiLayer_MultiInput,
@@ -54,11 +55,10 @@ def test_forward_equals_reverse_every_aggregator(digits_cnn, x8, method):
         (lambda t, d: t.amax(d), "var"),
         ("abs", lambda t, d: t.amin(d)),
     ]
+    chunks = dict(internal_batch_size=kernel_batch(5))
     for rc, rd in combos:
-        assert_strategies_agree(
-            x8, digits_cnn, "embedding", "block3.relu", method, rc, rd, call=dict(internal_batch_size=5)
-        )
-    per_dim = dict(return_per_dim=True, internal_batch_size=7, embedding_dims=[0, 5, 9])
+        assert_strategies_agree(x8, digits_cnn, "embedding", "block3.relu", method, rc, rd, call=chunks)
+    per_dim = dict(return_per_dim=True, internal_batch_size=kernel_batch(7), embedding_dims=[0, 5, 9])
     assert_strategies_agree(
         x8, digits_cnn, "embedding", "block3.relu", method, "abs", upsample=None, call=per_dim
     )
@@ -81,10 +81,9 @@ def test_forward_per_dim_and_dense_source(digits_cnn, x8):
 
 def test_forward_multi_layer(digits_cnn, x8):
     layers = [None, "block1.relu", "block2.pool", "block3.conv"]
+    chunks = dict(internal_batch_size=kernel_batch(8))
     for method, rc, rd in [("gradcam", "var", "var"), ("activation_gradient", "mean", "var")]:
-        assert_strategies_agree(
-            x8, digits_cnn, "embedding", layers, method, rc, rd, call=dict(internal_batch_size=8)
-        )
+        assert_strategies_agree(x8, digits_cnn, "embedding", layers, method, rc, rd, call=chunks)
 
 
 def test_create_graph_falls_back_to_reverse_mode():

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from _kernels import assert_matches
 from captum.attr import GradientAttribution, GuidedBackprop, InputXGradient
 from captum.testing.helpers.basic_models import (
     BasicModel_ConvNet_One_Conv,
@@ -33,12 +34,13 @@ METHODS = [(SemanticGuidedBackprop, GuidedBackprop), (SemanticGradientInput, Inp
 def test_all_ones_mask_equals_captum_on_digits(digits, digits_cnn, ours, theirs, layer, shape):
     x, t = digits.x_test[:32], digits.y_test[:32]
     attr = ours(digits_cnn, layer, torch.ones(10, *shape)).attribute(x, target=t)
-    assert torch.equal(attr, theirs(digits_cnn).attribute(x, target=t))
-    assert attr.abs().sum() > 0 and not attr.requires_grad
+    # Captum's own code path: equal to float tolerance (assert_matches also checks non-zero)
+    assert_matches(attr, theirs(digits_cnn).attribute(x, target=t))
+    assert not attr.requires_grad
     # tuple in, tuple out; an int target
     (a,) = ours(digits_cnn, layer, torch.ones(10, *shape)).attribute((x,), target=4)
     (b,) = theirs(digits_cnn).attribute((x,), target=4)
-    assert torch.equal(a, b)
+    assert_matches(a, b)
 
 
 @pytest.mark.parametrize("ours, theirs", METHODS)
@@ -49,21 +51,20 @@ def test_all_ones_mask_equals_captum_on_basic_conv_model(ours, theirs, inplace):
     t = torch.tensor([1, 3])
     before = model_state(model)
     attr = ours(model, "relu1", torch.ones(4, 2, 2, 2)).attribute(x, target=t)
-    assert torch.equal(attr, theirs(model).attribute(x, target=t))
-    assert attr.abs().sum() > 0
+    assert_matches(attr, theirs(model).attribute(x, target=t))
     assert_same_state(before, model)  # ReLU.inplace untouched
 
 
 @pytest.mark.parametrize("ours, theirs", METHODS)
 def test_all_ones_mask_equals_captum_with_reused_relu(ours, theirs):
-    torch.manual_seed(0)
+    torch.manual_seed(5)  # both outputs live on x (seed 0 gave a model whose outputs are all 0 on x)
     model = BasicModelWithReusedModules().eval()
     x = torch.randn(6, 3)
     attr = ours(model, "lin2", torch.ones(2, 2)).attribute(x, target=1)
-    assert torch.equal(attr, theirs(model).attribute(x, target=1))
+    assert_matches(attr, theirs(model).attribute(x, target=1))
     # the masked layer can be the reused ReLU itself: the mask applies at both calls
     attr = ours(model, "relu", torch.ones(2, 2)).attribute(x, target=0)
-    assert torch.equal(attr, theirs(model).attribute(x, target=0))
+    assert_matches(attr, theirs(model).attribute(x, target=0))
 
 
 @pytest.mark.parametrize("ours, theirs", METHODS)
@@ -75,10 +76,10 @@ def test_all_ones_mask_equals_captum_multi_input_and_additional_args(ours, their
     a = ours(model, "model.relu", torch.ones(2, 4)).attribute((x1, x2, x3), **kwargs)
     b = theirs(model).attribute((x1, x2, x3), **kwargs)
     assert isinstance(a, tuple) and len(a) == 3
-    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert_matches(a, b)
     single = BasicModel_MultiLayer().eval()
     a = ours(single, "linear1", torch.ones(2, 4)).attribute(x1, target=1)
-    assert torch.equal(a, theirs(single).attribute(x1, target=1))
+    assert_matches(a, theirs(single).attribute(x1, target=1))
 
 
 class TwoLayer(nn.Module):
@@ -116,9 +117,11 @@ def test_hand_computed_masked_gradients():
     assert torch.allclose(gbp, torch.tensor([[0.0, -1.0, 1.0]]))
     # the mask row is chosen per example by its target: batch == one by one
     batch = SemanticGuidedBackprop(model, "lin1", masks).attribute(x, target=t)
-    for i in range(2):
-        single = SemanticGuidedBackprop(model, "lin1", masks).attribute(x[i : i + 1], target=int(t[i]))
-        assert torch.equal(batch[i : i + 1], single)
+    singles = [
+        SemanticGuidedBackprop(model, "lin1", masks).attribute(x[i : i + 1], target=int(t[i]))
+        for i in range(2)
+    ]
+    assert_matches(batch, torch.cat(singles))  # one example vs a batch: other kernels, to float tolerance
 
 
 def test_functional_relu_is_not_modified_like_captum():
@@ -126,7 +129,7 @@ def test_functional_relu_is_not_modified_like_captum():
     x = torch.tensor([[1.0, -2.0, 3.0]])
     ones = torch.ones(2, 3)
     ours = SemanticGuidedBackprop(model, "lin1", ones).attribute(x, target=0)
-    assert torch.equal(ours, GuidedBackprop(model).attribute(x, target=0))
+    assert_matches(ours, GuidedBackprop(model).attribute(x, target=0))
     # F.relu keeps negative gradients: equal to the plain gradient [1, 2, 3]
     assert torch.allclose(ours, torch.tensor([[1.0, 2.0, 3.0]]))
 

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from _kernels import kernel_batch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from torch import nn
@@ -44,7 +45,7 @@ def test_diversity_equals_mean_cosine_definition():
     g = torch.Generator().manual_seed(1)
     x = (torch.rand(40, 6, generator=g) > 0.4).float() * torch.rand(40, 6, generator=g)
     x[3] = 0.0  # an example without active units: cosine 0, still counted in M
-    sv = SemanticVector(feature_model(6), "feat", batch_size=7).fit({"c": x})
+    sv = SemanticVector(feature_model(6), "feat", batch_size=kernel_batch(7)).fit({"c": x})
     a = (x > 0).float()
     v = sv.vectors_[0]
     cos = (a @ v) / a.norm(dim=1).clamp_min(1e-12)
@@ -58,10 +59,10 @@ def test_diversity_equals_mean_cosine_definition():
 def test_streaming_equals_all_at_once(digits, digits_cnn):
     x, y = digits.x_train[:300], digits.y_train[:300]
     full = SemanticVector(digits_cnn, "block3.pool", batch_size=1000).fit_from_labels((x, y))
-    loader = DataLoader(TensorDataset(x, y), batch_size=37)
+    loader = DataLoader(TensorDataset(x, y), batch_size=kernel_batch(37))
     streamed = SemanticVector(digits_cnn, "block3.pool").fit_from_labels(loader)
     per_concept = SemanticVector(digits_cnn, digits_cnn.block3.pool).fit(
-        {c: DataLoader(TensorDataset(x[y == c]), batch_size=11) for c in range(10)}
+        {c: DataLoader(TensorDataset(x[y == c]), batch_size=kernel_batch(11)) for c in range(10)}
     )
     for other in (streamed, per_concept):
         assert other.concept_names_ == full.concept_names_ == list(range(10))
