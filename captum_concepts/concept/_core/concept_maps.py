@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..._utils.common import TensorOrTuple, check_batch, format_additional_args, format_inputs
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, resolve_layer
-from ..._utils.validation import check_int
+from ..._utils.validation import check_int, validated
 from ...attr._core.embedding_attribution import EmbeddingAttribution
 from ...attr._core.layer_readout import read_embeddings
 from ...attr._core.upsampling import upsample_maps
@@ -114,7 +114,9 @@ def concept_presence_maps(
             (each solves the problems exactly on a free set; a handful are enough). Default 50.
 
     Returns:
-        Tensor ``(N, d, *S0)`` (``d`` concepts), detached.
+        Tensor ``(N, d, *S0)`` (``d`` concepts), detached: one tensor whatever the form of
+        ``inputs``, as Captum's layer attributions return the layer's own form (the concepts live
+        at one layer with one output tensor); ``S0`` is the spatial size of ``inputs[0]``.
     """
     n_iter = check_int(n_iter, "n_iter", low=1)
     b = concept_basis(concepts, layer)
@@ -163,6 +165,7 @@ class _ConceptHead(nn.Module):
         return rows @ self._coef.to(rows)
 
 
+@validated(grad=True)
 def concept_attribution_maps(
     concepts: Concepts,
     inputs: TensorOrTuple,
@@ -195,8 +198,11 @@ def concept_attribution_maps(
             ``internal_batch_size`` / ``show_progress`` of its ``attribute``.
 
     Returns:
-        Tensor ``(N, d, *S0)`` (layer maps upsampled as in :class:`EmbeddingAttribution`); the
-        first input's maps for tuple inputs with ``source_layer=None``.
+        Maps ``(N, d, *S)``, detached, in Captum's form: with ``source_layer=None`` (input
+        attributions) a tensor for a tensor input and a tuple with one tensor per input for a
+        tuple of inputs (tuples in, tuples out); with a ``source_layer`` the layer's own form, a
+        tensor for a layer with one output tensor (layer maps upsampled as in
+        :class:`EmbeddingAttribution`).
     """
     b = concept_basis(concepts, layer)
     x, _ = format_inputs(inputs)
@@ -207,8 +213,10 @@ def concept_attribution_maps(
     source = None if source_layer is None else resolve_layer(b.model, source_layer, "source_layer")
     ea = EmbeddingAttribution(head, layer=source, method=method, **kwargs)
     with read_embeddings([head._readout]):
-        maps = ea.attribute(x, return_per_dim=True, **call)
-    return maps[0] if isinstance(maps, tuple) else maps
+        maps = ea.attribute(inputs if source is None else x, return_per_dim=True, **call)
+    if source is not None and isinstance(maps, tuple) and len(maps) == 1:
+        return maps[0]  # a layer with one output tensor: a tensor, whatever the inputs
+    return maps
 
 
 @dataclass
@@ -234,6 +242,7 @@ class ConceptImportance:
         return class_importance(self, self.target if labels is None else labels)
 
 
+@validated(grad=True)
 def concept_importance(
     concepts: CoupledNMFConcepts,
     inputs: TensorOrTuple,
@@ -269,7 +278,8 @@ def concept_importance(
         coefficients (Tensor, optional): ``u`` as ``(d, N)`` (the layout of ``transform``).
 
     Returns:
-        :class:`ConceptImportance`.
+        :class:`ConceptImportance` of ``(N, d)`` and ``(N,)`` tensors, whatever the form of
+        ``inputs`` (the result lives at the fitted layer, in concept space).
     """
     if not isinstance(concepts, CoupledNMFConcepts):
         raise TypeError(f"concepts must be a fitted CoupledNMFConcepts, got {type(concepts).__name__}")

@@ -55,7 +55,8 @@ def concept_sobol_indices(
         max_batch (int): the most rows per forward pass (masks x examples). Default 1024.
 
     Returns:
-        Tensor ``(N, d)``.
+        Tensor ``(N, d)``, detached, whatever the form of ``inputs`` (one index per example and
+        concept of the fitted layer).
     """
     n_designs = check_int(n_designs, "n_designs", low=2)
     b, x, n, t, coefficients = explained_batch(concepts, inputs, target, layer, coefficients)
