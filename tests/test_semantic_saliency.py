@@ -235,7 +235,8 @@ def test_any_mask_source_object_drives_the_attribution(digits, digits_cnn, cls):
     with pytest.raises(ValueError, match="fitted at layer 'block2.pool'"):
         cls(digits_cnn, "block3.pool", _ChannelMasks(digits_cnn.block2.pool, masks))
     # a fitted SemanticVector is such a source: its masks for the class of each concept
-    sv = SemanticVector(digits_cnn, "block3.pool").fit_from_labels((digits.x_train[:300], digits.y_train[:300]))
+    sv = SemanticVector(digits_cnn, "block3.pool")
+    sv.fit_from_labels((digits.x_train[:300], digits.y_train[:300]))
     layer, table = sv.semantic_masks(0.4, concepts=list(reversed(range(10))))
     assert layer is digits_cnn.block3.pool and torch.equal(table, sv.masks(0.4).flip(0))
 

@@ -330,11 +330,12 @@ class SemanticGuidedBackprop(_SemanticGradientBase):
         model (nn.Module): the model (Captum's ``forward_func``).
         layer (str or nn.Module): the layer whose gradient is masked; must be the layer
             the semantic vectors were fitted at.
-        semantic_vectors (SemanticVector or Tensor): a fitted SemanticVector
-            (masks ``1[r_c > threshold]``) or a mask tensor ``(num_classes,
-            *layer_shape)`` (bool or float; float values multiply the gradient).
+        semantic_vectors (SemanticVector, SemanticMaskSource or Tensor): a fitted SemanticVector
+            (masks ``1[r_c > threshold]``), any other object with the
+            :class:`SemanticMaskSource` method ``semantic_masks``, or a mask tensor
+            ``(num_classes, *layer_shape)`` (bool or float; float values multiply the gradient).
         threshold (float): activation-rate threshold of the masks. Default: 0.5.
-        concepts (sequence, optional): class-to-concept map (SemanticVector only).
+        concepts (sequence, optional): class-to-concept map (SemanticVector or mask source only).
         eval_mode (bool): run the model in eval mode inside :meth:`attribute` (default True;
             a model in training mode then triggers a ``UserWarning``), as in
             :class:`~captum_concepts.attr.EmbeddingAttribution`. With False the model keeps its

@@ -32,6 +32,7 @@ __all__ = [
     "class_importance",
 ]
 
+
 def _channel_sum(t: Tensor, dim: int) -> Tensor:
     return t.sum(dim)
 
