@@ -5,14 +5,47 @@ Public names live in the subpackages (``captum_concepts.attr``, ``.concept``,
 ``.metrics``, ``.visualization``, ``.data``) and are re-exported here, so
 ``captum_concepts.EmbeddingAttribution`` works as well as
 ``captum_concepts.attr.EmbeddingAttribution``.
+
+Subpackages are imported when first used (PEP 562), so ``import captum_concepts.attr``
+loads the attributions without the concept estimators.
 """
 
-from . import attr, concept, data, distributed, metrics, visualization
-from .attr import *  # noqa: F401,F403
-from .concept import *  # noqa: F401,F403
-from .metrics import *  # noqa: F401,F403
+from __future__ import annotations
+
+import importlib
+from typing import Any, List
 
 __version__ = "0.1.0"
 
-__all__ = ["attr", "concept", "data", "distributed", "metrics", "visualization", "__version__"]
-__all__ += attr.__all__ + concept.__all__ + metrics.__all__
+_SUBPACKAGES = ("attr", "concept", "data", "distributed", "metrics", "visualization")
+_REEXPORTED = ("attr", "concept", "metrics")
+
+
+def _all() -> List[str]:
+    names = ["attr", "concept", "data", "distributed", "metrics", "visualization", "__version__"]
+    for sub in _REEXPORTED:
+        names += importlib.import_module(f".{sub}", __name__).__all__
+    return names
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
+    if name == "__all__":
+        value: Any = _all()
+    elif name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    else:
+        for sub in _REEXPORTED:
+            module = importlib.import_module(f".{sub}", __name__)
+            if name in module.__all__:
+                value = getattr(module, name)
+                break
+        else:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_all()))

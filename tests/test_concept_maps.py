@@ -194,3 +194,105 @@ def test_sobol_indices_match_the_analytic_values_of_a_linear_head(digits):
     torch.testing.assert_close(got, expected, atol=0.03, rtol=0)
     with pytest.raises(ValueError, match="n_designs"):
         concept_sobol_indices(cnmf, x[:4], target=2, n_designs=1)
+
+
+@pytest.fixture(scope="module")
+def shifted(digits):
+    """``shift="min"`` fits of a layer with negative values (a conv before its ReLU), and inputs
+    outside the fit's range, so that some shifted values fall below 0 and are clipped as in the fit."""
+    torch.manual_seed(0)
+    model = DigitsCNN(width=8, embedding_dim=16).eval()
+    fits = {
+        pool: CoupledNMFConcepts(3, model, layers=["block2.conv"], pool=pool, shift="min", max_iter=30).fit(
+            digits.x_train[:120]
+        )
+        for pool in ("none", "mean")
+    }
+    return model, digits.x_test[:4] * 2 - 0.5, fits
+
+
+def test_attribution_maps_read_the_shifted_layer_clipped_at_zero_as_the_fit(shifted):
+    model, x, fits = shifted
+    cnmf = fits["mean"]
+    shift = cnmf.shift_[-1].float()
+    o = cnmf.neuron_factors_[0].double()
+    w = (torch.linalg.pinv(o.t() @ o) @ o.t()).float()  # (d, a)
+    xs = x.clone().requires_grad_(True)
+    pooled = model.block2.conv(model.block1(xs)).mean((2, 3))
+    assert ((pooled - shift) < 0).any() and ((pooled - shift) > 0).any()  # the clip matters here
+    u = (pooled - shift).clamp(min=0) @ w.t()
+    refs = []
+    for k in range(3):
+        (g,) = torch.autograd.grad(u[:, k].sum(), xs, retain_graph=True)
+        refs.append((g * xs).sum(1).detach())
+    ref = torch.stack(refs, 1)
+    assert ref.abs().max() > 1e-5
+    torch.testing.assert_close(concept_attribution_maps(cnmf, x), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_presence_maps_solve_on_the_shifted_activations_clipped_at_zero(shifted):
+    model, x, fits = shifted
+    cnmf = fits["none"]
+    maps = concept_presence_maps(cnmf, x[:2], upsample=None)
+    a = model.block2.conv(model.block1(x[:2])).detach()  # (2, C, 8, 8)
+    c, p = a.shape[1], a[0, 0].numel()
+    shifted_a = (a.reshape(2, -1) - cnmf.shift_[-1].float()).clamp(min=0).reshape(2, c, p)
+    assert (a.reshape(2, c, p) < shifted_a).any()  # the shift changes the data read
+    basis = cnmf.neuron_factors_[0].reshape(c, p, 3)  # rows ordered (channel, position)
+    for n, q in [(0, 0), (0, 27), (1, 40), (1, 63)]:
+        ref, _ = nnls(basis[:, q].double().numpy(), shifted_a[n, :, q].double().numpy())
+        np.testing.assert_allclose(maps[n, :, q // 8, q % 8].numpy(), ref, rtol=1e-3, atol=1e-4)
+    assert maps.max() > 0
+
+
+class _TwoInputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.b = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.relu = torch.nn.ReLU()
+        self.head = torch.nn.Linear(4 * 64, 3)
+
+    def forward(self, x, y):
+        return self.head(self.relu(self.a(x) + self.b(y)).flatten(1))
+
+
+def test_attribution_maps_follow_captum_tuples_in_tuples_out(digits):
+    torch.manual_seed(0)
+    model = _TwoInputs().eval()
+    x, y = digits.x_train[:60], digits.x_train[60:120]
+    cnmf = CoupledNMFConcepts(3, model, layers=["relu"], pool="mean", max_iter=30).fit((x, y))
+    xb, yb = x[:3], y[:3]
+    maps = concept_attribution_maps(cnmf, (xb, yb))
+    assert isinstance(maps, tuple) and len(maps) == 2
+    o = cnmf.neuron_factors_[0].double()
+    w = (torch.linalg.pinv(o.t() @ o) @ o.t()).float()
+    xs, ys = xb.clone().requires_grad_(True), yb.clone().requires_grad_(True)
+    u = model.relu(model.a(xs) + model.b(ys)).mean((2, 3)) @ w.t()
+    for k in range(3):
+        gx, gy = torch.autograd.grad(u[:, k].sum(), (xs, ys), retain_graph=True)
+        assert (gy * ys).abs().max() > 0
+        torch.testing.assert_close(maps[0][:, k], (gx * xs).sum(1).detach(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(maps[1][:, k], (gy * ys).sum(1).detach(), rtol=1e-4, atol=1e-6)
+    # a tensor in, a tensor out; a one-output source layer gives the layer's form, a tensor
+    assert isinstance(concept_attribution_maps(cnmf, (xb, yb), source_layer="a", upsample=None), torch.Tensor)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c, x, y: concept_attribution_maps(c, x),
+        lambda c, x, y: concept_importance(c, x, target=y),
+    ],
+    ids=["concept_attribution_maps", "concept_importance"],
+)
+def test_gradient_entries_refuse_inference_mode_naming_it(setup, call):
+    model, x, y, fits = setup
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match=r"needs gradients.*inside torch\.inference_mode\(\)"):
+            call(fits["mean"], x[:2], y[:2])
+        made_inside = x[:2].clone()
+    with pytest.raises(RuntimeError, match="inference tensor"):
+        call(fits["mean"], made_inside, y[:2])
+    with torch.no_grad():  # no_grad is fine: gradients are switched on where needed
+        assert call(fits["mean"], x[:2], y[:2]) is not None

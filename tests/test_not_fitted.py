@@ -57,3 +57,37 @@ def test_not_fitted_error_is_what_scikit_learn_users_catch():
     assert issubclass(NotFittedError, ValueError) and issubclass(NotFittedError, AttributeError)
     with pytest.raises(ValueError):
         SemanticVector(MODEL, "block3.pool").relevance()
+
+
+def _concept_map_calls():
+    from captum_concepts.concept import (
+        concept_attribution_maps,
+        concept_importance,
+        concept_presence_maps,
+        concept_sobol_indices,
+    )
+
+    return {
+        "concept_presence_maps": lambda c: concept_presence_maps(c, X),
+        "concept_attribution_maps": lambda c: concept_attribution_maps(c, X),
+        "concept_importance": lambda c: concept_importance(c, X, target=Y),
+        "concept_sobol_indices": lambda c: concept_sobol_indices(c, X, target=Y),
+    }
+
+
+@pytest.mark.parametrize("function", sorted(_concept_map_calls()))
+def test_concept_maps_need_a_fit(function):
+    call = _concept_map_calls()[function]
+    with pytest.raises(NotFittedError, match="CoupledNMFConcepts instance is not fitted yet; call fit"):
+        call(CoupledNMFConcepts(2, MODEL, layers=["block2.pool"]))
+    if function in ("concept_presence_maps", "concept_attribution_maps"):  # these also read semantic vectors
+        with pytest.raises(NotFittedError, match="SemanticVector instance is not fitted yet; call fit"):
+            call(SemanticVector(MODEL, "block3.pool"))
+
+
+@pytest.mark.parametrize("name", ["SemanticGuidedBackprop", "SemanticGradientInput"])
+def test_semantic_attributions_need_a_fitted_semantic_vector(name):
+    import captum_concepts.attr as attr
+
+    with pytest.raises(NotFittedError, match="SemanticVector instance is not fitted yet; call fit"):
+        getattr(attr, name)(MODEL, "block3.pool", SemanticVector(MODEL, "block3.pool"))

@@ -170,3 +170,21 @@ def test_budget_and_store_errors(tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         CoupledNMFConcepts(**KW).fit_store(bad.close())
     assert parse_bytes("1.5KB") == 1536 and parse_bytes("2 GB") == 2 << 30 and parse_bytes(10) == 10
+
+
+def test_one_shift_rule_for_blocks_and_streamed_rows():
+    from captum_concepts.concept._core.block_prep import apply_shift, read_shift
+
+    block = torch.tensor([[-3.0, -1.0, 2.0], [0.5, -0.2, 1.0]])  # (features, N)
+    shift = torch.tensor([-2.0, 0.0])
+    expected = torch.tensor([[0.0, 1.0, 4.0], [0.5, 0.0, 1.0]])  # x - shift, clipped at 0
+    assert torch.equal(apply_shift(block, shift), expected)
+    rows = block.t().clone()  # (N, features), as the streamed chunks
+    out = apply_shift(rows, shift, dim=1, inplace=True)
+    assert out.data_ptr() == rows.data_ptr() and torch.equal(out, expected.t())
+    assert apply_shift(block, None) is block
+    # new data of a fitted block: the fitted shift, a zero shift for an unshifted block of a
+    # shift="min" model (negatives clipped at 0), nothing for a shift=None model
+    assert read_shift(shift, "min", 2) is shift
+    assert torch.equal(read_shift(None, "min", 2), torch.zeros(2, dtype=torch.float64))
+    assert read_shift(None, None, 2) is None

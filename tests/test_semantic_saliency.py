@@ -212,3 +212,47 @@ def test_model_state_restored_after_exception(digits, digits_cnn, cls):
             attr.attribute(digits.x_test[:4], target=0)
     assert_same_state(before, model)
     assert model.training and digits_cnn.block2.relu.inplace
+
+
+class _ChannelMasks:
+    """Not a SemanticVector: any object with ``semantic_masks`` is a mask source."""
+
+    def __init__(self, layer, masks):
+        self.layer, self.table, self.calls = layer, masks, []
+
+    def semantic_masks(self, threshold=0.5, concepts=None):
+        self.calls.append((threshold, concepts))
+        return self.layer, self.table
+
+
+@pytest.mark.parametrize("cls", [SemanticGuidedBackprop, SemanticGradientInput])
+def test_any_mask_source_object_drives_the_attribution(digits, digits_cnn, cls):
+    x, y = digits.x_test[:8], digits.y_test[:8]
+    masks = torch.rand(10, 64, 2, 2, generator=torch.Generator().manual_seed(0)) > 0.5
+    source = _ChannelMasks(digits_cnn.block3.pool, masks)
+    got = cls(digits_cnn, "block3.pool", source, threshold=0.3).attribute(x, target=y)
+    assert source.calls == [(0.3, None)]
+    ref = cls(digits_cnn, "block3.pool", masks).attribute(x, target=y)
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(got, ref)
+    with pytest.raises(ValueError, match="fitted at layer 'block2.pool'"):
+        cls(digits_cnn, "block3.pool", _ChannelMasks(digits_cnn.block2.pool, masks))
+    # a fitted SemanticVector is such a source: its masks for the class of each concept
+    sv = SemanticVector(digits_cnn, "block3.pool")
+    sv.fit_from_labels((digits.x_train[:300], digits.y_train[:300]))
+    layer, table = sv.semantic_masks(0.4, concepts=list(reversed(range(10))))
+    assert layer is digits_cnn.block3.pool and torch.equal(table, sv.masks(0.4).flip(0))
+
+
+@pytest.mark.parametrize("cls", [SemanticGuidedBackprop, SemanticGradientInput])
+def test_attribute_refuses_inference_mode_naming_the_method(digits, digits_cnn, cls):
+    x, y = digits.x_test[:4], digits.y_test[:4]
+    attr = cls(digits_cnn, "block3.pool", torch.ones(10, 64, 2, 2))
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match=rf"{cls.__name__}\.attribute needs gradients.*inference_mode"):
+            attr.attribute(x, target=y)
+        made_inside = x.clone()
+    with pytest.raises(RuntimeError, match=r"inputs is an inference tensor"):
+        attr.attribute(made_inside, target=y)
+    with torch.no_grad():
+        assert attr.attribute(x, target=y).abs().max() > 0

@@ -6,13 +6,13 @@ from ._core.aggregators import aggregate
 from ._core.embedding_attribution import EmbeddingAttribution
 from ._core.forward_mode import ForwardModeUnsupported, choose_strategy
 from ._core.reshape import channels_last, tokens_to_grid
-from ._core.semantic_saliency import SemanticGradientInput, SemanticGuidedBackprop
+from ._core.semantic_saliency import SemanticGradientInput, SemanticGuidedBackprop, SemanticMaskSource
 from ._core.similarity import SimilarityAttribution
 from ._core.upsampling import upsample_maps
 
 __all__: list = []
 __all__ += ["EmbeddingAttribution", "aggregate", "upsample_maps"]
-__all__ += ["SemanticGuidedBackprop", "SemanticGradientInput"]
+__all__ += ["SemanticGuidedBackprop", "SemanticGradientInput", "SemanticMaskSource"]
 __all__ += ["tokens_to_grid", "channels_last"]
 __all__ += ["SimilarityAttribution"]
 __all__ += ["ForwardModeUnsupported", "choose_strategy"]

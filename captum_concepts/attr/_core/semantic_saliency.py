@@ -8,7 +8,7 @@ class concept: ``R^l = R^{l+1} · 1[R^{l+1} > 0 and X^l > 0 and mask > 0]``.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Hashable, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import torch
 from captum.attr import GradientAttribution
@@ -18,13 +18,37 @@ from ..._utils.captum_compat import captum_wrappable
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_form
 from ..._utils.finite import check_finite_result
 from ..._utils.hooks import ModelGuard
-from ..._utils.layers import LayerSpec, resolve_layer, uncompiled
+from ..._utils.layers import LayerSpec, layer_name, resolve_layer, uncompiled
+from ..._utils.validation import validated
 from ..._utils.warn import warn_user
-from ...concept._core.semantic_vector import ConceptKey, SemanticVector
 
-__all__ = ["SemanticGuidedBackprop", "SemanticGradientInput"]
+__all__ = ["SemanticGuidedBackprop", "SemanticGradientInput", "SemanticMaskSource"]
 
 TargetType = Union[None, int, torch.Tensor, Sequence[int]]
+ConceptKey = Union[str, int, Hashable]
+
+
+@runtime_checkable
+class SemanticMaskSource(Protocol):
+    """What the semantic attributions read from fitted concepts, besides a plain mask tensor.
+
+    A fitted :class:`~captum_concepts.concept.SemanticVector` is one; any object with this
+    method can be passed as ``semantic_vectors``.
+    """
+
+    def semantic_masks(
+        self, threshold: float = 0.5, concepts: Optional[Sequence[ConceptKey]] = None
+    ) -> Tuple[nn.Module, torch.Tensor]:
+        """``(layer, masks)``: the module whose output the masks are for, and the masks
+        ``(num_classes, *layer_shape)`` (row ``t`` for class ``t``; bool or float).
+
+        Args:
+            threshold (float): the masks' threshold.
+            concepts (sequence, optional): entry ``t`` names the concept of class ``t``.
+
+        Raises:
+            NotFittedError: the concepts are not fitted.
+        """
 
 
 class _MaskGradient(torch.autograd.Function):
@@ -71,22 +95,20 @@ def _guide_relu_input(_module: nn.Module, args: Tuple[Any, ...]):
 def _mask_table(
     model: nn.Module,
     layer: nn.Module,
-    semantic_vectors: Union[SemanticVector, torch.Tensor],
+    semantic_vectors: Union[SemanticMaskSource, torch.Tensor],
     concepts: Optional[Sequence[ConceptKey]],
     threshold: float,
 ) -> torch.Tensor:
-    """Masks ``(num_classes, *layer_shape)`` (float) from a SemanticVector or a tensor."""
-    if isinstance(semantic_vectors, SemanticVector):
-        if not hasattr(semantic_vectors, "vectors_"):
-            raise ValueError("semantic_vectors is not fitted; call fit or fit_from_labels first")
-        sv_layer = resolve_layer(semantic_vectors.model, semantic_vectors.layer)
-        if sv_layer is not layer:
+    """Masks ``(num_classes, *layer_shape)`` (float) from a mask source or a tensor."""
+    if isinstance(semantic_vectors, SemanticMaskSource):
+        source_layer, masks = semantic_vectors.semantic_masks(threshold, concepts)
+        if source_layer is not layer:
+            name = layer_name(model, source_layer)
             raise ValueError(
-                f"semantic_vectors were fitted at layer {semantic_vectors.layer!r}, which is not the "
-                "layer given here; fit them at the layer whose gradient is masked"
+                f"semantic_vectors were fitted at layer {name if name else type(source_layer).__name__!r}, "
+                "which is not the layer given here; fit them at the layer whose gradient is masked"
             )
-        rows = semantic_vectors.class_rows(concepts)
-        return semantic_vectors.masks(threshold)[rows].float()
+        semantic_vectors, concepts = masks, None
     if isinstance(semantic_vectors, torch.Tensor):
         if concepts is not None:
             raise ValueError(
@@ -99,8 +121,8 @@ def _mask_table(
             )
         return semantic_vectors.detach().float()
     raise TypeError(
-        "semantic_vectors must be a fitted SemanticVector or a mask tensor (num_classes, *layer_shape), "
-        f"got {type(semantic_vectors).__name__}"
+        "semantic_vectors must be a fitted SemanticVector (or an object with a semantic_masks method) "
+        f"or a mask tensor (num_classes, *layer_shape), got {type(semantic_vectors).__name__}"
     )
 
 
@@ -142,7 +164,7 @@ class _SemanticGradientBase(GradientAttribution):
         self,
         model: nn.Module,
         layer: LayerSpec,
-        semantic_vectors: Union[SemanticVector, torch.Tensor],
+        semantic_vectors: Union[SemanticMaskSource, torch.Tensor],
         threshold: float = 0.5,
         concepts: Optional[Sequence[ConceptKey]] = None,
         eval_mode: bool = True,
@@ -198,8 +220,7 @@ class _SemanticGradientBase(GradientAttribution):
 
         return forward
 
-    @captum_wrappable
-    def attribute(
+    def _attribute(
         self,
         inputs: TensorOrTuple,
         target: TargetType = None,
@@ -263,6 +284,23 @@ class _SemanticGradientBase(GradientAttribution):
         return restore_form(check_finite_result(result, type(self).__name__, inputs_t), was_tuple)
 
 
+def _public_entry(cls: type) -> type:
+    """Give ``cls`` its own ``attribute`` entry, validated (``grad=True``) under the class's name."""
+    body = _SemanticGradientBase._attribute
+
+    def attribute(
+        self, inputs: TensorOrTuple, target: TargetType = None, additional_forward_args: Any = None
+    ) -> TensorOrTuple:
+        return body(self, inputs, target, additional_forward_args)
+
+    attribute.__doc__ = body.__doc__
+    attribute.__qualname__ = f"{cls.__name__}.attribute"
+    attribute.__module__ = cls.__module__
+    cls.attribute = captum_wrappable(validated(grad=True)(attribute))
+    return cls
+
+
+@_public_entry
 class SemanticGuidedBackprop(_SemanticGradientBase):
     r"""Guided Backprop whose backward pass is restricted to the target class's concept units.
 
@@ -292,11 +330,12 @@ class SemanticGuidedBackprop(_SemanticGradientBase):
         model (nn.Module): the model (Captum's ``forward_func``).
         layer (str or nn.Module): the layer whose gradient is masked; must be the layer
             the semantic vectors were fitted at.
-        semantic_vectors (SemanticVector or Tensor): a fitted SemanticVector
-            (masks ``1[r_c > threshold]``) or a mask tensor ``(num_classes,
-            *layer_shape)`` (bool or float; float values multiply the gradient).
+        semantic_vectors (SemanticVector, SemanticMaskSource or Tensor): a fitted SemanticVector
+            (masks ``1[r_c > threshold]``), any other object with the
+            :class:`SemanticMaskSource` method ``semantic_masks``, or a mask tensor
+            ``(num_classes, *layer_shape)`` (bool or float; float values multiply the gradient).
         threshold (float): activation-rate threshold of the masks. Default: 0.5.
-        concepts (sequence, optional): class-to-concept map (SemanticVector only).
+        concepts (sequence, optional): class-to-concept map (SemanticVector or mask source only).
         eval_mode (bool): run the model in eval mode inside :meth:`attribute` (default True;
             a model in training mode then triggers a ``UserWarning``), as in
             :class:`~captum_concepts.attr.EmbeddingAttribution`. With False the model keeps its
@@ -319,6 +358,7 @@ class SemanticGuidedBackprop(_SemanticGradientBase):
     _guided = True
 
 
+@_public_entry
 class SemanticGradientInput(_SemanticGradientBase):
     r"""Gradient × Input with the gradient masked at ``layer`` by the target's semantic mask.
 

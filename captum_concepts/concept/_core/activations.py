@@ -21,7 +21,7 @@ from ..._utils.layers import LayerSpec, layer_name, resolve_layers, uncompiled
 from ..._utils.layout import apply_reshape, check_reshape_transforms, layout_hint
 from ..._utils.warn import warn_user
 
-__all__ = ["POOLS", "CollectedBlocks", "stream_layer_outputs", "collect_blocks"]
+__all__ = ["POOLS", "CollectedBlocks", "stream_layer_outputs", "pool_rows", "collect_blocks"]
 
 POOLS = ("none", "mean", "max")
 InputsOrLoader = Union[Tensor, Iterable[Any]]
@@ -65,7 +65,9 @@ def stream_layer_outputs(
         yield batch, outputs
 
 
-def _pool(act: Tensor, pool: str) -> Tensor:
+def pool_rows(act: Tensor, pool: str) -> Tensor:
+    """A layer output ``(N, C, *S)`` as the rows a fit reads: ``(N, C*S)`` flattened
+    (``pool="none"``, or a layer without spatial dimensions), or ``(N, C)`` pooled per channel."""
     if act.dim() <= 2 or pool == "none":
         return act.reshape(act.shape[0], -1)
     dims = tuple(range(2, act.dim()))
@@ -203,7 +205,7 @@ def collect_blocks(
             if pool != "none" and transforms[j] is None and len(out.layer_shapes) <= j:
                 _warn_layout(model, modules[j], names[j], act)
             act = apply_reshape(transforms[j], act, 1, f"layer {names[j]!r}")
-            pooled = _pool(act, pool)
+            pooled = pool_rows(act, pool)
             if len(out.layer_shapes) <= j:
                 out.layer_shapes.append(tuple(act.shape[1:]) if pool == "none" else (pooled.shape[1],))
             sink.add(pooled.to(device=device, dtype=dtype))

@@ -20,7 +20,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["row_extrema", "block_shifts", "negative_message", "apply_shift"]
+__all__ = ["row_extrema", "block_shifts", "negative_message", "apply_shift", "read_shift"]
 
 
 def row_extrema(x: Tensor) -> Tuple[Tensor, Tensor]:
@@ -92,8 +92,36 @@ def block_shifts(
     return out
 
 
-def apply_shift(x: Tensor, shift: Optional[Tensor]) -> Tensor:
-    """``max(x - shift, 0)`` row-wise (a new block), or ``x`` itself when ``shift`` is None."""
+def apply_shift(x: Tensor, shift: Optional[Tensor], dim: int = 0, inplace: bool = False) -> Tensor:
+    """``max(x - shift, 0)``: the one way shifted data are read, for fitting and after it.
+
+    Args:
+        x (Tensor): data with one feature per index of dimension ``dim``: a ``(features, N)``
+            block (``dim=0``, the default) or ``(N, features)`` rows (``dim=1``); the shift is
+            broadcast over every other dimension.
+        shift (Tensor or None): ``(x.shape[dim],)`` values to subtract (non-positive, see
+            :func:`block_shifts`), or None for an unshifted block.
+        dim (int): the feature dimension of ``x``.
+        inplace (bool): shift ``x`` itself (a buffer the caller owns) instead of a new tensor.
+
+    Returns:
+        Tensor: ``x`` shifted and clipped at 0 (a value below the fitted row minimum reads as 0,
+        as in the fit), or ``x`` itself when ``shift`` is None.
+    """
     if shift is None:
         return x
-    return (x - shift.to(device=x.device, dtype=x.dtype)[:, None]).clamp_(min=0)
+    view = [1] * x.dim()
+    view[dim] = -1
+    s = shift.to(device=x.device, dtype=x.dtype).reshape(view)
+    return x.sub_(s).clamp_(min=0) if inplace else (x - s).clamp_(min=0)
+
+
+def read_shift(fitted: Optional[Tensor], shift: Optional[str], n_features: int) -> Optional[Tensor]:
+    """The shift with which new data of a fitted block are read (as :func:`block_shifts` does for
+    ``transform``): the fitted shift; a zero shift (negative values clipped at 0) for an
+    unshifted block of a ``shift="min"`` model; None otherwise."""
+    if fitted is not None:
+        return fitted
+    if shift == "min":
+        return torch.zeros(n_features, dtype=torch.float64)
+    return None

@@ -6,7 +6,7 @@ For fitted :class:`CoupledNMFConcepts` (any fitted layer) and :class:`SemanticVe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -16,10 +16,11 @@ from torch import Tensor, nn
 from ..._utils.common import TensorOrTuple, check_batch, format_additional_args, format_inputs
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, resolve_layer
-from ..._utils.validation import check_int
+from ..._utils.validation import check_int, validated
 from ...attr._core.embedding_attribution import EmbeddingAttribution
-from ...attr._core.layer_readout import Embedding, read_embeddings
+from ...attr._core.layer_readout import read_embeddings
 from ...attr._core.upsampling import upsample_maps
+from .basis import ConceptBasis, Concepts, concept_basis, explained_batch
 from .coupled_nmf import CoupledNMFConcepts
 from .semantic_vector import SemanticVector
 
@@ -31,76 +32,9 @@ __all__ = [
     "class_importance",
 ]
 
-Concepts = Union[CoupledNMFConcepts, SemanticVector]
-
 
 def _channel_sum(t: Tensor, dim: int) -> Tensor:
     return t.sum(dim)
-
-
-@dataclass
-class _Basis:
-    """One layer's concepts: ``block(raw) -> (N, a)`` rows and the basis ``(a, d)`` in block space."""
-
-    model: nn.Module
-    module: nn.Module
-    block: Callable[[Tensor], Tensor]
-    basis: Tensor
-    pooled: bool
-    transform: Optional[Callable[[Tensor], Tensor]]
-
-    def layer_basis(self, shape: Tuple[int, ...]) -> Tensor:
-        """The basis in the layer's own space: ``(d, *shape)`` (broadcast over positions if pooled)."""
-        d = self.basis.shape[1]
-        if self.pooled:
-            c = shape[0]
-            return self.basis.t().reshape(d, c, *([1] * (len(shape) - 1))).expand(d, *shape)
-        return self.basis.t().reshape(d, *shape)
-
-    def raw(self, out: Tensor) -> Tensor:
-        return out if self.transform is None else self.transform(out)
-
-
-def _basis(concepts: Concepts, layer: Union[int, str], argument: str = "concepts") -> _Basis:
-    if isinstance(concepts, SemanticVector):
-        if not hasattr(concepts, "vectors_"):
-            raise ValueError(f"{argument} is not fitted yet; call fit or fit_from_labels first")
-        model = concepts.model
-        module = resolve_layer(model, concepts.layer, "concepts.layer")
-        vectors = concepts.vectors_.float()
-        return _Basis(model, module, lambda r: r.reshape(r.shape[0], -1), vectors.t(), False, None)
-    if not isinstance(concepts, CoupledNMFConcepts):
-        raise TypeError(
-            f"{argument} must be a fitted CoupledNMFConcepts or SemanticVector, got {type(concepts).__name__}"
-        )
-    if not hasattr(concepts, "neuron_factors_"):
-        raise ValueError(f"{argument} is not fitted yet; call fit first")
-    if not isinstance(concepts.model, nn.Module) or concepts.input_shape_ is None:
-        raise ValueError(f"{argument} must be fitted with fit() on a model (fit_matrices has no layers)")
-    layers = list(concepts.layers) if isinstance(concepts.layers, (list, tuple)) else [concepts.layers]
-    j = concepts._layer_index(layer)
-    module = resolve_layer(concepts.model, layers[j], f"layers[{j}]")
-    shift = concepts.shift_[len(concepts.pixel_factors_) + j] if concepts.shift_ else None
-    pool = concepts.pool
-    transforms = getattr(concepts, "reshape_transform", None)
-    transform = transforms[j] if isinstance(transforms, (list, tuple)) else transforms
-
-    def block(raw: Tensor) -> Tensor:
-        if raw.dim() <= 2 or pool == "none":
-            rows = raw.reshape(raw.shape[0], -1)
-        else:
-            dims = tuple(range(2, raw.dim()))
-            rows = raw.mean(dim=dims) if pool == "mean" else raw.amax(dim=dims)
-        return rows if shift is None else rows - shift.to(rows)
-
-    basis = concepts.neuron_factors_[j].float()
-    return _Basis(concepts.model, module, block, basis, pool != "none", transform)
-
-
-def _layer_outputs(b: _Basis, inputs: Tuple[Tensor, ...], extra: Tuple[Any, ...]) -> Tensor:
-    readout = Embedding(b.model, b.module, "layer")
-    with read_embeddings([readout], eval_mode=True), torch.no_grad():
-        return b.raw(readout.read(inputs, extra, flatten=False))
 
 
 def _nnls_per_position(acts: Tensor, basis: Tensor, n_iter: int) -> Tensor:
@@ -181,13 +115,15 @@ def concept_presence_maps(
             (each solves the problems exactly on a free set; a handful are enough). Default 50.
 
     Returns:
-        Tensor ``(N, d, *S0)`` (``d`` concepts), detached.
+        Tensor ``(N, d, *S0)`` (``d`` concepts), detached: one tensor whatever the form of
+        ``inputs``, as Captum's layer attributions return the layer's own form (the concepts live
+        at one layer with one output tensor); ``S0`` is the spatial size of ``inputs[0]``.
     """
     n_iter = check_int(n_iter, "n_iter", low=1)
-    b = _basis(concepts, layer)
+    b = concept_basis(concepts, layer)
     x, _ = format_inputs(inputs)
     n = check_batch(x)
-    raw = _layer_outputs(b, x, format_additional_args(additional_forward_args)).float()
+    raw = b.shifted(b.read_outputs(x, format_additional_args(additional_forward_args)).float())
     if raw.dim() == 2:
         raw = raw.unsqueeze(-1)
     c, spatial = raw.shape[1], tuple(raw.shape[2:])
@@ -216,27 +152,21 @@ def concept_presence_maps(
 class _ConceptHead(nn.Module):
     """A model whose output is the concepts' linear coefficients at one layer, ``(N, d)``."""
 
-    def __init__(self, b: _Basis, extra: Tuple[Any, ...]) -> None:
+    def __init__(self, b: ConceptBasis, extra: Tuple[Any, ...]) -> None:
         super().__init__()
         self.model = b.model
         self._basis = b
-        self._readout = Embedding(b.model, b.module, "layer")
+        self._readout = b.readout()
         self._extra = extra
-        self._coef = _coefficient_matrix(b)
+        self._coef = b.coefficient_matrix()
         self.training = b.model.training  # the guard then warns about the user's model, not ours
 
     def forward(self, *inputs: Tensor) -> Tensor:
-        rows = self._basis.block(self._basis.raw(self._readout.read(inputs, self._extra, flatten=False)))
+        rows = self._basis.rows(self._basis.raw(self._readout.read(inputs, self._extra, flatten=False)))
         return rows @ self._coef.to(rows)
 
 
-def _coefficient_matrix(b: _Basis) -> Tensor:
-    """``W`` ``(a, d)`` with ``u = rows @ W``: least squares ``(O^T O)^+ O^T`` for NMF factors,
-    the projection ``V^T`` on unit semantic vectors."""
-    o = b.basis.double()
-    return torch.linalg.pinv(o.t() @ o, hermitian=True).matmul(o.t()).t().float()
-
-
+@validated(grad=True)
 def concept_attribution_maps(
     concepts: Concepts,
     inputs: TensorOrTuple,
@@ -269,10 +199,13 @@ def concept_attribution_maps(
             ``internal_batch_size`` / ``show_progress`` of its ``attribute``.
 
     Returns:
-        Tensor ``(N, d, *S0)`` (layer maps upsampled as in :class:`EmbeddingAttribution`); the
-        first input's maps for tuple inputs with ``source_layer=None``.
+        Maps ``(N, d, *S)``, detached, in Captum's form: with ``source_layer=None`` (input
+        attributions) a tensor for a tensor input and a tuple with one tensor per input for a
+        tuple of inputs (tuples in, tuples out); with a ``source_layer`` the layer's own form, a
+        tensor for a layer with one output tensor (layer maps upsampled as in
+        :class:`EmbeddingAttribution`).
     """
-    b = _basis(concepts, layer)
+    b = concept_basis(concepts, layer)
     x, _ = format_inputs(inputs)
     check_batch(x)
     head = _ConceptHead(b, format_additional_args(additional_forward_args))
@@ -281,8 +214,10 @@ def concept_attribution_maps(
     source = None if source_layer is None else resolve_layer(b.model, source_layer, "source_layer")
     ea = EmbeddingAttribution(head, layer=source, method=method, **kwargs)
     with read_embeddings([head._readout]):
-        maps = ea.attribute(x, return_per_dim=True, **call)
-    return maps[0] if isinstance(maps, tuple) else maps
+        maps = ea.attribute(inputs if source is None else x, return_per_dim=True, **call)
+    if source is not None and isinstance(maps, tuple) and len(maps) == 1:
+        return maps[0]  # a layer with one output tensor: a tensor, whatever the inputs
+    return maps
 
 
 @dataclass
@@ -308,46 +243,7 @@ class ConceptImportance:
         return class_importance(self, self.target if labels is None else labels)
 
 
-def _targets(target: TargetType, n: int) -> Tensor:
-    if target is None:
-        raise ValueError("target is required: the class (logit index) whose score is explained")
-    if isinstance(target, bool):
-        raise TypeError("target must be an int, a list of ints or a (N,) tensor, got a bool")
-    t = torch.as_tensor(target)
-    if t.is_floating_point() or t.dim() > 1:
-        raise TypeError(f"target must be an int, a list of ints or a (N,) tensor, got {target!r}")
-    t = t.long().reshape(-1)
-    if t.numel() == 1:
-        return t.expand(n).clone()
-    if t.numel() != n:
-        raise ValueError(f"target has {t.numel()} entries, expected 1 or N = {n}")
-    return t
-
-
-def _explained_batch(
-    concepts: Concepts,
-    inputs: TensorOrTuple,
-    target: TargetType,
-    layer: Union[int, str],
-    coefficients: Optional[Tensor],
-) -> Tuple[_Basis, Tuple[Tensor, ...], int, Tensor, Tensor]:
-    """``(basis, inputs, N, targets, coefficients (d, N))`` checked; the coefficients from
-    ``concepts.transform`` unless given."""
-    b = _basis(concepts, layer)
-    x, _ = format_inputs(inputs)
-    n = check_batch(x)
-    t = _targets(target, n)
-    if coefficients is None:
-        if len(x) > 1:
-            raise ValueError("pass coefficients= for tuple inputs (transform takes one input tensor)")
-        coefficients = concepts.transform(x[0])
-    d = b.basis.shape[1]
-    if not isinstance(coefficients, Tensor) or tuple(coefficients.shape) != (d, n):
-        got = tuple(coefficients.shape) if isinstance(coefficients, Tensor) else type(coefficients).__name__
-        raise ValueError(f"coefficients must be a ({d}, {n}) tensor (d, N), got {got}")
-    return b, x, n, t, coefficients
-
-
+@validated(grad=True)
 def concept_importance(
     concepts: CoupledNMFConcepts,
     inputs: TensorOrTuple,
@@ -383,11 +279,12 @@ def concept_importance(
         coefficients (Tensor, optional): ``u`` as ``(d, N)`` (the layout of ``transform``).
 
     Returns:
-        :class:`ConceptImportance`.
+        :class:`ConceptImportance` of ``(N, d)`` and ``(N,)`` tensors, whatever the form of
+        ``inputs`` (the result lives at the fitted layer, in concept space).
     """
     if not isinstance(concepts, CoupledNMFConcepts):
         raise TypeError(f"concepts must be a fitted CoupledNMFConcepts, got {type(concepts).__name__}")
-    b, x, n, t, coefficients = _explained_batch(concepts, inputs, target, layer, coefficients)
+    b, x, n, t, coefficients = explained_batch(concepts, inputs, target, layer, coefficients)
     acts, grads = _layer_gradient(b, x, t, format_additional_args(additional_forward_args))
     o_layer = b.layer_basis(tuple(acts.shape[1:])).to(acts)  # (d, *shape)
     u = coefficients.t().to(acts)
@@ -401,7 +298,7 @@ def concept_importance(
 
 
 def _layer_gradient(
-    b: _Basis, x: Tuple[Tensor, ...], target: Tensor, extra: Tuple[Any, ...]
+    b: ConceptBasis, x: Tuple[Tensor, ...], target: Tensor, extra: Tuple[Any, ...]
 ) -> Tuple[Tensor, Tensor]:
     """``(A, d logit_target / dA)`` at the basis' layer, one forward and one backward pass."""
     with ModelGuard(b.model, freeze_parameters=True) as guard, torch.enable_grad():

@@ -11,7 +11,7 @@ from torch import Tensor
 from ..._utils.common import TensorOrTuple, format_additional_args
 from ..._utils.hooks import ModelGuard
 from ..._utils.validation import check_int
-from .concept_maps import _explained_batch
+from .basis import explained_batch
 from .coupled_nmf import CoupledNMFConcepts
 
 __all__ = ["concept_sobol_indices"]
@@ -55,11 +55,12 @@ def concept_sobol_indices(
         max_batch (int): the most rows per forward pass (masks x examples). Default 1024.
 
     Returns:
-        Tensor ``(N, d)``.
+        Tensor ``(N, d)``, detached, whatever the form of ``inputs`` (one index per example and
+        concept of the fitted layer).
     """
     n_designs = check_int(n_designs, "n_designs", low=2)
-    b, x, n, t, coefficients = _explained_batch(concepts, inputs, target, layer, coefficients)
-    d = b.basis.shape[1]
+    b, x, n, t, coefficients = explained_batch(concepts, inputs, target, layer, coefficients)
+    d = b.n_concepts
     if b.transform is not None:
         raise ValueError(
             "Sobol indices rebuild the layer's raw output; layers with a reshape_transform are not supported"
@@ -77,7 +78,7 @@ def concept_sobol_indices(
         captured = guard.capture(b.module, "layer", stop=True)
         guard.forward(b.model, *x, *extra)
         acts = captured.tensor()
-        guard.register_forward_hook(b.module, lambda _module, _args, _out: rebuilt_output[0])
+        guard.replace(b.module, lambda _out: rebuilt_output[0])
         flat_o = b.layer_basis(tuple(acts.shape[1:])).to(acts).reshape(d, -1)  # (d, features)
         u = coefficients.t().to(acts)  # (N, d)
         residual = acts.reshape(n, -1) - u @ flat_o

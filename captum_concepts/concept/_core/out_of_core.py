@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..._utils.validation import InvalidParameterError, RealNumber, check_int, check_option
 from . import cnmf_solvers as solvers
+from .block_prep import apply_shift
 
 __all__ = ["OutOfCore", "ActivationStore", "StreamedProblem", "collect_to_store", "parse_bytes"]
 
@@ -310,9 +311,7 @@ class StreamedProblem(solvers.CoupledProblem):
         buf = self.buffers["rows"]
         for start, stop, raw in self.store.chunks(self.chunk_rows, self.buffers["raw"]):
             rows = raw if buf is None else buf[: stop - start].copy_(raw)
-            if self.shift is not None:
-                rows.sub_(self.shift).clamp_(min=0)
-            yield start, stop, rows
+            yield start, stop, apply_shift(rows, self.shift, dim=1, inplace=True)
 
     def moments(self, reduce=solvers._identity) -> Tensor:
         out = torch.zeros(len(self.blocks), 2, dtype=torch.float64)

@@ -474,6 +474,15 @@ class SemanticVector(BaseEstimator):
         check_real(threshold, "threshold", low=0.0, high=1.0, high_open=True)
         return (self.activation_rates_ > threshold).reshape(-1, *self.layer_shape_)
 
+    def semantic_masks(
+        self, threshold: float = 0.5, concepts: Optional[Sequence[ConceptKey]] = None
+    ) -> Tuple[nn.Module, torch.Tensor]:
+        """``(layer, masks)`` for :class:`~captum_concepts.attr.SemanticGuidedBackprop` and
+        :class:`~captum_concepts.attr.SemanticGradientInput`: the fitted layer's module and
+        ``masks(threshold)`` with row ``t`` for class ``t`` (:meth:`class_rows`)."""
+        rows = self.class_rows(concepts)
+        return resolve_layer(self.model, self.layer), self.masks(threshold)[rows]
+
     def relevance(self) -> torch.Tensor:
         """Relevance matrix ``rel(a, b) = cos(v_a, v_b)``, ``(n_concepts, n_concepts)``."""
         self._check_fitted()

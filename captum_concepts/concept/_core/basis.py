@@ -1,0 +1,186 @@
+"""Concepts as linear read-outs of one layer: the one basis every concept map uses (private).
+
+A fitted :class:`CoupledNMFConcepts` (at one of its layers) or :class:`SemanticVector` is read
+as a :class:`ConceptBasis`: the layer, the rows its fit reads from the layer's output
+(:func:`~.activations.pool_rows`, then the fitted shift through
+:func:`~.block_prep.apply_shift`, clipped at 0 exactly as in the fit) and the basis ``O``
+``(a, d)`` whose ``d`` columns are the concepts in that row space. :func:`concept_basis` builds
+it; :func:`explained_batch` checks the inputs, targets and coefficients of an explanation in
+concept space (concept importance, Sobol indices).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple, Union
+
+import torch
+from captum._utils.typing import TargetType
+from torch import Tensor, nn
+
+from ..._utils.common import TensorOrTuple, check_batch, format_inputs
+from ..._utils.layers import resolve_layer
+from ..._utils.layout import ReshapeTransform, apply_reshape
+from ..._utils.validation import check_fitted
+from ...attr._core.layer_readout import Embedding, read_embeddings
+from .activations import pool_rows
+from .block_prep import apply_shift, read_shift
+from .coupled_nmf import CoupledNMFConcepts
+from .semantic_vector import SemanticVector
+
+__all__ = ["Concepts", "ConceptBasis", "concept_basis", "check_targets", "explained_batch"]
+
+Concepts = Union[CoupledNMFConcepts, SemanticVector]
+
+
+@dataclass
+class ConceptBasis:
+    """One layer's concepts: rows ``(N, a)`` read from the layer and the basis ``(a, d)``.
+
+    Attributes:
+        model (nn.Module): the model.
+        module (nn.Module): the layer whose output is read.
+        basis (Tensor): ``(a, d)``, concept ``k`` is column ``k`` in row space.
+        pool (str): ``"none"`` (rows are the flattened output) or ``"mean"`` / ``"max"``
+            (pooled per channel, so a concept is one ``C``-vector at every position).
+        shift (Tensor or None): ``(a,)`` the fitted shift of the rows, or None.
+        transform (callable or None): the fit's ``reshape_transform`` of this layer.
+    """
+
+    model: nn.Module
+    module: nn.Module
+    basis: Tensor
+    pool: str = "none"
+    shift: Optional[Tensor] = None
+    transform: Optional[ReshapeTransform] = None
+
+    @property
+    def n_concepts(self) -> int:
+        """``d``, the number of concepts."""
+        return self.basis.shape[1]
+
+    @property
+    def pooled(self) -> bool:
+        return self.pool != "none"
+
+    def raw(self, out: Tensor) -> Tensor:
+        """The layer's output ``(N, C, *S)`` as the fit saw it (after its ``reshape_transform``)."""
+        return apply_reshape(self.transform, out, 1, "the concepts' layer")
+
+    def rows(self, raw: Tensor) -> Tensor:
+        """``(N, a)``: ``raw`` pooled as in the fit, shifted and clipped at 0 (differentiable)."""
+        rows = pool_rows(raw, self.pool)
+        return apply_shift(rows, self.shift, dim=1)
+
+    def shifted(self, raw: Tensor) -> Tensor:
+        """``raw`` ``(N, C, *S)`` with the fit's shift at every position, clipped at 0.
+
+        Unpooled fits shift each (channel, position) feature; pooled fits shift each channel
+        by its pooled shift at every position.
+        """
+        if self.shift is None:
+            return raw
+        n = raw.shape[0]
+        if not self.pooled or raw.dim() <= 2:
+            return apply_shift(raw.reshape(n, -1), self.shift, dim=1).reshape(raw.shape)
+        return apply_shift(raw.reshape(n, raw.shape[1], -1), self.shift, dim=1).reshape(raw.shape)
+
+    def layer_basis(self, shape: Tuple[int, ...]) -> Tensor:
+        """The basis in the layer's own space: ``(d, *shape)`` (broadcast over positions if pooled)."""
+        d = self.n_concepts
+        if self.pooled:
+            c = shape[0]
+            return self.basis.t().reshape(d, c, *([1] * (len(shape) - 1))).expand(d, *shape)
+        return self.basis.t().reshape(d, *shape)
+
+    def coefficient_matrix(self) -> Tensor:
+        """``W`` ``(a, d)`` with ``u = rows @ W`` the least-squares coordinates ``(O^T O)^+ O^T``."""
+        o = self.basis.double()
+        return torch.linalg.pinv(o.t() @ o, hermitian=True).matmul(o.t()).t().float()
+
+    def readout(self) -> Embedding:
+        """The layer's output as a model output (see :func:`read_outputs`)."""
+        return Embedding(self.model, self.module, "layer")
+
+    def read_outputs(self, inputs: Tuple[Tensor, ...], extra: Tuple[Any, ...]) -> Tensor:
+        """The layer's output on ``inputs`` (after :meth:`raw`), eval mode, without autograd."""
+        readout = self.readout()
+        with read_embeddings([readout], eval_mode=True), torch.no_grad():
+            return self.raw(readout.read(inputs, extra, flatten=False))
+
+
+def concept_basis(concepts: Concepts, layer: Union[int, str] = 0, argument: str = "concepts") -> ConceptBasis:
+    """The :class:`ConceptBasis` of fitted ``concepts`` at ``layer``.
+
+    Args:
+        concepts: a fitted :class:`CoupledNMFConcepts` (fitted with ``fit`` on a model) or
+            :class:`SemanticVector`.
+        layer (int or str): the coupled fit's layer (an index into ``neuron_factors_`` or a
+            layer name); ignored for a :class:`SemanticVector`, which has one layer.
+        argument (str): the argument's name in error messages.
+
+    Raises:
+        NotFittedError: ``concepts`` is not fitted.
+        TypeError: ``concepts`` is neither estimator.
+    """
+    if isinstance(concepts, SemanticVector):
+        check_fitted(concepts, "vectors_", "fit or fit_from_labels")
+        module = resolve_layer(concepts.model, concepts.layer, f"{argument}.layer")
+        return ConceptBasis(concepts.model, module, concepts.vectors_.float().t())
+    if not isinstance(concepts, CoupledNMFConcepts):
+        raise TypeError(
+            f"{argument} must be a fitted CoupledNMFConcepts or SemanticVector, got {type(concepts).__name__}"
+        )
+    check_fitted(concepts, "neuron_factors_", "fit")
+    if not isinstance(concepts.model, nn.Module) or concepts.input_shape_ is None:
+        raise ValueError(f"{argument} must be fitted with fit() on a model (fit_matrices has no layers)")
+    layers = list(concepts.layers) if isinstance(concepts.layers, (list, tuple)) else [concepts.layers]
+    j = concepts._layer_index(layer)
+    module = resolve_layer(concepts.model, layers[j], f"layers[{j}]")
+    basis = concepts.neuron_factors_[j].float()
+    fitted = concepts.shift_[len(concepts.pixel_factors_) + j] if concepts.shift_ else None
+    shift = read_shift(fitted, concepts.shift, basis.shape[0])
+    transforms = getattr(concepts, "reshape_transform", None)
+    transform = transforms[j] if isinstance(transforms, (list, tuple)) else transforms
+    return ConceptBasis(concepts.model, module, basis, concepts.pool, shift, transform)
+
+
+def check_targets(target: TargetType, n: int) -> Tensor:
+    """``target`` (an int, a list of ints or a ``(N,)`` tensor) as ``(N,)`` long class indices."""
+    if target is None:
+        raise ValueError("target is required: the class (logit index) whose score is explained")
+    if isinstance(target, bool):
+        raise TypeError("target must be an int, a list of ints or a (N,) tensor, got a bool")
+    t = torch.as_tensor(target)
+    if t.is_floating_point() or t.dim() > 1:
+        raise TypeError(f"target must be an int, a list of ints or a (N,) tensor, got {target!r}")
+    t = t.long().reshape(-1)
+    if t.numel() == 1:
+        return t.expand(n).clone()
+    if t.numel() != n:
+        raise ValueError(f"target has {t.numel()} entries, expected 1 or N = {n}")
+    return t
+
+
+def explained_batch(
+    concepts: Concepts,
+    inputs: TensorOrTuple,
+    target: TargetType,
+    layer: Union[int, str],
+    coefficients: Optional[Tensor],
+) -> Tuple[ConceptBasis, Tuple[Tensor, ...], int, Tensor, Tensor]:
+    """``(basis, inputs, N, targets, coefficients (d, N))`` checked; the coefficients from
+    ``concepts.transform`` unless given."""
+    b = concept_basis(concepts, layer)
+    x, _ = format_inputs(inputs)
+    n = check_batch(x)
+    t = check_targets(target, n)
+    if coefficients is None:
+        if len(x) > 1:
+            raise ValueError("pass coefficients= for tuple inputs (transform takes one input tensor)")
+        coefficients = concepts.transform(x[0])
+    d = b.n_concepts
+    if not isinstance(coefficients, Tensor) or tuple(coefficients.shape) != (d, n):
+        got = tuple(coefficients.shape) if isinstance(coefficients, Tensor) else type(coefficients).__name__
+        raise ValueError(f"coefficients must be a ({d}, {n}) tensor (d, N), got {got}")
+    return b, x, n, t, coefficients
