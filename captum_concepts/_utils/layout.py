@@ -191,8 +191,7 @@ def expand_per_layer(
                 raise TypeError(f"{name}[{i}] must be {expected}, got {type(entry).__name__}")
         return list(value)
     raise TypeError(
-        f"{name} must be {expected}, or a list of them aligned with the {per}s, got "
-        f"{type(value).__name__}"
+        f"{name} must be {expected}, or a list of them aligned with the {per}s, got {type(value).__name__}"
     )
 
 
