@@ -245,7 +245,7 @@ class CheckedTransform:
     """
 
     def __init__(self, fn: ReshapeTransform, what: str) -> None:
-        self.fn = fn
+        self.fn = fn.fn if isinstance(fn, CheckedTransform) else fn  # bound once, whoever binds again
         self.what = what
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
