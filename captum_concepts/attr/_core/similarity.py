@@ -297,25 +297,17 @@ class SimilarityAttribution:
 
         Returns:
             ``(maps_a, maps_b)``, each side in Captum's form. The inputs as source
-            (``layer=None``): tuples in, tuples out (a tensor ``(N, *S0)`` for a tensor input,
-            with ``S0`` that input's spatial shape, ``(N,)`` for a dense input; a tuple of them
-            for tuple inputs). A source layer: what the layer outputs, whatever the form of the
-            inputs (a tensor ``(N, *S0)`` for a layer with one output tensor, the layer
-            resolution with ``upsample=None``; a tuple for a layer with several).
+            (``layer=None``): tuples in, tuples out (a tensor ``(N, *S)`` for a tensor input,
+            ``S`` its spatial shape, ``(N,)`` for a dense input; a tuple of them for tuple
+            inputs). A source layer: what the layer outputs, whatever the form of the inputs (a
+            tensor ``(N, *S0)`` for a layer with one output tensor, ``S0`` the spatial shape of
+            that side's first input, or the layer resolution with ``upsample=None``; a tuple of
+            them for a layer with several output tensors).
         """
         p = self._pair(inputs_a, inputs_b, additional_forward_args, additional_forward_args_b)
         towers = self._towers()
         objective = _PairObjective(towers, self.similarity, p.stacked, len(p.xa))
-        extra_a = p.extra_a
-        if p.stacked:
-            if p.own_b:
-                extra_a = tuple(
-                    torch.cat([a, b]) if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) else a
-                    for a, b in zip(p.extra_a, p.extra_b)
-                )
-            else:
-                extra_a = _repeat_batch_args(p.extra_a, p.n)
-        objective.extra = (extra_a, p.extra_b)
+        objective.extra = p.objective_extra()
         if p.stacked:
             ea = self._explainer(objective, [self.layer], [self._transforms[0]], embedding_aggregator="mean")
         else:
@@ -446,6 +438,19 @@ class _Pair:
     extra_a: Tuple[Any, ...]
     extra_b: Tuple[Any, ...]
     own_b: bool
+
+    def objective_extra(self) -> Tuple[Tuple[Any, ...], Tuple[Any, ...]]:
+        """The extra arguments of :class:`_PairObjective`: for the stacked batch ``[a; b]``, side
+        ``b``'s own tensors appended to side ``a``'s, else Captum's repetition of ``a``'s."""
+        if not self.stacked:
+            return self.extra_a, self.extra_b
+        if not self.own_b:
+            return _repeat_batch_args(self.extra_a, self.n), self.extra_b
+        both = tuple(
+            torch.cat([a, b]) if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) else a
+            for a, b in zip(self.extra_a, self.extra_b)
+        )
+        return both, self.extra_b
 
 
 def _correspondence(ma: torch.Tensor, mb: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
