@@ -1,4 +1,5 @@
-"""Bad inputs for the attributions: EmbeddingAttribution, SemanticGuidedBackprop, SemanticGradientInput.
+"""Bad inputs for the attributions: EmbeddingAttribution, SemanticGuidedBackprop, SemanticGradientInput,
+SimilarityAttribution.
 
 Error cases that must raise a clear error naming the argument (or, for inputs the model cannot take,
 the model's own PyTorch error, unchanged), cases with a documented correct result (D = 1 equals
@@ -43,7 +44,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from captum_concepts.attr import EmbeddingAttribution, SemanticGradientInput, SemanticGuidedBackprop
+from captum_concepts.attr import (
+    EmbeddingAttribution,
+    SemanticGradientInput,
+    SemanticGuidedBackprop,
+    SimilarityAttribution,
+)
 from captum_concepts.concept import SemanticVector
 
 RESULT_CASES = ResultCases()
@@ -278,7 +284,53 @@ def semantic_errors(cls):
 
 
 SEMANTIC_ERRORS = semantic_errors(SemanticGuidedBackprop) + semantic_errors(SemanticGradientInput)
-ERROR_CASES = EA_ERRORS + SEMANTIC_ERRORS
+
+
+def sa(**kw) -> SimilarityAttribution:
+    kw.setdefault("embedding_layer", "embedding")
+    return SimilarityAttribution(CNN, **kw)
+
+
+def _inference_mode(fn):
+    with torch.inference_mode():
+        return fn()
+
+
+def _inference_clone(x):
+    with torch.inference_mode():
+        return x.clone()
+
+
+SIMILARITY_ERRORS = [
+    # the shared option check: the options listed one by one, the value with its type
+    E("sa-method", lambda: sa(method="lrp"), ValueError, "method must be one of 'gradient', .*\\(str\\)"),
+    E("sa-similarity", lambda: sa(similarity=2), TypeError, "similarity must be one of 'cosine', 'dot'"),
+    E(
+        "sa-attribute-inference-mode",
+        lambda: _inference_mode(lambda: sa(layer="block2.relu").attribute(X[:2], X[2:])),
+        RuntimeError,
+        "SimilarityAttribution.attribute needs gradients, but it was called inside torch.inference_mode",
+    ),
+    E(
+        "sa-correspondence-inference-mode",
+        lambda: _inference_mode(lambda: sa(layer="block2.relu").correspondence(X[:2], X[2:])),
+        RuntimeError,
+        "inside torch.inference_mode",
+    ),
+    E(
+        "sa-inference-tensor",
+        lambda: sa().per_dim_maps(X[:2], _inference_clone(X[2:])),
+        RuntimeError,
+        "inputs_b is an inference tensor",
+    ),
+    E(
+        "sa-tower-transforms-shared-encoder",
+        lambda: sa(tower_reshape_transforms=(None, None)),
+        ValueError,
+        "tower_reshape_transforms needs two towers",
+    ),
+]
+ERROR_CASES = EA_ERRORS + SEMANTIC_ERRORS + SIMILARITY_ERRORS
 test_clear_error = clear_error_test(ERROR_CASES)
 
 

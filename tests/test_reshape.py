@@ -91,10 +91,14 @@ def test_tokens_to_grid_errors():
         tokens_to_grid(grid_size=2)(torch.zeros(1, 6, 2))
     with pytest.raises(ValueError, match="expects token layer outputs"):
         tokens_to_grid()(torch.zeros(1, 3, 4, 4))
-    with pytest.raises(ValueError, match="prefix_tokens must be a non-negative int"):
+    with pytest.raises(ValueError, match="prefix_tokens must be an int >= 0"):
         tokens_to_grid(prefix_tokens=-1)
-    with pytest.raises(ValueError, match="grid_size must be a positive int"):
+    with pytest.raises(ValueError, match="grid_size\\[1\\] must be an int >= 1"):
         tokens_to_grid(grid_size=(2, 0))
+    with pytest.raises(ValueError, match="grid_size must be a positive int or a pair"):
+        tokens_to_grid(grid_size=(2, 2, 2))
+    with pytest.raises(TypeError, match="prefix_tokens must be an int"):
+        tokens_to_grid(prefix_tokens=True)
     assert tokens_to_grid(1, 3) == tokens_to_grid(1, (3, 3)) and "prefix_tokens=1" in repr(tokens_to_grid())
 
 
@@ -212,7 +216,7 @@ def test_transform_list_aligned_with_layers():
         ValueError, match="reshape_transform is a list of 1 entries, expected one per layer \\(2\\)"
     ):
         EmbeddingAttribution(model, layer=["conv", "mlp"], reshape_transform=[channels_last])
-    with pytest.raises(TypeError, match="reshape_transform must be None, a callable"):
+    with pytest.raises(TypeError, match="reshape_transform must be None or a callable"):
         EmbeddingAttribution(model, layer="mlp", reshape_transform="channels_last")
 
 
@@ -270,3 +274,50 @@ def test_coupled_nmf_warns_when_it_pools_a_channels_last_layer():
     x = torch.rand(4, 3, 5, 5)
     with pytest.warns(UserWarning, match="'2' is pooled per channel, but the output .* looks channels-last"):
         CoupledNMFConcepts(2, model, layers=["2"], pool="mean", include_pixels=False, max_iter=2).fit(x)
+
+
+# ---------------------------------------------------------------------- one layout module
+def test_numpy_integers_are_accepted_by_tokens_to_grid():
+    np = pytest.importorskip("numpy")
+    t = torch.randn(2, 1 + 6, 3)
+    fn = tokens_to_grid(prefix_tokens=np.int64(1), grid_size=(np.int32(2), np.int64(3)))
+    assert fn == tokens_to_grid(1, (2, 3)) and repr(fn) == "tokens_to_grid(prefix_tokens=1, grid_size=(2, 3))"
+    torch.testing.assert_close(fn(t), tokens_to_grid(1, (2, 3))(t))
+    assert tokens_to_grid(np.int64(0), np.int64(2))(t[:, 3:]).shape == (2, 3, 2, 2)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "batched", "forward"])
+def test_every_path_checks_the_transform_output(strategy):
+    """A transform that returns a tuple (a forgotten unpacking) or the wrong batch size is named as
+    such on every path: the strategy probe, reverse mode and forward mode's vjp."""
+    model = ChannelsLastNet().eval()
+    x = torch.randn(2, 3, 5, 5)
+    before = model_state(model)
+    bad_transforms = [
+        (lambda t: (t.movedim(-1, 1),), "got tuple"),  # a tuple instead of a tensor
+        (lambda t: t[:1].movedim(-1, 1), "got \\(1,"),  # the wrong batch size
+    ]
+    for bad, got in bad_transforms:
+        ea = EmbeddingAttribution(model, layer="mlp", strategy=strategy, reshape_transform=bad)
+        with pytest.raises(ValueError, match=f"reshape_transform of layer 'mlp' must return a tensor.*{got}"):
+            ea.attribute(x)
+        assert_same_state(before, model)
+
+
+def test_one_expansion_rule_for_every_caller():
+    from captum_concepts._utils.layout import expand_per_layer
+
+    assert expand_per_layer(None, 2, "reshape_transform") == [None, None]
+    assert expand_per_layer(channels_last, 3, "reshape_transform") == [channels_last] * 3
+    assert expand_per_layer((None, channels_last), 2, "reshape_transform") == [None, channels_last]
+    with pytest.raises(ValueError, match="t is a list of 3 entries, expected one per tower \\(2\\)"):
+        expand_per_layer([None] * 3, 2, "t", per="tower")
+    with pytest.raises(TypeError, match="reshape_transform\\[1\\] must be None or a callable"):
+        expand_per_layer([None, "channels_last"], 2, "reshape_transform")
+    # the same rule in the concept estimators and the score curves
+    model = ChannelsLastNet().eval()
+    with pytest.raises(ValueError, match="reshape_transform is a list of 1 entries, expected one per layer"):
+        cnmf = CoupledNMFConcepts(2, model, layers=["conv", "mlp"], reshape_transform=[None])
+        cnmf.fit(torch.rand(2, 3, 5, 5))
+    with pytest.raises(ValueError, match="reshape_transform is a list of 1 entries, expected one per layer"):
+        score_curve(model, None, ["conv", "mlp"], torch.rand(2, 3, 5, 5), reshape_transform=[None])

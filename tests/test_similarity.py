@@ -237,3 +237,152 @@ def test_digits_model_embedding_similarity(digits, digits_cnn):
     sa = SimilarityAttribution(digits_cnn, embedding_layer="embedding_relu", layer="block2.relu")
     ma, mb = sa.attribute(x[:4], x[4:])
     assert ma.shape == (4, 8, 8) and torch.isfinite(ma).all() and ma.abs().max() > 0
+
+
+# ---------------------------------------------------------------------- gradient entries, output form
+def test_gradient_entries_refuse_inference_mode_with_its_cause():
+    enc = _encoder()
+    a, b = _pair(2)
+    sa = SimilarityAttribution(enc, layer="3", upsample=None)
+    with torch.inference_mode():
+        a_inference = a.clone()
+    for entry in (sa.attribute, sa.per_dim_maps, sa.correspondence):
+        with torch.inference_mode(), pytest.raises(RuntimeError, match="inside torch.inference_mode"):
+            entry(a, b)
+        with pytest.raises(RuntimeError, match="inputs_a is an inference tensor"):
+            entry(a_inference, b)
+    with torch.no_grad():  # no_grad is fine: gradients are switched on inside
+        ma, _ = sa.attribute(a, b)
+    assert ma.abs().max() > 1e-5
+    torch.testing.assert_close(ma, sa.attribute(a, b)[0])
+
+
+def _per_dim_reference(model, xs, extra):
+    """Plain autograd: for every embedding dimension d, sum over channels of x * dz_d/dx, per input."""
+    xs = [x.clone().requires_grad_(True) for x in xs]
+    z = model(*xs, *extra)
+    per_dim = [[] for _ in xs]
+    for d in range(z.shape[1]):
+        for k, g in enumerate(torch.autograd.grad(z[:, d].sum(), xs, retain_graph=True)):
+            per_dim[k].append((xs[k] * g).sum(1).detach())
+    return [torch.stack(m, 1) for m in per_dim]  # (N, D, *S) per input
+
+
+def test_per_dim_maps_and_correspondence_follow_captums_form():
+    model = _Scaled().eval()
+    a, b = _pair(2)
+    a2, b2 = _pair(2, seed=5)
+    scale = torch.tensor([1.0, 2.0])
+    sa = SimilarityAttribution(model, similarity="dot")
+    ma, mb = sa.per_dim_maps((a, a2), (b, b2), additional_forward_args=scale)
+    # the inputs as source: tuples in, tuples out (every input, not only the first)
+    assert isinstance(ma, tuple) and isinstance(mb, tuple) and len(ma) == len(mb) == 2
+    refs_a = _per_dim_reference(model, (a, a2), (scale,))
+    refs_b = _per_dim_reference(model, (b, b2), (scale,))
+    assert all(r.abs().max() > 1e-5 for r in refs_a + refs_b)
+    for got, ref in zip(list(ma) + list(mb), refs_a + refs_b):
+        assert got.shape == (2, 6, 8, 8)
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+    m = sa.correspondence((a, a2), (b, b2), additional_forward_args=scale)
+    assert isinstance(m, tuple) and len(m) == 2 and all(isinstance(row, tuple) and len(row) == 2 for row in m)
+    for i in range(2):
+        for j in range(2):
+            ref = torch.einsum("ndp,ndq->npq", refs_a[i].flatten(2), refs_b[j].flatten(2))
+            assert m[i][j].shape == (2, 64, 64)
+            torch.testing.assert_close(m[i][j], ref, rtol=1e-4, atol=1e-6)
+    # a source layer: the layer's own form (one output tensor -> a tensor), whatever the inputs
+    sl = SimilarityAttribution(model, layer="enc.3", similarity="dot", upsample=None)
+    la, lb = sl.per_dim_maps((a, a2), (b, b2), additional_forward_args=scale)
+    assert isinstance(la, torch.Tensor) and la.shape == (2, 6, 8, 8) and isinstance(lb, torch.Tensor)
+    assert isinstance(sl.correspondence((a, a2), (b, b2), additional_forward_args=scale), torch.Tensor)
+    ta, tb = sl.attribute((a, a2), (b, b2), additional_forward_args=scale)
+    assert isinstance(ta, torch.Tensor) and ta.shape == (2, 8, 8) and isinstance(tb, torch.Tensor)
+    # a tensor side and a tuple side: one level of tuples, for the tuple side
+    two = SimilarityAttribution(_encoder(), model_b=model, similarity="dot")
+    mixed = two.correspondence(a, (b, b2), additional_forward_args_b=(scale,))
+    assert isinstance(mixed, tuple) and len(mixed) == 2 and mixed[1].shape == (2, 64, 64)
+    ref_a = _per_dim_reference(_encoder(), (a,), ())[0]
+    ref = torch.einsum("ndp,ndq->npq", ref_a.flatten(2), refs_b[1].flatten(2))
+    torch.testing.assert_close(mixed[1], ref, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- per-tower transforms
+class _ChannelsLastTower(nn.Module):
+    """Conv stem, then a channels-last linear stage (N, H, W, C), mean-pooled to an embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.mlp = nn.Linear(4, 5)
+        self.head = nn.Linear(5, 6)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.mlp(self.conv(x).permute(0, 2, 3, 1))).mean((1, 2)))
+
+
+def _tower_references(image, text, a, tokens, scale, similarity):
+    """Plain autograd: F * ds/dF at image.mlp (N, H, W, C) and at text.lookup (N, L, E)."""
+    fa = image.mlp(image.conv(a).permute(0, 2, 3, 1)).detach().requires_grad_(True)
+    za = image.head(torch.relu(fa).mean((1, 2)))
+    emb = text.lookup(tokens).detach().requires_grad_(True)
+    zb = text.proj(emb.mean(1)) * scale[:, None]
+    ga, gb = torch.autograd.grad(_score(za, zb, similarity).sum(), (fa, emb))
+    return (fa * ga).detach(), (emb * gb).detach()
+
+
+def test_tower_reshape_transforms_one_per_tower():
+    import warnings
+
+    from captum_concepts.attr import channels_last
+
+    image, text = _ChannelsLastTower().eval(), _TextTower().eval()
+    a, _ = _pair(3)
+    tokens = torch.randint(0, 20, (3, 4))
+    scale = torch.tensor([1.0, 2.0, 0.5])
+    ra, rb = _tower_references(image, text, a, tokens, scale, "cosine")
+    assert ra.abs().max() > 1e-5 and rb.abs().max() > 1e-5
+    towers = dict(model=image, layer="mlp", model_b=text, layer_b="lookup", upsample=None)
+    # reshape_transform: every source layer of both towers -> per-token maps (N, L) on side b
+    sa = SimilarityAttribution(**towers, reshape_transform=channels_last)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no layout warning: both layers are read channels-last
+        ma, mb = sa.attribute(a, tokens, additional_forward_args_b=(scale,))
+    torch.testing.assert_close(ma, ra.sum(-1), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(mb, rb.sum(-1), rtol=1e-4, atol=1e-6)
+    # one per tower: channels-last on the image tower only, side b read as (N, C=L, E)
+    sa = SimilarityAttribution(**towers, tower_reshape_transforms=(channels_last, None))
+    with pytest.warns(UserWarning, match="looks channels-last"):
+        ma, mb = sa.attribute(a, tokens, additional_forward_args_b=(scale,))
+    torch.testing.assert_close(ma, ra.sum(-1), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(mb, rb.sum(1), rtol=1e-4, atol=1e-6)
+    pa, pb = sa.per_dim_maps(a, tokens, additional_forward_args_b=(scale,))
+    assert pa.shape == (3, 6, 8, 8) and pb.shape == (3, 6, 5)
+    # the former two-item list still means one per tower, with a DeprecationWarning
+    with pytest.warns(DeprecationWarning, match="tower_reshape_transforms=\\(for_a, for_b\\)"):
+        old = SimilarityAttribution(**towers, reshape_transform=[channels_last, None])
+    with pytest.warns(UserWarning, match="looks channels-last"):
+        oa, ob = old.attribute(a, tokens, additional_forward_args_b=(scale,))
+    torch.testing.assert_close(oa, ma)
+    torch.testing.assert_close(ob, mb)
+
+
+def test_tower_reshape_transforms_bad_uses_name_the_argument():
+    from captum_concepts.attr import channels_last
+
+    enc = _encoder()
+    with pytest.raises(ValueError, match="tower_reshape_transforms needs two towers"):
+        SimilarityAttribution(enc, layer="1", tower_reshape_transforms=(None, None))
+    towers = dict(model=enc, layer="1", model_b=_TextTower(), layer_b="lookup")
+    with pytest.raises(ValueError, match="not both"):
+        SimilarityAttribution(
+            **towers, reshape_transform=channels_last, tower_reshape_transforms=(None, None)
+        )
+    with pytest.raises(ValueError, match="expected one per tower \\(2\\)"):
+        SimilarityAttribution(**towers, tower_reshape_transforms=[None, None, None])
+    with pytest.raises(TypeError, match="tower_reshape_transforms\\[0\\] must be None or a callable"):
+        SimilarityAttribution(**towers, tower_reshape_transforms=("channels_last", None))
+    with pytest.raises(TypeError, match="tower_reshape_transforms must be a pair"):
+        SimilarityAttribution(**towers, tower_reshape_transforms=channels_last)
+    with pytest.raises(ValueError, match="reshape_transform is a list of 2 entries, expected one per layer"):
+        SimilarityAttribution(enc, layer="1", reshape_transform=[None, None])  # shared: one layer

@@ -1,53 +1,230 @@
-"""Applying ``reshape_transform``s (pytorch-grad-cam's convention) and spotting channels-last layers.
+"""Layer layouts, in one place: bring a layer's output to ``(N, C, *S)`` (pytorch-grad-cam's
+``reshape_transform``), expand "one value or one per layer", apply every transform with its
+output checked, and spot channels-last layers.
 
-A ``reshape_transform`` takes a layer's output ``(N, ...)`` and returns ``(N, C, *S)``; the public
-ready-made ones are in :mod:`captum_concepts.attr` (``tokens_to_grid``, ``channels_last``).
+Every class that reads a layer's output spatially (``EmbeddingAttribution``, the score curves,
+``CoupledNMFConcepts(pool=...)``, ``SimilarityAttribution``) takes its channels from dimension 1
+and its spatial positions from the dimensions after it. Layers of other layouts -- the tokens of
+a vision transformer ``(N, 1 + T, C)``, the channels-last stages of Swin ``(N, H, W, C)``, a text
+model's token embeddings ``(N, L, E)`` -- need a ``reshape_transform``: a callable that takes the
+layer's output ``(N, ...)`` and returns ``(N, C, *S)``, the convention of pytorch-grad-cam
+(Gildenblat et al.), so that transforms written for it work unchanged. It is applied to the
+activations and to the gradients alike (gradients are taken w.r.t. the raw layer output, then
+transformed).
+
+:func:`tokens_to_grid` and :func:`channels_last` cover the common cases (public, re-exported by
+:mod:`captum_concepts.attr`). The rest is private plumbing used by every caller:
+
+- :func:`expand_per_layer`: ``None``, one callable, or a list aligned with the layers -> one entry
+  per layer (the one place where "one callable or a list" is read);
+- :func:`apply_reshape`: the one place a transform is applied, with its output checked;
+  :func:`layer_transforms` binds each layer's transform to the layer's name, so that the bound
+  callable can be handed to code that calls it directly (forward mode's ``vjp``, shape probes)
+  and is still checked;
+- :func:`layout_hint`: a warning text for layers whose output is recognisably channels-last.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-__all__ = ["ReshapeTransform", "check_reshape_transforms", "apply_reshape", "layout_hint"]
+from .layers import layer_name
+from .validation import InvalidParameterError, check_int
+
+__all__ = [
+    "ReshapeTransform",
+    "tokens_to_grid",
+    "channels_last",
+    "expand_per_layer",
+    "apply_reshape",
+    "CheckedTransform",
+    "layer_transforms",
+    "layout_hint",
+]
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
+TransformSpec = Union[None, ReshapeTransform, Sequence[Optional[ReshapeTransform]]]
 
 
-def check_reshape_transforms(
-    reshape_transform: Union[None, ReshapeTransform, Sequence[Optional[ReshapeTransform]]],
-    n_layers: int,
-    argument: str = "reshape_transform",
-) -> List[Optional[ReshapeTransform]]:
-    """One transform (or None) per layer: a single callable is used for every layer."""
-    if reshape_transform is None or callable(reshape_transform):
-        return [reshape_transform] * n_layers
-    if isinstance(reshape_transform, (list, tuple)):
-        if len(reshape_transform) != n_layers:
-            raise ValueError(
-                f"{argument} is a list of {len(reshape_transform)} entries, expected one per layer "
-                f"({n_layers})"
+# ---------------------------------------------------------------------- the public transforms
+class tokens_to_grid:  # noqa: N801 - used like a function, as pytorch-grad-cam's transforms
+    """A ``reshape_transform`` for token layers: ``(N, k + T, C)`` -> ``(N, C, h, w)``.
+
+    Drops the first ``prefix_tokens`` tokens (``k``; ViT's class token: 1, DeiT's class and
+    distillation tokens: 2, a ViT with registers: ``1 + registers``) and lays the ``T`` remaining
+    patch tokens out on their ``h x w`` grid in row-major order, as torchvision's ViT creates them
+    (``conv_proj`` then ``flatten(2).transpose(1, 2)``).
+
+    Args:
+        prefix_tokens (int): tokens before the patch tokens. Default: 1.
+        grid_size (int or (int, int), optional): ``h`` (square) or ``(h, w)``. Default None:
+            inferred as ``h = w = sqrt(T)``; a ``T`` that is not a square raises ``ValueError``
+            asking for ``grid_size``.
+
+    Example::
+
+        >>> ea = EmbeddingAttribution(vit, embedding_layer="encoder.ln",
+        ...                           layer="encoder.layers.encoder_layer_5",
+        ...                           reshape_transform=tokens_to_grid(prefix_tokens=1))
+        >>> maps = ea.attribute(images)  # (N, H0, W0): the 14x14 patch grid upsampled
+    """
+
+    def __init__(self, prefix_tokens: int = 1, grid_size: Union[None, int, Sequence[int]] = None) -> None:
+        self.prefix_tokens = check_int(prefix_tokens, "prefix_tokens", low=0)
+        self.grid_size: Optional[Tuple[int, int]] = None
+        if grid_size is None:
+            return
+        if isinstance(grid_size, (list, tuple)) and len(grid_size) == 2:
+            h, w = (check_int(g, f"grid_size[{i}]", low=1) for i, g in enumerate(grid_size))
+        elif isinstance(grid_size, (list, tuple)):
+            raise InvalidParameterError(
+                f"grid_size must be a positive int or a pair (h, w) of them, got {len(grid_size)} entries"
             )
-        for i, fn in enumerate(reshape_transform):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{argument}[{i}] must be None or a callable, got {type(fn).__name__}")
-        return list(reshape_transform)
+        else:
+            h = w = check_int(grid_size, "grid_size", low=1)
+        self.grid_size = (h, w)
+
+    def __repr__(self) -> str:
+        return f"tokens_to_grid(prefix_tokens={self.prefix_tokens}, grid_size={self.grid_size})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, tokens_to_grid) and (
+            (self.prefix_tokens, self.grid_size) == (other.prefix_tokens, other.grid_size)
+        )
+
+    def __hash__(self) -> int:
+        return hash((tokens_to_grid, self.prefix_tokens, self.grid_size))
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        if t.dim() != 3:
+            raise ValueError(
+                f"tokens_to_grid expects token layer outputs (N, {self.prefix_tokens} + T, C), got shape "
+                f"{tuple(t.shape)}"
+            )
+        n_tokens = t.shape[1] - self.prefix_tokens
+        if n_tokens < 1:
+            raise ValueError(
+                f"tokens_to_grid(prefix_tokens={self.prefix_tokens}) leaves no patch tokens in an output of "
+                f"shape {tuple(t.shape)}"
+            )
+        if self.grid_size is None:
+            h = math.isqrt(n_tokens)
+            if h * h != n_tokens:
+                raise ValueError(
+                    f"tokens_to_grid: {n_tokens} patch tokens (shape {tuple(t.shape)} minus "
+                    f"{self.prefix_tokens} prefix tokens) do not form a square grid; pass "
+                    "grid_size=(h, w) or the right prefix_tokens"
+                )
+            h = w = h
+        else:
+            h, w = self.grid_size
+            if h * w != n_tokens:
+                raise ValueError(
+                    f"tokens_to_grid: grid_size={self.grid_size} holds {h * w} tokens, the layer output "
+                    f"{tuple(t.shape)} has {n_tokens} after {self.prefix_tokens} prefix tokens"
+                )
+        patches = t[:, self.prefix_tokens :]
+        return patches.reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """A ``reshape_transform`` for channels-last layers: ``(N, *S, C)`` -> ``(N, C, *S)``.
+
+    ``(N, H, W, C)`` -> ``(N, C, H, W)`` (Swin stages, ConvNeXt's inner ``LayerNorm`` /
+    ``Linear``) and ``(N, L, C)`` -> ``(N, C, L)`` (a text model's token embeddings or encoder
+    outputs: the maps are then one value per token, ``(N, L)``).
+    """
+    if not isinstance(t, torch.Tensor) or t.dim() < 3:
+        shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(
+            f"channels_last expects a channels-last layer output (N, *S, C) with at least one spatial "
+            f"dimension, got {shape}"
+        )
+    return t.movedim(-1, 1)
+
+
+# ---------------------------------------------------------------------- one entry per layer
+def _is_transform(value: Any) -> bool:
+    return value is None or callable(value)
+
+
+def expand_per_layer(
+    value: Any,
+    n: int,
+    name: str,
+    per: str = "layer",
+    single: Callable[[Any], bool] = _is_transform,
+    expected: str = "None or a callable (N, ...) -> (N, C, *S)",
+) -> List[Any]:
+    """``value`` as a list of ``n`` entries, one per layer (or per ``per``: ``"tower"``, ...).
+
+    A single entry (``single(value)``; by default None or a callable) is used for every layer; a
+    list or tuple must hold exactly ``n`` entries, each a single entry. This is the one reading of
+    "one value or a list aligned with the layers" in the package.
+
+    Args:
+        value: one entry or a list/tuple of ``n`` of them.
+        n (int): the number of layers.
+        name (str): the argument, named in errors.
+        per (str): what the list is aligned with, named in errors. Default ``"layer"``.
+        single (callable): whether a value is one entry. Default: None or a callable.
+        expected (str): what one entry is, for errors.
+
+    Returns:
+        list: ``n`` entries.
+
+    Raises:
+        ValueError: a list of the wrong length.
+        TypeError: an entry (or ``value``) that is neither a single entry nor a list of them.
+    """
+    if single(value):
+        return [value] * n
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{name} is a list of {len(value)} entries, expected one per {per} ({n})")
+        for i, entry in enumerate(value):
+            if not single(entry):
+                raise TypeError(f"{name}[{i}] must be {expected}, got {type(entry).__name__}")
+        return list(value)
     raise TypeError(
-        f"{argument} must be None, a callable (N, ...) -> (N, C, *S) or a list of them aligned with the "
-        f"layers, got {type(reshape_transform).__name__}"
+        f"{name} must be {expected}, or a list of them aligned with the {per}s, got {type(value).__name__}"
     )
 
 
+# ---------------------------------------------------------------------- applying a transform
 def apply_reshape(
-    fn: Optional[ReshapeTransform], t: torch.Tensor, lead: int = 1, what: str = "the layer"
+    fn: Optional[ReshapeTransform], t: torch.Tensor, lead: int = 1, what: Optional[str] = None
 ) -> torch.Tensor:
-    """``fn`` on ``t`` whose first ``lead`` dimensions are batch dimensions (e.g. ``(B, N, ...)``
-    gradients of ``B`` embedding dimensions): they are merged into one for the call."""
+    """``fn(t)``, checked: the one place a ``reshape_transform`` is applied.
+
+    The first ``lead`` dimensions of ``t`` are batch dimensions (e.g. ``(B, N, ...)`` gradients of
+    ``B`` embedding dimensions): they are merged into one for the call and split again after it.
+    ``fn`` may be a :class:`CheckedTransform` (it is unwrapped, its layer name used in errors).
+
+    Args:
+        fn (callable or None): the transform; None returns ``t`` unchanged.
+        t (Tensor): ``(*lead_dims, ...)``.
+        lead (int): how many leading batch dimensions ``t`` has. Default 1.
+        what (str, optional): the layer, for errors (default: the name bound to ``fn``, else
+            ``"the layer"``).
+
+    Returns:
+        Tensor: ``(*lead_dims, C, *S)``.
+
+    Raises:
+        ValueError: ``fn`` did not return a tensor of at least two dimensions with the batch size
+            of its input.
+    """
+    if isinstance(fn, CheckedTransform):
+        what = fn.what if what is None else what
+        fn = fn.fn
     if fn is None:
         return t
+    what = "the layer" if what is None else what
     lead_shape = t.shape[:lead]
     m = math.prod(lead_shape)
     out = fn(t.reshape(m, *t.shape[lead:]))
@@ -60,6 +237,43 @@ def apply_reshape(
     return out.reshape(*lead_shape, *out.shape[1:])
 
 
+class CheckedTransform:
+    """A ``reshape_transform`` bound to its layer's name: calling it is :func:`apply_reshape`.
+
+    Code that calls a transform directly (``torch.func.vjp(transform, raw)``, shape probes) gets
+    the same output check and error message as every other path.
+    """
+
+    def __init__(self, fn: ReshapeTransform, what: str) -> None:
+        self.fn = fn.fn if isinstance(fn, CheckedTransform) else fn  # bound once, whoever binds again
+        self.what = what
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        return apply_reshape(self.fn, t, 1, self.what)
+
+    def __repr__(self) -> str:
+        return f"CheckedTransform({self.fn!r}, {self.what!r})"
+
+
+def layer_transforms(
+    model: nn.Module,
+    layers: Sequence[Optional[nn.Module]],
+    reshape_transform: TransformSpec,
+    name: str = "reshape_transform",
+) -> List[Optional[CheckedTransform]]:
+    """One checked transform per entry of ``layers`` (None for an input source, ``layer=None``).
+
+    ``reshape_transform`` is read by :func:`expand_per_layer`; each transform is bound to its
+    layer's dotted name in ``model`` for errors.
+    """
+    fns = expand_per_layer(reshape_transform, len(layers), name)
+    return [
+        None if lay is None or fn is None else CheckedTransform(fn, f"layer {layer_name(model, lay)!r}")
+        for lay, fn in zip(layers, fns)
+    ]
+
+
+# ---------------------------------------------------------------------- channels-last layers
 _SKIPPED = (nn.Dropout, nn.Identity)
 
 

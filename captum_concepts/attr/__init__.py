@@ -2,10 +2,10 @@
 upsampling) and class-discriminative semantic saliency (:class:`SemanticGuidedBackprop`,
 :class:`SemanticGradientInput`)."""
 
+from .._utils.layout import channels_last, tokens_to_grid
 from ._core.aggregators import aggregate
 from ._core.embedding_attribution import EmbeddingAttribution
 from ._core.forward_mode import ForwardModeUnsupported, choose_strategy
-from ._core.reshape import channels_last, tokens_to_grid
 from ._core.semantic_saliency import SemanticGradientInput, SemanticGuidedBackprop, SemanticMaskSource
 from ._core.similarity import SimilarityAttribution
 from ._core.upsampling import upsample_maps

@@ -156,6 +156,7 @@ def run_user_command(args: argparse.Namespace) -> Path:
 
 def _reshape_transforms(presets: Optional[List[str]], layers: List[str]) -> Optional[List[Any]]:
     """``--reshape``: one preset for every layer or one per layer -> a reshape_transform per layer."""
+    from .._utils.layout import expand_per_layer
     from ..attr import channels_last, tokens_to_grid
 
     if presets is None:
@@ -166,7 +167,8 @@ def _reshape_transforms(presets: Optional[List[str]], layers: List[str]) -> Opti
             f"got {len(presets)}"
         )
     out = []
-    for preset in presets if len(presets) == len(layers) else presets * len(layers):
+    one = presets[0] if len(presets) == 1 else presets
+    for preset in expand_per_layer(one, len(layers), "--reshape", single=lambda p: isinstance(p, str)):
         if preset == "none":
             out.append(None)
         elif preset == "channels-last":

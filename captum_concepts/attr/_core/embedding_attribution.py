@@ -17,7 +17,7 @@ from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_
 from ..._utils.finite import check_finite_result
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layer, uncompiled
-from ..._utils.layout import ReshapeTransform, apply_reshape, check_reshape_transforms, layout_hint
+from ..._utils.layout import ReshapeTransform, apply_reshape, layer_transforms, layout_hint
 from ..._utils.validation import check_int
 from ..._utils.warn import warn_user
 from .aggregators import Aggregator, aggregate, check_aggregator, is_mean
@@ -225,10 +225,8 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         self.strategy = strategy
         self.eval_mode = bool(eval_mode)
         self.reshape_transform = reshape_transform
-        self._transforms = [
-            None if lay is None else fn
-            for lay, fn in zip(layers, check_reshape_transforms(reshape_transform, len(layers)))
-        ]
+        # one checked transform per source (None for the inputs): every call of one checks its output
+        self._transforms = layer_transforms(model, layers, reshape_transform)
 
     @property
     def multiplies_by_inputs(self) -> bool:

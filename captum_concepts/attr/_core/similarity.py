@@ -4,13 +4,17 @@ embeddings similar, and which part of one matches which part of the other.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..._utils.common import TensorOrTuple, check_batch, format_additional_args, format_inputs, restore_form
 from ..._utils.layers import LayerSpec, resolve_layer
+from ..._utils.layout import ReshapeTransform, expand_per_layer
+from ..._utils.validation import check_option, validated
+from ..._utils.warn import warn_user
 from .embedding_attribution import METHODS, EmbeddingAttribution
 from .layer_readout import Embedding, read_embeddings
 
@@ -143,9 +147,20 @@ class SimilarityAttribution:
         similarity (str): ``"cosine"`` (default) or ``"dot"``.
         model_b, embedding_layer_b, layer_b: the second tower (see above). ``embedding_layer_b``
             and ``layer_b`` default to ``embedding_layer`` / ``layer`` when ``model_b`` is None.
+        reshape_transform (callable or None): brings the source layer's output to ``(N, C, *S)``
+            (pytorch-grad-cam's convention; see :func:`~captum_concepts.attr.tokens_to_grid`),
+            as in :class:`EmbeddingAttribution`; applied to the source layer of both sides (of
+            both towers with ``model_b``). Default None.
+        tower_reshape_transforms (pair of callables or None): with two towers, one transform
+            per tower, ``(for_a, for_b)`` (either may be None), instead of
+            ``reshape_transform``. Default None.
         **kwargs: passed to :class:`EmbeddingAttribution` (``upsample``, ``strategy``,
-            ``eval_mode``, ``reshape_transform``, ``attribute_to_layer_input``); with two towers a
-            list ``reshape_transform=[for_a, for_b]`` gives one per tower.
+            ``eval_mode``, ``attribute_to_layer_input``).
+
+    ``reshape_transform`` keeps the meaning it has in pytorch-grad-cam and everywhere in this
+    package (one transform for every layer explained; a list would be one per layer), so the
+    per-tower pair has its own argument. The former ``reshape_transform=[for_a, for_b]`` with two
+    towers still means ``tower_reshape_transforms=(for_a, for_b)``, with a ``DeprecationWarning``.
 
     ``multiplies_by_inputs`` is True except for ``"gradient"``. The model is never modified:
     hooks and flags go through :class:`~captum_concepts._utils.hooks.ModelGuard`.
@@ -167,16 +182,16 @@ class SimilarityAttribution:
         model_b: Optional[nn.Module] = None,
         embedding_layer_b: Optional[LayerSpec] = None,
         layer_b: Optional[LayerSpec] = None,
+        reshape_transform: Optional[ReshapeTransform] = None,
+        tower_reshape_transforms: Optional[Sequence[Optional[ReshapeTransform]]] = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if model_b is not None and not isinstance(model_b, nn.Module):
             raise TypeError(f"model_b must be a torch.nn.Module or None, got {type(model_b).__name__}")
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        check_option(method, "method", METHODS)
+        check_option(similarity, "similarity", SIMILARITIES)
         for key in ("channel_aggregator", "embedding_aggregator", "embedding_layer", "layer"):
             if key in kwargs:
                 raise TypeError(f"SimilarityAttribution() got an unexpected keyword argument {key!r}")
@@ -207,26 +222,28 @@ class SimilarityAttribution:
             )
         self.method = method
         self.similarity = similarity
+        self.reshape_transform = reshape_transform
+        self.tower_reshape_transforms = tower_reshape_transforms
+        self._transforms = _per_tower(self.shared, reshape_transform, tower_reshape_transforms)
         self.kwargs = dict(kwargs)
         # validate the EmbeddingAttribution options once, here
-        EmbeddingAttribution(
-            model,
-            embedding_layer=self.embedding_layer,
-            layer=self.layer,
-            method=method,
-            **self._tower_kwargs(0),
-        )
+        self._explainer(model, self.layer, self._transforms[0], embedding_layer=self.embedding_layer)
 
     @property
     def multiplies_by_inputs(self) -> bool:
         return self.method != "gradient"
 
-    def _tower_kwargs(self, side: int) -> Dict[str, Any]:
-        kwargs = dict(self.kwargs)
-        transform = kwargs.get("reshape_transform")
-        if not self.shared and isinstance(transform, (list, tuple)) and len(transform) == 2:
-            kwargs["reshape_transform"] = transform[side]
-        return kwargs
+    def _explainer(
+        self, model: nn.Module, layer: Any, transform: Any, **options: Any
+    ) -> EmbeddingAttribution:
+        """The :class:`EmbeddingAttribution` of one side (or of the pair objective), channel-summed."""
+        return EmbeddingAttribution(
+            model,
+            layer=layer,
+            method=self.method,
+            reshape_transform=transform,
+            **{"channel_aggregator": _channel_sum, **self.kwargs, **options},
+        )
 
     def _towers(self) -> List[Embedding]:
         if self.shared:
@@ -236,7 +253,8 @@ class SimilarityAttribution:
             Embedding(self.model_b, self.embedding_layer_b, "embedding_layer_b"),
         ]
 
-    def _pair(self, inputs_a: TensorOrTuple, inputs_b: TensorOrTuple):
+    def _pair(self, inputs_a: TensorOrTuple, inputs_b: TensorOrTuple, extra_a: Any, extra_b: Any) -> _Pair:
+        """The one prelude of every entry: both sides checked, their extra arguments, the batch plan."""
         xa, a_tuple = format_inputs(inputs_a, "inputs_a")
         xb, b_tuple = format_inputs(inputs_b, "inputs_b")
         n = check_batch(xa, "inputs_a")
@@ -254,16 +272,19 @@ class SimilarityAttribution:
                 "inputs_a and inputs_b have different shapes, so the shared encoder must run twice and "
                 "layer would run twice per forward pass; use layer=None, or pad the inputs to one shape"
             )
-        return xa, xb, a_tuple, b_tuple, n, stacked
+        a = format_additional_args(extra_a)
+        b = a if extra_b is None else format_additional_args(extra_b)
+        return _Pair(xa, xb, a_tuple, b_tuple, n, stacked, a, b, extra_b is not None)
 
     # ------------------------------------------------------------------ public
+    @validated(grad=True)
     def attribute(
         self,
         inputs_a: TensorOrTuple,
         inputs_b: TensorOrTuple,
         additional_forward_args: Any = None,
         additional_forward_args_b: Any = None,
-    ):
+    ) -> Tuple[Any, Any]:
         r"""Maps of the contribution of each position of ``a`` and of ``b`` to ``s(z(a), z(b))``.
 
         Args:
@@ -275,50 +296,35 @@ class SimilarityAttribution:
             additional_forward_args_b (Any, optional): extra forward arguments for side ``b``.
 
         Returns:
-            ``(maps_a, maps_b)``: each a tensor ``(N, *S0)`` (the spatial shape of that side's
-            first input; the layer resolution with ``upsample=None``; ``(N,)`` for a dense
-            source), or a tuple of them for tuple inputs with ``layer=None``.
+            ``(maps_a, maps_b)``, each side in Captum's form. The inputs as source
+            (``layer=None``): tuples in, tuples out (a tensor ``(N, *S)`` for a tensor input,
+            ``S`` its spatial shape, ``(N,)`` for a dense input; a tuple of them for tuple
+            inputs). A source layer: what the layer outputs, whatever the form of the inputs (a
+            tensor ``(N, *S0)`` for a layer with one output tensor, ``S0`` the spatial shape of
+            that side's first input, or the layer resolution with ``upsample=None``; a tuple of
+            them for a layer with several output tensors).
         """
-        xa, xb, a_tuple, b_tuple, n, stacked = self._pair(inputs_a, inputs_b)
-        extra_a, extra_b = _extras(additional_forward_args, additional_forward_args_b)
+        p = self._pair(inputs_a, inputs_b, additional_forward_args, additional_forward_args_b)
         towers = self._towers()
-        objective = _PairObjective(towers, self.similarity, stacked, len(xa))
-        if stacked:
-            if additional_forward_args_b is not None:
-                extra_a = tuple(
-                    torch.cat([a, b]) if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) else a
-                    for a, b in zip(extra_a, extra_b)
-                )
-            else:
-                extra_a = _repeat_batch_args(extra_a, n)
-        objective.extra = (extra_a, extra_b)
-        layers: List[Optional[nn.Module]] = [self.layer] if stacked else [self.layer, self.layer_b]
-        kwargs = dict(self.kwargs)
-        if not self.shared and isinstance(kwargs.get("reshape_transform"), tuple):
-            kwargs["reshape_transform"] = list(kwargs["reshape_transform"])
-        ea = EmbeddingAttribution(
-            objective,
-            layer=layers,
-            method=self.method,
-            channel_aggregator=_channel_sum,
-            embedding_aggregator="mean",
-            **kwargs,
-        )
+        objective = _PairObjective(towers, self.similarity, p.stacked, len(p.xa))
+        objective.extra = p.objective_extra()
+        if p.stacked:
+            ea = self._explainer(objective, [self.layer], [self._transforms[0]], embedding_aggregator="mean")
+        else:
+            layers = [self.layer, self.layer_b]
+            ea = self._explainer(objective, layers, list(self._transforms), embedding_aggregator="mean")
         with read_embeddings(towers):
-            if stacked:
-                x = tuple(torch.cat([ta, tb]) for ta, tb in zip(xa, xb))
+            if p.stacked:
+                x = tuple(torch.cat([ta, tb]) for ta, tb in zip(p.xa, p.xb))
                 (maps,) = ea.attribute(x)
-                parts = maps if isinstance(maps, tuple) else (maps,)
-                maps_a = tuple(m[:n] for m in parts)
-                maps_b = tuple(m[n:] for m in parts)
+                parts = _as_tuple(maps)
+                maps_a = tuple(m[: p.n] for m in parts)
+                maps_b = tuple(m[p.n :] for m in parts)
             else:
-                got_a, got_b = ea.attribute(tuple(xa) + tuple(xb))
-                maps_a = got_a[: len(xa)] if self.layer is None else _as_tuple(got_a)
-                maps_b = got_b[len(xa) :] if self.layer_b is None else _as_tuple(got_b)
-        return (
-            restore_form(maps_a, a_tuple if self.layer is None else len(maps_a) > 1),
-            restore_form(maps_b, b_tuple if self.layer_b is None else len(maps_b) > 1),
-        )
+                got_a, got_b = ea.attribute(tuple(p.xa) + tuple(p.xb))
+                maps_a = got_a[: len(p.xa)] if self.layer is None else got_a
+                maps_b = got_b[len(p.xa) :] if self.layer_b is None else got_b
+        return _form(maps_a, self.layer, p.a_tuple), _form(maps_b, self.layer_b, p.b_tuple)
 
     def similarity_scores(
         self,
@@ -328,16 +334,16 @@ class SimilarityAttribution:
         additional_forward_args_b: Any = None,
     ) -> torch.Tensor:
         """``s(z(a_i), z(b_i))`` for every pair, ``(N,)`` (no gradients)."""
-        za, zb = self._embeddings(inputs_a, inputs_b, additional_forward_args, additional_forward_args_b)
+        p = self._pair(inputs_a, inputs_b, additional_forward_args, additional_forward_args_b)
+        za, zb = self._embeddings(p)
         return _similarity(za, zb, self.similarity)
 
-    def _embeddings(self, inputs_a, inputs_b, extra_a, extra_b) -> Tuple[torch.Tensor, torch.Tensor]:
-        xa, xb, _, _, _, _ = self._pair(inputs_a, inputs_b)
-        extra_a, extra_b = _extras(extra_a, extra_b)
+    def _embeddings(self, p: _Pair) -> Tuple[torch.Tensor, torch.Tensor]:
         towers = self._towers()
         with read_embeddings(towers, eval_mode=self.kwargs.get("eval_mode", True)), torch.no_grad():
-            return towers[0].read(xa, extra_a), towers[-1].read(xb, extra_b)
+            return towers[0].read(p.xa, p.extra_a), towers[-1].read(p.xb, p.extra_b)
 
+    @validated(grad=True)
     def per_dim_maps(
         self,
         inputs_a: TensorOrTuple,
@@ -345,39 +351,35 @@ class SimilarityAttribution:
         additional_forward_args: Any = None,
         additional_forward_args_b: Any = None,
         **attribute_kwargs: Any,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> Tuple[Any, Any]:
         r"""Per-dimension maps ``m_d(p)`` of both sides (``D`` gradients per side), channel-summed.
 
-        Returns ``(m_a, m_b)`` of shape ``(N, D, *S)`` each, at the source resolution (no
-        upsampling); for tuple inputs with ``layer=None`` only the first input's maps.
         ``attribute_kwargs`` go to :meth:`EmbeddingAttribution.attribute` (``embedding_dims``,
         ``internal_batch_size``, ``show_progress``).
+
+        Returns:
+            ``(m_a, m_b)``, each ``(N, D, *S)`` at the source resolution (no upsampling), in the
+            form of :meth:`attribute`: a tuple of them for tuple inputs with ``layer=None`` (one
+            per input) and for a source layer with several output tensors.
         """
-        xa, xb, _, _, _, _ = self._pair(inputs_a, inputs_b)
-        extra_a, extra_b = _extras(additional_forward_args, additional_forward_args_b)
+        p = self._pair(inputs_a, inputs_b, additional_forward_args, additional_forward_args_b)
+        return self._per_dim(p, attribute_kwargs)
+
+    def _per_dim(self, p: _Pair, attribute_kwargs: Any) -> Tuple[Any, Any]:
+        sides = [
+            (self.model, self.embedding_layer, self.layer, p.xa, p.extra_a, p.a_tuple),
+            (self.model_b, self.embedding_layer_b, self.layer_b, p.xb, p.extra_b, p.b_tuple),
+        ]
         out = []
-        for side, (model, emb, lay, x, extra) in enumerate(
-            [
-                (self.model, self.embedding_layer, self.layer, xa, extra_a),
-                (self.model_b, self.embedding_layer_b, self.layer_b, xb, extra_b),
-            ]
-        ):
-            kwargs = self._tower_kwargs(side)
-            kwargs["upsample"] = None
-            ea = EmbeddingAttribution(
-                model,
-                embedding_layer=emb,
-                layer=lay,
-                method=self.method,
-                channel_aggregator=_channel_sum,
-                **kwargs,
-            )
+        for (model, emb, lay, x, extra, was_tuple), transform in zip(sides, self._transforms):
+            ea = self._explainer(model, lay, transform, embedding_layer=emb, upsample=None)
             maps = ea.attribute(
                 x, additional_forward_args=extra or None, return_per_dim=True, **attribute_kwargs
             )
-            out.append(maps[0] if isinstance(maps, tuple) else maps)
+            out.append(_form(maps, lay, was_tuple))
         return out[0], out[1]
 
+    @validated(grad=True)
     def correspondence(
         self,
         inputs_a: TensorOrTuple,
@@ -385,7 +387,7 @@ class SimilarityAttribution:
         additional_forward_args: Any = None,
         additional_forward_args_b: Any = None,
         **attribute_kwargs: Any,
-    ) -> torch.Tensor:
+    ) -> Any:
         r"""Correspondence maps ``M(p, q)``: how much position ``p`` of ``a`` and ``q`` of ``b``
         together contribute to the similarity (second order, as BiLRP, Eberle et al. 2022)::
 
@@ -401,24 +403,100 @@ class SimilarityAttribution:
 
         Returns:
             Tensor ``(N, P_a, P_b)`` with ``P`` the number of source positions (spatial
-            dimensions flattened row-major; 1 for a dense source).
+            dimensions flattened row-major; 1 for a dense source) when each side's maps are one
+            tensor. When a side's maps are a tuple (tuple inputs with ``layer=None``, or a layer
+            with several outputs; see :meth:`per_dim_maps`), that side becomes a level of tuples,
+            as in ``torch.autograd.functional.jacobian``: ``M[i]`` for a tuple on side ``a``
+            only, ``M[j]`` for side ``b`` only, ``M[i][j]`` ``(N, P_a_i, P_b_j)`` for both; the
+            sums above then run over all the blocks of a side.
         """
-        ma, mb = self.per_dim_maps(
-            inputs_a, inputs_b, additional_forward_args, additional_forward_args_b, **attribute_kwargs
-        )
-        n, d = ma.shape[:2]
-        fa, fb = ma.reshape(n, d, -1), mb.reshape(n, d, -1)
-        m = torch.einsum("ndp,ndq->npq", fa, fb)
+        p = self._pair(inputs_a, inputs_b, additional_forward_args, additional_forward_args_b)
+        ma, mb = self._per_dim(p, attribute_kwargs)
+        scale = None
         if self.similarity == "cosine":
-            za, zb = self._embeddings(inputs_a, inputs_b, additional_forward_args, additional_forward_args_b)
-            m = m * _inverse((za.norm(dim=1) * zb.norm(dim=1)).to(m.dtype))[:, None, None]
-        return m
+            za, zb = self._embeddings(p)
+            scale = _inverse(za.norm(dim=1) * zb.norm(dim=1))
+        rows = tuple(
+            restore_form(tuple(_correspondence(fa, fb, scale) for fb in _as_tuple(mb)), isinstance(mb, tuple))
+            for fa in _as_tuple(ma)
+        )
+        return restore_form(rows, isinstance(ma, tuple))
 
 
-def _extras(extra_a: Any, extra_b: Any) -> Tuple[Tuple[Any, ...], Tuple[Any, ...]]:
-    """Side ``b`` uses side ``a``'s extra forward arguments unless it has its own."""
-    a = format_additional_args(extra_a)
-    return a, (a if extra_b is None else format_additional_args(extra_b))
+@dataclass
+class _Pair:
+    """Both sides of a call, checked: inputs as tuples, whether each was a tuple, ``N``, whether the
+    pair runs as one stacked batch, and each side's extra forward arguments (``own_b``: side ``b``
+    has its own)."""
+
+    xa: Tuple[torch.Tensor, ...]
+    xb: Tuple[torch.Tensor, ...]
+    a_tuple: bool
+    b_tuple: bool
+    n: int
+    stacked: bool
+    extra_a: Tuple[Any, ...]
+    extra_b: Tuple[Any, ...]
+    own_b: bool
+
+    def objective_extra(self) -> Tuple[Tuple[Any, ...], Tuple[Any, ...]]:
+        """The extra arguments of :class:`_PairObjective`: for the stacked batch ``[a; b]``, side
+        ``b``'s own tensors appended to side ``a``'s, else Captum's repetition of ``a``'s."""
+        if not self.stacked:
+            return self.extra_a, self.extra_b
+        if not self.own_b:
+            return _repeat_batch_args(self.extra_a, self.n), self.extra_b
+        both = tuple(
+            torch.cat([a, b]) if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) else a
+            for a, b in zip(self.extra_a, self.extra_b)
+        )
+        return both, self.extra_b
+
+
+def _correspondence(ma: torch.Tensor, mb: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
+    """Block ``M = c sum_d m_d^a(p) m_d^b(q)``: ``(N, D, *S_a)``, ``(N, D, *S_b)`` -> ``(N, P_a, P_b)``"""
+    n, d = ma.shape[:2]
+    m = torch.einsum("ndp,ndq->npq", ma.reshape(n, d, -1), mb.reshape(n, d, -1))
+    return m if scale is None else m * scale.to(m.dtype)[:, None, None]
+
+
+def _per_tower(
+    shared: bool, reshape_transform: Any, tower_reshape_transforms: Any
+) -> List[Optional[ReshapeTransform]]:
+    """``(for_a, for_b)``: ``reshape_transform`` for both towers, or ``tower_reshape_transforms``."""
+    if tower_reshape_transforms is not None:
+        if shared:
+            raise ValueError(
+                "tower_reshape_transforms needs two towers (model_b); with a shared encoder both sides run "
+                "the same layer: pass reshape_transform"
+            )
+        if reshape_transform is not None:
+            raise ValueError(
+                "pass reshape_transform (for both towers) or tower_reshape_transforms (one per tower), "
+                "not both"
+            )
+        if not isinstance(tower_reshape_transforms, (list, tuple)):
+            raise TypeError(
+                "tower_reshape_transforms must be a pair (for_a, for_b) of None or callables, got "
+                f"{type(tower_reshape_transforms).__name__}"
+            )
+        return expand_per_layer(tower_reshape_transforms, 2, "tower_reshape_transforms", per="tower")
+    if not shared and isinstance(reshape_transform, (list, tuple)) and len(reshape_transform) == 2:
+        warn_user(
+            "SimilarityAttribution(reshape_transform=[for_a, for_b]) with two towers is deprecated: pass "
+            "tower_reshape_transforms=(for_a, for_b); reshape_transform is one transform for both towers",
+            DeprecationWarning,
+        )
+        return expand_per_layer(reshape_transform, 2, "reshape_transform", per="tower")
+    (transform,) = expand_per_layer(reshape_transform, 1, "reshape_transform")
+    return [transform, transform]
+
+
+def _form(maps: Any, layer: Optional[nn.Module], was_tuple: bool) -> Any:
+    """Captum's rule: the inputs as source keep the inputs' form; a layer gives a tensor for one output
+    tensor and a tuple for several, whatever the inputs."""
+    maps = _as_tuple(maps)
+    return restore_form(maps, was_tuple if layer is None else len(maps) > 1)
 
 
 def _resolve(model: nn.Module, layer: Optional[LayerSpec], argument: str) -> Optional[nn.Module]:
@@ -426,4 +504,4 @@ def _resolve(model: nn.Module, layer: Optional[LayerSpec], argument: str) -> Opt
 
 
 def _as_tuple(maps: Any) -> Tuple[torch.Tensor, ...]:
-    return maps if isinstance(maps, tuple) else (maps,)
+    return tuple(maps) if isinstance(maps, (tuple, list)) else (maps,)

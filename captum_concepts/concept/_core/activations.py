@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..._utils.batches import Batch, iter_batches
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layers, uncompiled
-from ..._utils.layout import apply_reshape, check_reshape_transforms, layout_hint
+from ..._utils.layout import apply_reshape, expand_per_layer, layout_hint
 from ..._utils.warn import warn_user
 
 __all__ = ["POOLS", "CollectedBlocks", "stream_layer_outputs", "pool_rows", "collect_blocks"]
@@ -151,7 +151,7 @@ def collect_blocks(
         if model is None:
             raise ValueError("layers were given but model is None; pass the model whose layers to read")
         model = uncompiled(model)
-        transforms = check_reshape_transforms(reshape_transform, len(layers))
+        transforms = expand_per_layer(reshape_transform, len(layers), "reshape_transform")
         modules = resolve_layers(model, list(layers), argument="layers")
         names = [layer_name(model, m) or f"layer{j}" for j, m in enumerate(modules)]
         if len({id(m) for m in modules}) != len(modules):

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..._utils import distributed as dist_utils
 from ..._utils.layers import LayerSpec, resolve_layers
-from ..._utils.layout import check_reshape_transforms
+from ..._utils.layout import expand_per_layer
 from ..._utils.persistence import PathLike
 from ..._utils.validation import (
     NONE,
@@ -302,7 +302,7 @@ class CoupledNMFConcepts(BaseEstimator):
         inputs, matrices and stores (None: checked once known).
         """
         validate_params(self)
-        check_reshape_transforms(self.reshape_transform, len(self.layers or ()))
+        expand_per_layer(self.reshape_transform, len(self.layers or ()), "reshape_transform")
         if self.out_of_core is not None:
             self.out_of_core.check()
         if not isinstance(self.block_weights, (type(None), str)) and n_blocks is not None:
