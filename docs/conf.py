@@ -37,6 +37,7 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # ships MathJax 3 in _static/mathjax: formulas render without a network
     "sphinx.ext.viewcode",
     "myst_nb",
 ]
