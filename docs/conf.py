@@ -13,6 +13,7 @@ line's ``--help`` texts, and copies of the executed tutorial notebooks.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import pkgutil
 import re
@@ -35,6 +36,7 @@ release = version = captum_concepts.__version__
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
+    "sphinx.ext.intersphinx",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx-mathjax-offline",  # ships MathJax 3 in _static/mathjax: formulas render without a network
@@ -61,6 +63,30 @@ autodoc_preserve_defaults = True
 autosummary_generate = True
 autosummary_ignore_module_all = False
 add_module_names = False
+
+# Every cross-reference must resolve: a dead one fails the build (with -W).
+nitpicky = True
+nitpick_ignore_regex = [
+    # Google-style type fields are prose ("Tensor or tuple of Tensors, optional", "callable or
+    # attribution object", '"data", None or (lo, hi)'); Sphinx looks up every word of them as a class.
+    # Lower-case words, phrases, quoted values and shapes are prose, never names of objects.
+    ("py:class", r"[a-z][a-z_]*"),
+    ("py:class", r".*[ \"'/()-].*"),
+]
+# External names link to the projects' own documentation through inventories shipped in
+# docs/_inventories/ (the build runs offline); docs/_inventories/make_inventories.py writes them.
+intersphinx_mapping = {
+    project: (url, f"_inventories/{project}.inv")
+    for project, url in {
+        "python": "https://docs.python.org/3/",
+        "torch": "https://pytorch.org/docs/stable/",
+        "captum": "https://captum.ai/api/",
+        "numpy": "https://numpy.org/doc/stable/",
+        "sklearn": "https://scikit-learn.org/stable/",
+        "matplotlib": "https://matplotlib.org/stable/",
+    }.items()
+}
+intersphinx_disabled_reftypes = ["std:doc"]
 
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
@@ -195,8 +221,60 @@ def skip_member(app, what, name, obj, skip, options):
     return None
 
 
+def is_internal(target: str) -> bool:
+    """Whether ``target`` names an object of a private module of the package (``_core``, ``_utils``).
+
+    Only for names that exist: ``captum_concepts._utils.hooks.ModelGuard`` or a short name such as
+    ``ModelGuard`` or ``choose_strategy`` defined in one of the package's private modules.
+    """
+    parts = target.split(".")
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("captum_concepts") or module is None:
+            continue
+        private = any(p.startswith("_") and p != "__init__" for p in name.split("."))
+        for start in ([len(name.split("."))] if target.startswith(name + ".") else [0]):
+            obj = module
+            for attr in parts[start:]:
+                obj = getattr(obj, attr, None)
+                if obj is None:
+                    break
+            defined_here = not (inspect.isclass(obj) or inspect.isroutine(obj)) or obj.__module__ == name
+            if obj is not None and private and defined_here:  # not a re-export of a public name
+                return True
+    return False
+
+
+def resolve_reference(app, env, node, contnode):
+    """Resolve a short cross-reference the Python domain did not find, or render an internal one.
+
+    Docstrings write ``:class:`EmbeddingAttribution``` or ``:meth:`SimilarityAttribution.attribute```
+    from inside another module. Such a name links to the one documented object whose full name
+    ends with it; a name that ends no documented object, or several, stays a dead reference (and
+    fails the build). A reference to an internal helper (defined in a private module, which the
+    site does not document) is shown as code without a link.
+    """
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"].lstrip("~.")
+    domain = env.get_domain("py")
+    found = [name for name in domain.objects
+             if (name == target or name.endswith("." + target)) and not domain.objects[name].aliased]
+    if len(found) > 1:  # ``:meth:`attribute``` in a class's docstring: that class's method
+        scope = ".".join(p for p in (node.get("py:module"), node.get("py:class")) if p)
+        found = [name for name in found if scope and name == f"{scope}.{target}"]
+    if len(found) == 1:
+        from sphinx.util.nodes import make_refnode
+
+        entry = domain.objects[found[0]]
+        return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, found[0])
+    if not found and is_internal(target):
+        return contnode
+    return None
+
+
 def setup(app):
     app.connect("autodoc-skip-member", skip_member)
+    app.connect("missing-reference", resolve_reference, priority=900)
 
 
 api_pages()

@@ -152,8 +152,10 @@ def visualize_embedding_attributions(
             ``{aggregator: [map per layer]}``; mapping keys give the labels.
         original_image: optional ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)`` image shown first in
             every row.
-        aggregators, layers: row / column labels (taken from a mapping's keys when omitted).
-        Other arguments: as in :func:`visualize_attribution_grid`.
+        aggregators: the row labels (taken from a mapping's keys when omitted).
+        layers: the column labels (taken from a mapping's keys when omitted).
+        outlier_perc, cmap, alpha_overlay, show_colorbar, title, fig_size, use_pyplot: as in
+            :func:`visualize_attribution_grid`.
 
     Returns:
         ``(fig, axes)``, ``axes`` of shape ``(A, L)`` or ``(A, L + 1)`` with an image column.
