@@ -119,10 +119,11 @@ def home_of(obj, name: str, modules: list) -> str | None:
 
 
 def summary(full_name: str) -> str:
-    """The first line of the docstring of the object named ``full_name``."""
+    """The first sentence of the docstring of the object named ``full_name`` (as autosummary's)."""
     module, _, attr = full_name.rpartition(".")
-    doc = getattr(importlib.import_module(module), attr).__doc__ or ""
-    return doc.strip().split("\n")[0].rstrip(":")
+    doc = inspect.getdoc(getattr(importlib.import_module(module), attr)) or ""
+    paragraph = " ".join(doc.split("\n\n")[0].split())
+    return re.split(r"(?<=\.)\s", paragraph, maxsplit=1)[0].rstrip(":")
 
 
 def write_if_changed(path: Path, text: str) -> None:

@@ -1,5 +1,7 @@
-"""Grids of attribution maps: any rows x columns, and the embedding-attribution grid
-(aggregator x layer) of Bertolini et al. (2023), Fig. 2."""
+"""Grids of attribution maps: any rows x columns, and the embedding-attribution grid (aggregator x layer).
+
+The latter as in Figure 2 of Bertolini et al. (2023).
+"""
 
 from __future__ import annotations
 
@@ -142,8 +144,9 @@ def visualize_embedding_attributions(
     fig_size: Optional[Tuple[float, float]] = None,
     use_pyplot: bool = True,
 ) -> Tuple[Figure, np.ndarray]:
-    """The embedding-attribution grid of one example: one row per embedding aggregator, one
-    column per source layer (Bertolini et al., 2023, Fig. 2).
+    """The embedding-attribution grid of one example: one row per embedding aggregator, one column per layer.
+
+    As in Figure 2 of Bertolini et al. (2023).
 
     Args:
         attributions: ``(A, L, H, W)`` maps (the ``(H, W)`` map of one example for aggregator

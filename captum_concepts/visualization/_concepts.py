@@ -33,8 +33,10 @@ def visualize_concept_grid(
     fig_size: Optional[Tuple[float, float]] = None,
     use_pyplot: bool = True,
 ) -> Tuple[Figure, np.ndarray]:
-    """Top images of each concept (one row per concept), optionally with masks and the
-    concept's pixel factor image (Saini & Papalexakis, Figs. 3-5).
+    """Top images of each concept (one row per concept), optionally with masks and the concept's
+    pixel factor image.
+
+    As in Figures 3 to 5 of Saini & Papalexakis.
 
     Args:
         images: ``(K, T, H, W)``, ``(K, T, C, H, W)`` or ``(K, T, H, W, C)`` — the ``T`` top
@@ -102,9 +104,10 @@ def visualize_similarity_matrices(
     fig_size: Optional[Tuple[float, float]] = None,
     use_pyplot: bool = True,
 ) -> Tuple[Figure, np.ndarray]:
-    """Cosine-similarity matrices between concept factors, one per layer, plus their
-    eigenvalue spectra in a last panel (Saini & Papalexakis, Fig. 6: deeper layers are
-    closer to the identity, whose eigenvalues are all 1).
+    """Cosine-similarity matrices between concept factors, one per layer, plus their eigenvalue spectra.
+
+    As in Figure 6 of Saini & Papalexakis: deeper layers are closer to the identity, whose
+    eigenvalues are all 1. The spectra are drawn in a last panel.
 
     Args:
         matrices: ``(L, d, d)`` or a list of ``L`` symmetric ``(d, d)`` matrices (e.g. the cosine
@@ -165,7 +168,7 @@ def visualize_relevance_matrix(
     fig_size: Optional[Tuple[float, float]] = None,
     use_pyplot: bool = True,
 ) -> Tuple[Figure, Axes]:
-    """Heat map of a concept relevance matrix ``rel(a, b) = cos(v_a, v_b)`` (Gu & Tresp, Fig. 3).
+    """Heat map of a concept relevance matrix ``rel(a, b) = cos(v_a, v_b)``, as in Figure 3 of Gu & Tresp.
 
     Args:
         relevance: ``(K, K)`` (or ``(K, J)``) matrix.
@@ -224,7 +227,10 @@ def visualize_tcav_scores(
     fig_size: Tuple[float, float] = (7, 3),
     use_pyplot: bool = True,
 ) -> Tuple[Figure, Axes]:
-    """TCAV scores of concepts as grouped bars (Kim et al., 2018, Fig. 4 style).
+    """TCAV scores of concepts as grouped bars, in the style of Figure 4 of the TCAV paper.
+
+    Kim et al., "Interpretability Beyond Feature Attribution: Quantitative Testing with Concept
+    Activation Vectors (TCAV)", ICML 2018.
 
     Args:
         scores: ``(d,)`` one score per concept, or ``{label: (d,)}`` for several groups side by

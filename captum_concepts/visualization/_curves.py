@@ -58,8 +58,9 @@ def visualize_score_curve(
     fig_size: Tuple[float, float] = (6, 3.5),
     use_pyplot: bool = True,
 ) -> Tuple[Figure, Axes]:
-    """Representation scores layer by layer, with the noise benchmark as a shaded band
-    (Bertolini et al., 2023, Fig. 3: trained and random networks against the benchmark).
+    """Representation scores layer by layer, with the noise benchmark as a shaded band.
+
+    As in Figure 3 of Bertolini et al. (2023): trained and random networks against the benchmark.
 
     Args:
         scores: one curve ``(L,)`` (mean score per layer) or ``{label: (L,)}``, e.g.
@@ -124,8 +125,9 @@ def visualize_pointing_game_curve(
     fig_size: Tuple[float, float] = (5, 3.5),
     use_pyplot: bool = True,
 ) -> Tuple[Figure, Axes]:
-    """Generalised pointing-game accuracy against the share of positive energy kept
-    (Gu & Tresp, Fig. 6), one line per saliency method.
+    """Generalised pointing-game accuracy against the share of positive energy kept, one line per method.
+
+    As in Figure 6 of Gu & Tresp.
 
     Args:
         energies: ``(M,)`` energy fractions in ``[0, 1]`` (``0`` is the classic pointing game).

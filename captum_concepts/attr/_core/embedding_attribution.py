@@ -45,7 +45,7 @@ Maps = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 
 
 class EmbeddingAttribution(LayerAttribution, GradientAttribution):
-    r"""Attribution maps of an embedding (no target class) w.r.t. the input or earlier layers.
+    r"""Attribution maps of an embedding (no target class) with respect to the input or earlier layers.
 
     Every embedding component ``z_d`` (``d = 1..D``) is treated as its own output node. A base
     saliency method gives per-channel maps ``A_d`` at the source layer ``l``; they are aggregated

@@ -386,8 +386,10 @@ class SimilarityAttribution:
         additional_forward_args_b: Any = None,
         **attribute_kwargs: Any,
     ) -> torch.Tensor:
-        r"""Correspondence maps ``M(p, q)``: how much position ``p`` of ``a`` and ``q`` of ``b``
-        together contribute to the similarity (second order, as BiLRP, Eberle et al. 2022)::
+        r"""Correspondence maps ``M(p, q)``: how much positions ``p`` of ``a`` and ``q`` of ``b`` make
+        the similarity.
+
+        A second-order explanation, as BiLRP (Eberle et al. 2022)::
 
             M(p, q) = c * sum_d m_d^a(p) m_d^b(q),   c = 1 (dot),  1 / (|z(a)| |z(b)|) (cosine)
 

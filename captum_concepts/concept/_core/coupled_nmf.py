@@ -808,7 +808,7 @@ class CoupledNMFConcepts(BaseEstimator):
         return torch.stack([p.t().reshape(-1, *shape) for p in self.pixel_factors_], dim=1)
 
     def factor_masks(self, inputs: Tensor, k: int = 1, quantile: float = 0.5) -> Tuple[Tensor, Tensor]:
-        """The paper's median masks of the factor images, applied to each concept's top examples.
+        """Saini & Papalexakis's median masks of the factor images, applied to each concept's top examples.
 
         Args:
             inputs (Tensor): the fitted examples ``(N, C, H, W)`` in fit order.
