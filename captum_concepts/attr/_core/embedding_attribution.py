@@ -172,7 +172,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
     ``NoiseTunnel(ea)`` works; ``captum.metrics.sensitivity_max(ea.attribute, x)`` and
     ``infidelity`` take its maps (for ``infidelity``, which wants input-shaped attributions,
     broadcast a map over the input channels: ``maps.unsqueeze(1).expand_as(x)``). A
-    ``torch.compile``d model is explained through its original module (``model._orig_mod``,
+    model compiled by ``torch.compile`` is explained through its original module (``model._orig_mod``,
     with a ``UserWarning``); layer names need no ``_orig_mod.`` prefix.
 
     Example::
