@@ -46,7 +46,10 @@ def visualize_concept_grid(
         factor_images: optional ``(K, H, W)`` / ``(K, C, H, W)`` pixel factor per concept, shown in
             an extra first column ("factor").
         concept_names: ``K`` row labels (default ``"concept k"``).
-        plt_fig_axis, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(K, T)`` or ``(K, T + 1)``.
@@ -114,7 +117,10 @@ def visualize_similarity_matrices(
             similarity between the columns of each layer's neuron factor ``O_j``).
         layer_names: ``L`` panel titles.
         plt_fig_axis: ``(fig, axes)`` with ``L + 1`` axes.
-        cmap, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        cmap: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array of ``L + 1`` axes: the matrices, then the spectra.
@@ -174,8 +180,13 @@ def visualize_relevance_matrix(
         relevance: ``(K, K)`` (or ``(K, J)``) matrix.
         concept_names: ``K`` names for both axes (for a square matrix).
         annotate: write each value in its cell (default: when ``K <= 12``).
-        vmin, vmax: colour limits (default ``vmin`` = the matrix minimum, ``vmax`` = 1).
-        plt_fig_axis, cmap, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        vmin: lower colour limit (default: the matrix minimum).
+        vmax: upper colour limit (default: 1).
+        plt_fig_axis: as in ``captum.attr.visualization``.
+        cmap: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, ax)``.
@@ -238,7 +249,10 @@ def visualize_tcav_scores(
             concept's top class and of a control class).
         concept_labels: ``d`` tick labels (default ``"c0".."c{d-1}"``).
         chance: a dashed reference line (0.5: a concept unrelated to the class); None: none.
-        plt_fig_axis, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, ax)``.

@@ -70,8 +70,12 @@ def visualize_score_curve(
         benchmark_band: the shaded band around it: a half-width (scalar or ``(L,)``, e.g. the
             standard deviation over draws) or a ``(low, high)`` pair of ``(L,)`` curves.
         score_bands: ``{label: band}`` in the same forms, shaded around each score curve.
-        ylabel, ylim: y-axis label and limits (``None`` entries are left automatic).
-        plt_fig_axis, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        ylabel: y-axis label (``None`` entries are left automatic).
+        ylim: y-axis limits (``None`` entries are left automatic).
+        plt_fig_axis: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, ax)``.
@@ -133,7 +137,10 @@ def visualize_pointing_game_curve(
         energies: ``(M,)`` energy fractions in ``[0, 1]`` (``0`` is the classic pointing game).
         accuracies: one curve ``(M,)`` or ``{method name: (M,)}`` of accuracies in ``[0, 1]``.
         percent: write the x-axis in percent.
-        plt_fig_axis, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, ax)``.

@@ -141,8 +141,10 @@ class SimilarityAttribution:
             inputs.
         method (str): ``"activation_gradient"`` (default), ``"gradient"`` or ``"gradcam"``.
         similarity (str): ``"cosine"`` (default) or ``"dot"``.
-        model_b, embedding_layer_b, layer_b: the second tower (see above). ``embedding_layer_b``
-            and ``layer_b`` default to ``embedding_layer`` / ``layer`` when ``model_b`` is None.
+        model_b: the encoder of side ``b`` (two towers, see above). Default None: ``model`` embeds both sides.
+        embedding_layer_b: the embedding layer of ``model_b``. Defaults to ``embedding_layer`` when
+            ``model_b`` is None.
+        layer_b: the source layer of ``model_b``. Defaults to ``layer`` when ``model_b`` is None.
         **kwargs: passed to :class:`EmbeddingAttribution` (``upsample``, ``strategy``,
             ``eval_mode``, ``reshape_transform``, ``attribute_to_layer_input``); with two towers a
             list ``reshape_transform=[for_a, for_b]`` gives one per tower.
@@ -267,8 +269,9 @@ class SimilarityAttribution:
         r"""Maps of the contribution of each position of ``a`` and of ``b`` to ``s(z(a), z(b))``.
 
         Args:
-            inputs_a, inputs_b (Tensor or tuple of Tensor): the pairs, ``N`` examples each
-                (example ``i`` of ``a`` is paired with example ``i`` of ``b``).
+            inputs_a (Tensor or tuple of Tensor): the first input of each pair, ``N`` examples (example ``i``
+                of ``a`` is paired with example ``i`` of ``b``).
+            inputs_b (Tensor or tuple of Tensor): the second input of each pair, ``N`` examples.
             additional_forward_args (Any, optional): extra forward arguments of ``model``;
                 with a shared encoder also those of side ``b`` unless
                 ``additional_forward_args_b`` is given.

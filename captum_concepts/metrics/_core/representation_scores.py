@@ -271,7 +271,8 @@ def drift_score(
         explanation_func: as in :func:`noise_score`.
         inputs (Tensor or tuple of Tensors): clean inputs, batch first.
         epsilons (sequence of float or 1-D Tensor): non-negative drift strengths.
-        noise_func, n_noise: the noise inputs of the noise score, as in :func:`noise_score`.
+        noise_func: the noise inputs of the noise score, as in :func:`noise_score`.
+        n_noise: the number of noise inputs of the noise score, as in :func:`noise_score`.
         drift_func (callable, optional): ``drift_func(inputs)`` returns the drift
             direction ``n`` shaped like ``inputs``. Default: None (standard normal).
         clip_range ("data", None or (lo, hi), optional): clip ``x_ε`` to
