@@ -93,6 +93,21 @@ myst_heading_anchors = 3
 nb_execution_mode = "off"  # the committed notebooks already hold their outputs
 nb_merge_streams = True
 
+# The papers the package implements, cited on the API index (the home page and Methods cite them too).
+PAPERS = [
+    "The methods come from three papers (see :doc:`../methods` for each equation):",
+    "",
+    "- Bertolini, Clevert & Montanari, *Explaining, Evaluating and Enhancing Neural Networks'",
+    "  Learned Representations*, `arXiv:2202.09374 <https://arxiv.org/abs/2202.09374>`__:",
+    "  :mod:`captum_concepts.attr` (embedding attributions) and :mod:`captum_concepts.metrics`.",
+    "- Gu & Tresp, *Semantics for Global and Local Interpretation of Deep Neural Networks*,",
+    "  `arXiv:1910.09085 <https://arxiv.org/abs/1910.09085>`__: semantic vectors",
+    "  (:mod:`captum_concepts.concept`) and semantic saliency (:mod:`captum_concepts.attr`).",
+    "- Saini & Papalexakis, *Analyzing Representations inside Convolutional Neural Networks*,",
+    "  `arXiv:2012.12516 <https://arxiv.org/abs/2012.12516>`__: coupled-NMF concepts",
+    "  (:mod:`captum_concepts.concept`).",
+]
+
 # Modules that are public but documented elsewhere (the command line has its own page).
 NOT_IN_API = {"captum_concepts.cli"}
 
@@ -141,7 +156,7 @@ def api_pages() -> None:
     modules = public_modules()
     api = DOCS / "api"
     keep = {api / "generated"}
-    index = [title("API reference"), "", "Every name a user imports, by module.", "",
+    index = [title("API reference"), "", "Every name a user imports, by module.", "", *PAPERS, "",
              ".. toctree::", "   :maxdepth: 1", ""]
     for module in modules:
         name = module.__name__
