@@ -86,7 +86,6 @@ intersphinx_mapping = {
         "matplotlib": "https://matplotlib.org/stable/",
     }.items()
 }
-intersphinx_disabled_reftypes = ["std:doc"]
 
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
