@@ -13,6 +13,7 @@ line's ``--help`` texts, and copies of the executed tutorial notebooks.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import pkgutil
 import re
@@ -35,8 +36,10 @@ release = version = captum_concepts.__version__
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
+    "sphinx.ext.intersphinx",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # ships MathJax 3 in _static/mathjax: formulas render without a network
     "sphinx.ext.viewcode",
     "myst_nb",
 ]
@@ -61,10 +64,48 @@ autosummary_generate = True
 autosummary_ignore_module_all = False
 add_module_names = False
 
+# Every cross-reference must resolve: a dead one fails the build (with -W).
+nitpicky = True
+nitpick_ignore_regex = [
+    # Google-style type fields are prose ("Tensor or tuple of Tensors, optional", "callable or
+    # attribution object", '"data", None or (lo, hi)'); Sphinx looks up every word of them as a class.
+    # Lower-case words, phrases, quoted values and shapes are prose, never names of objects.
+    ("py:class", r"[a-z][a-z_]*"),
+    ("py:class", r".*[ \"'/()-].*"),
+]
+# External names link to the projects' own documentation through inventories shipped in
+# docs/_inventories/ (the build runs offline); docs/_inventories/make_inventories.py writes them.
+intersphinx_mapping = {
+    project: (url, f"_inventories/{project}.inv")
+    for project, url in {
+        "python": "https://docs.python.org/3/",
+        "torch": "https://pytorch.org/docs/stable/",
+        "captum": "https://captum.ai/api/",
+        "numpy": "https://numpy.org/doc/stable/",
+        "sklearn": "https://scikit-learn.org/stable/",
+        "matplotlib": "https://matplotlib.org/stable/",
+    }.items()
+}
+
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 nb_execution_mode = "off"  # the committed notebooks already hold their outputs
 nb_merge_streams = True
+
+# The papers the package implements, cited on the API index (the home page and Methods cite them too).
+PAPERS = [
+    "The methods come from three papers (see :doc:`../methods` for each equation):",
+    "",
+    "- Bertolini, Clevert & Montanari, *Explaining, Evaluating and Enhancing Neural Networks'",
+    "  Learned Representations*, `arXiv:2202.09374 <https://arxiv.org/abs/2202.09374>`__:",
+    "  :mod:`captum_concepts.attr` (embedding attributions) and :mod:`captum_concepts.metrics`.",
+    "- Gu & Tresp, *Semantics for Global and Local Interpretation of Deep Neural Networks*,",
+    "  `arXiv:1910.09085 <https://arxiv.org/abs/1910.09085>`__: semantic vectors",
+    "  (:mod:`captum_concepts.concept`) and semantic saliency (:mod:`captum_concepts.attr`).",
+    "- Saini & Papalexakis, *Analyzing Representations inside Convolutional Neural Networks*,",
+    "  `arXiv:2012.12516 <https://arxiv.org/abs/2012.12516>`__: coupled-NMF concepts",
+    "  (:mod:`captum_concepts.concept`).",
+]
 
 # Modules that are public but documented elsewhere (the command line has its own page).
 NOT_IN_API = {"captum_concepts.cli"}
@@ -92,10 +133,11 @@ def home_of(obj, name: str, modules: list) -> str | None:
 
 
 def summary(full_name: str) -> str:
-    """The first line of the docstring of the object named ``full_name``."""
+    """The first sentence of the docstring of the object named ``full_name`` (as autosummary's)."""
     module, _, attr = full_name.rpartition(".")
-    doc = getattr(importlib.import_module(module), attr).__doc__ or ""
-    return doc.strip().split("\n")[0].rstrip(":")
+    doc = inspect.getdoc(getattr(importlib.import_module(module), attr)) or ""
+    paragraph = " ".join(doc.split("\n\n")[0].split())
+    return re.split(r"(?<=\.)\s", paragraph, maxsplit=1)[0].rstrip(":")
 
 
 def write_if_changed(path: Path, text: str) -> None:
@@ -113,7 +155,7 @@ def api_pages() -> None:
     modules = public_modules()
     api = DOCS / "api"
     keep = {api / "generated"}
-    index = [title("API reference"), "", "Every name a user imports, by module.", "",
+    index = [title("API reference"), "", "Every name a user imports, by module.", "", *PAPERS, "",
              ".. toctree::", "   :maxdepth: 1", ""]
     for module in modules:
         name = module.__name__
@@ -194,8 +236,60 @@ def skip_member(app, what, name, obj, skip, options):
     return None
 
 
+def is_internal(target: str) -> bool:
+    """Whether ``target`` names an object of a private module of the package (``_core``, ``_utils``).
+
+    Only for names that exist: ``captum_concepts._utils.hooks.ModelGuard`` or a short name such as
+    ``ModelGuard`` or ``choose_strategy`` defined in one of the package's private modules.
+    """
+    parts = target.split(".")
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("captum_concepts") or module is None:
+            continue
+        private = any(p.startswith("_") and p != "__init__" for p in name.split("."))
+        for start in ([len(name.split("."))] if target.startswith(name + ".") else [0]):
+            obj = module
+            for attr in parts[start:]:
+                obj = getattr(obj, attr, None)
+                if obj is None:
+                    break
+            defined_here = not (inspect.isclass(obj) or inspect.isroutine(obj)) or obj.__module__ == name
+            if obj is not None and private and defined_here:  # not a re-export of a public name
+                return True
+    return False
+
+
+def resolve_reference(app, env, node, contnode):
+    """Resolve a short cross-reference the Python domain did not find, or render an internal one.
+
+    Docstrings write ``:class:`EmbeddingAttribution``` or ``:meth:`SimilarityAttribution.attribute```
+    from inside another module. Such a name links to the one documented object whose full name
+    ends with it; a name that ends no documented object, or several, stays a dead reference (and
+    fails the build). A reference to an internal helper (defined in a private module, which the
+    site does not document) is shown as code without a link.
+    """
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"].lstrip("~.")
+    domain = env.get_domain("py")
+    found = [name for name in domain.objects
+             if (name == target or name.endswith("." + target)) and not domain.objects[name].aliased]
+    if len(found) > 1:  # ``:meth:`attribute``` in a class's docstring: that class's method
+        scope = ".".join(p for p in (node.get("py:module"), node.get("py:class")) if p)
+        found = [name for name in found if scope and name == f"{scope}.{target}"]
+    if len(found) == 1:
+        from sphinx.util.nodes import make_refnode
+
+        entry = domain.objects[found[0]]
+        return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, found[0])
+    if not found and is_internal(target):
+        return contnode
+    return None
+
+
 def setup(app):
     app.connect("autodoc-skip-member", skip_member)
+    app.connect("missing-reference", resolve_reference, priority=900)
 
 
 api_pages()

@@ -66,10 +66,12 @@ def is_distributed() -> bool:
 
 
 def get_rank() -> int:
+    """This process's rank in the default process group, or 0 without one."""
     return dist.get_rank() if is_distributed() else 0
 
 
 def get_world_size() -> int:
+    """The number of ranks in the default process group, or 1 without one."""
     return dist.get_world_size() if is_distributed() else 1
 
 

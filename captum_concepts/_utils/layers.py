@@ -2,7 +2,7 @@
 
 Captum accepts modules for attribution methods and strings for TCAV only
 (Captum #918); every captum_concepts class accepts both, through
-:func:`resolve_layer`. A ``torch.compile``d model is explained through its
+:func:`resolve_layer`. A model compiled by ``torch.compile`` is explained through its
 original module (:func:`uncompiled`), so its layer names need no ``_orig_mod.``
 prefix (the prefixed names are accepted as well).
 """
@@ -32,7 +32,7 @@ def _original_module(model: nn.Module) -> Optional[nn.Module]:
 
 
 def uncompiled(model: nn.Module, warn: bool = True) -> nn.Module:
-    """``model`` itself, or the original module of a ``torch.compile``d model (with a warning).
+    """``model`` itself, or the original module of a model compiled by ``torch.compile`` (with a warning).
 
     Hooks on submodules, per-dimension backward passes and ``is_grads_batched`` do not go
     through dynamo's graph capture, so a compiled model is explained by running its original

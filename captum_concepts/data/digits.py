@@ -18,7 +18,10 @@ __all__ = ["DigitsData", "load_digits_tensors"]
 
 @dataclass
 class DigitsData:
-    """Train/test split of the digits. Images are float32 ``(N, 1, H, W)`` in ``[0, 1]``."""
+    """Train/test split of the digits.
+
+    Images are float32 ``(N, 1, H, W)`` in ``[0, 1]``.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor

@@ -32,9 +32,12 @@ class TrainResult:
 def accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, multilabel: bool = False, batch_size: int = 512
 ) -> float:
-    """Top-1 accuracy; for ``multilabel`` (``y`` multi-hot) the exact-set accuracy of
-    ``sigmoid(logits) > 0.5``. The model is evaluated in eval mode and every module's
-    mode restored (also after an exception)."""
+    """Top-1 accuracy, or for ``multilabel`` (``y`` multi-hot) the exact-set accuracy of
+    ``sigmoid(logits) > 0.5``.
+
+    The model is evaluated in eval mode and every module's mode restored (also after an
+    exception).
+    """
     with ModelGuard(model, warn_train_mode=False):
         correct = 0
         for start in range(0, len(x), batch_size):

@@ -1,5 +1,7 @@
-"""Grids of attribution maps: any rows x columns, and the embedding-attribution grid
-(aggregator x layer) of Bertolini et al. (2023), Fig. 2."""
+"""Grids of attribution maps: any rows x columns, and the embedding-attribution grid (aggregator x layer).
+
+The latter as in Figure 2 of Bertolini et al. (2023).
+"""
 
 from __future__ import annotations
 
@@ -57,11 +59,17 @@ def visualize_attribution_grid(
             the first axis. With ``method="blended_heat_map"`` the maps are also drawn over it.
         method: ``"heat_map"`` or ``"blended_heat_map"`` (needs ``original_images``).
         sign: ``"all"``, ``"positive"``, ``"negative"`` or ``"absolute_value"``.
-        row_labels, col_labels: ``R`` / ``C`` strings written left of the rows / above the columns.
+        row_labels: ``R`` strings written left of the rows.
+        col_labels: ``C`` strings written above the columns.
         boxes: optional ``(R, B, 4)`` boxes ``(x_min, y_min, x_max, y_max)`` (exclusive maxima, as in
             :func:`captum_concepts.data.make_two_digit_canvas`) drawn on every map of the row.
         plt_fig_axis: ``(fig, axes)`` with ``R x (C [+1])`` axes to draw into.
-        outlier_perc, cmap, alpha_overlay, show_colorbar, title, use_pyplot: as in Captum.
+        outlier_perc: as in Captum.
+        cmap: as in Captum.
+        alpha_overlay: as in Captum.
+        show_colorbar: as in Captum.
+        title: as in Captum.
+        use_pyplot: as in Captum.
         fig_size: default ``(1.6 * columns, 1.6 * rows)``.
 
     Returns:
@@ -142,8 +150,9 @@ def visualize_embedding_attributions(
     fig_size: Optional[Tuple[float, float]] = None,
     use_pyplot: bool = True,
 ) -> Tuple[Figure, np.ndarray]:
-    """The embedding-attribution grid of one example: one row per embedding aggregator, one
-    column per source layer (Bertolini et al., 2023, Fig. 2).
+    """The embedding-attribution grid of one example: one row per embedding aggregator, one column per layer.
+
+    As in Figure 2 of Bertolini et al. (2023).
 
     Args:
         attributions: ``(A, L, H, W)`` maps (the ``(H, W)`` map of one example for aggregator
@@ -152,8 +161,15 @@ def visualize_embedding_attributions(
             ``{aggregator: [map per layer]}``; mapping keys give the labels.
         original_image: optional ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)`` image shown first in
             every row.
-        aggregators, layers: row / column labels (taken from a mapping's keys when omitted).
-        Other arguments: as in :func:`visualize_attribution_grid`.
+        aggregators: the row labels (taken from a mapping's keys when omitted).
+        layers: the column labels (taken from a mapping's keys when omitted).
+        outlier_perc: as in :func:`visualize_attribution_grid`.
+        cmap: as in :func:`visualize_attribution_grid`.
+        alpha_overlay: as in :func:`visualize_attribution_grid`.
+        show_colorbar: as in :func:`visualize_attribution_grid`.
+        title: as in :func:`visualize_attribution_grid`.
+        fig_size: as in :func:`visualize_attribution_grid`.
+        use_pyplot: as in :func:`visualize_attribution_grid`.
 
     Returns:
         ``(fig, axes)``, ``axes`` of shape ``(A, L)`` or ``(A, L + 1)`` with an image column.

@@ -46,8 +46,12 @@ def visualize_concept_maps(
         factor_images: optional ``(d, H, W)`` / ``(d, C, H, W)`` pixel factor images
             (:meth:`CoupledNMFConcepts.factor_images`), shown as a first row.
         sign: ``"positive"`` (default), ``"all"``, ``"negative"`` or ``"absolute_value"``.
-        cmap, alpha: the maps' colour map and opacity over the image.
-        plt_fig_axis, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        cmap: the maps' colour map.
+        alpha: the maps' opacity over the image.
+        plt_fig_axis: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(rows, len(concepts))``.
@@ -96,8 +100,12 @@ def visualize_concept_importance(
         importance: ``(n_classes, d)`` mean importance per class
             (:func:`~captum_concepts.concept.class_importance`), or ``(d,)`` for one class.
         residual: optional ``(n_classes,)`` residuals, drawn as a grey last bar.
-        class_names, concept_names: panel titles and bar labels.
-        plt_fig_axis, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        class_names: panel titles.
+        concept_names: bar labels.
+        plt_fig_axis: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(1, n_classes)``.

@@ -33,8 +33,10 @@ def visualize_concept_grid(
     fig_size: Optional[Tuple[float, float]] = None,
     use_pyplot: bool = True,
 ) -> Tuple[Figure, np.ndarray]:
-    """Top images of each concept (one row per concept), optionally with masks and the
-    concept's pixel factor image (Saini & Papalexakis, Figs. 3-5).
+    """Top images of each concept (one row per concept), optionally with masks and the concept's
+    pixel factor image.
+
+    As in Figures 3 to 5 of Saini & Papalexakis.
 
     Args:
         images: ``(K, T, H, W)``, ``(K, T, C, H, W)`` or ``(K, T, H, W, C)`` — the ``T`` top
@@ -44,7 +46,10 @@ def visualize_concept_grid(
         factor_images: optional ``(K, H, W)`` / ``(K, C, H, W)`` pixel factor per concept, shown in
             an extra first column ("factor").
         concept_names: ``K`` row labels (default ``"concept k"``).
-        plt_fig_axis, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(K, T)`` or ``(K, T + 1)``.
@@ -102,16 +107,20 @@ def visualize_similarity_matrices(
     fig_size: Optional[Tuple[float, float]] = None,
     use_pyplot: bool = True,
 ) -> Tuple[Figure, np.ndarray]:
-    """Cosine-similarity matrices between concept factors, one per layer, plus their
-    eigenvalue spectra in a last panel (Saini & Papalexakis, Fig. 6: deeper layers are
-    closer to the identity, whose eigenvalues are all 1).
+    """Cosine-similarity matrices between concept factors, one per layer, plus their eigenvalue spectra.
+
+    As in Figure 6 of Saini & Papalexakis: deeper layers are closer to the identity, whose
+    eigenvalues are all 1. The spectra are drawn in a last panel.
 
     Args:
         matrices: ``(L, d, d)`` or a list of ``L`` symmetric ``(d, d)`` matrices (e.g. the cosine
             similarity between the columns of each layer's neuron factor ``O_j``).
         layer_names: ``L`` panel titles.
         plt_fig_axis: ``(fig, axes)`` with ``L + 1`` axes.
-        cmap, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        cmap: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array of ``L + 1`` axes: the matrices, then the spectra.
@@ -165,14 +174,19 @@ def visualize_relevance_matrix(
     fig_size: Optional[Tuple[float, float]] = None,
     use_pyplot: bool = True,
 ) -> Tuple[Figure, Axes]:
-    """Heat map of a concept relevance matrix ``rel(a, b) = cos(v_a, v_b)`` (Gu & Tresp, Fig. 3).
+    """Heat map of a concept relevance matrix ``rel(a, b) = cos(v_a, v_b)``, as in Figure 3 of Gu & Tresp.
 
     Args:
         relevance: ``(K, K)`` (or ``(K, J)``) matrix.
         concept_names: ``K`` names for both axes (for a square matrix).
         annotate: write each value in its cell (default: when ``K <= 12``).
-        vmin, vmax: colour limits (default ``vmin`` = the matrix minimum, ``vmax`` = 1).
-        plt_fig_axis, cmap, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        vmin: lower colour limit (default: the matrix minimum).
+        vmax: upper colour limit (default: 1).
+        plt_fig_axis: as in ``captum.attr.visualization``.
+        cmap: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, ax)``.
@@ -224,7 +238,10 @@ def visualize_tcav_scores(
     fig_size: Tuple[float, float] = (7, 3),
     use_pyplot: bool = True,
 ) -> Tuple[Figure, Axes]:
-    """TCAV scores of concepts as grouped bars (Kim et al., 2018, Fig. 4 style).
+    """TCAV scores of concepts as grouped bars, in the style of Figure 4 of the TCAV paper.
+
+    Kim et al., "Interpretability Beyond Feature Attribution: Quantitative Testing with Concept
+    Activation Vectors (TCAV)", ICML 2018.
 
     Args:
         scores: ``(d,)`` one score per concept, or ``{label: (d,)}`` for several groups side by
@@ -232,7 +249,10 @@ def visualize_tcav_scores(
             concept's top class and of a control class).
         concept_labels: ``d`` tick labels (default ``"c0".."c{d-1}"``).
         chance: a dashed reference line (0.5: a concept unrelated to the class); None: none.
-        plt_fig_axis, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, ax)``.

@@ -58,8 +58,9 @@ def visualize_score_curve(
     fig_size: Tuple[float, float] = (6, 3.5),
     use_pyplot: bool = True,
 ) -> Tuple[Figure, Axes]:
-    """Representation scores layer by layer, with the noise benchmark as a shaded band
-    (Bertolini et al., 2023, Fig. 3: trained and random networks against the benchmark).
+    """Representation scores layer by layer, with the noise benchmark as a shaded band.
+
+    As in Figure 3 of Bertolini et al. (2023): trained and random networks against the benchmark.
 
     Args:
         scores: one curve ``(L,)`` (mean score per layer) or ``{label: (L,)}``, e.g.
@@ -69,8 +70,12 @@ def visualize_score_curve(
         benchmark_band: the shaded band around it: a half-width (scalar or ``(L,)``, e.g. the
             standard deviation over draws) or a ``(low, high)`` pair of ``(L,)`` curves.
         score_bands: ``{label: band}`` in the same forms, shaded around each score curve.
-        ylabel, ylim: y-axis label and limits (``None`` entries are left automatic).
-        plt_fig_axis, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        ylabel: y-axis label (``None`` entries are left automatic).
+        ylim: y-axis limits (``None`` entries are left automatic).
+        plt_fig_axis: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, ax)``.
@@ -124,14 +129,18 @@ def visualize_pointing_game_curve(
     fig_size: Tuple[float, float] = (5, 3.5),
     use_pyplot: bool = True,
 ) -> Tuple[Figure, Axes]:
-    """Generalised pointing-game accuracy against the share of positive energy kept
-    (Gu & Tresp, Fig. 6), one line per saliency method.
+    """Generalised pointing-game accuracy against the share of positive energy kept, one line per method.
+
+    As in Figure 6 of Gu & Tresp.
 
     Args:
         energies: ``(M,)`` energy fractions in ``[0, 1]`` (``0`` is the classic pointing game).
         accuracies: one curve ``(M,)`` or ``{method name: (M,)}`` of accuracies in ``[0, 1]``.
         percent: write the x-axis in percent.
-        plt_fig_axis, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, ax)``.

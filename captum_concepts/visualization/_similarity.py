@@ -38,11 +38,18 @@ def visualize_similarity_maps(
     """One row per pair: image ``a``, its similarity map, image ``b``, its map.
 
     Args:
-        images_a, images_b: ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)``.
-        maps_a, maps_b: ``(N, H, W)`` maps (:meth:`SimilarityAttribution.attribute`).
+        images_a: images of side ``a``: ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)``.
+        images_b: images of side ``b``, shaped as ``images_a``.
+        maps_a: ``(N, H, W)`` maps of side ``a`` (:meth:`SimilarityAttribution.attribute`).
+        maps_b: ``(N, H, W)`` maps of side ``b``.
         scores: optional ``(N,)`` similarities, written in each row's title.
-        sign, cmap, alpha: as in :func:`visualize_concept_maps` (default ``sign="all"``).
-        plt_fig_axis, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        sign: as in :func:`visualize_concept_maps` (default ``sign="all"``).
+        cmap: as in :func:`visualize_concept_maps` (default ``sign="all"``).
+        alpha: as in :func:`visualize_concept_maps` (default ``sign="all"``).
+        plt_fig_axis: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(N, 4)``.
@@ -95,15 +102,19 @@ def visualize_correspondence(
     """The ``k`` strongest links ``M(p, q)`` drawn as lines between two images (BiLRP-style).
 
     Args:
-        image_a, image_b: one image each, ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)``.
+        image_a: the image of side ``a``, ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)``.
+        image_b: the image of side ``b``, shaped as ``image_a``.
         correspondence: ``(P_a, P_b)`` for one pair (a slice of
             :meth:`SimilarityAttribution.correspondence`).
-        grid_a, grid_b: the source layer's ``(h, w)`` for each side (``P = h * w``, row-major);
-            ``grid_b`` defaults to ``grid_a``.
+        grid_a: the source layer's ``(h, w)`` for side ``a`` (``P = h * w``, row-major).
+        grid_b: the same for side ``b``; defaults to ``grid_a``.
         k: the number of links drawn, the largest first.
         sign: ``"positive"`` (default: the largest ``M``, links that raise the similarity),
             ``"negative"`` (the most negative) or ``"absolute_value"``.
-        plt_fig_axis, title, fig_size, use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: as in ``captum.attr.visualization``.
+        title: as in ``captum.attr.visualization``.
+        fig_size: as in ``captum.attr.visualization``.
+        use_pyplot: as in ``captum.attr.visualization``.
 
     Line width and opacity grow with ``|M(p, q)|``; red links raise the similarity, blue ones
     lower it.

@@ -45,7 +45,7 @@ Maps = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 
 
 class EmbeddingAttribution(LayerAttribution, GradientAttribution):
-    r"""Attribution maps of an embedding (no target class) w.r.t. the input or earlier layers.
+    r"""Attribution maps of an embedding (no target class) with respect to the input or earlier layers.
 
     Every embedding component ``z_d`` (``d = 1..D``) is treated as its own output node. A base
     saliency method gives per-channel maps ``A_d`` at the source layer ``l``; they are aggregated
@@ -172,7 +172,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
     ``NoiseTunnel(ea)`` works; ``captum.metrics.sensitivity_max(ea.attribute, x)`` and
     ``infidelity`` take its maps (for ``infidelity``, which wants input-shaped attributions,
     broadcast a map over the input channels: ``maps.unsqueeze(1).expand_as(x)``). A
-    ``torch.compile``d model is explained through its original module (``model._orig_mod``,
+    model compiled by ``torch.compile`` is explained through its original module (``model._orig_mod``,
     with a ``UserWarning``); layer names need no ``_orig_mod.`` prefix.
 
     Example::

@@ -344,7 +344,7 @@ class SemanticGuidedBackprop(_SemanticGradientBase):
 
     A ``UserWarning`` at construction says when the model has no ``nn.ReLU`` module (the
     result is then a plain gradient masked at ``layer``) or when some of its activations are
-    other modules (GELU, SiLU, Hardswish, ...). A ``torch.compile``d model is explained
+    other modules (GELU, SiLU, Hardswish, ...). A model compiled by ``torch.compile`` is explained
     through its original module (with a warning); layer names need no ``_orig_mod.`` prefix.
 
     Note: masks ``1[r_c > 0.5]`` are per unit, i.e. per (channel, position) of a conv

@@ -145,8 +145,10 @@ class SimilarityAttribution:
             inputs.
         method (str): ``"activation_gradient"`` (default), ``"gradient"`` or ``"gradcam"``.
         similarity (str): ``"cosine"`` (default) or ``"dot"``.
-        model_b, embedding_layer_b, layer_b: the second tower (see above). ``embedding_layer_b``
-            and ``layer_b`` default to ``embedding_layer`` / ``layer`` when ``model_b`` is None.
+        model_b: the encoder of side ``b`` (two towers, see above). Default None: ``model`` embeds both sides.
+        embedding_layer_b: the embedding layer of ``model_b``. Defaults to ``embedding_layer`` when
+            ``model_b`` is None.
+        layer_b: the source layer of ``model_b``. Defaults to ``layer`` when ``model_b`` is None.
         reshape_transform (callable or None): brings the source layer's output to ``(N, C, *S)``
             (pytorch-grad-cam's convention; see :func:`~captum_concepts.attr.tokens_to_grid`),
             as in :class:`EmbeddingAttribution`; applied to the source layer of both sides (of
@@ -288,8 +290,9 @@ class SimilarityAttribution:
         r"""Maps of the contribution of each position of ``a`` and of ``b`` to ``s(z(a), z(b))``.
 
         Args:
-            inputs_a, inputs_b (Tensor or tuple of Tensor): the pairs, ``N`` examples each
-                (example ``i`` of ``a`` is paired with example ``i`` of ``b``).
+            inputs_a (Tensor or tuple of Tensor): the first input of each pair, ``N`` examples (example ``i``
+                of ``a`` is paired with example ``i`` of ``b``).
+            inputs_b (Tensor or tuple of Tensor): the second input of each pair, ``N`` examples.
             additional_forward_args (Any, optional): extra forward arguments of ``model``;
                 with a shared encoder also those of side ``b`` unless
                 ``additional_forward_args_b`` is given.
@@ -388,8 +391,10 @@ class SimilarityAttribution:
         additional_forward_args_b: Any = None,
         **attribute_kwargs: Any,
     ) -> Any:
-        r"""Correspondence maps ``M(p, q)``: how much position ``p`` of ``a`` and ``q`` of ``b``
-        together contribute to the similarity (second order, as BiLRP, Eberle et al. 2022)::
+        r"""Correspondence maps ``M(p, q)``: how much positions ``p`` of ``a`` and ``q`` of ``b`` make
+        the similarity.
+
+        A second-order explanation, as BiLRP (Eberle et al. 2022)::
 
             M(p, q) = c * sum_d m_d^a(p) m_d^b(q),   c = 1 (dot),  1 / (|z(a)| |z(b)|) (cosine)
 

@@ -252,9 +252,10 @@ def concept_importance(
     additional_forward_args: Any = None,
     coefficients: Optional[Tensor] = None,
 ) -> ConceptImportance:
-    r"""How much each concept drives the ``target`` logit, per example: gradient x input in
-    concept space (as in Fel et al., 2023, "A holistic approach to unifying automatic concept
-    extraction and concept importance estimation").
+    r"""How much each concept drives the ``target`` logit, per example: gradient x input in concept space.
+
+    As in Fel et al., 2023, "A holistic approach to unifying automatic concept extraction and
+    concept importance estimation".
 
     With ``A`` the activations of the fitted ``layer`` (the layer's output, channels first),
     ``g = d logit_t / dA``, ``u`` the concept coefficients of the example (a column of

@@ -28,8 +28,11 @@ def concept_sobol_indices(
     random_state: Optional[int] = 0,
     max_batch: int = 1024,
 ) -> Tensor:
-    r"""Total Sobol indices of the concept coefficients for the ``target`` logit (Fel et al., 2023,
-    "CRAFT: Concept Recursive Activation FacTorization"): ``(N, d)``, one row per example.
+    r"""Total Sobol indices of the concept coefficients for the ``target`` logit: ``(N, d)``, one row
+    per example.
+
+    CRAFT's concept importance (Fel et al., 2023, "CRAFT: Concept Recursive Activation
+    FacTorization for Explainability").
 
     The layer's activations are rebuilt from masked coefficients, ``A(m) = sum_k m_k u_k o_k + R``
     with ``R = A - sum_k u_k o_k`` (so ``m = 1`` gives back ``A``), and the rest of the model runs

@@ -95,8 +95,9 @@ class CoupledNMFConcepts(BaseEstimator):
         include_pixels (bool): in :meth:`fit`, add one pixel block per input
             channel (inputs must be non-negative, e.g. images in ``[0, 1]``).
             :meth:`fit_matrices` uses the blocks it is given. Default: True.
-        lambda_p, lambda_o, lambda_f (float): L2 penalties on ``P_i``, ``O_j``
-            and ``F``. Default: 0.
+        lambda_p (float): L2 penalty on the pixel factors ``P_i``. Default: 0.
+        lambda_o (float): L2 penalty on the neuron factors ``O_j``. Default: 0.
+        lambda_f (float): L2 penalty on the example factor ``F``. Default: 0.
         group_sparsity (float): weight ``beta`` of the group lasso on ``F``
             over the ``groups`` passed to :meth:`fit` (e.g. class labels): it
             drives whole groups of a concept's row of ``F`` to zero. The paper
@@ -692,7 +693,8 @@ class CoupledNMFConcepts(BaseEstimator):
                 ``(pixel_blocks, activation_blocks)`` of matrix lists shaped as in
                 :meth:`fit_matrices`.
             max_iter (int, optional): HALS iterations (default: ``self.max_iter``).
-            additional_forward_args, has_labels: as in :meth:`fit`.
+            additional_forward_args: as in :meth:`fit`.
+            has_labels: as in :meth:`fit`.
 
         Solves the non-negative least-squares problem for ``F`` with HALS
         (convex, so the solution does not depend on the fitting solver), with
@@ -808,7 +810,7 @@ class CoupledNMFConcepts(BaseEstimator):
         return torch.stack([p.t().reshape(-1, *shape) for p in self.pixel_factors_], dim=1)
 
     def factor_masks(self, inputs: Tensor, k: int = 1, quantile: float = 0.5) -> Tuple[Tensor, Tensor]:
-        """The paper's median masks of the factor images, applied to each concept's top examples.
+        """Saini & Papalexakis's median masks of the factor images, applied to each concept's top examples.
 
         Args:
             inputs (Tensor): the fitted examples ``(N, C, H, W)`` in fit order.

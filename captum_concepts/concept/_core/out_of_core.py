@@ -80,7 +80,7 @@ class OutOfCore:
             opened (or never named, with ``O_TMPFILE``), so nothing is left in the
             folder however the process ends -- an exception, SIGTERM, SIGKILL or
             the out-of-memory killer; its space is freed when the fit finishes.
-        storage_dtype (torch.float32 or torch.float16): dtype on disk. float16 halves
+        storage_dtype (torch.dtype): ``torch.float32`` or ``torch.float16``, the dtype on disk. float16 halves
             the file and the reads; values are rounded to float16 (11-bit
             mantissa), and computation still runs in the estimator's ``dtype``.
     """

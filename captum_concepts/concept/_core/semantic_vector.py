@@ -79,7 +79,7 @@ class ConceptRanking(NamedTuple):
 
 @dataclass
 class PerturbationResult:
-    """Change of the ground-truth class probability for each perturbation (paper Table 1).
+    """Change of the ground-truth class probability for each perturbation (Table 1 of Gu & Tresp).
 
     Each field is a tensor ``(N,)``: ``p_perturbed − p_original`` per example.
 
@@ -96,7 +96,7 @@ class PerturbationResult:
     random_unit: torch.Tensor
 
     def means(self) -> Dict[str, float]:
-        """The mean change per perturbation, as in the paper's Table 1."""
+        """The mean change per perturbation, as in Table 1 of Gu & Tresp."""
         return {name: float(getattr(self, name).mean()) for name in _PERTURBATIONS}
 
 
@@ -589,7 +589,7 @@ class SemanticVector(BaseEstimator):
     def rank(
         self, inputs: TensorOrTuple, concept: ConceptKey, k: int = 10, additional_forward_args: Any = None
     ) -> torch.return_types.topk:
-        """The ``k`` inputs closest to ``concept`` (retrieval, paper Fig. 1).
+        """The ``k`` inputs closest to ``concept`` (retrieval, Figure 1 of Gu & Tresp).
 
         Returns:
             ``torch.return_types.topk``: ``values`` (k,) cosines and ``indices`` (k,)
@@ -607,7 +607,7 @@ class SemanticVector(BaseEstimator):
         k: int = 3,
         additional_forward_args: Any = None,
     ) -> ConceptRanking:
-        """The ``k`` concepts of ``vocabulary`` closest to each input (paper Table 3).
+        """The ``k`` concepts of ``vocabulary`` closest to each input (Table 3 of Gu & Tresp).
 
         Args:
             inputs: tensor or tuple of tensors ``(N, ...)``.
@@ -640,7 +640,7 @@ class SemanticVector(BaseEstimator):
         scale: float = 1.5,
         additional_forward_args: Any = None,
     ) -> PerturbationResult:
-        """The paper's Table 1: how perturbing the layer changes the ground-truth probability.
+        """Gu & Tresp's Table 1: how perturbing the layer changes the ground-truth probability.
 
         For each input with ground-truth class ``t`` (concept ``c`` per
         :meth:`class_rows`), the layer output ``φ(x)`` is replaced by

@@ -49,8 +49,10 @@ def noise_score(
     differentiable: bool = False,
     **kwargs: Any,
 ) -> torch.Tensor:
-    r"""Noise score (informativeness), paper eq. (1):
-    ``NS(x) = mean_pixels |Nrm(E(x)) - Nrm(E(x̃))|``, ``x̃`` a noise input.
+    r"""Noise score (informativeness): how far the attributions of an input are from those of noise.
+
+    Bertolini et al., Equation 1: ``NS(x) = mean_pixels |Nrm(E(x)) - Nrm(E(x̃))|``, ``x̃`` a
+    noise input.
 
     ``Nrm`` rescales each example's map to ``[0, 1]`` (min–max; a constant map
     becomes all zeros **[choice]**), so ``0 <= NS <= 1``. With
@@ -113,7 +115,10 @@ def noise_benchmark(
     max_examples_per_batch: Optional[int] = None,
     **kwargs: Any,
 ) -> torch.Tensor:
-    r"""Noise benchmark, paper eq. (2): ``NS0 = mean |Nrm(E(x̃1)) - Nrm(E(x̃2))|`` for two
+    r"""Noise benchmark: the noise score between two independent noise inputs, the score of an
+    uninformative model.
+
+    Bertolini et al., Equation 2: ``NS0 = mean |Nrm(E(x̃1)) - Nrm(E(x̃2))|`` for two
     independent noise inputs, averaged over ``n_draws`` pairs.
 
     ``inputs`` only fix the shape, dtype and device of the noise (and the batch the
@@ -163,9 +168,10 @@ def variance_score(
     differentiable: bool = False,
     **kwargs: Any,
 ) -> torch.Tensor:
-    r"""Variance score (conciseness), paper eq. (3):
-    ``VS(x) = mean_pixels Var_d[Nrm(M_d(x))]`` over the channel-aggregated,
-    per-embedding-dimension maps ``M_d`` (not aggregated over ``d``).
+    r"""Variance score (conciseness): how much the embedding's dimensions differ in where they look.
+
+    Bertolini et al., Equation 3: ``VS(x) = mean_pixels Var_d[Nrm(M_d(x))]`` over the
+    channel-aggregated, per-embedding-dimension maps ``M_d`` (not aggregated over ``d``).
 
     Each map ``M_d`` of each example is min–max normalised on its own (constant →
     zeros); the population variance over ``d`` is then at most ``1/4``
@@ -249,7 +255,7 @@ def drift_score(
     max_examples_per_batch: Optional[int] = None,
     **kwargs: Any,
 ) -> torch.Tensor:
-    r"""Relative change of the noise score under dataset drift (paper §4.4).
+    r"""Relative change of the noise score under dataset drift (Bertolini, Clevert & Montanari, §4.4).
 
     For each ``ε``: ``x_ε = clip(x + ε·n, lo, hi)`` with a drift direction ``n``
     (standard normal by default) and the relative change of the batch-mean noise
@@ -265,7 +271,8 @@ def drift_score(
         explanation_func: as in :func:`noise_score`.
         inputs (Tensor or tuple of Tensors): clean inputs, batch first.
         epsilons (sequence of float or 1-D Tensor): non-negative drift strengths.
-        noise_func, n_noise: the noise inputs of the noise score, as in :func:`noise_score`.
+        noise_func: the noise inputs of the noise score, as in :func:`noise_score`.
+        n_noise: the number of noise inputs of the noise score, as in :func:`noise_score`.
         drift_func (callable, optional): ``drift_func(inputs)`` returns the drift
             direction ``n`` shaped like ``inputs``. Default: None (standard normal).
         clip_range ("data", None or (lo, hi), optional): clip ``x_ε`` to

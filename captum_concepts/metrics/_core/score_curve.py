@@ -135,23 +135,28 @@ def score_curve(
             submodule of that type in definition order.
         inputs (Tensor or tuple of Tensors): the meaningful inputs, batch first.
         score (str): ``"noise"`` (default) or ``"variance"``.
-        method, channel_aggregator, embedding_aggregator, upsample, attribute_to_layer_input, strategy: as in
-            :class:`~captum_concepts.attr.EmbeddingAttribution` (same defaults).
+        method: as in :class:`~captum_concepts.attr.EmbeddingAttribution` (same defaults).
+        channel_aggregator: as in :class:`~captum_concepts.attr.EmbeddingAttribution` (same defaults).
+        embedding_aggregator: as in :class:`~captum_concepts.attr.EmbeddingAttribution` (same defaults).
+        upsample: as in :class:`~captum_concepts.attr.EmbeddingAttribution` (same defaults).
+        attribute_to_layer_input: as in :class:`~captum_concepts.attr.EmbeddingAttribution` (same defaults).
+        strategy: as in :class:`~captum_concepts.attr.EmbeddingAttribution` (same defaults).
         reshape_transform (callable, list aligned with ``layers``, or None): as in
             :class:`~captum_concepts.attr.EmbeddingAttribution`: layers whose output is not
             ``(N, C, *S)`` (ViT tokens, Swin / ConvNeXt channels-last stages) need one
             (``tokens_to_grid(prefix_tokens=1)``, ``channels_last``), else the maps, and the
             scores, are taken over the wrong axes. Default None.
             ``embedding_aggregator`` is unused by the variance score (per-dimension maps).
-        noise_func, n_noise: noise inputs of the noise score, as in :func:`noise_score`.
-            The benchmark draws its pairs with ``noise_func`` when it is callable, else
-            standard normal noise.
+        noise_func: the noise inputs of the noise score, as in :func:`noise_score`; the benchmark draws its
+            pairs with ``noise_func`` when it is callable, else standard normal noise.
+        n_noise: the number of noise inputs of the noise score, as in :func:`noise_score`.
         benchmark (bool): also compute the noise benchmark curve (noise score only). Default True.
         n_benchmark_draws (int): noise pairs of the benchmark. Default 8.
         threshold (float, optional): binarisation of the variance score (see
             :func:`variance_score`).
-        additional_forward_args, embedding_dims, internal_batch_size: passed to
-            ``EmbeddingAttribution.attribute``.
+        additional_forward_args: passed to ``EmbeddingAttribution.attribute``.
+        embedding_dims: passed to ``EmbeddingAttribution.attribute``.
+        internal_batch_size: passed to ``EmbeddingAttribution.attribute``.
         max_examples_per_batch (int, optional): bound on the examples per attribution call
             (whole copies of the batch, as in :func:`noise_score`). Default None: one call.
 
