@@ -148,7 +148,7 @@ class SimilarityAttribution:
         model_b, embedding_layer_b, layer_b: the second tower (see above). ``embedding_layer_b``
             and ``layer_b`` default to ``embedding_layer`` / ``layer`` when ``model_b`` is None.
         reshape_transform (callable or None): brings the source layer's output to ``(N, C, *S)``
-            (pytorch-grad-cam's convention; see :func:`~captum_concepts.attr.tokens_to_grid`),
+            (pytorch-grad-cam's convention; see :class:`~captum_concepts.attr.tokens_to_grid`),
             as in :class:`EmbeddingAttribution`; applied to the source layer of both sides (of
             both towers with ``model_b``). Default None.
         tower_reshape_transforms (pair of callables or None): with two towers, one transform
