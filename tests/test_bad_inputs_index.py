@@ -11,8 +11,9 @@ The cases live by subject in ``test_bad_inputs_attr.py``, ``test_bad_inputs_conc
 inputs in ``_bad_inputs_common.py``. Case counts (kept equal to those files by
 ``test_case_counts_match_the_docstring``):
 
-- ERROR_CASES: 195 cases that must raise a clear error: EmbeddingAttribution 32,
-  SemanticGuidedBackprop and SemanticGradientInput 17 each (34), SemanticVector 25,
+- ERROR_CASES: 201 cases that must raise a clear error: EmbeddingAttribution 32,
+  SemanticGuidedBackprop and SemanticGradientInput 17 each (34), SimilarityAttribution 6,
+  SemanticVector 25,
   CoupledNMFConcepts 46, its out-of-core mode (OutOfCore, ActivationStore, fit_store) 13,
   noise/benchmark/variance/drift scores and score_curve 27, pointing game 13,
   visualization 5.

@@ -150,7 +150,7 @@ class SimilarityAttribution:
             ``model_b`` is None.
         layer_b: the source layer of ``model_b``. Defaults to ``layer`` when ``model_b`` is None.
         reshape_transform (callable or None): brings the source layer's output to ``(N, C, *S)``
-            (pytorch-grad-cam's convention; see :func:`~captum_concepts.attr.tokens_to_grid`),
+            (pytorch-grad-cam's convention; see :class:`~captum_concepts.attr.tokens_to_grid`),
             as in :class:`EmbeddingAttribution`; applied to the source layer of both sides (of
             both towers with ``model_b``). Default None.
         tower_reshape_transforms (pair of callables or None): with two towers, one transform
