@@ -256,5 +256,8 @@ def test_attribute_refuses_inference_mode_naming_the_method(digits, digits_cnn, 
         assert attr.attribute(x, target=y).abs().max() > 0
     # the checked entry keeps its signature (documentation, Captum's wrappers)
     assert list(inspect.signature(cls.attribute).parameters) == [
-        "self", "inputs", "target", "additional_forward_args"
+        "self",
+        "inputs",
+        "target",
+        "additional_forward_args",
     ]
