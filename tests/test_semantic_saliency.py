@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
@@ -256,3 +257,10 @@ def test_attribute_refuses_inference_mode_naming_the_method(digits, digits_cnn, 
         attr.attribute(made_inside, target=y)
     with torch.no_grad():
         assert attr.attribute(x, target=y).abs().max() > 0
+    # the checked entry keeps its signature (documentation, Captum's wrappers)
+    assert list(inspect.signature(cls.attribute).parameters) == [
+        "self",
+        "inputs",
+        "target",
+        "additional_forward_args",
+    ]

@@ -25,5 +25,8 @@ def captum_wrappable(func: F) -> F:
     inner.__qualname__ = func.__qualname__
     inner.__doc__ = func.__doc__
     inner.__annotations__ = func.__annotations__
+    # a decorated func (e.g. ``validated``) keeps its own ``__wrapped__`` on the copy, so that
+    # ``inspect.signature`` (and the documentation) still see the real arguments
+    inner.__dict__.update(func.__dict__)
     func.__wrapped__ = inner  # type: ignore[attr-defined]
     return func
