@@ -18,12 +18,12 @@ from torch import nn
 from ..._utils.capture import LayerCapture
 from ..._utils.hooks import ModelGuard
 
-__all__ = ["Embedding", "read_embeddings"]
+__all__ = ["LayerReadout", "Readouts"]
 
 
-class Embedding:
+class LayerReadout:
     """The output of ``layer`` of ``model`` (``layer=None``: the model output); ``name`` is the
-    argument named in errors. :meth:`read` works inside :func:`read_embeddings`."""
+    argument named in errors. :meth:`read` works inside :class:`Readouts`."""
 
     def __init__(self, model: nn.Module, layer: Optional[nn.Module], name: str) -> None:
         self.model = model
@@ -37,7 +37,7 @@ class Embedding:
     ) -> torch.Tensor:
         """Run ``model(*inputs, *extra)``; return the embedding, ``(N, -1)`` if ``flatten``."""
         if self._guard is None:
-            raise RuntimeError("Embedding.read runs inside 'with read_embeddings(...)'")
+            raise RuntimeError("LayerReadout.read runs inside 'with Readouts(...)'")
         out = self._guard.forward(self.model, *inputs, *extra)
         if self._capture is not None:
             z = self._capture.tensor()
@@ -54,16 +54,16 @@ class Embedding:
         return z.reshape(n, -1) if flatten else z
 
 
-class read_embeddings:
+class Readouts:
     """Context manager: one :class:`ModelGuard` per distinct model of ``embeddings`` (eval mode
     when asked) with each embedding layer captured; all undone on exit, also after an exception."""
 
-    def __init__(self, embeddings: Sequence[Embedding], eval_mode: bool = False) -> None:
+    def __init__(self, embeddings: Sequence[LayerReadout], eval_mode: bool = False) -> None:
         self.embeddings = embeddings
         self.eval_mode = eval_mode
         self._stack = ExitStack()
 
-    def __enter__(self) -> read_embeddings:
+    def __enter__(self) -> Readouts:
         with ExitStack() as stack:
             guards: List[ModelGuard] = []
             for e in self.embeddings:

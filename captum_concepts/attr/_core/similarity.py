@@ -16,7 +16,7 @@ from ..._utils.layout import ReshapeTransform, expand_per_layer
 from ..._utils.validation import check_option, validated
 from ..._utils.warn import warn_user
 from .embedding_attribution import METHODS, EmbeddingAttribution
-from .layer_readout import Embedding, read_embeddings
+from .layer_readout import LayerReadout, Readouts
 
 __all__ = ["SimilarityAttribution", "SIMILARITIES"]
 
@@ -73,7 +73,9 @@ class _PairObjective(nn.Module):
     are ``(*inputs_a, *inputs_b)`` and each tower runs on its own (output ``(N, 1)``).
     """
 
-    def __init__(self, towers: Sequence[Embedding], similarity: str, stacked: bool, n_inputs_a: int) -> None:
+    def __init__(
+        self, towers: Sequence[LayerReadout], similarity: str, stacked: bool, n_inputs_a: int
+    ) -> None:
         super().__init__()
         self.towers = (
             nn.ModuleList([t.model for t in towers])
@@ -247,12 +249,12 @@ class SimilarityAttribution:
             **{"channel_aggregator": _channel_sum, **self.kwargs, **options},
         )
 
-    def _towers(self) -> List[Embedding]:
+    def _towers(self) -> List[LayerReadout]:
         if self.shared:
-            return [Embedding(self.model, self.embedding_layer, "embedding_layer")]
+            return [LayerReadout(self.model, self.embedding_layer, "embedding_layer")]
         return [
-            Embedding(self.model, self.embedding_layer, "embedding_layer"),
-            Embedding(self.model_b, self.embedding_layer_b, "embedding_layer_b"),
+            LayerReadout(self.model, self.embedding_layer, "embedding_layer"),
+            LayerReadout(self.model_b, self.embedding_layer_b, "embedding_layer_b"),
         ]
 
     def _pair(self, inputs_a: TensorOrTuple, inputs_b: TensorOrTuple, extra_a: Any, extra_b: Any) -> _Pair:
@@ -316,7 +318,7 @@ class SimilarityAttribution:
         else:
             layers = [self.layer, self.layer_b]
             ea = self._explainer(objective, layers, list(self._transforms), embedding_aggregator="mean")
-        with read_embeddings(towers):
+        with Readouts(towers):
             if p.stacked:
                 x = tuple(torch.cat([ta, tb]) for ta, tb in zip(p.xa, p.xb))
                 (maps,) = ea.attribute(x)
@@ -343,7 +345,7 @@ class SimilarityAttribution:
 
     def _embeddings(self, p: _Pair) -> Tuple[torch.Tensor, torch.Tensor]:
         towers = self._towers()
-        with read_embeddings(towers, eval_mode=self.kwargs.get("eval_mode", True)), torch.no_grad():
+        with Readouts(towers, eval_mode=self.kwargs.get("eval_mode", True)), torch.no_grad():
             return towers[0].read(p.xa, p.extra_a), towers[-1].read(p.xb, p.extra_b)
 
     @validated(grad=True)

@@ -22,7 +22,7 @@ from ..._utils.common import TensorOrTuple, check_batch, format_inputs
 from ..._utils.layers import resolve_layer
 from ..._utils.layout import ReshapeTransform, apply_reshape
 from ..._utils.validation import check_fitted
-from ...attr._core.layer_readout import Embedding, read_embeddings
+from ...attr._core.layer_readout import LayerReadout, Readouts
 from .activations import pool_rows
 from .block_prep import apply_shift, read_shift
 from .coupled_nmf import CoupledNMFConcepts
@@ -98,14 +98,14 @@ class ConceptBasis:
         o = self.basis.double()
         return torch.linalg.pinv(o.t() @ o, hermitian=True).matmul(o.t()).t().float()
 
-    def readout(self) -> Embedding:
+    def readout(self) -> LayerReadout:
         """The layer's output as a model output (see :func:`read_outputs`)."""
-        return Embedding(self.model, self.module, "layer")
+        return LayerReadout(self.model, self.module, "layer")
 
     def read_outputs(self, inputs: Tuple[Tensor, ...], extra: Tuple[Any, ...]) -> Tensor:
         """The layer's output on ``inputs`` (after :meth:`raw`), eval mode, without autograd."""
         readout = self.readout()
-        with read_embeddings([readout], eval_mode=True), torch.no_grad():
+        with Readouts([readout], eval_mode=True), torch.no_grad():
             return self.raw(readout.read(inputs, extra, flatten=False))
 
 

@@ -18,7 +18,7 @@ from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, resolve_layer
 from ..._utils.validation import check_int, validated
 from ...attr._core.embedding_attribution import EmbeddingAttribution
-from ...attr._core.layer_readout import read_embeddings
+from ...attr._core.layer_readout import Readouts
 from ...attr._core.upsampling import upsample_maps
 from .basis import ConceptBasis, Concepts, concept_basis, explained_batch
 from .coupled_nmf import CoupledNMFConcepts
@@ -213,7 +213,7 @@ def concept_attribution_maps(
     kwargs.setdefault("channel_aggregator", _channel_sum)
     source = None if source_layer is None else resolve_layer(b.model, source_layer, "source_layer")
     ea = EmbeddingAttribution(head, layer=source, method=method, **kwargs)
-    with read_embeddings([head._readout]):
+    with Readouts([head._readout]):
         maps = ea.attribute(inputs if source is None else x, return_per_dim=True, **call)
     if source is not None and isinstance(maps, tuple) and len(maps) == 1:
         return maps[0]  # a layer with one output tensor: a tensor, whatever the inputs
