@@ -236,6 +236,20 @@ def skip_member(app, what, name, obj, skip, options):
     return None
 
 
+def imported(target: str):
+    """The object ``target`` (a dotted path) names, or None."""
+    parts = target.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr, None)
+        return obj
+    return None
+
+
 def is_internal(target: str) -> bool:
     """Whether ``target`` names an object of a private module of the package (``_core``, ``_utils``).
 
@@ -277,6 +291,12 @@ def resolve_reference(app, env, node, contnode):
     if len(found) > 1:  # ``:meth:`attribute``` in a class's docstring: that class's method
         scope = ".".join(p for p in (node.get("py:module"), node.get("py:class")) if p)
         found = [name for name in found if scope and name == f"{scope}.{target}"]
+    if not found and target.startswith("captum_concepts.") and (obj := imported(target)) is not None:
+        # a private path (``captum_concepts.attr._core.forward_mode.choose_strategy``) of an object
+        # that is documented under its public name
+        last = "." + target.rpartition(".")[2]
+        found = [name for name in domain.objects
+                 if name.endswith(last) and not domain.objects[name].aliased and imported(name) is obj]
     if len(found) == 1:
         from sphinx.util.nodes import make_refnode
 

@@ -40,8 +40,12 @@ def _documented() -> list:
                 continue
             seen.add(id(obj))
             found.append((f"{module_name}.{attr}", obj))
-            if inspect.isclass(obj):
-                for key, value in vars(obj).items():
+            if inspect.isclass(obj):  # its methods, also those of the package's (private) bases
+                own = [c for c in obj.__mro__ if c.__module__.startswith("captum_concepts")]
+                methods = {}
+                for cls in reversed(own):
+                    methods.update(vars(cls))
+                for key, value in methods.items():
                     if not key.startswith("_") and inspect.isfunction(value) and value.__doc__:
                         found.append((f"{module_name}.{attr}.{key}", value))
     return found

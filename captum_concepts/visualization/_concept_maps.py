@@ -48,10 +48,12 @@ def visualize_concept_maps(
         sign: ``"positive"`` (default), ``"all"``, ``"negative"`` or ``"absolute_value"``.
         cmap: the maps' colour map.
         alpha: the maps' opacity over the image.
-        plt_fig_axis: as in ``captum.attr.visualization``.
-        title: as in ``captum.attr.visualization``.
-        fig_size: as in ``captum.attr.visualization``.
-        use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
+            ``captum.attr.visualization``.
+        title: the figure's title (None: no title).
+        fig_size: the size of a created figure, in inches.
+        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
+            sees (False), as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(rows, len(concepts))``.
@@ -102,10 +104,12 @@ def visualize_concept_importance(
         residual: optional ``(n_classes,)`` residuals, drawn as a grey last bar.
         class_names: panel titles.
         concept_names: bar labels.
-        plt_fig_axis: as in ``captum.attr.visualization``.
-        title: as in ``captum.attr.visualization``.
-        fig_size: as in ``captum.attr.visualization``.
-        use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
+            ``captum.attr.visualization``.
+        title: the figure's title (None: no title).
+        fig_size: the size of a created figure, in inches.
+        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
+            sees (False), as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(1, n_classes)``.

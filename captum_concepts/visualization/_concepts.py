@@ -46,10 +46,12 @@ def visualize_concept_grid(
         factor_images: optional ``(K, H, W)`` / ``(K, C, H, W)`` pixel factor per concept, shown in
             an extra first column ("factor").
         concept_names: ``K`` row labels (default ``"concept k"``).
-        plt_fig_axis: as in ``captum.attr.visualization``.
-        title: as in ``captum.attr.visualization``.
-        fig_size: as in ``captum.attr.visualization``.
-        use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
+            ``captum.attr.visualization``.
+        title: the figure's title (None: no title).
+        fig_size: the size of a created figure, in inches.
+        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
+            sees (False), as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(K, T)`` or ``(K, T + 1)``.
@@ -117,10 +119,11 @@ def visualize_similarity_matrices(
             similarity between the columns of each layer's neuron factor ``O_j``).
         layer_names: ``L`` panel titles.
         plt_fig_axis: ``(fig, axes)`` with ``L + 1`` axes.
-        cmap: as in ``captum.attr.visualization``.
-        title: as in ``captum.attr.visualization``.
-        fig_size: as in ``captum.attr.visualization``.
-        use_pyplot: as in ``captum.attr.visualization``.
+        cmap: the colour map (a Matplotlib name or colormap), as in ``captum.attr.visualization``.
+        title: the figure's title (None: no title).
+        fig_size: the size of a created figure, in inches.
+        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
+            sees (False), as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array of ``L + 1`` axes: the matrices, then the spectra.
@@ -182,11 +185,13 @@ def visualize_relevance_matrix(
         annotate: write each value in its cell (default: when ``K <= 12``).
         vmin: lower colour limit (default: the matrix minimum).
         vmax: upper colour limit (default: 1).
-        plt_fig_axis: as in ``captum.attr.visualization``.
-        cmap: as in ``captum.attr.visualization``.
-        title: as in ``captum.attr.visualization``.
-        fig_size: as in ``captum.attr.visualization``.
-        use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
+            ``captum.attr.visualization``.
+        cmap: the colour map (a Matplotlib name or colormap), as in ``captum.attr.visualization``.
+        title: the figure's title (None: no title).
+        fig_size: the size of a created figure, in inches.
+        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
+            sees (False), as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, ax)``.
@@ -249,10 +254,12 @@ def visualize_tcav_scores(
             concept's top class and of a control class).
         concept_labels: ``d`` tick labels (default ``"c0".."c{d-1}"``).
         chance: a dashed reference line (0.5: a concept unrelated to the class); None: none.
-        plt_fig_axis: as in ``captum.attr.visualization``.
-        title: as in ``captum.attr.visualization``.
-        fig_size: as in ``captum.attr.visualization``.
-        use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
+            ``captum.attr.visualization``.
+        title: the figure's title (None: no title).
+        fig_size: the size of a created figure, in inches.
+        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
+            sees (False), as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, ax)``.

@@ -72,10 +72,12 @@ def visualize_score_curve(
         score_bands: ``{label: band}`` in the same forms, shaded around each score curve.
         ylabel: y-axis label (``None`` entries are left automatic).
         ylim: y-axis limits (``None`` entries are left automatic).
-        plt_fig_axis: as in ``captum.attr.visualization``.
-        title: as in ``captum.attr.visualization``.
-        fig_size: as in ``captum.attr.visualization``.
-        use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
+            ``captum.attr.visualization``.
+        title: the figure's title (None: no title).
+        fig_size: the size of a created figure, in inches.
+        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
+            sees (False), as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, ax)``.
@@ -137,10 +139,12 @@ def visualize_pointing_game_curve(
         energies: ``(M,)`` energy fractions in ``[0, 1]`` (``0`` is the classic pointing game).
         accuracies: one curve ``(M,)`` or ``{method name: (M,)}`` of accuracies in ``[0, 1]``.
         percent: write the x-axis in percent.
-        plt_fig_axis: as in ``captum.attr.visualization``.
-        title: as in ``captum.attr.visualization``.
-        fig_size: as in ``captum.attr.visualization``.
-        use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
+            ``captum.attr.visualization``.
+        title: the figure's title (None: no title).
+        fig_size: the size of a created figure, in inches.
+        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
+            sees (False), as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, ax)``.

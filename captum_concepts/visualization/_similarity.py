@@ -46,10 +46,12 @@ def visualize_similarity_maps(
         sign: as in :func:`visualize_concept_maps` (default ``sign="all"``).
         cmap: as in :func:`visualize_concept_maps` (default ``sign="all"``).
         alpha: as in :func:`visualize_concept_maps` (default ``sign="all"``).
-        plt_fig_axis: as in ``captum.attr.visualization``.
-        title: as in ``captum.attr.visualization``.
-        fig_size: as in ``captum.attr.visualization``.
-        use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
+            ``captum.attr.visualization``.
+        title: the figure's title (None: no title).
+        fig_size: the size of a created figure, in inches.
+        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
+            sees (False), as in ``captum.attr.visualization``.
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(N, 4)``.
@@ -111,10 +113,12 @@ def visualize_correspondence(
         k: the number of links drawn, the largest first.
         sign: ``"positive"`` (default: the largest ``M``, links that raise the similarity),
             ``"negative"`` (the most negative) or ``"absolute_value"``.
-        plt_fig_axis: as in ``captum.attr.visualization``.
-        title: as in ``captum.attr.visualization``.
-        fig_size: as in ``captum.attr.visualization``.
-        use_pyplot: as in ``captum.attr.visualization``.
+        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
+            ``captum.attr.visualization``.
+        title: the figure's title (None: no title).
+        fig_size: the size of a created figure, in inches.
+        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
+            sees (False), as in ``captum.attr.visualization``.
 
     Line width and opacity grow with ``|M(p, q)|``; red links raise the similarity, blue ones
     lower it.

@@ -76,9 +76,12 @@ NAMES = {
         "pathlib.Path": ("class", "library/pathlib.html", None),
     }),
     "sklearn": ("https://scikit-learn.org/stable/", {
-        "sklearn.base.BaseEstimator": ("class", "modules/generated/sklearn.base.BaseEstimator.html", None),
-        "sklearn.base.TransformerMixin": ("class", "modules/generated/sklearn.base.TransformerMixin.html",
-                                          None),
+        name: (role, f"modules/generated/{name}.html", None)
+        for name, role in [
+            ("sklearn.base.BaseEstimator", "class"),
+            ("sklearn.base.TransformerMixin", "class"),
+            ("sklearn.exceptions.NotFittedError", "exception"),
+        ]
     }),
     "matplotlib": ("https://matplotlib.org/stable/", {
         "matplotlib.figure.Figure": ("class", "api/_as_gen/matplotlib.figure.Figure.html", None),
@@ -91,6 +94,7 @@ ALIASES = {
     "torch": {"Tensor": "torch.Tensor", "Tensors": "torch.Tensor", "nn.Module": "torch.nn.Module",
               "Module": "torch.nn.Module"},
     "python": {"PathLike": "os.PathLike"},
+    "sklearn": {"NotFittedError": "sklearn.exceptions.NotFittedError"},
 }
 
 
