@@ -62,7 +62,7 @@ class ListOf(Constraint):
         self.item = item
 
     def describe(self) -> str:
-        return f"a list, each item {self.item.describe()}"
+        return f"a list (each item {self.item.describe()})"
 
     def holds(self, value: Any) -> bool:
         return type(value) is list and all(self.item.holds(v) for v in value)
