@@ -39,10 +39,30 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from ..._utils.persistence import PathLike
-from ..._utils.validation import Constraint, check_fitted, validated
+from ..._utils.validation import (
+    NONE,
+    AnyOf,
+    Bool,
+    Constraint,
+    DeviceSpec,
+    InstanceOf,
+    Int,
+    check_fitted,
+    validated,
+)
 from .estimator_io import FittedSpec, clone_with_layer_names, load_estimator, save_estimator
 
-__all__ = ["_ConceptEstimator"]
+__all__ = ["_ConceptEstimator", "COMMON_CONSTRAINTS", "MODEL", "LAYER"]
+
+MODEL = InstanceOf((nn.Module,), "a torch.nn.Module")
+LAYER = InstanceOf((str, nn.Module), "a dotted layer name (str) or a module of the model")
+COMMON_CONSTRAINTS: Dict[str, Constraint] = {
+    "batch_size": Int(1),
+    "device": DeviceSpec(),
+    "random_state": AnyOf(NONE, Int(0)),
+    "distributed": Bool(),
+}
+"""The rules of the parameters every estimator of the package takes (merged into each table)."""
 
 
 class _ConceptEstimator(BaseEstimator):

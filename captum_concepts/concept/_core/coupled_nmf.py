@@ -20,7 +20,6 @@ from ..._utils.validation import (
     NONE,
     AnyOf,
     Bool,
-    DeviceSpec,
     InstanceOf,
     Int,
     LayerList,
@@ -33,7 +32,7 @@ from ..._utils.warn import warn_user
 from . import cnmf_solvers as solvers
 from . import out_of_core as ooc
 from .activations import POOLS
-from .base import _ConceptEstimator
+from .base import COMMON_CONSTRAINTS, MODEL, _ConceptEstimator
 from .cnmf_analyses import _CoupledNMFAnalyses
 from .cnmf_fitting import Matrix, _CoupledNMFFitting, matrix_lists
 from .estimator_io import (
@@ -42,8 +41,6 @@ from .estimator_io import (
     FittedTensor,
     FittedTensorList,
     ListOf,
-    load_estimator,
-    save_estimator,
 )
 from .tcav_export import _CaptumExport
 
@@ -317,7 +314,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
     # ------------------------------------------------------------------ validation
     _parameter_constraints = {
         "n_concepts": Int(1),
-        "model": AnyOf(NONE, InstanceOf((nn.Module,), "a torch.nn.Module")),
+        "model": AnyOf(NONE, MODEL),
         "layers": LayerList(),
         "include_pixels": Bool(),
         "lambda_p": RealNumber(0),
@@ -329,14 +326,11 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         "solver": Options(SOLVERS),
         "max_iter": Int(0),
         "tol": RealNumber(0),
-        "random_state": AnyOf(NONE, Int(0)),
-        "device": DeviceSpec(),
         "pool": Options(POOLS),
         "shift": Options(SHIFTS),
-        "batch_size": Int(1),
         "dtype": Options(DTYPES),
-        "distributed": Bool(),
         "out_of_core": AnyOf(NONE, InstanceOf((ooc.OutOfCore,), "an OutOfCore")),
+        **COMMON_CONSTRAINTS,
     }
     _fitted_attributes = _FITTED_ATTRIBUTES
     _fit_methods = ("fit", "fit_matrices", "fit_store")
@@ -588,7 +582,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         names; parameters with no JSON form (callables) are recorded as unsaved.
         """
 
-        save_estimator(self, path)
+        super().save(path)
 
     @classmethod
     def load(cls, path: PathLike, model: Optional[nn.Module] = None, **params: Any) -> CoupledNMFConcepts:
@@ -602,4 +596,4 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
             ValueError: a corrupted, damaged, truncated or foreign file.
         """
 
-        return load_estimator(cls, path, model, params)
+        return super().load(path, model, **params)

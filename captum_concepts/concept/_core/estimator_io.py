@@ -25,7 +25,7 @@ need it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -163,7 +163,25 @@ def _resolve(spec: Any, est: Any, state: State) -> Any:
 
 
 @dataclass(frozen=True)
-class Fitted:
+class _FittedSpec:
+    """One declared fitted attribute: ``dump`` writes it, ``read`` restores it (checked)."""
+
+    attr: str
+
+    @property
+    def key(self) -> str:
+        """The saved name: the attribute without its leading and trailing underscores."""
+        return self.attr.strip("_")
+
+    def dump(self, est: Any, tensors: Dict[str, torch.Tensor], values: State) -> None:
+        raise NotImplementedError
+
+    def read(self, reader: StateReader, state: State, est: Any) -> None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Fitted(_FittedSpec):
     """A fitted attribute saved as a JSON value under ``attr`` without its underscores.
 
     Attributes:
@@ -176,15 +194,10 @@ class Fitted:
             that tie the value to those restored before it.
     """
 
-    attr: str
     rule: Constraint
     decode: Optional[Callable[[Any], Any]] = None
     encode: Optional[Callable[[Any], Any]] = None
     check: Optional[Check] = None
-
-    @property
-    def key(self) -> str:
-        return self.attr.strip("_")
 
     def dump(self, est: Any, tensors: Dict[str, torch.Tensor], values: State) -> None:
         value = getattr(est, self.attr)
@@ -197,23 +210,18 @@ class Fitted:
 
 
 @dataclass(frozen=True)
-class FittedTensor:
+class FittedTensor(_FittedSpec):
     """A fitted tensor saved under ``attr`` without its underscores.
 
     ``dtype`` and ``shape`` are values or callables ``(est, state)`` (a shape entry None: any
     size); values must be finite and within ``[low, high]``.
     """
 
-    attr: str
     dtype: Any = None
     shape: Any = None
     low: Optional[float] = None
     high: Optional[float] = None
     check: Optional[Check] = None
-
-    @property
-    def key(self) -> str:
-        return self.attr.strip("_")
 
     def dump(self, est: Any, tensors: Dict[str, torch.Tensor], values: State) -> None:
         tensors[self.key] = getattr(est, self.attr)
@@ -226,21 +234,16 @@ class FittedTensor:
 
 
 @dataclass(frozen=True)
-class FittedTensorList:
+class FittedTensorList(_FittedSpec):
     """A fitted list holding a tensor or None per entry: the indices of the tensors are saved
     under ``index_key``, tensor ``i`` under ``f"{key}_{i}"``; ``shapes(est, state)`` gives every
     entry's shape (its length is the list's)."""
 
-    attr: str
     index_key: str
     shapes: Callable[[Any, State], List[Sequence[Optional[int]]]]
     dtype: Any = None
     low: Optional[float] = None
     high: Optional[float] = None
-
-    @property
-    def key(self) -> str:
-        return self.attr.strip("_")
 
     def dump(self, est: Any, tensors: Dict[str, torch.Tensor], values: State) -> None:
         items = getattr(est, self.attr)
@@ -259,10 +262,9 @@ class FittedTensorList:
 
 
 @dataclass(frozen=True)
-class Derived:
+class Derived(_FittedSpec):
     """A fitted attribute that is not saved: ``compute(state, est)`` rebuilds it on load."""
 
-    attr: str
     compute: Callable[[State, Any], Any]
 
     def dump(self, est: Any, tensors: Dict[str, torch.Tensor], values: State) -> None:
@@ -272,7 +274,7 @@ class Derived:
         state[self.attr] = self.compute(state, est)
 
 
-FittedSpec = Union[Fitted, FittedTensor, FittedTensorList, Derived]
+FittedSpec = _FittedSpec
 
 
 def fitted_state(est: Any) -> Tuple[Dict[str, torch.Tensor], State]:

@@ -44,8 +44,6 @@ from ..._utils.validation import (
     NONE,
     AnyOf,
     Bool,
-    DeviceSpec,
-    InstanceOf,
     Int,
     Options,
     check_real,
@@ -53,14 +51,12 @@ from ..._utils.validation import (
     validated,
 )
 from .activations import stream_layer_outputs
-from .base import _ConceptEstimator
+from .base import COMMON_CONSTRAINTS, LAYER, MODEL, _ConceptEstimator
 from .estimator_io import (
     CONCEPT_NAMES,
     Fitted,
     FittedTensor,
     ListOf,
-    load_estimator,
-    save_estimator,
     tag_names,
     untag_names,
 )
@@ -207,14 +203,7 @@ class SemanticVector(_ConceptEstimator):
     ) -> None:
         self._keep_params(locals())
 
-    _parameter_constraints = {
-        "model": InstanceOf((nn.Module,), "a torch.nn.Module"),
-        "layer": InstanceOf((str, nn.Module), "a dotted layer name (str) or a module of the model"),
-        "batch_size": Int(1),
-        "device": DeviceSpec(),
-        "random_state": AnyOf(NONE, Int(0)),
-        "distributed": Bool(),
-    }
+    _parameter_constraints = {"model": MODEL, "layer": LAYER, **COMMON_CONSTRAINTS}
     _fitted_attributes = (
         Fitted("concept_names_", CONCEPT_NAMES, decode=untag_names, encode=tag_names),
         Fitted("layer_shape_", ListOf(Int(1)), decode=tuple),
@@ -437,7 +426,7 @@ class SemanticVector(_ConceptEstimator):
         by its name. Concept names must be ``str`` or ``int``.
         """
 
-        save_estimator(self, path)
+        super().save(path)
 
     @classmethod
     def load(cls, path: PathLike, model: Optional[nn.Module] = None, **params: Any) -> SemanticVector:
@@ -450,7 +439,7 @@ class SemanticVector(_ConceptEstimator):
             ValueError: a corrupted, damaged, truncated or foreign file.
         """
 
-        return load_estimator(cls, path, model, params)
+        return super().load(path, model, **params)
 
     # ------------------------------------------------------------------ new data
     @validated(fitted=True)
