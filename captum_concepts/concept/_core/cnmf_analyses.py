@@ -108,7 +108,7 @@ class _CoupledNMFAnalyses:
         args={"inputs": FITTED_INPUTS, "quantile": RealNumber(0.0, 1.0, high_open=True)},
     )
     def factor_masks(self, inputs: Tensor, k: int = 1, quantile: float = 0.5) -> Tuple[Tensor, Tensor]:
-        """The paper's median masks of the factor images, applied to each concept's top examples.
+        """Saini & Papalexakis's median masks of the factor images, applied to each concept's top examples.
 
         Args:
             inputs (Tensor): the fitted examples ``(N, C, H, W)`` in fit order.

@@ -510,7 +510,8 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
                 ``transform((pixel_blocks, activation_blocks))``, a pair of matrix lists in
                 place of ``inputs``, still works but is deprecated (``DeprecationWarning``).
             max_iter (int, optional): HALS iterations, ``>= 0`` (default: ``self.max_iter``).
-            additional_forward_args, has_labels: as in :meth:`fit`.
+            additional_forward_args: as in :meth:`fit`.
+            has_labels: as in :meth:`fit`.
             pixel_blocks (sequence of Tensor or ndarray, optional): ``S_i x M`` matrices, one
                 per fitted pixel block, as in :meth:`fit_matrices`.
             activation_blocks (sequence of Tensor or ndarray, optional): ``a_j x M``
