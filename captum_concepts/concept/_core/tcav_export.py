@@ -13,7 +13,7 @@ from captum.concept import Concept
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..._utils.validation import NONE, AnyOf, InstanceOf, Int, check_int, validated
+from ..._utils.validation import NONE, AnyOf, InstanceOf, Int, validated
 from .cnmf_analyses import FITTED_INPUTS
 from .estimator_io import fingerprint
 
@@ -42,6 +42,7 @@ class _CaptumExport:
         args={
             "inputs": FITTED_INPUTS,
             "batch_size": AnyOf(NONE, Int(1)),
+            "first_id": AnyOf(NONE, Int(0)),
             "name_prefix": InstanceOf((str,), "a str"),
         },
     )
@@ -91,7 +92,7 @@ class _CaptumExport:
         if first_id is None:  # Captum keeps class ids as int32: stay below 2**31
             slots = 2**31 // self.n_concepts
             first_id = int(fp, 16) % (slots - 1) * self.n_concepts
-        first_id = check_int(first_id, "first_id", low=0)
+        first_id = int(first_id)
         out = []
         for i, c in enumerate(chosen):
             if not 0 <= c < self.n_concepts:
