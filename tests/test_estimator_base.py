@@ -186,3 +186,23 @@ def test_transform_refuses_ambiguous_or_missing_data(cnmf):
         cnmf.transform(pixel_blocks=NEW_PIXELS[0])
     with pytest.raises(ValueError, match="fitted with fit_matrices.* pass pixel_blocks= and activation_"):
         cnmf.transform(X)
+
+
+FORMAT = {  # the saved names of format version 2: files written before the base still load
+    CoupledNMFConcepts: (
+        {"components", "example_factors", "shift_1"},
+        {"offsets", "n_pixel_blocks", "fitted_on_inputs", "shifted_blocks", "loss_history", "n_iter"}
+        | {"converged", "block_weights", "block_names", "layer_names", "layer_shapes", "input_shape"},
+    ),
+    SemanticVector: (
+        {"vectors", "activation_rates", "diversity", "n_examples"},
+        {"concept_names", "layer_shape"},
+    ),
+}
+
+
+@pytest.mark.parametrize("cls", list(UNFITTED), ids=lambda c: c.__name__)
+def test_the_saved_names_are_those_of_the_file_format(tmp_path, cls):
+    _fitted()[cls].save(tmp_path / "est.pt")
+    tensors, meta = load_state(tmp_path / "est.pt", cls.__name__)
+    assert (set(tensors), set(meta["fitted"])) == FORMAT[cls]
