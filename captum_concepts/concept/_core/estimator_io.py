@@ -10,10 +10,12 @@ pickle-free files). The estimator owns what is saved:
   dotted names; a parameter with no JSON form (e.g. a callable
   ``reshape_transform``) is recorded as unsaved and must be passed to ``load``
   again (a ``UserWarning`` says so when it is not);
-- the fitted state comes from the estimator's ``_fitted_state()`` (tensors and
-  JSON values) and goes back through ``_restore_fitted_state(reader)``, where
-  :class:`StateReader` checks every value's presence, type, dtype, shape,
-  finiteness and range, with a ``ValueError`` naming the file.
+- the fitted state is the class's declared ``_fitted_attributes`` (:class:`Fitted` JSON
+  values, :class:`FittedTensor` tensors, :class:`FittedTensorList` lists of optional tensors,
+  :class:`Derived` attributes rebuilt on load), written by :func:`fitted_state` and read back
+  by :func:`restore_fitted_state`, where :class:`StateReader` checks every value's presence,
+  type (with the package's constraints), dtype, shape, finiteness and range, with a
+  ``ValueError`` naming the file; no attribute is set before all of them are read.
 
 The model is never saved: a loaded estimator gets the ``model`` passed to
 ``load`` (or ``est.model = model`` later), and only methods that run the model
@@ -22,7 +24,8 @@ need it.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,11 +33,19 @@ from torch import nn
 
 from ..._utils.layers import layer_name
 from ..._utils.persistence import UNSAVED, PathLike, decode_params, encode_params, load_state, save_state
-from ..._utils.validation import validate_params
+from ..._utils.validation import Constraint, Int, validate_params
 from ..._utils.warn import warn_user
 
 __all__ = [
+    "ListOf",
     "StateReader",
+    "Fitted",
+    "FittedTensor",
+    "FittedTensorList",
+    "Derived",
+    "fitted_state",
+    "restore_fitted_state",
+    "CONCEPT_NAMES",
     "save_estimator",
     "load_estimator",
     "clone_with_layer_names",
@@ -44,8 +55,38 @@ __all__ = [
 ]
 
 
+class ListOf(Constraint):
+    """A JSON list (exactly a ``list``) whose every item satisfies ``item``."""
+
+    def __init__(self, item: Constraint) -> None:
+        self.item = item
+
+    def describe(self) -> str:
+        return f"a list (each item {self.item.describe()})"
+
+    def holds(self, value: Any) -> bool:
+        return type(value) is list and all(self.item.holds(v) for v in value)
+
+
+class _TaggedName(Constraint):
+    """A concept name saved by :func:`tag_names`: ``["int", int]`` or ``["str", str]``."""
+
+    def describe(self) -> str:
+        return "a [type, value] concept name pair (['int', 3] or ['str', 'dog'])"
+
+    def holds(self, value: Any) -> bool:
+        if type(value) is not list or len(value) != 2:
+            return False
+        kind, name = value
+        return (kind == "int" and Int().holds(name)) or (kind == "str" and isinstance(name, str))
+
+
 class StateReader:
-    """Checked access to a loaded file's tensors and fitted values; errors name the file."""
+    """Checked access to a loaded file's tensors and fitted values; errors name the file.
+
+    JSON values are checked with the package's constraints (:class:`Int`, :class:`RealNumber`,
+    :class:`Bool`, :class:`ListOf`, ...), as constructor parameters are.
+    """
 
     def __init__(self, tensors: Dict[str, torch.Tensor], fitted: Any, path: str) -> None:
         self.tensors = tensors
@@ -57,25 +98,15 @@ class StateReader:
     def error(self, problem: str) -> ValueError:
         return ValueError(f"path={self.path!r} is corrupted: {problem}")
 
-    def value(self, key: str, kinds: Tuple[type, ...]) -> Any:
-        """A fitted JSON value of one of ``kinds`` (``bool`` is never an ``int`` here)."""
+    def value(self, key: str, rule: Constraint) -> Any:
+        """A fitted JSON value that satisfies ``rule`` (``bool`` is never a number here)."""
         if key not in self.fitted:
             raise self.error(f"{key!r} is missing")
         v = self.fitted[key]
-        if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
-            raise self.error(
-                f"{key!r} is a {type(v).__name__}, expected {' or '.join(k.__name__ for k in kinds)}"
-            )
+        if not rule.holds(v):
+            shown = repr(v[:8]) + ("..." if len(v) > 8 else "") if isinstance(v, list) else repr(v)
+            raise self.error(f"{key!r} must be {rule.describe()}, got {shown} ({type(v).__name__})")
         return v
-
-    def ints(self, key: str, low: Optional[int] = None, allow_none: bool = False) -> Optional[List[int]]:
-        """A fitted list of ints (each ``>= low``), or None when ``allow_none``."""
-        v = self.value(key, (list, type(None)) if allow_none else (list,))
-        if v is None:
-            return None
-        if not all(type(i) is int and (low is None or i >= low) for i in v):
-            raise self.error(f"{key!r} must hold ints{'' if low is None else f' >= {low}'}, got {v[:8]}")
-        return list(v)
 
     def tensor(
         self,
@@ -105,6 +136,165 @@ class StateReader:
         return t
 
 
+# ---------------------------------------------------------------------- fitted attributes
+State = Dict[str, Any]
+Check = Callable[[Any, State, Any], Optional[str]]
+"""``check(value, state, est)``: the problem with a restored value (None: fine). ``state`` holds the
+attributes restored before it (declaration order), by attribute name."""
+
+
+def _plain(value: Any) -> Any:
+    """A fitted value in JSON form: tuples become lists, numpy scalars Python numbers."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _run_check(check: Optional[Check], value: Any, state: State, est: Any, reader: StateReader) -> None:
+    problem = None if check is None else check(value, state, est)
+    if problem is not None:
+        raise reader.error(problem)
+
+
+def _resolve(spec: Any, est: Any, state: State) -> Any:
+    return spec(est, state) if callable(spec) else spec
+
+
+@dataclass(frozen=True)
+class _FittedSpec:
+    """One declared fitted attribute: ``dump`` writes it, ``read`` restores it (checked)."""
+
+    attr: str
+
+    @property
+    def key(self) -> str:
+        """The saved name: the attribute without its leading and trailing underscores."""
+        return self.attr.strip("_")
+
+    def dump(self, est: Any, tensors: Dict[str, torch.Tensor], values: State) -> None:
+        raise NotImplementedError
+
+    def read(self, reader: StateReader, state: State, est: Any) -> None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Fitted(_FittedSpec):
+    """A fitted attribute saved as a JSON value under ``attr`` without its underscores.
+
+    Attributes:
+        attr (str): the attribute (``"n_iter_"`` is saved as ``"n_iter"``).
+        rule (Constraint): what the saved value must be.
+        decode (callable, optional): JSON value -> attribute (e.g. ``tuple``).
+        encode (callable, optional): attribute -> JSON value (default: lists for tuples, Python
+            numbers for numpy ones).
+        check (callable, optional): ``check(value, state, est)``, a problem text or None, for rules
+            that tie the value to those restored before it.
+    """
+
+    rule: Constraint
+    decode: Optional[Callable[[Any], Any]] = None
+    encode: Optional[Callable[[Any], Any]] = None
+    check: Optional[Check] = None
+
+    def dump(self, est: Any, tensors: Dict[str, torch.Tensor], values: State) -> None:
+        value = getattr(est, self.attr)
+        values[self.key] = self.encode(value) if self.encode is not None else _plain(value)
+
+    def read(self, reader: StateReader, state: State, est: Any) -> None:
+        value = reader.value(self.key, self.rule)
+        _run_check(self.check, value, state, est, reader)
+        state[self.attr] = value if self.decode is None else self.decode(value)
+
+
+@dataclass(frozen=True)
+class FittedTensor(_FittedSpec):
+    """A fitted tensor saved under ``attr`` without its underscores.
+
+    ``dtype`` and ``shape`` are values or callables ``(est, state)`` (a shape entry None: any
+    size); values must be finite and within ``[low, high]``.
+    """
+
+    dtype: Any = None
+    shape: Any = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    check: Optional[Check] = None
+
+    def dump(self, est: Any, tensors: Dict[str, torch.Tensor], values: State) -> None:
+        tensors[self.key] = getattr(est, self.attr)
+
+    def read(self, reader: StateReader, state: State, est: Any) -> None:
+        dtype, shape = _resolve(self.dtype, est, state), _resolve(self.shape, est, state)
+        value = reader.tensor(self.key, dtype, shape, self.low, self.high)
+        _run_check(self.check, value, state, est, reader)
+        state[self.attr] = value
+
+
+@dataclass(frozen=True)
+class FittedTensorList(_FittedSpec):
+    """A fitted list holding a tensor or None per entry: the indices of the tensors are saved
+    under ``index_key``, tensor ``i`` under ``f"{key}_{i}"``; ``shapes(est, state)`` gives every
+    entry's shape (its length is the list's)."""
+
+    index_key: str
+    shapes: Callable[[Any, State], List[Sequence[Optional[int]]]]
+    dtype: Any = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+
+    def dump(self, est: Any, tensors: Dict[str, torch.Tensor], values: State) -> None:
+        items = getattr(est, self.attr)
+        values[self.index_key] = [i for i, t in enumerate(items) if t is not None]
+        tensors.update({f"{self.key}_{i}": t for i, t in enumerate(items) if t is not None})
+
+    def read(self, reader: StateReader, state: State, est: Any) -> None:
+        present = reader.value(self.index_key, ListOf(Int(0)))
+        shapes, dtype = self.shapes(est, state), _resolve(self.dtype, est, state)
+        if any(i >= len(shapes) for i in present):
+            raise reader.error(f"{self.index_key!r}: an index beyond the {len(shapes)} entries")
+        state[self.attr] = [
+            reader.tensor(f"{self.key}_{i}", dtype, shape, self.low, self.high) if i in present else None
+            for i, shape in enumerate(shapes)
+        ]
+
+
+@dataclass(frozen=True)
+class Derived(_FittedSpec):
+    """A fitted attribute that is not saved: ``compute(state, est)`` rebuilds it on load."""
+
+    compute: Callable[[State, Any], Any]
+
+    def dump(self, est: Any, tensors: Dict[str, torch.Tensor], values: State) -> None:
+        pass
+
+    def read(self, reader: StateReader, state: State, est: Any) -> None:
+        state[self.attr] = self.compute(state, est)
+
+
+FittedSpec = _FittedSpec
+
+
+def fitted_state(est: Any) -> Tuple[Dict[str, torch.Tensor], State]:
+    """The tensors and JSON values of ``est``'s declared fitted attributes."""
+    tensors: Dict[str, torch.Tensor] = {}
+    values: State = {}
+    for spec in type(est)._fitted_attributes:
+        spec.dump(est, tensors, values)
+    return tensors, values
+
+
+def restore_fitted_state(est: Any, reader: StateReader) -> None:
+    """Read every declared fitted attribute (checked, in declaration order), then set them all."""
+    state: State = {}
+    for spec in type(est)._fitted_attributes:
+        spec.read(reader, state, est)
+    for attr, value in state.items():
+        setattr(est, attr, value)
+
+
 def fingerprint(*tensors: torch.Tensor, length: int = 10) -> str:
     """A short hex digest of the tensors' bytes (identifies one fit's factors)."""
     import hashlib
@@ -128,15 +318,12 @@ def tag_names(names: List[Any]) -> List[List[Any]]:
     return tagged
 
 
-def untag_names(reader: StateReader, key: str) -> List[Any]:
-    tagged = reader.value(key, (list,))
-    if not all(
-        isinstance(t, list)
-        and len(t) == 2
-        and ((t[0] == "int" and type(t[1]) is int) or (t[0] == "str" and isinstance(t[1], str)))
-        for t in tagged
-    ):
-        raise reader.error("bad concept names")
+CONCEPT_NAMES = ListOf(_TaggedName())
+"""The saved form of :func:`tag_names`."""
+
+
+def untag_names(tagged: List[List[Any]]) -> List[Any]:
+    """Inverse of :func:`tag_names` (``tagged`` checked against :data:`CONCEPT_NAMES`)."""
     return [value for _, value in tagged]
 
 
@@ -188,9 +375,8 @@ def clone_with_layer_names(est: Any) -> Any:
 
 def save_estimator(est: Any, path: PathLike) -> None:
     """Write a fitted estimator (parameters and fitted state, never the model) to ``path``."""
-    est._check_fitted()
     params, unsaved = encode_params(saveable_params(est))
-    tensors, fitted = est._fitted_state()
+    tensors, fitted = fitted_state(est)
     meta = {"params": params, "unsaved_params": unsaved, "fitted": fitted}
     save_state(path, type(est)._persistence_kind, tensors, meta)
 
@@ -236,5 +422,5 @@ def load_estimator(cls: type, path: PathLike, model: Optional[nn.Module], overri
         validate_params(est, rules)
     except (TypeError, ValueError) as err:
         raise ValueError(f"path={path!r} is corrupted: {err}") from None
-    est._restore_fitted_state(StateReader(tensors, meta.get("fitted"), path))
+    restore_fitted_state(est, StateReader(tensors, meta.get("fitted"), path))
     return est

@@ -32,7 +32,6 @@ from typing import (
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
 from torch import nn
 
 from ..._utils import distributed as dist_utils
@@ -45,18 +44,23 @@ from ..._utils.validation import (
     NONE,
     AnyOf,
     Bool,
-    DeviceSpec,
-    InstanceOf,
     Int,
-    check_fitted,
-    check_int,
-    check_option,
+    Options,
     check_real,
     seed_of,
-    validate_params,
+    validated,
 )
 from .activations import stream_layer_outputs
-from .estimator_io import clone_with_layer_names, load_estimator, save_estimator, tag_names, untag_names
+from .base import COMMON_CONSTRAINTS, LAYER, MODEL, _ConceptEstimator
+from .estimator_io import (
+    CONCEPT_NAMES,
+    Fitted,
+    FittedTensor,
+    ListOf,
+    tag_names,
+    untag_names,
+)
+from .semantic_sums import _ConceptSums, _membership
 
 __all__ = ["SemanticVector", "ConceptRanking", "PerturbationResult"]
 
@@ -115,87 +119,22 @@ def _set_unit(units: torch.Tensor, scale: float):
     return edit
 
 
-def _membership(labels: torch.Tensor, n_classes: Optional[int]) -> torch.Tensor:
-    """Labels -> float membership ``(B, C)``: one-hot for class indices, ``> 0`` for multi-hot.
-
-    A ``(B, 1)`` column is a column of class indices (a one-column multi-hot
-    would describe a single concept, which is never what a label column means).
-    """
-    if labels.dim() == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.dim() == 1:
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise TypeError(f"labels must be integer class indices or multi-hot, got dtype {labels.dtype}")
-        if labels.numel() == 0:
-            return torch.zeros(0, n_classes or 1)
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or (n_classes is not None and high >= n_classes):
-            raise ValueError(f"labels must lie in [0, {n_classes or 'n_classes'}), got {low}..{high}")
-        width = n_classes if n_classes is not None else high + 1
-        return torch.nn.functional.one_hot(labels.long().cpu(), width).float()
-    if labels.dim() == 2:
-        if n_classes is not None and labels.shape[1] != n_classes:
-            raise ValueError(f"multi-hot labels have {labels.shape[1]} columns, n_classes={n_classes}")
-        return (labels > 0).float().cpu()
-    raise ValueError(
-        f"labels must be (B,) class indices or (B, C) multi-hot, got shape {tuple(labels.shape)}"
-    )
+def _unit_norm(vectors: torch.Tensor, state: Dict[str, Any], est: Any) -> Optional[str]:
+    k = vectors.shape[0]
+    if k and not torch.allclose(vectors.double().norm(dim=1), torch.ones(k, dtype=torch.float64), atol=1e-3):
+        return "semantic vectors must have unit norm"
+    return None
 
 
-class _ConceptSums:
-    """Running ``Σ a``, ``Σ â`` and counts per concept (float64); rows grow with new classes."""
-
-    def __init__(self) -> None:
-        self.a = self.ahat = self.counts = None
-        self.shape: Optional[Tuple[int, ...]] = None
-
-    def _grow(self, n_concepts: int, d: int, device: torch.device) -> None:
-        if self.a is None:
-            self.a = torch.zeros(n_concepts, d, dtype=torch.float64, device=device)
-            self.ahat = torch.zeros_like(self.a)
-            self.counts = torch.zeros(n_concepts, dtype=torch.float64, device=device)
-        elif n_concepts > self.a.shape[0]:
-            pad = n_concepts - self.a.shape[0]
-            self.a = torch.nn.functional.pad(self.a, (0, 0, 0, pad))
-            self.ahat = torch.nn.functional.pad(self.ahat, (0, 0, 0, pad))
-            self.counts = torch.nn.functional.pad(self.counts, (0, pad))
-
-    def add(self, feats: torch.Tensor, shape: Tuple[int, ...], member: torch.Tensor) -> None:
-        if self.shape is None:
-            self.shape = shape
-        elif shape != self.shape:
-            raise ValueError(f"layer output shape changed between batches: {self.shape} then {shape}")
-        # One reduction instead of an elementwise isfinite pass (a NaN/Inf makes the sum
-        # non-finite; the exact check runs only then, ruling out overflow of a finite sum).
-        if not bool(torch.isfinite(feats.sum())) and not bool(torch.isfinite(feats).all()):
-            raise ValueError("the layer output holds NaN or infinite values (check the inputs for NaN/Inf)")
-        self._grow(member.shape[1], feats.shape[1], feats.device)
-        a = (feats > 0).to(torch.float32)
-        inv_norm = a.sum(dim=1).clamp_min(1.0).rsqrt()  # rows without an active unit: â = 0 anyway
-        w = torch.nn.functional.pad(member, (0, self.a.shape[0] - member.shape[1]))
-        w = w.to(device=a.device, dtype=torch.float32).t()  # (C, B)
-        # Σ a and Σ â = Σ a/||a|| per concept with one matmul: [w; w/||a||] @ a.
-        both = (torch.cat([w, w * inv_norm[None]]) @ a).double()
-        c = w.shape[0]
-        self.a += both[:c]
-        self.ahat += both[c:]
-        self.counts += w.sum(dim=1).double()
-
-    def all_reduce(self, device: Optional[torch.device]) -> None:
-        """Sum over ``torch.distributed`` ranks; concepts seen on any rank exist on all."""
-        mine = None if self.counts is None else (self.a.shape[0], self.a.shape[1], self.shape)
-        known = [m for m in dist_utils.all_gather_objects(mine) if m is not None]
-        if not known:
-            return
-        if len({m[2] for m in known}) > 1:
-            raise ValueError(f"ranks saw different layer output shapes: {sorted({m[2] for m in known})}")
-        self.shape = known[0][2]
-        self._grow(max(m[0] for m in known), known[0][1], self.a.device if self.a is not None else device)
-        reduce = dist_utils.all_reduce_sum
-        self.a, self.ahat, self.counts = reduce(self.a), reduce(self.ahat), reduce(self.counts)
+def _per_concept(est: Any, state: Dict[str, Any]) -> Tuple[int]:
+    return (len(state["concept_names_"]),)
 
 
-class SemanticVector(BaseEstimator):
+def _per_concept_and_unit(est: Any, state: Dict[str, Any]) -> Tuple[int, int]:
+    return (len(state["concept_names_"]), int(np.prod(state["layer_shape_"])))
+
+
+class SemanticVector(_ConceptEstimator):
     r"""Semantic vectors of named concepts at one layer (Gu & Tresp, §3, Equation 3).
 
     Fitting streams over data: each batch is forwarded up to ``layer``, binarised
@@ -262,26 +201,22 @@ class SemanticVector(BaseEstimator):
         random_state: Optional[int] = None,
         distributed: bool = False,
     ) -> None:
-        self.model = model
-        self.layer = layer
-        self.batch_size = batch_size
-        self.device = device
-        self.random_state = random_state
-        self.distributed = distributed
+        self._keep_params(locals())
 
-    _parameter_constraints = {
-        "model": InstanceOf((nn.Module,), "a torch.nn.Module"),
-        "layer": InstanceOf((str, nn.Module), "a dotted layer name (str) or a module of the model"),
-        "batch_size": Int(1),
-        "device": DeviceSpec(),
-        "random_state": AnyOf(NONE, Int(0)),
-        "distributed": Bool(),
-    }
+    _parameter_constraints = {"model": MODEL, "layer": LAYER, **COMMON_CONSTRAINTS}
+    _fitted_attributes = (
+        Fitted("concept_names_", CONCEPT_NAMES, decode=untag_names, encode=tag_names),
+        Fitted("layer_shape_", ListOf(Int(1)), decode=tuple),
+        FittedTensor("vectors_", torch.float32, _per_concept_and_unit, check=_unit_norm),
+        FittedTensor("activation_rates_", torch.float32, _per_concept_and_unit, low=0.0, high=1.0),
+        FittedTensor("diversity_", torch.float32, _per_concept, low=-1e-6, high=1.0 + 1e-6),
+        FittedTensor("n_examples_", torch.int64, _per_concept, low=1),
+    )
+    _fit_methods = ("fit", "fit_from_labels")
 
     # ------------------------------------------------------------------ helpers
-    def _validate(self) -> nn.Module:
-        """Check the parameters and resolve the layer (before any data is read)."""
-        validate_params(self)
+    def _layer(self) -> nn.Module:
+        """The layer, resolved in the model (parameters are checked by ``validated`` before)."""
         return resolve_layer(self.model, self.layer)
 
     def _target_device(self) -> Optional[torch.device]:
@@ -348,6 +283,7 @@ class SemanticVector(BaseEstimator):
 
     # ------------------------------------------------------------------ fitting
     @dist_utils.synchronized
+    @validated()
     def fit(self, concepts: Mapping[ConceptKey, Any], additional_forward_args: Any = None) -> SemanticVector:
         """Fit one semantic vector per named concept.
 
@@ -368,7 +304,7 @@ class SemanticVector(BaseEstimator):
         """
         if not isinstance(concepts, Mapping) or len(concepts) == 0:
             raise TypeError("concepts must be a non-empty dict {name: tensor or data loader}")
-        layer = self._validate()
+        layer = self._layer()
         names = list(concepts.keys())
         dist_utils.declare(concepts=names)
         n = len(names)
@@ -381,6 +317,7 @@ class SemanticVector(BaseEstimator):
         return self._fit_stream(names, self._features(batches(), layer, additional_forward_args), n)
 
     @dist_utils.synchronized
+    @validated(args={"n_classes": AnyOf(NONE, Int(1))})
     def fit_from_labels(
         self, data: Any, n_classes: Optional[int] = None, additional_forward_args: Any = None
     ) -> SemanticVector:
@@ -402,8 +339,8 @@ class SemanticVector(BaseEstimator):
         Raises:
             ValueError: a class in ``0..C-1`` has no example, or a label is out of range.
         """
-        layer = self._validate()
-        n_classes = check_int(n_classes, "n_classes", low=1, allow_none=True)
+        layer = self._layer()
+        n_classes = None if n_classes is None else int(n_classes)
         dist_utils.declare(n_classes=n_classes)
 
         batches = iter_batches(data, int(self.batch_size), "data", labels=True)
@@ -414,12 +351,9 @@ class SemanticVector(BaseEstimator):
         return self
 
     # ------------------------------------------------------------------ fitted state
-    def _check_fitted(self) -> None:
-        check_fitted(self, "vectors_", "fit or fit_from_labels")
-
+    @validated(params=False, fitted=True)
     def concept_index(self, concept: ConceptKey) -> int:
         """Index of ``concept`` in ``concept_names_`` (a name, or an integer index)."""
-        self._check_fitted()
         for i, name in enumerate(self.concept_names_):
             if name == concept and type(name) is type(concept):
                 return i
@@ -431,6 +365,7 @@ class SemanticVector(BaseEstimator):
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown concept {concept!r}.{hint} Known: {self.concept_names_[:20]}")
 
+    @validated(params=False, fitted=True)
     def class_rows(self, concepts: Optional[Sequence[ConceptKey]] = None) -> torch.Tensor:
         """Row of ``vectors_`` used for each class: ``(num_classes,)`` long.
 
@@ -438,7 +373,6 @@ class SemanticVector(BaseEstimator):
         :meth:`fit_from_labels`, concept ``t`` *is* class ``t``). Otherwise entry
         ``t`` of ``concepts`` names (or indexes) the concept of class ``t``.
         """
-        self._check_fitted()
         if concepts is None:
             names = self.concept_names_
             ints = [n for n in names if isinstance(n, (int, np.integer)) and not isinstance(n, bool)]
@@ -452,6 +386,7 @@ class SemanticVector(BaseEstimator):
             raise TypeError("concepts must be a sequence: entry t names the concept of class t")
         return torch.tensor([self.concept_index(c) for c in concepts], dtype=torch.long)
 
+    @validated(params=False, fitted=True, args={"mode": Options(("unit", "channel"))})
     def masks(self, threshold: float = 0.5, mode: str = "unit") -> torch.Tensor:
         """Binary masks ``1[r_c > threshold]`` of shape ``(n_concepts, *layer_shape_)`` (bool).
 
@@ -465,8 +400,6 @@ class SemanticVector(BaseEstimator):
         whose position-averaged rate for the concept is above the average over concepts;
         ``threshold`` is not used).
         """
-        self._check_fitted()
-        check_option(mode, "mode", ("unit", "channel"))
         if mode == "channel":
             from .channel_masks import channel_masks
 
@@ -474,6 +407,7 @@ class SemanticVector(BaseEstimator):
         check_real(threshold, "threshold", low=0.0, high=1.0, high_open=True)
         return (self.activation_rates_ > threshold).reshape(-1, *self.layer_shape_)
 
+    @validated(params=False, fitted=True)
     def semantic_masks(
         self, threshold: float = 0.5, concepts: Optional[Sequence[ConceptKey]] = None
     ) -> Tuple[nn.Module, torch.Tensor]:
@@ -483,15 +417,15 @@ class SemanticVector(BaseEstimator):
         rows = self.class_rows(concepts)
         return resolve_layer(self.model, self.layer), self.masks(threshold)[rows]
 
+    @validated(params=False, fitted=True)
     def relevance(self) -> torch.Tensor:
         """Relevance matrix ``rel(a, b) = cos(v_a, v_b)``, ``(n_concepts, n_concepts)``."""
-        self._check_fitted()
         return self.vectors_ @ self.vectors_.t()
 
     # ------------------------------------------------------------------ persistence
     _persistence_kind = "SemanticVector"
-    _runtime_params = ("model",)
 
+    @validated(params=False, fitted=True)
     def save(self, path: PathLike) -> None:
         """Save the fitted vectors, rates, diversities and parameters to ``path``.
 
@@ -502,7 +436,7 @@ class SemanticVector(BaseEstimator):
         by its name. Concept names must be ``str`` or ``int``.
         """
 
-        save_estimator(self, path)
+        super().save(path)
 
     @classmethod
     def load(cls, path: PathLike, model: Optional[nn.Module] = None, **params: Any) -> SemanticVector:
@@ -515,48 +449,13 @@ class SemanticVector(BaseEstimator):
             ValueError: a corrupted, damaged, truncated or foreign file.
         """
 
-        return load_estimator(cls, path, model, params)
-
-    def __sklearn_clone__(self) -> SemanticVector:
-
-        return clone_with_layer_names(self)
-
-    def _fitted_state(self) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-
-        tensors = {
-            "vectors": self.vectors_,
-            "activation_rates": self.activation_rates_,
-            "diversity": self.diversity_,
-            "n_examples": self.n_examples_,
-        }
-        fitted = {
-            "concept_names": tag_names(self.concept_names_),
-            "layer_shape": [int(s) for s in self.layer_shape_],
-        }
-        return tensors, fitted
-
-    def _restore_fitted_state(self, reader: Any) -> None:
-
-        names = untag_names(reader, "concept_names")
-        shape = tuple(reader.ints("layer_shape", low=1))
-        k, d = len(names), int(np.prod(shape))
-        vectors = reader.tensor("vectors", torch.float32, (k, d))
-        if k and not torch.allclose(
-            vectors.double().norm(dim=1), torch.ones(k, dtype=torch.float64), atol=1e-3
-        ):
-            raise reader.error("semantic vectors must have unit norm")
-        self.activation_rates_ = reader.tensor("activation_rates", torch.float32, (k, d), low=0.0, high=1.0)
-        self.diversity_ = reader.tensor("diversity", torch.float32, (k,), low=-1e-6, high=1.0 + 1e-6)
-        self.n_examples_ = reader.tensor("n_examples", torch.int64, (k,), low=1)
-        self.concept_names_ = names
-        self.layer_shape_ = shape
-        self.vectors_ = vectors
+        return super().load(path, model, **params)
 
     # ------------------------------------------------------------------ new data
+    @validated(fitted=True)
     def transform(self, inputs: TensorOrTuple, additional_forward_args: Any = None) -> torch.Tensor:
         """The flattened layer features ``φ(x)`` of ``inputs``: ``(N, D)``."""
-        self._check_fitted()
-        layer = self._validate()
+        layer = self._layer()
         batches = iter_batches(format_inputs(inputs)[0], int(self.batch_size), "inputs")
         feats = []
         for f, shape, _ in self._features(batches, layer, additional_forward_args):
@@ -572,6 +471,7 @@ class SemanticVector(BaseEstimator):
                 f"model the architecture it was fitted (or saved) with?"
             )
 
+    @validated(fitted=True, args={"binarize": Bool()})
     def similarity(
         self, inputs: TensorOrTuple, additional_forward_args: Any = None, binarize: bool = False
     ) -> torch.Tensor:
@@ -586,6 +486,7 @@ class SemanticVector(BaseEstimator):
         feats = feats.float()
         return (feats @ self.vectors_.t()) / feats.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
+    @validated(fitted=True, args={"k": Int(1)})
     def rank(
         self, inputs: TensorOrTuple, concept: ConceptKey, k: int = 10, additional_forward_args: Any = None
     ) -> torch.return_types.topk:
@@ -596,10 +497,11 @@ class SemanticVector(BaseEstimator):
             into ``inputs``, best first (``k`` is capped at ``N``).
         """
         index = self.concept_index(concept)
-        k = check_int(k, "k", low=1)
+        k = int(k)
         sim = self.similarity(inputs, additional_forward_args)[:, index]
         return torch.topk(sim, min(k, sim.shape[0]))
 
+    @validated(fitted=True, args={"k": Int(1)})
     def explain(
         self,
         inputs: TensorOrTuple,
@@ -615,7 +517,6 @@ class SemanticVector(BaseEstimator):
                 materials...); default: every concept.
             k: concepts per input (capped at the vocabulary size).
         """
-        self._check_fitted()
         vocab = (
             list(range(len(self.concept_names_)))
             if vocabulary is None
@@ -623,7 +524,7 @@ class SemanticVector(BaseEstimator):
         )
         if not vocab:
             raise ValueError("vocabulary must name at least one concept")
-        k = check_int(k, "k", low=1)
+        k = int(k)
         sim = self.similarity(inputs, additional_forward_args)[:, vocab]
         scores, pos = torch.topk(sim, min(k, len(vocab)), dim=1)
         indices = torch.tensor(vocab, device=pos.device)[pos]
@@ -631,6 +532,7 @@ class SemanticVector(BaseEstimator):
         return ConceptRanking(names, indices, scores)
 
     # ------------------------------------------------------------------ Table 1
+    @validated(fitted=True)
     def perturbation_check(
         self,
         inputs: TensorOrTuple,
@@ -664,8 +566,7 @@ class SemanticVector(BaseEstimator):
         Returns:
             :class:`PerturbationResult` with ``(N,)`` changes; ``.means()`` gives the table row.
         """
-        self._check_fitted()
-        layer = self._validate()
+        layer = self._layer()
         inputs_t, _ = format_inputs(inputs)
         n = check_batch(inputs_t)
         rows = self.class_rows(concepts)
@@ -691,7 +592,7 @@ class SemanticVector(BaseEstimator):
         changes: Dict[str, List[torch.Tensor]] = {name: [] for name in _PERTURBATIONS}
         edit: Dict[str, Any] = {}
 
-        def replace(_module, _inp, out):
+        def replace(out):
             self._check_layer_shape(tuple(out.shape[1:]))
             if edit.get("fn") is None:
                 return None
@@ -699,7 +600,7 @@ class SemanticVector(BaseEstimator):
             return edit["fn"](flat).reshape(out.shape)
 
         with ModelGuard(self.model) as guard, torch.no_grad():
-            guard.register_forward_hook(layer, replace)
+            guard.replace(layer, replace)
             step = int(self.batch_size)
             for start in range(0, n, step):
                 sl = slice(start, start + step)

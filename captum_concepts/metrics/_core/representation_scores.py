@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 import torch
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
-from ..._utils.validation import check_real
+from ..._utils.validation import check_bool, check_real
 from ._explain import check_positive_int, draw_noise, explain_copies, resolve_explainer
 from .normalization import minmax_normalize
 
@@ -35,9 +35,7 @@ def _mae_to_reference(maps: torch.Tensor, n_ref: int) -> torch.Tensor:
 
 
 def _check_differentiable(differentiable: Any) -> bool:
-    if not isinstance(differentiable, bool):
-        raise TypeError(f"differentiable must be a bool, got {type(differentiable).__name__}")
-    return differentiable
+    return check_bool(differentiable, "differentiable")
 
 
 def noise_score(
