@@ -3,7 +3,8 @@ settings of CI's second pass.
 
 Results across machines (RELIABILITY.md): the same computation repeated identically gives the same
 bits; other threads, batch compositions or CPUs agree only to rounding. CI's second pass (``.ci/run``)
-reruns the suite with other settings so that a test which only holds on one kernel path fails there:
+reruns the tests marked ``kernels`` with other settings, so that a test which only holds on one kernel
+path fails there:
 
 - ``CAPTUM_CONCEPTS_TEST_THREADS=N``: every test process runs ``N`` intra-op threads (default: 1 per
   ``pytest -n`` worker, the machine's default otherwise);
@@ -29,6 +30,14 @@ if TEST_THREADS is not None:
 elif os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest -n N already uses every core; more threads per worker only contend.
     torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "kernels: compares results of different kernel paths (batch compositions, chunk sizes, strategies, "
+        "Captum's implementation) or checks bits; rerun by CI's second pass on other paths",
+    )
 
 
 def pytest_report_header(config):

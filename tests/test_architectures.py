@@ -292,6 +292,7 @@ def test_semantic_vector_and_semantic_attributions_match_autograd(name):
     assert_same_state(before, model)
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("name", _params())
 def test_coupled_nmf_two_layers_transform_and_tcav_export(name, tmp_path):
     model, x, layers, layouts, transforms, _ = _setup(name)

@@ -444,7 +444,7 @@ def _semantic_nan_does_not_leak():
         assert_matches(both[1:], clean)  # a batch of 4 vs 3: other kernels, so to float tolerance
 
 
-test_documented_result = documented_result_test(RESULT_CASES)
+test_documented_result = pytest.mark.kernels(documented_result_test(RESULT_CASES))
 
 
 # ---------------------------------------------------------------------- hypothesis properties

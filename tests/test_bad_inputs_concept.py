@@ -574,7 +574,7 @@ def _distributed_without_process_group():
     assert torch.equal(sv_a.vectors_, fitted_sv().vectors_)
 
 
-test_documented_result = documented_result_test(RESULT_CASES)
+test_documented_result = pytest.mark.kernels(documented_result_test(RESULT_CASES))
 
 
 # ---------------------------------------------------------------------- hypothesis properties

@@ -83,6 +83,7 @@ DATA = {
 }
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("kind", list(DATA))
 def test_coupled_nmf_passes_every_input_to_the_model(kind):
     model = ImageText().eval()
@@ -111,6 +112,7 @@ def test_coupled_nmf_additional_forward_args_reach_the_model():
     torch.testing.assert_close(streamed.example_factors_, reference.example_factors_, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.kernels
 def test_semantic_vector_reads_batches_by_the_same_rules():
     model = ImageText().eval()
     reference = SemanticVector(model, "out_relu").fit_from_labels((IMAGES, TOKENS, LABELS))

@@ -25,6 +25,7 @@ def test_hand_computed_small_case():
     assert torch.equal(masks, expected)
 
 
+@pytest.mark.kernels
 def test_mode_channel_matches_the_experiment_rule_and_ignores_positions(fitted):
     _, sv = fitted
     masks = sv.masks(mode="channel")

@@ -188,6 +188,7 @@ def test_digits_concepts_are_purer_than_chance(digits, digits_fit):
     assert digits_fit.pixel_factors_[0].shape == (64, 10)
 
 
+@pytest.mark.kernels
 def test_fit_leaves_model_untouched_and_loader_matches_tensor(digits, digits_cnn):
     before = model_state(digits_cnn)
     x = digits.x_test
@@ -204,6 +205,7 @@ def test_fit_leaves_model_untouched_and_loader_matches_tensor(digits, digits_cnn
     assert_same_state(before, digits_cnn)
 
 
+@pytest.mark.kernels
 def test_transform_recovers_training_factors(digits, digits_fit):
     F_new = digits_fit.transform(digits.x_train)
     F = digits_fit.example_factors_

@@ -13,6 +13,8 @@ from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
 from captum_concepts.data import DigitsCNN
 from captum_concepts.metrics import drift_score, noise_benchmark, noise_score, score_curve
 
+pytestmark = pytest.mark.kernels  # the bit-for-bit checks hold on CI's other kernel paths too
+
 torch.manual_seed(0)
 MODEL = DigitsCNN(width=4, embedding_dim=6).eval()
 X = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -124,6 +124,7 @@ def test_nearest_upsampling_copies_superpixels():
 
 
 # ---------------------------------------------------------------------------- D = 1 vs Captum
+@pytest.mark.kernels
 @pytest.mark.parametrize("lname", ["block2.relu", "block3.pool"])
 def test_d1_equals_captum_layer_methods(digits_cnn, x8, lname):
     layer = dict(digits_cnn.named_modules())[lname]
@@ -152,6 +153,7 @@ def test_d1_equals_captum_layer_methods(digits_cnn, x8, lname):
     close(ea.attribute(x8, embedding_dims=k) * per_channel.shape[1], summed)  # Captum sums channels
 
 
+@pytest.mark.kernels
 def test_d1_equals_captum_at_input(digits_cnn, x8):
     k = 7
     sal = Saliency(digits_cnn).attribute(x8, target=k, abs=False)
@@ -163,6 +165,7 @@ def test_d1_equals_captum_at_input(digits_cnn, x8):
 
 
 # ---------------------------------------------------------------------------- D > 1 vs reference loop
+@pytest.mark.kernels
 @pytest.mark.parametrize("method", METHODS)
 def test_every_aggregator_equals_per_dimension_reference(digits_cnn, x8, method):
     ref_a = reference_per_channel(digits_cnn, x8, digits_cnn.embedding, digits_cnn.block3.relu, method)
@@ -185,6 +188,7 @@ def test_every_aggregator_equals_per_dimension_reference(digits_cnn, x8, method)
     close(per_dim, REF["abs"](ref_a, 2)[:, [0, 5, 9]])
 
 
+@pytest.mark.kernels
 def test_return_per_dim_shapes_and_consistency(digits_cnn, x8):
     ea = EmbeddingAttribution(digits_cnn, "embedding", "block3.pool", "activation_gradient", "abs", "var")
     per_dim = ea.attribute(x8, return_per_dim=True)
@@ -203,6 +207,7 @@ def test_return_per_dim_shapes_and_consistency(digits_cnn, x8):
 
 
 # ---------------------------------------------------------------------------- multi-layer, cost
+@pytest.mark.kernels
 def test_multi_layer_equals_single_layers_with_one_forward(digits_cnn, x8, monkeypatch):
     layers = [None, "block1.relu", "block2.pool", "block3.conv"]
     calls = {"forward": 0, "grad": 0}

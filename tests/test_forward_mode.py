@@ -49,6 +49,7 @@ def x8(digits):
 
 
 # ---------------------------------------------------------------------------- digits CNN
+@pytest.mark.kernels
 @pytest.mark.parametrize("method", METHODS)
 def test_forward_equals_reverse_every_aggregator(digits_cnn, x8, method):
     combos = list(itertools.product(AGGS, AGGS)) + [
@@ -64,6 +65,7 @@ def test_forward_equals_reverse_every_aggregator(digits_cnn, x8, method):
     )
 
 
+@pytest.mark.kernels
 def test_forward_per_dim_and_dense_source(digits_cnn, x8):
     assert_strategies_agree(
         x8,
@@ -79,6 +81,7 @@ def test_forward_per_dim_and_dense_source(digits_cnn, x8):
         assert_strategies_agree(x8, digits_cnn, "classifier", "embedding_relu", method, rc)
 
 
+@pytest.mark.kernels
 def test_forward_multi_layer(digits_cnn, x8):
     layers = [None, "block1.relu", "block2.pool", "block3.conv"]
     chunks = dict(internal_batch_size=kernel_batch(8))
@@ -104,6 +107,7 @@ def test_create_graph_falls_back_to_reverse_mode():
 
 
 # ---------------------------------------------------------------------------- Captum toy models
+@pytest.mark.kernels
 def test_forward_tuple_inputs_additional_args_and_layer_input():
     torch.manual_seed(0)
     model = BasicModel_MultiLayer_MultiInput().eval()
@@ -123,6 +127,7 @@ def test_forward_tuple_inputs_additional_args_and_layer_input():
             )
 
 
+@pytest.mark.kernels
 def test_forward_conv1d_sequence_model():
     torch.manual_seed(0)
     model = Conv1dSeqModel().eval()
@@ -131,6 +136,7 @@ def test_forward_conv1d_sequence_model():
         assert_strategies_agree(x, model, None, "seq.0", method, rc, rd)
 
 
+@pytest.mark.kernels
 def test_forward_inplace_relu_leaves_model_unchanged():
     torch.manual_seed(0)
     plain, inplace = BasicModel_ConvNet_One_Conv().eval(), BasicModel_ConvNet_One_Conv(inplace=True).eval()

@@ -158,6 +158,7 @@ def test_drift_score_clip_range_data_uses_input_range():
 
 
 # ----------------------------------------------------------------------------- batching, Captum
+@pytest.mark.kernels
 @pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 def test_max_examples_per_batch_and_per_example_target_match_one_call():
     model = BasicModel_ConvNet_One_Conv().eval()

@@ -23,6 +23,7 @@ from captum_concepts.concept import SemanticVector
 from captum_concepts.testing import assert_same_state, model_state
 
 pytestmark = [
+    pytest.mark.kernels,  # ours vs Captum's code path, batch vs one example
     pytest.mark.filterwarnings("ignore:Setting backward hooks:UserWarning"),
     pytest.mark.filterwarnings("ignore:Input Tensor .* did not already require gradients:UserWarning"),
 ]

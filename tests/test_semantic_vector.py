@@ -41,6 +41,7 @@ def test_hand_computed_vector_rates_diversity():
     assert sv.masks(0.4).tolist() == [[True, True, False, False]]
 
 
+@pytest.mark.kernels
 def test_diversity_equals_mean_cosine_definition():
     g = torch.Generator().manual_seed(1)
     x = (torch.rand(40, 6, generator=g) > 0.4).float() * torch.rand(40, 6, generator=g)
@@ -56,6 +57,7 @@ def test_diversity_equals_mean_cosine_definition():
     assert ((a @ other) / a.norm(dim=1).clamp_min(1e-12)).sum() < cos.sum()
 
 
+@pytest.mark.kernels
 def test_streaming_equals_all_at_once(digits, digits_cnn):
     x, y = digits.x_train[:300], digits.y_train[:300]
     full = SemanticVector(digits_cnn, "block3.pool", batch_size=1000).fit_from_labels((x, y))

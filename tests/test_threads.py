@@ -19,6 +19,8 @@ from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
 from captum_concepts.data import DigitsCNN
 from captum_concepts.testing import assert_same_state, model_state
 
+pytestmark = pytest.mark.kernels  # the bit-for-bit checks hold on CI's other kernel paths too
+
 X = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 Y = torch.tensor([0, 1, 2, 0])
 

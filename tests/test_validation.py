@@ -79,6 +79,7 @@ def test_coupled_nmf_takes_numpy_ints(counting):
     assert counting.calls == 4  # 2 batches of 4 per fit
 
 
+@pytest.mark.kernels
 def test_semantic_vector_takes_numpy_ints(counting):
     a = SemanticVector(counting, "net.block3.pool", batch_size=np.int64(4)).fit_from_labels((X, Y))
     b = SemanticVector(counting, "net.block3.pool", batch_size=4).fit_from_labels((X, Y))
