@@ -18,7 +18,7 @@ from ..._utils.finite import check_finite_result
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layer, uncompiled
 from ..._utils.layout import ReshapeTransform, apply_reshape, check_reshape_transforms, layout_hint
-from ..._utils.validation import check_int
+from ..._utils.validation import check_int, check_option, validated
 from ..._utils.warn import warn_user
 from .aggregators import Aggregator, aggregate, check_aggregator, is_mean
 from .forward_mode import (
@@ -199,10 +199,8 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         model = uncompiled(model)
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        check_option(method, "method", METHODS)
+        check_option(strategy, "strategy", STRATEGIES)
         self._multi = isinstance(layer, (list, tuple))
         if self._multi and len(layer) == 0:
             raise ValueError("layer is an empty list; pass at least one layer (None means the inputs)")
@@ -239,6 +237,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
 
     # ------------------------------------------------------------------ public
     @captum_wrappable
+    @validated(grad=True)
     def attribute(
         self,
         inputs: TensorOrTuple,
@@ -275,10 +274,12 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                 derivatives, use e.g. softplus). Default False: detached maps.
 
         Returns:
-            For one source: a tensor ``(N, *S0)`` (``(N, D, *S0)`` with ``return_per_dim``), or a
-            tuple of them for tuple inputs (tuples in, tuples out, for input and layer sources
-            alike) and for layers with several input/output tensors. For a list of layers: a list
-            of such results, in the same order.
+            Captum's rule. A layer source gives what the layer outputs (its inputs with
+            ``attribute_to_layer_input``), whatever the form of ``inputs``: a tensor ``(N, *S0)``
+            (``(N, D, *S0)`` with ``return_per_dim``) for a layer with one tensor, a tuple of them
+            for a layer with several. The inputs as source (``layer=None``): tuples in, tuples
+            out (a tensor for a tensor input, a tuple for tuple inputs). For a list of layers: a
+            list of such results, in the same order.
         """
         inputs_t, _was_tuple = format_inputs(inputs)
         n = check_batch(inputs_t)
@@ -333,8 +334,9 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                     spatial = m.dim() - (2 if return_per_dim else 1)
                     m = upsample_maps(m, size, self.upsample, spatial_dims=spatial)
                 maps.append(m if create_graph else m.detach())
-            # tuples in -> tuples out for layer sources too (Captum's metrics tuple-ize the inputs)
-            results.append(restore_form(tuple(maps), _was_tuple or len(maps) > 1))
+            # Captum's rule: input sources keep the form of the inputs, layer sources the form of
+            # the layer's output (one tensor -> a tensor, whatever the inputs)
+            results.append(restore_form(tuple(maps), (_was_tuple and lay is None) or len(maps) > 1))
         return check_finite_result(results if self._multi else results[0], type(self).__name__, inputs_t)
 
     def _warn_layouts(self, model: nn.Module, sources: List[Tuple[torch.Tensor, ...]]) -> None:
