@@ -91,7 +91,7 @@ def test_sensitivity_max_runs_and_matches_its_definition(model, x, name):
     def perturb(inputs):
         return inputs + 0.05 * direction.repeat(inputs.shape[0] // x.shape[0], 1, 1, 1)
 
-    def explain(inputs, **kw):  # a layer attribution is a tensor (Captum's rule): tuple it as for LayerGradCam
+    def explain(inputs, **kw):  # a layer attribution is a tensor (Captum's rule): tuple it, like LayerGradCam
         out = method.attribute(inputs, **kw)
         return out if isinstance(out, tuple) else (out,)
 
