@@ -6,9 +6,9 @@ per source pixel (or channel, or element) through the same head, and, once per c
 tangents, the layers *below* the source again. Counting passes alone misses that a pass through
 a head of one pooling layer costs next to nothing while re-running the layers below costs a
 forward pass of most of the network. :class:`PassCosts` holds the work of the two parts of the
-first forward pass, counted while it runs (:class:`WorkCounter`): floating-point operations of
-the matrix products and convolutions (PyTorch's own FLOP formulas) and elements written by every
-other operation (memory traffic, priced per element). The prices are relative, in FLOP
+first forward pass, counted while it runs (:class:`WorkProbe`): floating-point operations of
+the convolutions, linear layers and attention modules and elements output by every other leaf
+module (memory traffic, priced per element). The prices are relative, in FLOP
 equivalents, so the comparison does not depend on the speed of the machine.
 """
 
@@ -16,25 +16,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch import nn
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["PassCosts", "WorkCounter", "WorkProbe"]
+__all__ = ["PassCosts", "WorkProbe"]
 
-# FLOP equivalents of one element written by an element-wise, pooling or normalisation op
-# (memory-bound: about what a CPU core does in FLOPs while it moves one float).
+# The prices, in FLOP equivalents, were fitted on CPU (one and two threads) to the timings of
+# benchmarks/embedding_attribution_real.py (torchvision ResNets and ViT-B/16); the same relative
+# prices are used on other devices.
+#
+# One element written by an element-wise, pooling or normalisation op (memory-bound: about what
+# a CPU core does in FLOPs while it moves one float).
 ELEMENT_PRICE = 16.0
-# Fixed price of one backward call (autograd engine, the one-hot seed, the gradient buffers).
-BACKWARD_OVERHEAD = 6e6
-# Price of one tangent through the head relative to one vector-Jacobian product through it: the
-# products of a chunk run as one vmapped (batched) pass, which uses the hardware better.
-JVP_PRICE = 0.7
+# Fixed price of one backward call (autograd engine, the one-hot seed, the gradient buffers), and
+# of one forward pass of forward mode.
+BACKWARD_OVERHEAD = 7.5e6
+# One vector-Jacobian product through the head, relative to the head's forward work (the
+# parameters need no gradients).
+VJP_PRICE = 0.9
+# One tangent through the head, relative to the head's forward work: the tangents of a chunk run
+# as one vmapped (batched) pass, which uses the hardware better than single passes.
+JVP_PRICE = 0.55
 # Element-wise passes over the source per dimension in reverse mode (the gradient, F * gradient,
-# the channel reduction) and per tangent in forward mode (building it, the clone handed on).
-REVERSE_SOURCE_PASSES = 3.0
+# the channel reduction, the one-hot seed) and per tangent in forward mode (building it, the clone
+# handed on).
+REVERSE_SOURCE_PASSES = 4.0
 FORWARD_SOURCE_PASSES = 2.0
 
 
@@ -58,7 +67,9 @@ class PassCosts:
     def reverse(self, n_dims: int, chunk: int = 1) -> float:
         """Predicted price of ``n_dims`` vector-Jacobian products, ``chunk`` per backward call
         (1: ``"loop"``; ``"batched"`` runs ``chunk`` per call)."""
-        per_dim = self._work(self.head) + ELEMENT_PRICE * REVERSE_SOURCE_PASSES * self.source_elements
+        per_dim = VJP_PRICE * self._work(self.head) + (
+            ELEMENT_PRICE * REVERSE_SOURCE_PASSES * self.source_elements
+        )
         return n_dims * per_dim + math.ceil(n_dims / max(chunk, 1)) * BACKWARD_OVERHEAD
 
     def forward(self, passes: int, chunk: int) -> float:
@@ -71,55 +82,65 @@ class PassCosts:
         return passes * per_tangent + math.ceil(passes / max(chunk, 1)) * per_chunk
 
 
-def _flop_formulas() -> dict:
-    try:
-        from torch.utils.flop_counter import flop_registry
-    except ImportError:  # pragma: no cover - older torch
-        return {}
-    return dict(flop_registry)
+def _tensors(value: Any) -> List[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [t for t in tree_leaves(value) if isinstance(t, torch.Tensor)]
 
 
-class WorkCounter(TorchDispatchMode):
-    """Counts, while active, the FLOPs of matrix products and convolutions and the elements
-    written by every other (non-view) operation. :meth:`read` gives the running totals, so a
-    forward hook can split one pass at a layer. Thread-local, like every dispatch mode."""
+def _conv_flops(module: Any, args: Any, out: torch.Tensor) -> float:
+    per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
+    if getattr(module, "transposed", False):  # each input element feeds out_channels / groups outputs
+        return 2.0 * args[0].numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
+    return 2.0 * out.numel() * per_output
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.flops = 0.0
-        self.elements = 0.0
-        self._formulas = _flop_formulas()
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = self._formulas.get(getattr(func, "_overloadpacket", None))
-        if formula is not None:
-            try:
-                self.flops += float(formula(*args, **kwargs, out_val=out))
-            except Exception:  # a formula that does not know these arguments: count nothing
-                pass
-        elif not getattr(func, "is_view", False):
-            self.elements += sum(t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
-        return out
+def _linear_flops(module: Any, args: Any, out: torch.Tensor) -> float:
+    return 2.0 * out.numel() * module.in_features
 
-    def read(self) -> Tuple[float, float]:
-        """``(flops, elements)`` so far."""
-        return self.flops, self.elements
+
+def _attention_flops(module: Any, args: Any, out: Any) -> float:
+    query, key = args[0], args[1] if len(args) > 1 else args[0]
+    batched = query.dim() == 3
+    lq = query.shape[1 if module.batch_first and batched else 0]
+    lk = key.shape[1 if module.batch_first and batched else 0]
+    n = query.numel() // (lq * module.embed_dim)
+    e = module.embed_dim
+    projections = 2.0 * n * (lq * e * e + 2 * lk * e * module.kdim) + 2.0 * n * lq * e * e
+    return projections + 4.0 * n * lq * lk * e  # + Q K^T and the weighted sum of V
+
+
+_FLOPS: Sequence[Tuple[type, Callable[[Any, Any, Any], float]]] = (
+    (nn.modules.conv._ConvNd, _conv_flops),
+    (nn.Linear, _linear_flops),
+    (nn.MultiheadAttention, _attention_flops),
+)
 
 
 class WorkProbe:
     """Splits the work of one forward pass at each source layer and at the embedding.
 
-    Register it inside a guard before the pass and run the pass inside ``with probe:``; then
-    :meth:`costs` gives each layer's :class:`PassCosts`. The counter reads its totals in forward
-    hooks (pre-hooks for layer inputs) registered through the guard.
+    Counted per module call: the FLOPs of convolutions, linear layers and attention (from their
+    shapes) and the elements every other leaf module outputs. Register the probe inside a guard
+    before the pass and run the pass inside ``with probe:``; then :meth:`costs` gives each
+    layer's :class:`PassCosts`. Its hooks go through the guard (removed on exit).
     """
 
     def __init__(self, guard: Any, layers: Sequence[Any], embedding_layer: Any, of: str) -> None:
-        self.counter = WorkCounter()
+        self.flops = 0.0
+        self.elements = 0.0
+        self.active = False
         self.at: Dict[Any, Tuple[float, float]] = {}
         self.end: Optional[Tuple[float, float]] = None
+        skip = set()
+        for module in guard.model.modules():
+            if module in skip:
+                continue
+            formula = next((f for kind, f in _FLOPS if isinstance(module, kind)), None)
+            if formula is not None or not any(True for _ in module.children()):
+                guard.register_forward_hook(module, self._counter(formula))
+            if isinstance(module, nn.MultiheadAttention):  # its projections run inside it
+                skip.update(module.modules())
         for layer in {lay for lay in layers if lay is not None}:
             if of == "input":
                 guard.register_forward_pre_hook(layer, lambda m, args: self._mark(m))
@@ -128,24 +149,43 @@ class WorkProbe:
         if embedding_layer is not None:
             guard.register_forward_hook(embedding_layer, lambda m, args, out: self._end())
 
+    def _counter(self, formula: Any) -> Callable:
+        def count(module: Any, args: Any, out: Any) -> None:
+            if not self.active:
+                return
+            if formula is not None:
+                try:
+                    self.flops += float(formula(module, args, out))
+                    return
+                except (AttributeError, IndexError, TypeError, ZeroDivisionError):
+                    pass  # an unusual call: count its elements instead
+            self.elements += sum(t.numel() for t in _tensors(out))
+
+        return count
+
+    def read(self) -> Tuple[float, float]:
+        """``(flops, elements)`` so far."""
+        return self.flops, self.elements
+
     def _mark(self, module: Any) -> None:
-        self.at.setdefault(module, self.counter.read())
+        if self.active:
+            self.at.setdefault(module, self.read())
 
     def _end(self) -> None:
-        if self.end is None:
-            self.end = self.counter.read()
+        if self.active and self.end is None:
+            self.end = self.read()
 
     def __enter__(self) -> WorkProbe:
-        self.counter.__enter__()
+        self.active = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.counter.__exit__(*exc)
         self._end()
+        self.active = False
 
     def costs(self, layer: Any, source_elements: int) -> PassCosts:
         """The :class:`PassCosts` of ``layer`` (None: the model inputs)."""
         below = (0.0, 0.0) if layer is None else self.at.get(layer, (0.0, 0.0))
-        end = self.end or self.counter.read()
+        end = self.end or self.read()
         head = (end[0] - below[0], end[1] - below[1])
         return PassCosts(below=below, head=head, source_elements=float(source_elements))

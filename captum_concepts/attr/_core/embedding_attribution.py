@@ -102,20 +102,20 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
       With a ``reshape_transform`` forward mode requires the transform to be *linear* in the
       layer output (permutations, reshapes, token selections): the tangents are built in the
       transformed layout and mapped back by the transform's adjoint.
-    - ``"auto"`` (default): per source layer, ``"forward"`` when its number of
-      Jacobian-vector products, times 1.5 on CPU (a margin for its fixed costs), is smaller
-      than ``D`` (the number of vector-Jacobian products of reverse mode), ``create_graph`` is
-      False and the model runs in eval mode; otherwise
-      ``"batched"`` when the embedding lives on a CUDA device and ``"loop"`` elsewhere (see
-      :func:`~captum_concepts.attr._core.forward_mode.choose_strategy`). Several layers may mix:
-      forward mode for deep layers with few pixels, one reverse sweep for the others. When an
-      operation has no forward-mode (or vmap) rule, ``"auto"`` silently reruns those layers in
-      reverse mode on the graph of the first pass (``"forward"`` raises
-      :class:`~captum_concepts.attr._core.forward_mode.ForwardModeUnsupported`). Measured on a
-      shared 2-core CPU (``benchmarks/embedding_attribution_real.py``, one thread, batch 4):
-      ResNet-18 ``layer3`` at 112x112, all 512 ``avgpool`` dimensions, var/var: 49 products,
-      13x faster than ``"batched"``/``"loop"`` and 64x faster than a loop of Captum calls; at the
-      last stage before the embedding reverse mode is already at the floor and can be faster.
+    - ``"auto"`` (default): per source layer, ``"forward"`` when it needs fewer passes
+      (its Jacobian-vector products, times 1.5 on CPU for its fixed costs, fewer than ``D``)
+      *and* those passes cost less: the work of the first forward pass is counted and split at
+      the source layer, a reverse product costs a pass through the head (the layers between the
+      source and the embedding), a forward chunk costs a pass of the layers below plus one
+      tangent through the head per product (the rule is stated in
+      :func:`~captum_concepts.attr._core.forward_mode.choose_strategy`); never with
+      ``create_graph`` or a model in training mode. Otherwise ``"batched"`` when the embedding
+      lives on a CUDA device and ``"loop"`` elsewhere. So a deep layer whose head is a pooling
+      layer runs reverse mode (each reverse product is nearly free), a middle layer with few
+      pixels and a deep head forward mode. Several layers may mix: forward mode for some, one
+      reverse sweep for the others. When an operation has no forward-mode (or vmap) rule,
+      ``"auto"`` silently reruns those layers in reverse mode on the graph of the first pass
+      (``"forward"`` raises :class:`~captum_concepts.attr._core.forward_mode.ForwardModeUnsupported`).
 
     Several source layers (``layer`` a list) share the same forward pass and the same backward
     pass(es): a list of ``L`` layers costs what the lowest one costs, not ``L`` times.
@@ -136,8 +136,12 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         attribute_to_layer_input (bool): attribute to the layers' inputs instead of their outputs,
             as in Captum. Default False.
         strategy (str): ``"auto"`` (default), ``"batched"``, ``"loop"`` or ``"forward"``; see above.
-            After :meth:`attribute`, ``strategy_`` holds the strategy each source layer ran
-            (``"linear"`` for the one-backward linear case; a list for a list of layers).
+            After :meth:`attribute`, ``strategy_`` holds the strategy each source layer ran:
+            ``"linear"`` (the linear case above: one backward pass), ``"loop"``, ``"batched"``
+            or ``"forward"`` (a list for a list of layers; a layer whose forward mode failed
+            under ``"auto"`` reports the reverse strategy that ran), and ``plan_`` the
+            :class:`~captum_concepts.attr._core.strategies.Plan` objects that ran (strategy,
+            the reason it was chosen, chunk size, the predicted costs when counted).
         eval_mode (bool): run the model in eval mode inside :meth:`attribute` (default True; a
             model in training mode then triggers a ``UserWarning``). Pass False inside a training
             loop with score constraints: the model keeps its mode, and no warning is given.
@@ -272,41 +276,11 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             list of such results, in the same order.
         """
         inputs_t, _was_tuple = format_inputs(inputs)
-        n = check_batch(inputs_t)
-        internal_batch_size = check_int(internal_batch_size, "internal_batch_size", low=1, allow_none=True)
-        job = Job(
-            self.method,
-            self.channel_aggregator,
-            self.embedding_aggregator,
-            bool(return_per_dim),
-            bool(create_graph),
-            bool(show_progress),
-            internal_batch_size,
-        )
+        job = self._job(internal_batch_size, return_per_dim, show_progress, create_graph)
         model = self.forward_func
-        with (
-            ModelGuard(model, eval_mode=self.eval_mode, freeze_parameters=not create_graph) as guard,
-            torch.enable_grad(),
-        ):
-            x = tuple(_prepare_input(t, i, self._layers) for i, t in enumerate(inputs_t))
-            captured, embedded = self._register_hooks(guard, model)
-            training = any(m.training for m in model.modules())
-            probe = None
-            if self.strategy == "auto" and not (job.linear or create_graph or training):
-                of = "input" if self.attribute_to_layer_input else "output"
-                probe = WorkProbe(guard, self._layers, self.embedding_layer, of)
-            with probe if probe is not None else contextlib.nullcontext():
-                output = guard.forward(run_forward, model, x, additional_forward_args)
-            z = self._embedding(model, output, embedded, n)
-            z = _select_dims(z, embedding_dims)
-            sources = self._sources(model, captured, x)
-            self._warn_layouts(model, sources)
-            costs = [
-                None if probe is None else probe.costs(lay, sum(t.numel() for t in group))
-                for lay, group in zip(self._layers, sources)
-            ]
-            plans = plan_sources(
-                job, self.strategy, z.shape[1], z.device, sources, self._transforms, training, costs
+        with self._guard(create_graph) as guard, torch.enable_grad():
+            x, z, sources, plans = self._first_pass(
+                guard, inputs_t, additional_forward_args, embedding_dims, job
             )
             flat = [t for group in sources for t in group]
             # one entry per flat source: (layer index, position in the layer's tuple)
@@ -348,6 +322,75 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             # the layer's output (one tensor -> a tensor, whatever the inputs)
             results.append(restore_form(tuple(maps), (_was_tuple and lay is None) or len(maps) > 1))
         return check_finite_result(results if self._multi else results[0], type(self).__name__, inputs_t)
+
+    @validated(grad=True)
+    def plan(
+        self,
+        inputs: TensorOrTuple,
+        additional_forward_args: Any = None,
+        embedding_dims: Union[None, int, Sequence[int], torch.Tensor] = None,
+        internal_batch_size: Optional[int] = None,
+        return_per_dim: bool = False,
+        create_graph: bool = False,
+    ) -> Union[Plan, List[Plan]]:
+        """What :meth:`attribute` would run with these arguments, and why, after one forward pass.
+
+        Args: as :meth:`attribute`.
+
+        Returns:
+            :class:`~captum_concepts.attr._core.strategies.Plan`: per source layer (a list for a
+            list of layers) the strategy, the reason it was chosen, the chunk size and, under
+            ``strategy="auto"``, the counted work of the pass
+            (:class:`~captum_concepts.attr._core.costs.PassCosts`). A forward-mode plan may still
+            fall back to reverse mode in :meth:`attribute` (an operation without a forward rule).
+        """
+        inputs_t, _ = format_inputs(inputs)
+        job = self._job(internal_batch_size, return_per_dim, False, create_graph)
+        with self._guard(create_graph) as guard, torch.enable_grad():
+            plans = self._first_pass(guard, inputs_t, additional_forward_args, embedding_dims, job)[3]
+        return plans if self._multi else plans[0]
+
+    def _guard(self, create_graph: bool) -> ModelGuard:
+        return ModelGuard(self.forward_func, eval_mode=self.eval_mode, freeze_parameters=not create_graph)
+
+    def _job(self, internal_batch_size, return_per_dim, show_progress, create_graph) -> Job:
+        internal_batch_size = check_int(internal_batch_size, "internal_batch_size", low=1, allow_none=True)
+        return Job(
+            self.method,
+            self.channel_aggregator,
+            self.embedding_aggregator,
+            bool(return_per_dim),
+            bool(create_graph),
+            bool(show_progress),
+            internal_batch_size,
+        )
+
+    def _first_pass(self, guard: ModelGuard, inputs_t, additional_forward_args, embedding_dims, job: Job):
+        """The one forward pass (counting its work under ``"auto"``) and the plans: returns the
+        prepared inputs, the selected embedding ``(N, D)``, the sources per layer and the plans."""
+        model = self.forward_func
+        n = check_batch(inputs_t)
+        x = tuple(_prepare_input(t, i, self._layers) for i, t in enumerate(inputs_t))
+        captured, embedded = self._register_hooks(guard, model)
+        training = any(m.training for m in model.modules())
+        probe = None
+        if self.strategy == "auto" and not (job.linear or job.create_graph or training):
+            of = "input" if self.attribute_to_layer_input else "output"
+            probe = WorkProbe(guard, self._layers, self.embedding_layer, of)
+        with probe if probe is not None else contextlib.nullcontext():
+            output = guard.forward(run_forward, model, x, additional_forward_args)
+        z = self._embedding(model, output, embedded, n)
+        z = _select_dims(z, embedding_dims)
+        sources = self._sources(model, captured, x)
+        self._warn_layouts(model, sources)
+        costs = [
+            None if probe is None else probe.costs(lay, sum(t.numel() for t in group))
+            for lay, group in zip(self._layers, sources)
+        ]
+        plans = plan_sources(
+            job, self.strategy, z.shape[1], z.device, sources, self._transforms, training, costs
+        )
+        return x, z, sources, plans
 
     def _run_forward(
         self, job, plans, fwd, where, z, flat, sources, x, forward_args, embedding_dims, layouts, per_source

@@ -124,17 +124,23 @@ def choose_strategy(
     1. it needs fewer passes: ``margin * passes < n_dims`` (``passes`` Jacobian-vector
        products, see :func:`forward_passes`, against ``n_dims`` vector-Jacobian products;
        ``margin`` covers forward mode's fixed costs: 1.5 on CPU, 1.0 elsewhere);
-    2. its passes cost less (when ``costs``, the work of the first forward pass split at the
-       source layer, is known; :class:`~captum_concepts.attr._core.costs.PassCosts`). Reverse
-       mode costs ``n_dims`` products through the head (the layers between the source and the
-       embedding: its FLOPs plus its elements written, each priced, plus element-wise passes
-       over the source for the channel maps) and a fixed price per backward call (one per
-       dimension for ``"loop"``, one per chunk of dimensions for ``"batched"``). Forward mode
-       costs ``passes`` tangents through the head (at 0.7 the price of a reverse product: a
-       chunk runs as one vmapped pass) plus, once per chunk of tangents, a pass of the layers
-       below the source and the head's primal. A deep source whose head is a pooling layer
-       therefore runs reverse mode, however few its pixels: each reverse product is nearly free,
-       while every forward chunk repeats most of the network;
+    2. its passes cost less, when ``costs`` (the work of the first forward pass split at the
+       source layer, :class:`~captum_concepts.attr._core.costs.PassCosts`) is known. With
+       ``W(part)`` = FLOPs of its matrix products and convolutions + ``e`` x elements written by
+       its other operations, ``head`` the layers between the source and the embedding,
+       ``below`` the layers before the source, ``E`` the elements of the source and ``k`` the
+       chunk (tangents per forward pass; dimensions per backward call, 1 for ``"loop"``)::
+
+           reverse = D (v W(head) + r e E) + ceil(D / k) o
+           forward = P (j W(head) + f e E) + ceil(P / k) (W(below) + W(head) + o)
+
+       with ``D = n_dims``, ``P = passes``, the price of a vector-Jacobian product ``v`` and of
+       a tangent ``j < v`` relative to the head's forward work (a chunk of tangents runs as one
+       vmapped pass), ``r``, ``f`` element-wise passes over the source per product and ``o``
+       the fixed price of one pass (the constants of
+       :mod:`~captum_concepts.attr._core.costs`). Forward mode runs when ``forward < reverse``.
+       A deep source whose head is only a pooling layer thus runs reverse mode once forward
+       mode's repeated passes of the layers below outweigh ``D`` nearly free reverse products;
 
     and neither ``create_graph`` (maps that stay differentiable need reverse mode) nor a model in
     training mode (each extra forward pass would update batch-norm statistics and redraw
