@@ -294,7 +294,13 @@ def growth_in_size(name, layer, sizes: List[int], args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Rows (default, --auto-check, --predict): ResNet-18 112x112 layer2/layer3/layer4, ResNet-50 "
+        "224x224 layer4, ViT-B/16 64x64 conv_proj and encoder_layer_5 -- the rows of benchmarks/RESULTS.md. "
+        "For the lead's rerun on an idle machine: --auto-check (and --auto-check --threads 2) prints auto's "
+        "pick and auto / best per row; goal <= 1.2x.",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the shared CPU is loaded)")
     parser.add_argument("--batch", type=int, default=4)
