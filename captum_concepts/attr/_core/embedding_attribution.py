@@ -325,14 +325,10 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
 
     @validated(grad=True)
     def plan(
-        self,
-        inputs: TensorOrTuple,
-        additional_forward_args: Any = None,
+        self, inputs: TensorOrTuple, additional_forward_args: Any = None,
         embedding_dims: Union[None, int, Sequence[int], torch.Tensor] = None,
-        internal_batch_size: Optional[int] = None,
-        return_per_dim: bool = False,
-        create_graph: bool = False,
-    ) -> Union[Plan, List[Plan]]:
+        internal_batch_size: Optional[int] = None, return_per_dim: bool = False, create_graph: bool = False,
+    ) -> Union[Plan, List[Plan]]:  # fmt: skip
         """What :meth:`attribute` would run with these arguments, and why, after one forward pass.
 
         Args: as :meth:`attribute`.

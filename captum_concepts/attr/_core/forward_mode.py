@@ -109,14 +109,9 @@ def forward_passes(shape: Sequence[int], method: str, channel_aggregator: Aggreg
 
 
 def choose_strategy(
-    strategy: str,
-    n_dims: int,
-    passes: int,
-    device: torch.device,
-    create_graph: bool = False,
-    training: bool = False,
-    costs: Optional[PassCosts] = None,
-) -> str:
+    strategy: str, n_dims: int, passes: int, device: torch.device,
+    create_graph: bool = False, training: bool = False, costs: Optional[PassCosts] = None,
+) -> str:  # fmt: skip
     """The strategy :class:`EmbeddingAttribution` runs for one source layer.
 
     ``"auto"`` runs forward mode when both hold:
