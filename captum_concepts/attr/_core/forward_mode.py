@@ -17,7 +17,9 @@ a source tensor ``F`` of shape ``(N, C, *S)``,
 Each product gives the values of all ``D`` dimensions at once, so every embedding aggregator
 and ``return_per_dim`` are exact. The products run as ``torch.func.vmap`` over
 ``torch.func.jvp`` of the model's forward pass, with the source layer's output replaced by the
-jvp's primal through a forward hook (the layers below run once per chunk, unbatched).
+jvp's primal (:meth:`ModelGuard.replace`) and the embedding read by a capture that ends the
+pass there (the layers below run once per chunk, unbatched; the layers after the embedding
+never run).
 Examples are assumed independent (eval mode), as in reverse mode, so one tangent covers the
 whole batch.
 
