@@ -22,10 +22,19 @@ numbers.
 Two extra tables: cost against D (``embedding_dims`` subsets) and against the image size, at
 ResNet-18 ``layer3``.
 
+``auto``: the strategy ``strategy="auto"`` picks for all ``D`` dimensions (from
+``EmbeddingAttribution.plan``: the counted work of the first pass, see ``choose_strategy``), the
+predicted costs of both sides (FLOP equivalents) and ``auto / best``: the time of ``auto``'s
+pick over the cheapest of ``forward``, ``loop`` and ``batched`` (the goal: <= 1.2x).
+
 Run: ``python benchmarks/embedding_attribution_real.py [--device cuda] [--batch 4] [--quick] [--full]``
 Default: ResNet-18 at 112x112 (``layer2``/``layer3``/``layer4``), ResNet-50 at 224x224
-``layer4``, ViT-B/16 at 64x64, a few minutes on one idle core; ``--full`` adds ResNet-18 at
-224x224 and ResNet-50 ``layer2``/``layer3`` (196 and 784 products: tens of minutes on CPU);
+``layer4``, ViT-B/16 at 64x64 (``conv_proj`` and a token layer): the rows of
+``benchmarks/RESULTS.md``, a few minutes on one idle core; ``--full`` adds ResNet-18 at 224x224
+and ResNet-50 ``layer2``/``layer3`` (196 and 784 products: tens of minutes on CPU);
+``--auto-check``: the same rows, only ``forward``/``loop``/``batched`` and ``auto``'s pick
+(no Captum loop, no extra tables), one table with ``auto / best`` per row (about two minutes);
+``--predict``: no timing, ``auto``'s pick and predicted costs per row (seconds);
 ``--quick``: a smoke test of a few seconds. Prints markdown tables.
 """
 
@@ -44,7 +53,6 @@ from captum.attr import LayerGradientXActivation
 from torch import nn
 
 from captum_concepts.attr import EmbeddingAttribution, tokens_to_grid
-from captum_concepts.attr._core.forward_mode import choose_strategy, forward_passes
 
 # source layers whose output is not (N, C, *S): the reshape_transform that lays it out
 TRANSFORMS = {"encoder.layers.encoder_layer_5": tokens_to_grid(prefix_tokens=1)}
@@ -147,8 +155,7 @@ def run_case(model, embedding, layer, x, shape, d_total, args, full_reverse: boo
         got = ours(s, "mean", "var", embedding_dims=check, return_per_dim=True)()
         torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-5 * float(ref.abs().max()))
 
-    passes = forward_passes(shape, "activation_gradient", "mean")
-    row: Dict[str, object] = {"auto": choose_strategy("auto", d_total, passes, x.device), "D": d_total}
+    row: Dict[str, object] = {"D": d_total, **predict(model, embedding, layer, x)}
     peak = {}
 
     def measure(key, f, r):
@@ -168,12 +175,35 @@ def run_case(model, embedding, layer, x, shape, d_total, args, full_reverse: boo
             lambda k, s=s: measure(s, ours(s, embedding_dims=range(k)), 1), d_total, args
         )
         extrapolated |= ext
+    row["auto_time"] = row[row["auto"]]  # the same executor as the strategy it picks
+    if row["auto"] == "forward" or not extrapolated:  # measured as a whole, first-pass counting included
+        row["auto_time"] = measure("auto", ours("auto"), reps)
     kc = d_total if full_reverse else min(d_total, args.captum_dims)
-    t = timed(lambda: captum_per_dim(model, embedding, layer, x, range(kc)), 1, dev)
-    row["captum"] = t * d_total / kc
+    if args.auto_check:
+        row["captum"], kc = float("nan"), d_total
+    else:
+        t = timed(lambda: captum_per_dim(model, embedding, layer, x, range(kc)), 1, dev)
+        row["captum"] = t * d_total / kc
     row["extrapolated"] = (extrapolated, kc < d_total)
     row["peak"] = peak
     return row
+
+
+def predict(model, embedding, layer, x) -> Dict[str, object]:
+    """``auto``'s pick for all dimensions, its reason and the predicted costs of both sides."""
+    ea = EmbeddingAttribution(
+        model, embedding, layer, "activation_gradient", "mean", "var", upsample=None,
+        reshape_transform=TRANSFORMS.get(layer),
+    )  # fmt: skip
+    plan = ea.plan(x)
+    costs, d_total = plan.costs, int(Embedded(model, embedding)(x[:1]).shape[1])
+    fwd = costs.forward(plan.passes, plan.chunk if plan.strategy == "forward" else min(plan.passes, 64))
+    rev = costs.reverse(d_total, 1 if x.device.type != "cuda" else min(d_total, 64))
+    return {"auto": plan.strategy, "reason": plan.reason, "pred_forward": fwd, "pred_reverse": rev}
+
+
+def auto_ratio(r: dict) -> float:
+    return r["auto_time"] / min(r["forward"], r["loop"], r["batched"])
 
 
 def fmt_t(t: float, extrapolated: bool = False) -> str:
@@ -184,9 +214,9 @@ def print_main(rows: List[dict]) -> None:
     print(
         "| model | image | layer | source (C, H, W) | D | JVPs | floor s | forward s | loop s | batched s "
         "| Captum loop s | forward vs best reverse | forward vs Captum | mean/mean s | mean/mean vs Captum "
-        "| auto |"
+        "| auto | auto / best |"
     )
-    print("|" + "---|" * 16)
+    print("|" + "---|" * 17)
     for r in rows:
         ext_rev, ext_cap = r["extrapolated"]
         best = min(r["loop"], r["batched"])
@@ -195,10 +225,34 @@ def print_main(rows: List[dict]) -> None:
             f"| {fmt_t(r['floor'])} | {fmt_t(r['forward'])} | {fmt_t(r['loop'], ext_rev)} "
             f"| {fmt_t(r['batched'], ext_rev)} | {fmt_t(r['captum'], ext_cap)} | {best / r['forward']:.1f}x "
             f"| {r['captum'] / r['forward']:.0f}x | {fmt_t(r['mean'])} | {r['captum'] / r['mean']:.0f}x "
-            f"| {r['auto']} |"
+            f"| {r['auto']} | {auto_ratio(r):.2f}x |"
         )
         if r["peak"]:
             print("|  | peak GPU MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak"].items()) + " |")
+
+
+def print_auto(rows: List[dict]) -> None:
+    print(
+        "| model | image | layer | D | JVPs | forward s | loop s | batched s | auto | auto s | auto / best |"
+    )
+    print("|" + "---|" * 11)
+    for r in rows:
+        ext = "~" if r["extrapolated"][0] else ""
+        print(
+            f"| {r['model']} | {r['size']} | {r['layer']} | {r['D']} | {r['passes']} | {fmt_t(r['forward'])} "
+            f"| {ext}{fmt_t(r['loop'])} | {ext}{fmt_t(r['batched'])} | {r['auto']} | {fmt_t(r['auto_time'])} "
+            f"| {auto_ratio(r):.2f}x |"
+        )
+
+
+def print_predictions(rows: List[dict]) -> None:
+    print("| model | image | layer | D | JVPs | predicted forward | predicted reverse | auto | reason |")
+    print("|" + "---|" * 9)
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['size']} | {r['layer']} | {r['D']} | {r['passes']} "
+            f"| {r['pred_forward']:.3g} | {r['pred_reverse']:.3g} | {r['auto']} | {r['reason']} |"
+        )
 
 
 def growth_in_d(model, embedding, layer, x, dims: List[int], args) -> None:
@@ -240,7 +294,13 @@ def growth_in_size(name, layer, sizes: List[int], args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Rows (default, --auto-check, --predict): ResNet-18 112x112 layer2/layer3/layer4, ResNet-50 "
+        "224x224 layer4, ViT-B/16 64x64 conv_proj and encoder_layer_5 -- the rows of benchmarks/RESULTS.md. "
+        "For the lead's rerun on an idle machine: --auto-check (and --auto-check --threads 2) prints auto's "
+        "pick and auto / best per row; goal <= 1.2x.",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the shared CPU is loaded)")
     parser.add_argument("--batch", type=int, default=4)
@@ -253,6 +313,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: ResNet-18 at 64x64, layer3 only")
     parser.add_argument(
         "--full", action="store_true", help="also ResNet-50 layer2/3 and ResNet-18 at 224x224"
+    )
+    parser.add_argument(
+        "--auto-check",
+        action="store_true",
+        help="quick check of strategy='auto' on the RESULTS.md rows: forward, loop, batched and auto's pick "
+        "timed (no Captum loop, no extra tables), auto's time over the cheapest strategy printed per row",
+    )
+    parser.add_argument(
+        "--predict", action="store_true", help="no timing: auto's pick and the predicted costs per row"
     )
     parser.add_argument("--models", nargs="+", help="only these models (e.g. vit_b_16)")
     parser.add_argument("--full-reverse", action="store_true", help="time every dimension, no extrapolation")
@@ -276,7 +345,7 @@ def main() -> None:
             ("resnet50", 224, ["layer4"]),
             ("vit_b_16", 64, ["conv_proj", "encoder.layers.encoder_layer_5"]),
         ]
-        if args.full:
+        if args.full and not args.auto_check:
             cases[1] = ("resnet50", 224, ["layer2", "layer3", "layer4"])
             cases.insert(1, ("resnet18", 224, ["layer2", "layer3", "layer4"]))
     if args.models:
@@ -292,21 +361,35 @@ def main() -> None:
                 z = Embedded(model, embedding)(x[:1])
             h.remove()
             shape = tuple(layout(layer, store[0]).shape[1:])
-            row = run_case(model, embedding, layer, x, (1, *shape), int(z.shape[1]), args, args.full_reverse)
+            if args.predict:
+                row = {"D": int(z.shape[1]), **predict(model, embedding, layer, x)}
+            else:
+                d = int(z.shape[1])
+                row = run_case(model, embedding, layer, x, (1, *shape), d, args, args.full_reverse)
             hw = 1
             for s in shape[1:]:
                 hw *= s
             row.update(model=name, size=f"{size}x{size}", layer=layer, shape=shape, passes=hw)
             rows.append(row)
-            print(f"  {name} {layer}: forward {row['forward']:.2f} s", flush=True)
+            if not args.predict:
+                print(f"  {name} {layer}: forward {row['forward']:.2f} s, auto ({row['auto']})", flush=True)
     print()
+    if args.predict:
+        print_predictions(rows)
+        return
+    if args.auto_check:
+        print_auto(rows)
+        print("\n~ = extrapolated (see the module docstring); auto / best = auto's time / the cheapest one.")
+        return
     print_main(rows)
+    print()
+    print_predictions(rows)
     print(
         "\n~ = extrapolated from a measured subset of dimensions (see the module docstring). floor = one "
         "forward + one backward pass; JVPs = forward-mode products (source pixels); auto = the strategy "
         "strategy='auto' picks."
     )
-    if not args.quick:
+    if not (args.quick or args.auto_check or args.predict):
         model, embedding = build("resnet18", 112, args.device)
         x = torch.randn(args.batch, 3, 112, 112, device=args.device)
         growth_in_d(model, embedding, "layer3", x, [32, 128, 512], args)

@@ -91,7 +91,11 @@ def test_sensitivity_max_runs_and_matches_its_definition(model, x, name):
     def perturb(inputs):
         return inputs + 0.05 * direction.repeat(inputs.shape[0] // x.shape[0], 1, 1, 1)
 
-    sens = sensitivity_max(method.attribute, x, perturb_func=perturb, n_perturb_samples=1, **kwargs)
+    def explain(inputs, **kw):  # a layer attribution is a tensor (Captum's rule): tuple it, like LayerGradCam
+        out = method.attribute(inputs, **kw)
+        return out if isinstance(out, tuple) else (out,)
+
+    sens = sensitivity_max(explain, x, perturb_func=perturb, n_perturb_samples=1, **kwargs)
     base = method.attribute(x, **kwargs).flatten(1)
     moved = method.attribute(perturb(x), **kwargs).flatten(1)
     ref = (moved - base).norm(dim=1) / base.norm(dim=1)
@@ -121,13 +125,21 @@ def test_infidelity_runs_on_the_maps(model, x, name):
     torch.testing.assert_close(infid, ref, rtol=1e-4, atol=1e-9)
 
 
-def test_tuples_in_tuples_out_for_input_and_layer_sources(model, x):
-    for layer in (None, "block2.conv"):
-        ea = EmbeddingAttribution(model, embedding_layer="embedding", layer=layer)
-        single = ea.attribute(x)
-        (as_tuple,) = ea.attribute((x,))
-        assert isinstance(single, torch.Tensor)
-        torch.testing.assert_close(as_tuple, single)
+def test_tuples_in_tuples_out_for_inputs_layer_form_for_layers(model, x):
+    ea = EmbeddingAttribution(model, embedding_layer="embedding")
+    single = ea.attribute(x)
+    (as_tuple,) = ea.attribute((x,))
+    assert isinstance(single, torch.Tensor)
+    torch.testing.assert_close(as_tuple, single)
+    # a layer source gives what the layer outputs (one tensor), whatever the inputs (Captum's rule)
+    ea = EmbeddingAttribution(model, embedding_layer="embedding", layer="block2.conv")
+    single, from_tuple = ea.attribute(x), ea.attribute((x,))
+    assert isinstance(single, torch.Tensor) and isinstance(from_tuple, torch.Tensor)
+    torch.testing.assert_close(from_tuple, single)
+    both = EmbeddingAttribution(model, embedding_layer="embedding", layer=["block2.conv", None])
+    listed = both.attribute((x,))
+    assert isinstance(listed, list) and isinstance(listed[0], torch.Tensor) and isinstance(listed[1], tuple)
+    torch.testing.assert_close(listed[0], single)
     sgi = SemanticGradientInput(model, "block2.relu", _masks(model))
     (as_tuple,) = sgi.attribute((x,), target=1)
     torch.testing.assert_close(as_tuple, sgi.attribute(x, target=1))

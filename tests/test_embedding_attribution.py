@@ -291,7 +291,7 @@ def test_tuple_inputs_and_additional_forward_args():
     ea = EmbeddingAttribution(
         model, None, "model.linear1", "activation_gradient", "abs", "var", attribute_to_layer_input=True
     )
-    (layer_maps,) = ea.attribute(inputs, additional_forward_args=(2,))  # tuple in, tuple out
+    layer_maps = ea.attribute(inputs, additional_forward_args=(2,))  # the layer's one input: a tensor
     close(layer_maps, REF["var"](REF["abs"](per_dim, 2), 1))
 
 

@@ -4,12 +4,12 @@ earlier layer, aggregated over channels and embedding dimensions (Bertolini et a
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.attr import GradientAttribution, LayerAttribution
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..._utils.captum_compat import captum_wrappable
 from ..._utils.capture import LayerCapture
@@ -17,29 +17,19 @@ from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_
 from ..._utils.finite import check_finite_result
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layer, uncompiled
-from ..._utils.layout import ReshapeTransform, apply_reshape, layer_transforms, layout_hint
-from ..._utils.validation import check_int
+from ..._utils.layout import ReshapeTransform, layer_transforms, layout_hint
+from ..._utils.validation import check_int, check_option, validated
 from ..._utils.warn import warn_user
-from .aggregators import Aggregator, aggregate, check_aggregator, is_mean
-from .forward_mode import (
-    ForwardModeUnsupported,
-    ForwardSource,
-    choose_strategy,
-    forward_maps,
-    forward_passes,
-    reverse_strategy,
-)
+from .aggregators import Aggregator, check_aggregator
+from .costs import WorkProbe
+from .forward_mode import ForwardModeUnsupported, ForwardSource, reverse_strategy
+from .strategies import Job, Plan, plan_sources, reverse_chunk, run_forward_mode, run_linear, run_reverse
 from .upsampling import check_upsample, upsample_maps
 
 __all__ = ["EmbeddingAttribution", "METHODS", "STRATEGIES"]
 
 METHODS = ("gradient", "activation_gradient", "gradcam")
 STRATEGIES = ("auto", "batched", "loop", "forward")
-
-# Rough budget for the gradients of one chunk of embedding dimensions when
-# internal_batch_size is None (the intermediate gradients of the head scale alike).
-_CHUNK_BUDGET_BYTES = 512 * 2**20
-_MAX_AUTO_CHUNK = 64
 
 Maps = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 
@@ -112,20 +102,20 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
       With a ``reshape_transform`` forward mode requires the transform to be *linear* in the
       layer output (permutations, reshapes, token selections): the tangents are built in the
       transformed layout and mapped back by the transform's adjoint.
-    - ``"auto"`` (default): per source layer, ``"forward"`` when its number of
-      Jacobian-vector products, times 1.5 on CPU (a margin for its fixed costs), is smaller
-      than ``D`` (the number of vector-Jacobian products of reverse mode), ``create_graph`` is
-      False and the model runs in eval mode; otherwise
-      ``"batched"`` when the embedding lives on a CUDA device and ``"loop"`` elsewhere (see
-      :func:`~captum_concepts.attr._core.forward_mode.choose_strategy`). Several layers may mix:
-      forward mode for deep layers with few pixels, one reverse sweep for the others. When an
-      operation has no forward-mode (or vmap) rule, ``"auto"`` silently reruns those layers in
-      reverse mode on the graph of the first pass (``"forward"`` raises
-      :class:`~captum_concepts.attr._core.forward_mode.ForwardModeUnsupported`). Measured on a
-      shared 2-core CPU (``benchmarks/embedding_attribution_real.py``, one thread, batch 4):
-      ResNet-18 ``layer3`` at 112x112, all 512 ``avgpool`` dimensions, var/var: 49 products,
-      13x faster than ``"batched"``/``"loop"`` and 64x faster than a loop of Captum calls; at the
-      last stage before the embedding reverse mode is already at the floor and can be faster.
+    - ``"auto"`` (default): per source layer, ``"forward"`` when it needs fewer passes
+      (its Jacobian-vector products, times 1.5 on CPU for its fixed costs, fewer than ``D``)
+      *and* those passes cost less: the work of the first forward pass is counted and split at
+      the source layer, a reverse product costs a pass through the head (the layers between the
+      source and the embedding), a forward chunk costs a pass of the layers below plus one
+      tangent through the head per product (the rule is stated in
+      :func:`~captum_concepts.attr._core.forward_mode.choose_strategy`); never with
+      ``create_graph`` or a model in training mode. Otherwise ``"batched"`` when the embedding
+      lives on a CUDA device and ``"loop"`` elsewhere. So a deep layer whose head is a pooling
+      layer runs reverse mode (each reverse product is nearly free), a middle layer with few
+      pixels and a deep head forward mode. Several layers may mix: forward mode for some, one
+      reverse sweep for the others. When an operation has no forward-mode (or vmap) rule,
+      ``"auto"`` silently reruns those layers in reverse mode on the graph of the first pass
+      (``"forward"`` raises :class:`~captum_concepts.attr._core.forward_mode.ForwardModeUnsupported`).
 
     Several source layers (``layer`` a list) share the same forward pass and the same backward
     pass(es): a list of ``L`` layers costs what the lowest one costs, not ``L`` times.
@@ -146,8 +136,12 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         attribute_to_layer_input (bool): attribute to the layers' inputs instead of their outputs,
             as in Captum. Default False.
         strategy (str): ``"auto"`` (default), ``"batched"``, ``"loop"`` or ``"forward"``; see above.
-            After :meth:`attribute`, ``strategy_`` holds the strategy each source layer ran
-            (``"linear"`` for the one-backward linear case; a list for a list of layers).
+            After :meth:`attribute`, ``strategy_`` holds the strategy each source layer ran:
+            ``"linear"`` (the linear case above: one backward pass), ``"loop"``, ``"batched"``
+            or ``"forward"`` (a list for a list of layers; a layer whose forward mode failed
+            under ``"auto"`` reports the reverse strategy that ran), and ``plan_`` the
+            :class:`~captum_concepts.attr._core.strategies.Plan` objects that ran (strategy,
+            the reason it was chosen, chunk size, the predicted costs when counted).
         eval_mode (bool): run the model in eval mode inside :meth:`attribute` (default True; a
             model in training mode then triggers a ``UserWarning``). Pass False inside a training
             loop with score constraints: the model keeps its mode, and no warning is given.
@@ -199,10 +193,8 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         model = uncompiled(model)
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        check_option(method, "method", METHODS)
+        check_option(strategy, "strategy", STRATEGIES)
         self._multi = isinstance(layer, (list, tuple))
         if self._multi and len(layer) == 0:
             raise ValueError("layer is an empty list; pass at least one layer (None means the inputs)")
@@ -237,6 +229,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
 
     # ------------------------------------------------------------------ public
     @captum_wrappable
+    @validated(grad=True)
     def attribute(
         self,
         inputs: TensorOrTuple,
@@ -273,67 +266,160 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                 derivatives, use e.g. softplus). Default False: detached maps.
 
         Returns:
-            For one source: a tensor ``(N, *S0)`` (``(N, D, *S0)`` with ``return_per_dim``), or a
-            tuple of them for tuple inputs (tuples in, tuples out, for input and layer sources
-            alike) and for layers with several input/output tensors. For a list of layers: a list
-            of such results, in the same order.
+            Captum's rule. A layer source gives what the layer outputs (its inputs with
+            ``attribute_to_layer_input``), whatever the form of ``inputs``: a tensor ``(N, *S0)``
+            (``(N, D, *S0)`` with ``return_per_dim``) for a layer with one tensor, a tuple of them
+            for a layer with several. The inputs as source (``layer=None``): tuples in, tuples
+            out (a tensor for a tensor input, a tuple for tuple inputs). For a list of layers: a
+            list of such results, in the same order.
         """
         inputs_t, _was_tuple = format_inputs(inputs)
-        n = check_batch(inputs_t)
-        internal_batch_size = check_int(internal_batch_size, "internal_batch_size", low=1, allow_none=True)
+        job = self._job(internal_batch_size, return_per_dim, show_progress, create_graph)
         model = self.forward_func
-        with ModelGuard(
-            model, eval_mode=self.eval_mode, freeze_parameters=not create_graph
-        ) as guard, torch.enable_grad():
-            x = tuple(_prepare_input(t, i, self._layers) for i, t in enumerate(inputs_t))
-            captured, embedded = self._register_hooks(guard, model)
-            output = guard.forward(run_forward, model, x, additional_forward_args)
-            z = self._embedding(model, output, embedded, n)
-            z = _select_dims(z, embedding_dims)
-            sources = self._sources(model, captured, x)
-            self._warn_layouts(model, sources)
-            flat = [t for group in sources for t in group]
-            layouts = [
-                (fn, f"layer {layer_name(model, lay)!r}")
-                for lay, fn, group in zip(self._layers, self._transforms, sources)
-                for _ in group
-            ]
-            plan = self._plan(model, z, sources, return_per_dim, create_graph)
-            rev = [i for i, s in enumerate(plan) if s != "forward"]
-            reverse = reverse_strategy(self.strategy, z.device)
-            args = (internal_batch_size, return_per_dim, show_progress, create_graph, reverse)
-            rev_maps = self._compute(z, [flat[i] for i in rev], *args, [layouts[i] for i in rev])
-            per_source = dict(zip(rev, rev_maps))
-        fwd = [i for i, s in enumerate(plan) if s == "forward"]
-        if fwd:
-            select = lambda e: _select_dims(e, embedding_dims)  # noqa: E731
-            maps = self._forward(
-                fwd,
-                z,
-                flat,
-                sources,
-                x,
-                additional_forward_args,
-                select,
-                internal_batch_size,
-                return_per_dim,
-                [layouts[i] for i in fwd],
+        with self._guard(create_graph) as guard, torch.enable_grad():
+            x, z, sources, plans = self._first_pass(
+                guard, inputs_t, additional_forward_args, embedding_dims, job
             )
-            per_source.update(zip(fwd, maps))
+            flat = [t for group in sources for t in group]
+            # one entry per flat source: (layer index, position in the layer's tuple)
+            where = [(i, k) for i, group in enumerate(sources) for k in range(len(group))]
+            layouts = [
+                (self._transforms[i], f"layer {layer_name(model, self._layers[i])!r}") for i, _ in where
+            ]
+            per_source: Dict[int, torch.Tensor] = {}
+            for strategy in ("linear", "loop", "batched"):
+                idx = [j for j, (i, _) in enumerate(where) if plans[i].strategy == strategy]
+                if not idx:
+                    continue
+                subset, sub_layouts = [flat[j] for j in idx], [layouts[j] for j in idx]
+                if strategy == "linear":
+                    maps = run_linear(job, z, subset, sub_layouts)
+                else:
+                    chunk = plans[where[idx[0]][0]].chunk
+                    maps = run_reverse(job, strategy, chunk, z, subset, sub_layouts)
+                per_source.update(zip(idx, maps))
+        fwd = [j for j, (i, _) in enumerate(where) if plans[i].strategy == "forward"]
+        if fwd:
+            plans = self._run_forward(
+                job, plans, fwd, where, z, flat, sources, x, additional_forward_args, embedding_dims,
+                layouts, per_source,
+            )  # fmt: skip
+        self.plan_ = plans if self._multi else plans[0]
+        self.strategy_ = [p.strategy for p in plans] if self._multi else plans[0].strategy
         size = tuple(inputs_t[0].shape[2:]) if inputs_t[0].dim() > 2 else ()
-        results, k = [], 0
-        for lay, group in zip(self._layers, sources):
+        results = []
+        for i, lay in enumerate(self._layers):
             maps = []
-            for _ in group:
-                m = per_source[k]
-                k += 1
+            for j in [j for j, (li, _) in enumerate(where) if li == i]:
+                m = per_source[j]
                 if lay is not None:
                     spatial = m.dim() - (2 if return_per_dim else 1)
                     m = upsample_maps(m, size, self.upsample, spatial_dims=spatial)
                 maps.append(m if create_graph else m.detach())
-            # tuples in -> tuples out for layer sources too (Captum's metrics tuple-ize the inputs)
-            results.append(restore_form(tuple(maps), _was_tuple or len(maps) > 1))
+            # Captum's rule: input sources keep the form of the inputs, layer sources the form of
+            # the layer's output (one tensor -> a tensor, whatever the inputs)
+            results.append(restore_form(tuple(maps), (_was_tuple and lay is None) or len(maps) > 1))
         return check_finite_result(results if self._multi else results[0], type(self).__name__, inputs_t)
+
+    @validated(grad=True)
+    def plan(
+        self, inputs: TensorOrTuple, additional_forward_args: Any = None,
+        embedding_dims: Union[None, int, Sequence[int], torch.Tensor] = None,
+        internal_batch_size: Optional[int] = None, return_per_dim: bool = False, create_graph: bool = False,
+    ) -> Union[Plan, List[Plan]]:  # fmt: skip
+        """What :meth:`attribute` would run with these arguments, and why, after one forward pass.
+
+        Args: as :meth:`attribute`.
+
+        Returns:
+            :class:`~captum_concepts.attr._core.strategies.Plan`: per source layer (a list for a
+            list of layers) the strategy, the reason it was chosen, the chunk size and, under
+            ``strategy="auto"``, the counted work of the pass
+            (:class:`~captum_concepts.attr._core.costs.PassCosts`). A forward-mode plan may still
+            fall back to reverse mode in :meth:`attribute` (an operation without a forward rule).
+        """
+        inputs_t, _ = format_inputs(inputs)
+        job = self._job(internal_batch_size, return_per_dim, False, create_graph)
+        with self._guard(create_graph) as guard, torch.enable_grad():
+            plans = self._first_pass(guard, inputs_t, additional_forward_args, embedding_dims, job)[3]
+        return plans if self._multi else plans[0]
+
+    def _guard(self, create_graph: bool) -> ModelGuard:
+        return ModelGuard(self.forward_func, eval_mode=self.eval_mode, freeze_parameters=not create_graph)
+
+    def _job(self, internal_batch_size, return_per_dim, show_progress, create_graph) -> Job:
+        internal_batch_size = check_int(internal_batch_size, "internal_batch_size", low=1, allow_none=True)
+        return Job(
+            self.method,
+            self.channel_aggregator,
+            self.embedding_aggregator,
+            bool(return_per_dim),
+            bool(create_graph),
+            bool(show_progress),
+            internal_batch_size,
+        )
+
+    def _first_pass(self, guard: ModelGuard, inputs_t, additional_forward_args, embedding_dims, job: Job):
+        """The one forward pass (counting its work under ``"auto"``) and the plans: returns the
+        prepared inputs, the selected embedding ``(N, D)``, the sources per layer and the plans."""
+        model = self.forward_func
+        n = check_batch(inputs_t)
+        x = tuple(_prepare_input(t, i, self._layers) for i, t in enumerate(inputs_t))
+        captured, embedded = self._register_hooks(guard, model)
+        training = any(m.training for m in model.modules())
+        probe = None
+        if self.strategy == "auto" and not (job.linear or job.create_graph or training):
+            of = "input" if self.attribute_to_layer_input else "output"
+            probe = WorkProbe(guard, self._layers, self.embedding_layer, of)
+        with probe if probe is not None else contextlib.nullcontext():
+            output = guard.forward(run_forward, model, x, additional_forward_args)
+        z = self._embedding(model, output, embedded, n)
+        z = _select_dims(z, embedding_dims)
+        sources = self._sources(model, captured, x)
+        self._warn_layouts(model, sources)
+        costs = [
+            None if probe is None else probe.costs(lay, sum(t.numel() for t in group))
+            for lay, group in zip(self._layers, sources)
+        ]
+        plans = plan_sources(
+            job, self.strategy, z.shape[1], z.device, sources, self._transforms, training, costs
+        )
+        return x, z, sources, plans
+
+    def _run_forward(
+        self, job, plans, fwd, where, z, flat, sources, x, forward_args, embedding_dims, layouts, per_source
+    ) -> List[Plan]:
+        """Run the forward plans (the flat sources ``fwd``) into ``per_source``; return the plans
+        that ran. Under ``strategy="auto"`` an operation without a forward-mode rule gives new
+        reverse plans for those layers, run as one reverse sweep on the (still alive) graph of the
+        first pass."""
+        specs = [
+            ForwardSource(
+                self._layers[where[j][0]],
+                where[j][1],
+                flat[j].detach(),
+                self._transforms[where[j][0]],
+                plans[where[j][0]].chunk if len(sources[where[j][0]]) == 1 else None,
+            )
+            for j in fwd
+        ]
+        select = lambda e: _select_dims(e, embedding_dims)  # noqa: E731
+        try:
+            maps = run_forward_mode(
+                job, self.forward_func, x, forward_args, self.embedding_layer, select, specs,
+                self.eval_mode, self.attribute_to_layer_input,
+            )  # fmt: skip
+        except ForwardModeUnsupported as err:
+            if self.strategy == "forward":
+                raise
+            reverse = reverse_strategy("auto", z.device)
+            subset = [flat[j] for j in fwd]
+            chunk = reverse_chunk(subset, z.shape[1], job.internal_batch_size)
+            why = f"forward mode unsupported ({type(err.__cause__ or err).__name__})"
+            plans = [p.fallback(reverse, why, chunk) if p.strategy == "forward" else p for p in plans]
+            maps = run_reverse(job, reverse, chunk, z, subset, [layouts[j] for j in fwd], False, False)
+        per_source.update(zip(fwd, maps))
+        return plans
 
     def _warn_layouts(self, model: nn.Module, sources: List[Tuple[torch.Tensor, ...]]) -> None:
         for i, (lay, fn, group) in enumerate(zip(self._layers, self._transforms, sources)):
@@ -390,141 +476,6 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
     ) -> List[Tuple[torch.Tensor, ...]]:
         return [x if lay is None else captured[lay].tensors() for lay in self._layers]
 
-    # ------------------------------------------------------------------ strategy
-    def _plan(
-        self, model: nn.Module, z: torch.Tensor, sources, return_per_dim: bool, create_graph: bool
-    ) -> List[str]:
-        """The strategy of every flat source (one choice per source layer); sets ``strategy_``."""
-        if not return_per_dim and is_mean(self.embedding_aggregator) and is_mean(self.channel_aggregator):
-            per_layer = ["linear"] * len(sources)
-        else:
-            training = any(m.training for m in model.modules())
-            per_layer = []
-            for group, tf in zip(sources, self._transforms):
-                with torch.no_grad():
-                    shapes = [t.shape if tf is None else tf(t.detach()).shape for t in group]
-                passes = sum(forward_passes(s, self.method, self.channel_aggregator) for s in shapes)
-                per_layer.append(
-                    choose_strategy(self.strategy, z.shape[1], passes, z.device, create_graph, training)
-                )
-        self.strategy_ = per_layer if self._multi else per_layer[0]
-        return [s for s, group in zip(per_layer, sources) for _ in group]
-
-    def _forward(
-        self, fwd, z, flat, sources, x, forward_args, select, internal_batch_size, return_per_dim, layouts
-    ):
-        """The maps of the flat sources ``fwd`` by forward mode; under ``strategy="auto"`` one
-        reverse sweep on the (still alive) graph of the first pass when an operation has no
-        forward-mode rule."""
-        where = [
-            (lay, k, tf)
-            for lay, group, tf in zip(self._layers, sources, self._transforms)
-            for k in range(len(group))
-        ]
-        specs = [ForwardSource(*where[i][:2], flat[i].detach(), where[i][2]) for i in fwd]
-        detached = tuple(t.detach() for t in x)
-        try:
-            per_dim = forward_maps(
-                self.forward_func,
-                detached,
-                forward_args,
-                self.embedding_layer,
-                select,
-                specs,
-                self.method,
-                self.channel_aggregator,
-                internal_batch_size,
-                self.eval_mode,
-                self.attribute_to_layer_input,
-            )
-        except ForwardModeUnsupported:
-            if self.strategy == "forward":
-                raise
-            reverse = reverse_strategy("auto", z.device)
-            self.strategy_ = (
-                [reverse if s == "forward" else s for s in self.strategy_] if self._multi else reverse
-            )
-            subset = [flat[i] for i in fwd]
-            return self._compute(
-                z, subset, internal_batch_size, return_per_dim, False, False, reverse, layouts
-            )
-        return [m if return_per_dim else aggregate(m, 1, self.embedding_aggregator) for m in per_dim]
-
-    # ------------------------------------------------------------------ gradients
-    def _compute(
-        self,
-        z: torch.Tensor,
-        flat: List[torch.Tensor],
-        internal_batch_size: Optional[int],
-        return_per_dim: bool,
-        show_progress: bool,
-        create_graph: bool,
-        strategy: str,
-        layouts: List[Tuple[Optional[ReshapeTransform], str]],
-    ) -> List[torch.Tensor]:
-        if not flat:
-            return []
-        fns = [fn for fn, _ in layouts]
-        acts = [
-            _as_channels(apply_reshape(fn, t if create_graph else t.detach(), 1, what))
-            for t, (fn, what) in zip(flat, layouts)
-        ]
-        n, d_total = z.shape
-        if not return_per_dim and is_mean(self.embedding_aggregator) and is_mean(self.channel_aggregator):
-            grads = _grad(z.mean(1).sum(), flat, None, False, create_graph)
-            return [
-                self._channel_maps(apply_reshape(fn, g, 1).unsqueeze(0), a)[0]
-                for g, a, fn in zip(grads, acts, fns)
-            ]
-
-        chunk = internal_batch_size or _auto_chunk(flat, d_total)
-        starts = range(0, d_total, chunk)
-        pieces: List[List[torch.Tensor]] = [[] for _ in flat]
-        scratch: List[Optional[torch.Tensor]] = [None for _ in flat]
-        for a in tqdm(starts, disable=not show_progress, desc="EmbeddingAttribution", unit="chunk"):
-            b = min(a + chunk, d_total)
-            if strategy == "batched":
-                onehot = torch.zeros(b - a, n, d_total, dtype=z.dtype, device=z.device)
-                onehot[torch.arange(b - a), :, torch.arange(a, b)] = 1
-                grads = _grad(z, flat, onehot, True, create_graph)
-                for piece, g, act, fn in zip(pieces, grads, acts, fns):
-                    piece.append(self._channel_maps(apply_reshape(fn, g, 2), act))  # (B, N, *S)
-                continue
-            # loop: reduce each gradient at once (a chunk of full-size gradients thrashes the cache),
-            # with the temporaries in one reused buffer per source (fresh large tensors cost page faults)
-            for d in range(a, b):
-                onehot = torch.zeros_like(z)  # fresh each time: create_graph may keep it in the graph
-                onehot[:, d] = 1
-                raw = _grad(z, flat, onehot, False, create_graph)
-                grads = [apply_reshape(fn, g, 1) for g, fn in zip(raw, fns)]
-                del raw
-                for i, (piece, g, act) in enumerate(zip(pieces, grads, acts)):
-                    if not create_graph and scratch[i] is None:
-                        scratch[i] = torch.empty_like(act)
-                    piece.append(self._channel_maps(g.unsqueeze(0), act, scratch[i]))  # (1, N, *S)
-                del grads, g  # free before the next backward so the allocator reuses the memory
-        out = []
-        for piece in pieces:
-            per_dim = torch.cat(piece).movedim(0, 1)  # (N, D, *S)
-            out.append(per_dim if return_per_dim else aggregate(per_dim, 1, self.embedding_aggregator))
-        return out
-
-    def _channel_maps(
-        self, g: torch.Tensor, act: torch.Tensor, scratch: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """``rho_C(A_d)`` for a chunk: ``g`` (B, N, C, *S) gradients, ``act`` (N, C, *S) -> (B, N, *S).
-
-        ``scratch`` (shape of ``act``, only with B = 1 and no graph) receives the temporaries.
-        """
-        g = g.reshape(g.shape[0], *act.shape)
-        if self.method == "gradcam" and g.dim() > 3:
-            g = g.mean(dim=tuple(range(3, g.dim())), keepdim=True)  # alpha_c, spatial mean
-        if scratch is None:
-            attr = g if self.method == "gradient" else g * act
-            return aggregate(attr, 2, self.channel_aggregator)
-        attr = g[0] if self.method == "gradient" else torch.mul(g[0], act, out=scratch)
-        return aggregate(attr, 1, self.channel_aggregator, scratch=scratch).unsqueeze(0)
-
 
 def _prepare_input(t: torch.Tensor, i: int, layers: List[Optional[nn.Module]]) -> torch.Tensor:
     if t.is_floating_point() or t.is_complex():
@@ -537,10 +488,6 @@ def _prepare_input(t: torch.Tensor, i: int, layers: List[Optional[nn.Module]]) -
             "(from captum_concepts.attr import channels_last): one value per token, maps (N, L)"
         )
     return t
-
-
-def _as_channels(t: torch.Tensor) -> torch.Tensor:
-    return t.unsqueeze(1) if t.dim() == 1 else t
 
 
 def _select_dims(z: torch.Tensor, embedding_dims) -> torch.Tensor:
@@ -562,33 +509,3 @@ def _select_dims(z: torch.Tensor, embedding_dims) -> torch.Tensor:
     if bad.numel():
         raise ValueError(f"embedding_dims {bad.tolist()} out of range for an embedding with D = {d}")
     return z[:, idx.to(device=z.device, dtype=torch.long)]
-
-
-def _auto_chunk(flat: List[torch.Tensor], d_total: int) -> int:
-    per_dim = sum(t.numel() * t.element_size() for t in flat) * 3
-    return int(max(1, min(d_total, _MAX_AUTO_CHUNK, _CHUNK_BUDGET_BYTES // max(per_dim, 1))))
-
-
-def _grad(
-    out: torch.Tensor,
-    inputs: List[torch.Tensor],
-    grad_outputs: Optional[torch.Tensor],
-    batched: bool,
-    create_graph: bool,
-) -> List[torch.Tensor]:
-    grads = torch.autograd.grad(
-        out,
-        inputs,
-        grad_outputs=grad_outputs,
-        retain_graph=True,
-        create_graph=create_graph,
-        allow_unused=True,
-        is_grads_batched=batched,
-    )
-    for g in grads:
-        if g is None:
-            raise ValueError(
-                "the embedding does not depend on a source layer (or input): check that embedding_layer "
-                "comes after every entry of layer in the forward pass"
-            )
-    return list(grads)

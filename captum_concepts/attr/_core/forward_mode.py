@@ -17,7 +17,9 @@ a source tensor ``F`` of shape ``(N, C, *S)``,
 Each product gives the values of all ``D`` dimensions at once, so every embedding aggregator
 and ``return_per_dim`` are exact. The products run as ``torch.func.vmap`` over
 ``torch.func.jvp`` of the model's forward pass, with the source layer's output replaced by the
-jvp's primal through a forward hook (the layers below run once per chunk, unbatched).
+jvp's primal (:meth:`ModelGuard.replace`) and the embedding read by a capture that ends the
+pass there (the layers below run once per chunk, unbatched; the layers after the embedding
+never run).
 Examples are assumed independent (eval mode), as in reverse mode, so one tangent covers the
 whole batch.
 
@@ -32,7 +34,7 @@ permutations, reshapes, selections such as dropping class tokens), because then
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -40,21 +42,23 @@ from torch import nn
 from ..._utils.common import run_forward
 from ..._utils.hooks import ModelGuard
 from .aggregators import Aggregator, aggregate, is_mean
+from .costs import PassCosts
 
 __all__ = [
     "ForwardModeUnsupported",
     "ForwardSource",
     "choose_strategy",
     "forward_maps",
+    "forward_chunk",
     "forward_passes",
     "reverse_strategy",
+    "strategy_and_reason",
 ]
 
-# Price of one Jacobian-vector product relative to one reverse pass, per device type. On CPU a
-# product cost 0.65-0.7 reverse passes at ResNet-18 layer2/layer3, but forward mode also
-# recomputes the layers below the source once per chunk (break-even at D ~ 35 for 49 products
-# at ResNet-18 layer3, benchmarks/embedding_attribution_real.py): 1.5 is a conservative margin.
-# Not measured on CUDA.
+# Margin on the pass count, per device type: forward mode is considered only when
+# margin * (its products) < (the vector-Jacobian products of reverse mode). On CPU a product
+# costs 0.65-0.7 reverse passes through the same head, but forward mode also recomputes the
+# layers below the source once per chunk; 1.5 is a conservative margin. Not measured on CUDA.
 _PASS_COST = {"cpu": 1.5, "cuda": 1.0}
 # Every chunk recomputes the layers below the source once: large chunks amortise it.
 _MAX_AUTO_CHUNK = 64
@@ -72,12 +76,15 @@ class ForwardModeUnsupported(RuntimeError):
 class ForwardSource(NamedTuple):
     """Where one source tensor lives: ``layer`` (None: the model inputs), ``position`` (the
     index among the tensors of the layer's output -- or input -- tuple, or among the inputs),
-    ``value`` (the raw tensor of the first forward pass, detached) and its ``transform``."""
+    ``value`` (the raw tensor of the first forward pass, detached), its ``transform`` and
+    ``chunk``, the tangents propagated together (None: ``internal_batch_size`` or
+    :func:`forward_chunk`)."""
 
     layer: Optional[nn.Module]
     position: int
     value: torch.Tensor
     transform: Transform = None
+    chunk: Optional[int] = None
 
 
 def _basis(method: str, channel_aggregator: Aggregator) -> str:
@@ -104,40 +111,85 @@ def forward_passes(shape: Sequence[int], method: str, channel_aggregator: Aggreg
 
 
 def choose_strategy(
+    strategy: str, n_dims: int, passes: int, device: torch.device,
+    create_graph: bool = False, training: bool = False, costs: Optional[PassCosts] = None,
+) -> str:  # fmt: skip
+    """The strategy :class:`EmbeddingAttribution` runs for one source layer.
+
+    ``"auto"`` runs forward mode when both hold:
+
+    1. it needs fewer passes: ``margin * passes < n_dims`` (``passes`` Jacobian-vector
+       products, see :func:`forward_passes`, against ``n_dims`` vector-Jacobian products;
+       ``margin`` covers forward mode's fixed costs: 1.5 on CPU, 1.0 elsewhere);
+    2. its passes cost less, when ``costs`` (the work of the first forward pass split at the
+       source layer, :class:`~captum_concepts.attr._core.costs.PassCosts`) is known. With
+       ``W(part)`` = FLOPs of its matrix products and convolutions + ``e`` x elements written by
+       its other operations, ``head`` the layers between the source and the embedding,
+       ``below`` the layers before the source, ``E`` the elements of the source and ``k`` the
+       chunk (tangents per forward pass; dimensions per backward call, 1 for ``"loop"``)::
+
+           reverse = D (v W(head) + r e E) + ceil(D / k) o
+           forward = P (j W(head) + f e E) + ceil(P / k) (W(below) + W(head) + o)
+
+       with ``D = n_dims``, ``P = passes``, the price of a vector-Jacobian product ``v`` and of
+       a tangent ``j < v`` relative to the head's forward work (a chunk of tangents runs as one
+       vmapped pass), ``r``, ``f`` element-wise passes over the source per product and ``o``
+       the fixed price of one pass (the constants of
+       :mod:`~captum_concepts.attr._core.costs`). Forward mode runs when ``forward < reverse``.
+       A deep source whose head is only a pooling layer thus runs reverse mode once forward
+       mode's repeated passes of the layers below outweigh ``D`` nearly free reverse products;
+
+    and neither ``create_graph`` (maps that stay differentiable need reverse mode) nor a model in
+    training mode (each extra forward pass would update batch-norm statistics and redraw
+    dropout) rules it out. Otherwise the reverse strategy of the device: ``"batched"`` on CUDA,
+    ``"loop"`` elsewhere. An explicit ``"forward"`` falls back to ``"loop"``/``"batched"`` with
+    ``create_graph`` and raises ``ValueError`` for a model in training mode; explicit
+    ``"loop"``/``"batched"`` are returned unchanged.
+    """
+    return strategy_and_reason(strategy, n_dims, passes, device, create_graph, training, costs)[0]
+
+
+def strategy_and_reason(
     strategy: str,
     n_dims: int,
     passes: int,
     device: torch.device,
     create_graph: bool = False,
     training: bool = False,
-) -> str:
-    """The strategy :class:`EmbeddingAttribution` runs for one source layer.
-
-    ``"auto"``: ``"forward"`` when ``cost * passes < n_dims`` (``passes`` Jacobian-vector
-    products, see :func:`forward_passes`, against ``n_dims`` vector-Jacobian products;
-    ``cost`` is a price per product that covers forward mode's fixed costs: 1.5 on CPU, a
-    conservative margin over the break-even measured on torchvision ResNets, 1.0 elsewhere),
-    unless ``create_graph`` (maps that stay differentiable need reverse mode) or the model runs
-    in training mode (each extra forward pass would update batch-norm statistics and redraw
-    dropout); otherwise the reverse strategy of the device: ``"batched"`` on CUDA, ``"loop"``
-    elsewhere. An explicit ``"forward"`` falls back to ``"loop"``/``"batched"`` with
-    ``create_graph`` and raises ``ValueError`` for a model in training mode; explicit
-    ``"loop"``/``"batched"`` are returned unchanged.
-    """
+    costs: Optional[PassCosts] = None,
+    forward_chunk: Optional[int] = None,
+    reverse_chunk: Optional[int] = None,
+) -> Tuple[str, str]:
+    """:func:`choose_strategy` and why, in words; ``forward_chunk`` / ``reverse_chunk`` are the
+    chunks the cost model assumes (default: ``min(passes, 64)``; 1 for ``"loop"``,
+    ``min(n_dims, 64)`` for ``"batched"``)."""
     reverse = reverse_strategy(strategy, device)
     if strategy in ("loop", "batched"):
-        return strategy
+        return strategy, f"strategy={strategy!r} requested"
     if strategy == "forward":
         if training and not create_graph:
             raise ValueError(
                 'strategy="forward" runs several forward passes and needs the model in eval mode '
                 '(eval_mode=True, or a model already in eval mode); use strategy="auto", "loop" or "batched"'
             )
-        return reverse if create_graph else "forward"
-    if create_graph or training:
-        return reverse
-    cost = _PASS_COST.get(device.type, 1.0)
-    return "forward" if cost * passes < n_dims else reverse
+        if create_graph:
+            return reverse, "create_graph=True needs reverse mode"
+        return "forward", "strategy='forward' requested"
+    if create_graph:
+        return reverse, "create_graph=True needs reverse mode"
+    if training:
+        return reverse, "the model runs in training mode (forward mode's extra passes would change it)"
+    margin = _PASS_COST.get(device.type, 1.0)
+    if margin * passes >= n_dims:
+        return reverse, f"{passes} forward products x {margin} >= {n_dims} reverse products"
+    if costs is not None:
+        fchunk = forward_chunk or min(passes, _MAX_AUTO_CHUNK)
+        rchunk = reverse_chunk or (1 if reverse == "loop" else min(n_dims, _MAX_AUTO_CHUNK))
+        fwd, rev = costs.forward(passes, fchunk), costs.reverse(n_dims, rchunk)
+        if fwd >= rev:
+            return reverse, f"predicted cost forward {fwd:.3g} >= {reverse} {rev:.3g} (FLOP equivalents)"
+        return "forward", f"predicted cost forward {fwd:.3g} < {reverse} {rev:.3g} (FLOP equivalents)"
+    return "forward", f"{passes} forward products x {margin} < {n_dims} reverse products"
 
 
 def reverse_strategy(strategy: str, device: torch.device) -> str:
@@ -164,10 +216,6 @@ def forward_mode_kernels() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-class _Stop(Exception):
-    """Raised by the embedding hook: nothing after the embedding is needed."""
-
-
 def _replace(value: Any, position: int, new: torch.Tensor) -> Any:
     """``value`` (a tensor or a tuple holding tensors) with its ``position``-th tensor replaced."""
     if not isinstance(value, tuple):
@@ -183,24 +231,25 @@ def _replace(value: Any, position: int, new: torch.Tensor) -> Any:
 
 
 class _Runner:
-    """Runs the model with one source tensor replaced and returns the selected embedding."""
+    """Runs the model with one source tensor replaced and returns the selected embedding.
+
+    The replacement goes through :meth:`ModelGuard.replace`, the embedding is read through a
+    ``stop=True`` capture (nothing after it runs)."""
 
     def __init__(
         self, model, inputs, additional_forward_args, embedding_layer, select, guard, sources, input_side
     ):
         self.model, self.inputs, self.args = model, inputs, additional_forward_args
-        self.embedding_layer, self.select = embedding_layer, select
+        self.guard, self.select = guard, select
         self.current: Optional[ForwardSource] = None
         self.value: Optional[torch.Tensor] = None
         self.replaced = False
-        self.embedded: List[torch.Tensor] = []
+        of = "input" if input_side else "output"
         for module in {s.layer for s in sources if s.layer is not None}:
-            if input_side:
-                guard.register_forward_pre_hook(module, self._input_hook)
-            else:
-                guard.register_forward_hook(module, self._output_hook)
+            guard.replace(module, lambda value, module=module: self._substitute(module, value), of=of)
+        self.embedded = None
         if embedding_layer is not None:
-            guard.register_forward_hook(embedding_layer, self._embedding_hook)
+            self.embedded = guard.capture(embedding_layer, "embedding_layer", stop=True)
 
     def _substitute(self, module: nn.Module, value: Any) -> Any:
         if self.current is None or self.current.layer is not module:
@@ -209,26 +258,14 @@ class _Runner:
         # a clone: in-place operations downstream must not modify the jvp's primal
         return _replace(value, self.current.position, self.value.clone())
 
-    def _output_hook(self, module, args, out):
-        return self._substitute(module, out)
-
-    def _input_hook(self, module, args):
-        return self._substitute(module, tuple(args))
-
-    def _embedding_hook(self, module, args, out):
-        self.embedded.append(out)
-        raise _Stop
-
     def __call__(self, source: ForwardSource, value: torch.Tensor) -> torch.Tensor:
-        self.current, self.value, self.embedded = source, value, []
+        self.current, self.value = source, value
         self.replaced = source.layer is None
         inputs = self.inputs
         if source.layer is None:
             inputs = tuple(value if i == source.position else t for i, t in enumerate(inputs))
         try:
-            out = run_forward(self.model, inputs, self.args)
-        except _Stop:
-            out = self.embedded[0]
+            out = self.guard.forward(run_forward, self.model, inputs, self.args)
         finally:
             self.current, self.value = None, None
         if not self.replaced:
@@ -236,12 +273,16 @@ class _Runner:
                 "the embedding does not depend on a source layer (or input): check that embedding_layer "
                 "comes after every entry of layer in the forward pass"
             )
-        if self.embedding_layer is not None:
-            out = self.embedded[0]
+        if self.embedded is not None:
+            out = self.embedded.tensor()
         return self.select(out.reshape(out.shape[0], -1))
 
 
-def _auto_chunk(value: torch.Tensor, passes: int) -> int:
+def forward_chunk(value: torch.Tensor, passes: int, internal_batch_size: Optional[int] = None) -> int:
+    """Tangents propagated together for a source ``value``: ``internal_batch_size`` if given,
+    else as many as fit a 1 GiB budget for the tangents of the layers above, at most 64."""
+    if internal_batch_size:
+        return int(internal_batch_size)
     per_tangent = value.numel() * value.element_size() * 8  # the tangents of the layers above
     return int(max(1, min(passes, _MAX_AUTO_CHUNK, _CHUNK_BUDGET_BYTES // max(per_tangent, 1))))
 
@@ -327,7 +368,7 @@ def forward_maps(
             act = act.reshape(act.shape[0], act.shape[1], -1)
             kind = _basis(method, channel_aggregator)
             passes = forward_passes(tuple(act.shape), method, channel_aggregator)
-            chunk = internal_batch_size or _auto_chunk(raw, passes)
+            chunk = src.chunk or forward_chunk(raw, passes, internal_batch_size)
 
             def jvp_one(tangent, src=src, raw=raw):
                 return torch.func.jvp(lambda v: run(src, v), (raw,), (tangent,))[1]
