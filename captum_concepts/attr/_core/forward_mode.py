@@ -87,7 +87,8 @@ class ForwardSource(NamedTuple):
     chunk: Optional[int] = None
 
 
-def _basis(method: str, channel_aggregator: Aggregator) -> str:
+def _tangent_kind(method: str, channel_aggregator: Aggregator) -> str:
+    """What one tangent spans: a source "pixel" (all channels), a "channel" or one "element"."""
     if method == "gradcam":
         return "channel"
     return "pixel" if is_mean(channel_aggregator) else "element"
@@ -106,7 +107,7 @@ def forward_passes(shape: Sequence[int], method: str, channel_aggregator: Aggreg
     channels, pixels = shape[1], 1
     for s in shape[2:]:
         pixels *= s
-    kind = _basis(method, channel_aggregator)
+    kind = _tangent_kind(method, channel_aggregator)
     return pixels if kind == "pixel" else channels if kind == "channel" else channels * pixels
 
 
@@ -366,7 +367,7 @@ def forward_maps(
             act = _channels(shaped)
             spatial = tuple(act.shape[2:])
             act = act.reshape(act.shape[0], act.shape[1], -1)
-            kind = _basis(method, channel_aggregator)
+            kind = _tangent_kind(method, channel_aggregator)
             passes = forward_passes(tuple(act.shape), method, channel_aggregator)
             chunk = src.chunk or forward_chunk(raw, passes, internal_batch_size)
 
