@@ -173,7 +173,7 @@ def test_budget_and_store_errors(tmp_path):
 
 
 def test_one_shift_rule_for_blocks_and_streamed_rows():
-    from captum_concepts.concept._core.block_prep import apply_shift, read_shift
+    from captum_concepts.concept._core.nonnegative_blocks import apply_shift, read_shift
 
     block = torch.tensor([[-3.0, -1.0, 2.0], [0.5, -0.2, 1.0]])  # (features, N)
     shift = torch.tensor([-2.0, 0.0])

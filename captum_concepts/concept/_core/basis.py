@@ -3,7 +3,7 @@
 A fitted :class:`CoupledNMFConcepts` (at one of its layers) or :class:`SemanticVector` is read
 as a :class:`ConceptBasis`: the layer, the rows its fit reads from the layer's output
 (:func:`~.activations.pool_rows`, then the fitted shift through
-:func:`~.block_prep.apply_shift`, clipped at 0 exactly as in the fit) and the basis ``O``
+:func:`~.nonnegative_blocks.apply_shift`, clipped at 0 exactly as in the fit) and the basis ``O``
 ``(a, d)`` whose ``d`` columns are the concepts in that row space. :func:`concept_basis` builds
 it; :func:`explained_batch` checks the inputs, targets and coefficients of an explanation in
 concept space (concept importance, Sobol indices).
@@ -24,8 +24,8 @@ from ..._utils.layout import ReshapeTransform, apply_reshape
 from ..._utils.validation import check_fitted
 from ...attr._core.layer_readout import LayerReadout, Readouts
 from .activations import pool_rows
-from .block_prep import apply_shift, read_shift
 from .coupled_nmf import CoupledNMFConcepts
+from .nonnegative_blocks import apply_shift, read_shift
 from .semantic_vector import SemanticVector
 
 __all__ = ["Concepts", "ConceptBasis", "concept_basis", "check_targets", "explained_batch"]

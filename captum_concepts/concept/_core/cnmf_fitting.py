@@ -3,7 +3,7 @@
 Saini & Papalexakis, §3.2, Equations 3.1 and 3.2. The estimator's public entries (``fit``,
 ``fit_matrices``, ``fit_store``, ``transform``) check their parameters and arguments and hand
 the data to :class:`_CoupledNMFFitting`: blocks are checked and shifted
-(:mod:`.block_prep`), block weights and groups resolved, and one in-memory
+(:mod:`.nonnegative_blocks`), block weights and groups resolved, and one in-memory
 (:class:`~.cnmf_solvers.CoupledProblem`) or streamed (:class:`~.out_of_core.StreamedProblem`)
 problem solved from a random start; the results become the fitted attributes.
 """
@@ -18,10 +18,10 @@ import torch
 from torch import Tensor
 
 from ..._utils import distributed as dist_utils
-from . import block_prep
 from . import cnmf_solvers as solvers
-from . import out_of_core as ooc
+from . import nonnegative_blocks
 from .activations import CollectedBlocks, collect_blocks
+from .out_of_core import ActivationStore, OutOfCore, StreamedProblem, plan_chunk_rows
 
 __all__ = ["_CoupledNMFFitting", "Matrix", "matrix_lists"]
 
@@ -80,8 +80,8 @@ class _CoupledNMFFitting:
                 raise ValueError(
                     f"every block needs the same number of examples N={n}; {name} has {x.shape[1]}"
                 )
-        extrema = [block_prep.row_extrema(x) for x in blocks]
-        shifts = block_prep.block_shifts(
+        extrema = [nonnegative_blocks.row_extrema(x) for x in blocks]
+        shifts = nonnegative_blocks.block_shifts(
             names,
             len(pixel_blocks),
             [lo for lo, _ in extrema],
@@ -92,7 +92,7 @@ class _CoupledNMFFitting:
         )
         if fitting:
             self.shift_ = [None if s is None else s.to(device=device, dtype=self.dtype) for s in shifts]
-        return [block_prep.apply_shift(x, s) for x, s in zip(blocks, shifts)]
+        return [nonnegative_blocks.apply_shift(x, s) for x, s in zip(blocks, shifts)]
 
     def _block_weights(self, blocks: List[Tensor], moments: Tensor) -> List[float]:
         n = len(blocks)
@@ -148,7 +148,7 @@ class _CoupledNMFFitting:
     def _resolve_device(self, fallback: torch.device) -> torch.device:
         return torch.device(self.device) if self.device is not None else fallback
 
-    def _fit_store(self, store: ooc.ActivationStore, groups: Any, device: torch.device) -> Any:
+    def _fit_store(self, store: ActivationStore, groups: Any, device: torch.device) -> Any:
         if store.n_examples == 0:
             raise ValueError("store holds no examples; append at least one batch before fitting")
         dist_utils.declare(block_rows=list(store.block_rows))
@@ -168,7 +168,7 @@ class _CoupledNMFFitting:
             )
         offsets = np.cumsum([0] + store.block_rows)
         bounds = list(zip(offsets[:-1], offsets[1:]))
-        shifts = block_prep.block_shifts(
+        shifts = nonnegative_blocks.block_shifts(
             names,
             store.n_pixel_blocks,
             [store.row_min[a:c] for a, c in bounds],
@@ -186,8 +186,8 @@ class _CoupledNMFFitting:
                 ]
             )
             shift = shift.to(device=device, dtype=self.dtype)
-        settings = self.out_of_core or ooc.OutOfCore()
-        chunk_rows = ooc.plan_chunk_rows(
+        settings = self.out_of_core or OutOfCore()
+        chunk_rows = plan_chunk_rows(
             settings.budget_bytes(),
             store.n_examples,
             store.n_features,
@@ -200,7 +200,7 @@ class _CoupledNMFFitting:
         buffers: dict = {}  # chunk buffers shared by the problems built below
 
         new_problem = functools.partial(
-            ooc.StreamedProblem, store, chunk_rows, shift, placeholders, buffers=buffers
+            StreamedProblem, store, chunk_rows, shift, placeholders, buffers=buffers
         )
         return self._fit_problem(new_problem, lambdas, store.n_pixel_blocks, names, groups, device)
 

@@ -30,7 +30,6 @@ from ..._utils.validation import (
 )
 from ..._utils.warn import warn_user
 from . import cnmf_solvers as solvers
-from . import out_of_core as ooc
 from .activations import POOLS
 from .base import COMMON_CONSTRAINTS, MODEL, _ConceptEstimator
 from .cnmf_analyses import _CoupledNMFAnalyses
@@ -42,6 +41,7 @@ from .estimator_io import (
     FittedTensorList,
     ListOf,
 )
+from .out_of_core import ActivationStore, OutOfCore, collect_to_store
 from .tcav_export import _CaptumExport
 
 __all__ = ["CoupledNMFConcepts"]
@@ -307,7 +307,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         batch_size: int = 256,
         dtype: torch.dtype = torch.float32,
         distributed: bool = False,
-        out_of_core: Optional[ooc.OutOfCore] = None,
+        out_of_core: Optional[OutOfCore] = None,
         reshape_transform: Any = None,
     ) -> None:
         self._keep_params(locals())
@@ -330,7 +330,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         "pool": Options(POOLS),
         "shift": Options(SHIFTS),
         "dtype": Options(DTYPES),
-        "out_of_core": AnyOf(NONE, InstanceOf((ooc.OutOfCore,), "an OutOfCore")),
+        "out_of_core": AnyOf(NONE, InstanceOf((OutOfCore,), "an OutOfCore")),
         **COMMON_CONSTRAINTS,
     }
     _fitted_attributes = _FITTED_ATTRIBUTES
@@ -417,7 +417,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
             fallback = inputs_or_loader.device if tensor_input else torch.device("cpu")
         device = self._resolve_device(fallback)
         if self.out_of_core is not None:
-            store = ooc.collect_to_store(
+            store = collect_to_store(
                 self.model,
                 list(self.layers),
                 inputs_or_loader,
@@ -473,14 +473,14 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
 
     @dist_utils.synchronized
     @validated()
-    def fit_store(self, store: ooc.ActivationStore, groups: Any = None) -> CoupledNMFConcepts:
+    def fit_store(self, store: ActivationStore, groups: Any = None) -> CoupledNMFConcepts:
         """Factorise the blocks of an :class:`ActivationStore` (on disk) in chunks of examples.
 
         Memory stays within ``out_of_core.memory_budget`` (``OutOfCore()``'s
         default when ``out_of_core`` is None). Layer names and shapes are the
         store's; ``transform`` then takes ``pixel_blocks=`` and ``activation_blocks=``.
         """
-        if not isinstance(store, ooc.ActivationStore):
+        if not isinstance(store, ActivationStore):
             raise TypeError(f"store must be an ActivationStore, got {type(store).__name__}")
         self._check_params(n_blocks=len(store.block_rows), groups=groups, n_examples=store.n_examples)
         self._fitted_on_inputs = False

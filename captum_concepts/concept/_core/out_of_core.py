@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..._utils.validation import InvalidParameterError, RealNumber, check_int, check_option
 from . import cnmf_solvers as solvers
-from .block_prep import apply_shift
+from .nonnegative_blocks import apply_shift
 
 __all__ = ["OutOfCore", "ActivationStore", "StreamedProblem", "collect_to_store", "parse_bytes"]
 
