@@ -88,9 +88,9 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
       ``internal_batch_size`` dimensions (one vmapped backward per chunk); the reverse-mode
       default on CUDA, where one vmapped backward keeps the device busy.
     - ``"loop"``: one backward pass of the head per dimension, reusing the single forward graph
-      (``retain_graph=True``), each gradient reduced at once. Measured 1.5-3x faster than
-      ``"batched"`` on CPU (``benchmarks/RESULTS.md``): max-pool backward has no vmap batching
-      rule and falls back to a per-sample loop, and large batched temporaries thrash the cache.
+      (``retain_graph=True``), each gradient reduced at once; the reverse-mode default on CPU,
+      where max-pool backward has no vmap batching rule (it falls back to a per-sample loop)
+      and large batched temporaries thrash the cache (``benchmarks/RESULTS.md`` compares them).
     - ``"forward"``: forward mode, one Jacobian-vector product per source *pixel* (``|S|`` in
       all; per *channel* for ``"gradcam"``, ``C``; per element, ``C |S|``, for a non-mean
       ``channel_aggregator`` with the other methods), each giving all ``D`` dimensions at once,
