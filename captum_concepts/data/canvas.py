@@ -7,11 +7,13 @@ Ground truth for the (generalised) pointing game: a saliency map for class
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
 
+from .._utils.validation import check_int, check_option
 from .digits import load_digits_tensors
 
 __all__ = ["TwoDigitCanvas", "make_two_digit_canvas"]
@@ -68,11 +70,11 @@ def make_two_digit_canvas(
         random_state (int): seed; same seed, same canvases.
         n_classes (int): length of ``multi_hot``.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    h, w = (canvas_size, canvas_size) if isinstance(canvas_size, int) else tuple(canvas_size)
+    check_option(split, "split", ("train", "test"))
+    n = check_int(n, "n", low=1)
+    if isinstance(canvas_size, Integral):
+        canvas_size = (canvas_size, canvas_size)
+    h, w = (check_int(v, "canvas_size") for v in canvas_size)
     if not (h >= 8 and w >= 16) and not (h >= 16 and w >= 8):
         raise ValueError(f"canvas_size must hold two 8x8 digits side by side, got {(h, w)}")
     data = load_digits_tensors()

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._utils.validation import check_int, check_option, check_real
+
 __all__ = ["DigitsData", "load_digits_tensors"]
 
 
@@ -51,10 +53,9 @@ def load_digits_tensors(
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if not isinstance(upscale, int) or upscale < 1:
-        raise ValueError(f"upscale must be a positive integer, got {upscale!r}")
-    if not 0.0 < test_size < 1.0:
-        raise ValueError(f"test_size must lie in (0, 1), got {test_size!r}")
+    upscale = check_int(upscale, "upscale", low=1)
+    check_real(test_size, "test_size", low=0, high=1, low_open=True, high_open=True)
+    check_option(mode, "mode", ("nearest", "bilinear"))
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)
     labels = digits.target.astype(np.int64)

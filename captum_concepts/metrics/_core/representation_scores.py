@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 import torch
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
-from ..._utils.validation import check_real
+from ..._utils.validation import RealNumber, check_bool, check_real
 from ._explain import check_positive_int, draw_noise, explain_copies, resolve_explainer
 from .normalization import minmax_normalize
 
@@ -35,9 +35,7 @@ def _mae_to_reference(maps: torch.Tensor, n_ref: int) -> torch.Tensor:
 
 
 def _check_differentiable(differentiable: Any) -> bool:
-    if not isinstance(differentiable, bool):
-        raise TypeError(f"differentiable must be a bool, got {type(differentiable).__name__}")
-    return differentiable
+    return check_bool(differentiable, "differentiable")
 
 
 def noise_score(
@@ -231,10 +229,10 @@ def _clip_bounds(clip_range: Any, inputs: Tuple[torch.Tensor, ...]) -> list:
     if (
         isinstance(clip_range, (tuple, list))
         and len(clip_range) == 2
-        and all(isinstance(v, (int, float)) for v in clip_range)
+        and all(RealNumber().holds(v) for v in clip_range)
         and clip_range[0] <= clip_range[1]
     ):
-        return [tuple(clip_range)] * len(inputs)
+        return [(float(clip_range[0]), float(clip_range[1]))] * len(inputs)
     raise ValueError(f"clip_range must be 'data', None or (lo, hi) with lo <= hi, got {clip_range!r}")
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
 from ..._utils.layers import LayerSpec, layer_name, uncompiled
+from ..._utils.validation import check_option
 from ._explain import check_positive_int, draw_noise, explain_copies
 from .representation_scores import _benchmark_from_maps, _mae_to_reference, _variance_from_maps
 
@@ -160,8 +161,7 @@ def score_curve(
     """
     from ...attr import EmbeddingAttribution
 
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    check_option(score, "score", SCORES)
     check_positive_int(n_noise, "n_noise")
     check_positive_int(n_benchmark_draws, "n_benchmark_draws")
     if threshold is not None and score != "variance":
