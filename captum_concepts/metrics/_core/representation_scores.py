@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 import torch
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
-from ..._utils.validation import RealNumber, check_bool, check_real
+from ..._utils.validation import RealNumber, check_bool, check_real, validated
 from ._explain import check_positive_int, draw_noise, explain_copies, resolve_explainer
 from .normalization import minmax_normalize
 
@@ -38,6 +38,7 @@ def _check_differentiable(differentiable: Any) -> bool:
     return check_bool(differentiable, "differentiable")
 
 
+@validated(grad=True)
 def noise_score(
     explanation_func: Callable[..., Any],
     inputs: TensorOrTuple,
@@ -103,6 +104,7 @@ def noise_score(
     return _stack_heads([_mae_to_reference(h, 1)[0] for h in heads])
 
 
+@validated(grad=True)
 def noise_benchmark(
     explanation_func: Callable[..., Any],
     inputs: TensorOrTuple,
@@ -153,6 +155,7 @@ def _benchmark_from_maps(maps: torch.Tensor) -> torch.Tensor:
     return (nrm[0::2] - nrm[1::2]).abs().mean(dim=-1).mean(dim=0)
 
 
+@validated(grad=True)
 def variance_score(
     explanation_func: Callable[..., Any],
     inputs: TensorOrTuple,
@@ -236,6 +239,7 @@ def _clip_bounds(clip_range: Any, inputs: Tuple[torch.Tensor, ...]) -> list:
     raise ValueError(f"clip_range must be 'data', None or (lo, hi) with lo <= hi, got {clip_range!r}")
 
 
+@validated(grad=True)
 def drift_score(
     explanation_func: Callable[..., Any],
     inputs: TensorOrTuple,

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
 from ..._utils.layers import LayerSpec, layer_name, uncompiled
-from ..._utils.validation import check_option
+from ..._utils.validation import check_option, validated
 from ._explain import check_positive_int, draw_noise, explain_copies
 from .representation_scores import _benchmark_from_maps, _mae_to_reference, _variance_from_maps
 
@@ -94,6 +94,7 @@ def _resolve_layer_list(
     return layers
 
 
+@validated(grad=True)
 def score_curve(
     model: nn.Module,
     embedding_layer: Optional[LayerSpec],
