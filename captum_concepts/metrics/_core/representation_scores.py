@@ -14,8 +14,8 @@ import torch
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
 from ..._utils.validation import RealNumber, check_bool, check_real, validated
-from ._explain import check_positive_int, draw_noise, explain_copies, resolve_explainer
 from .normalization import minmax_normalize
+from .stacked_copies import check_positive_int, draw_noise, explain_copies, resolve_explainer
 
 __all__ = ["noise_score", "noise_benchmark", "variance_score", "drift_score"]
 

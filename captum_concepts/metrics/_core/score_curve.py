@@ -11,8 +11,8 @@ from torch import nn
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
 from ..._utils.layers import LayerSpec, layer_name, uncompiled
 from ..._utils.validation import check_option, validated
-from ._explain import check_positive_int, draw_noise, explain_copies
 from .representation_scores import _benchmark_from_maps, _mae_to_reference, _variance_from_maps
+from .stacked_copies import check_positive_int, draw_noise, explain_copies
 
 __all__ = ["ScoreCurve", "score_curve"]
 
