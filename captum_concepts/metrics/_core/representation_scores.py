@@ -13,9 +13,9 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 import torch
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
-from ..._utils.validation import RealNumber, check_bool, check_real, validated
+from ..._utils.validation import RealNumber, check_bool, check_int, check_real, validated
 from .normalization import minmax_normalize
-from .stacked_copies import check_positive_int, draw_noise, explain_copies, resolve_explainer
+from .stacked_copies import draw_noise, explain_copies, resolve_explainer
 
 __all__ = ["noise_score", "noise_benchmark", "variance_score", "drift_score"]
 
@@ -95,7 +95,7 @@ def noise_score(
             shape than ``inputs``, ``n_noise < 1``.
     """
     differentiable = _check_differentiable(differentiable)
-    check_positive_int(n_noise, "n_noise")
+    check_int(n_noise, "n_noise", low=1)
     func, kw = resolve_explainer(explanation_func, kwargs, per_dim=False, differentiable=differentiable)
     inp, was_tuple = format_inputs(inputs)
     check_batch(inp)
@@ -135,7 +135,7 @@ def noise_benchmark(
         Tensor: ``(N,)`` per-slot benchmark values in ``[0, 1]``; the benchmark value
         is their mean. ``(L, N)`` for a list of ``L`` maps.
     """
-    check_positive_int(n_draws, "n_draws")
+    check_int(n_draws, "n_draws", low=1)
     if noise_func is not None and not callable(noise_func):
         raise TypeError(
             "noise_func of noise_benchmark must be None or a callable (independent draws are needed), "
@@ -286,7 +286,7 @@ def drift_score(
     eps = torch.as_tensor(epsilons, dtype=torch.float64).flatten()
     if eps.numel() == 0 or not torch.isfinite(eps).all() or (eps < 0).any():
         raise ValueError(f"epsilons must be a non-empty sequence of finite values >= 0, got {epsilons!r}")
-    check_positive_int(n_noise, "n_noise")
+    check_int(n_noise, "n_noise", low=1)
     func, kw = resolve_explainer(explanation_func, kwargs, per_dim=False, differentiable=False)
     inp, was_tuple = format_inputs(inputs)
     check_batch(inp)

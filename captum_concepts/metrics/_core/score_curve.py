@@ -10,9 +10,9 @@ from torch import nn
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
 from ..._utils.layers import LayerSpec, layer_name, uncompiled
-from ..._utils.validation import check_option, validated
+from ..._utils.validation import check_int, check_option, validated
 from .representation_scores import _benchmark_from_maps, _mae_to_reference, _variance_from_maps
-from .stacked_copies import check_positive_int, draw_noise, explain_copies
+from .stacked_copies import draw_noise, explain_copies
 
 __all__ = ["ScoreCurve", "score_curve"]
 
@@ -163,8 +163,8 @@ def score_curve(
     from ...attr import EmbeddingAttribution
 
     check_option(score, "score", SCORES)
-    check_positive_int(n_noise, "n_noise")
-    check_positive_int(n_benchmark_draws, "n_benchmark_draws")
+    check_int(n_noise, "n_noise", low=1)
+    check_int(n_benchmark_draws, "n_benchmark_draws", low=1)
     if threshold is not None and score != "variance":
         raise ValueError("threshold applies to score='variance' only")
     model = uncompiled(model)
