@@ -19,7 +19,6 @@ import torchvision.models as tv
 from captum.concept import TCAV
 from torch import nn
 
-from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.attr import (
     EmbeddingAttribution,
     SemanticGradientInput,
@@ -30,6 +29,7 @@ from captum_concepts.attr import (
 from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
 from captum_concepts.data import TinyTextTransformer
 from captum_concepts.metrics import score_curve, variance_score
+from captum_concepts.testing import assert_same_state, model_state
 
 DIMS = [0, 1, 2]  # embedding components explained (the logits of classes 0-2)
 METHODS = ("gradient", "activation_gradient", "gradcam")

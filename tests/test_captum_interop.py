@@ -7,8 +7,8 @@ import torch
 from captum.attr import NoiseTunnel
 from captum.metrics import infidelity, sensitivity_max
 
-from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.attr import EmbeddingAttribution, SemanticGradientInput, SemanticGuidedBackprop
+from captum_concepts.testing import assert_same_state, model_state
 
 N_SAMPLES = 3
 STDEV = 0.2

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts._utils.layers import resolve_layer
 from captum_concepts.attr import EmbeddingAttribution, SemanticGradientInput, SemanticGuidedBackprop
 from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
 from captum_concepts.metrics import score_curve
+from captum_concepts.testing import assert_same_state, model_state
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import torch
 from captum.attr import LayerGradientXActivation
 from scipy.optimize import nnls
 
-from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.concept import (
     CoupledNMFConcepts,
     SemanticVector,
@@ -19,6 +18,7 @@ from captum_concepts.concept import (
     concept_presence_maps,
 )
 from captum_concepts.data import DigitsCNN
+from captum_concepts.testing import assert_same_state, model_state
 
 
 @pytest.fixture(scope="module")

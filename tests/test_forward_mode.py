@@ -17,10 +17,10 @@ from captum.testing.helpers.basic_models import (
 )
 from torch import nn
 
-from captum_concepts._utils.hooks import assert_same_state, count_hooks, model_state
 from captum_concepts.attr import EmbeddingAttribution, ForwardModeUnsupported, choose_strategy, tokens_to_grid
 from captum_concepts.attr._core.forward_mode import ForwardSource, forward_maps, forward_passes
 from captum_concepts.metrics import score_curve, variance_score
+from captum_concepts.testing import assert_same_state, count_hooks, model_state
 
 METHODS = ["gradient", "activation_gradient", "gradcam"]
 AGGS = ["mean", "abs", "var"]

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from torchvision.ops.misc import Permute
 
-from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.attr import EmbeddingAttribution, channels_last, tokens_to_grid
 from captum_concepts.concept import CoupledNMFConcepts
 from captum_concepts.data import TinyTextTransformer
 from captum_concepts.metrics import score_curve, variance_score
+from captum_concepts.testing import assert_same_state, model_state
 
 
 class ChannelsLastNet(nn.Module):

@@ -8,8 +8,8 @@ import torch
 from captum.attr import InputXGradient, LayerGradCam
 from torch import nn
 
-from captum_concepts._utils.hooks import assert_same_state, model_state
 from captum_concepts.attr import SimilarityAttribution
+from captum_concepts.testing import assert_same_state, model_state
 
 
 def _encoder(bias: bool = True, seed: int = 0) -> nn.Sequential:

@@ -398,11 +398,3 @@ class ModelGuard:
         """Number of hooks currently registered through this guard."""
         return len(self._hooks)
 
-
-def __getattr__(name: str) -> Any:
-    # the test helpers moved to captum_concepts.testing; old imports keep working
-    if name in ("count_hooks", "model_state", "assert_same_state"):
-        from .. import testing
-
-        return getattr(testing, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

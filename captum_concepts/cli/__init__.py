@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(demo, "demo_out")
     demo.add_argument(
-        "--quick", action="store_true", help="fewer examples and epochs (for tests; ~3x faster)"
+        "--quick", action="store_true", help="fewer examples and epochs (for tests)"
     )
 
     scores = sub.add_parser(

@@ -15,6 +15,7 @@ from . import _sections as S
 from ._loading import (
     CLIError,
     Normalized,
+    check_flag_int,
     check_forward,
     load_images,
     load_model,
@@ -37,10 +38,8 @@ def run_user_command(args: argparse.Namespace) -> Path:
     matplotlib.use("Agg", force=True)
     from .. import __version__
 
-    if args.max_images < 2:
-        raise CLIError(f"--max-images must be at least 2, got {args.max_images}")
-    if args.image_size < 1:
-        raise CLIError(f"--image-size must be positive, got {args.image_size}")
+    check_flag_int(args.max_images, "--max-images", low=2)
+    check_flag_int(args.image_size, "--image-size", low=1)
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     data = load_images(
@@ -126,17 +125,13 @@ def run_user_command(args: argparse.Namespace) -> Path:
         weights_tag="trained" if args.weights else "untrained",
     )
     if args.command == "scores":
-        if args.n_examples < 1 or args.benchmark_draws < 1:
-            raise CLIError("--n-examples and --benchmark-draws must be positive")
+        check_flag_int(args.n_examples, "--n-examples", low=1)
+        check_flag_int(args.benchmark_draws, "--benchmark-draws", low=1)
         ctx.n_score_examples = args.n_examples
         ctx.benchmark_draws = args.benchmark_draws
         if args.embedding_dims is not None:
             total = S.embedding_size(model, embedding_layer, data.images[:1].to(device))
-            if not 1 <= args.embedding_dims <= total:
-                raise CLIError(
-                    f"--embedding-dims must be in [1, {total}] (the embedding size), "
-                    f"got {args.embedding_dims}"
-                )
+            check_flag_int(args.embedding_dims, f"--embedding-dims (the embedding size is {total})", 1, total)
             gen = torch.Generator().manual_seed(args.seed)
             ctx.embedding_dims = torch.randperm(total, generator=gen)[: args.embedding_dims].sort().values
             report.add_meta(
@@ -148,8 +143,7 @@ def run_user_command(args: argparse.Namespace) -> Path:
         sv = S.semantic_vectors(ctx)
         S.saliency_comparison(ctx, sv, ctx.eval_images, ctx.eval_labels)
     else:
-        if args.n_concepts < 1:
-            raise CLIError(f"--n-concepts must be positive, got {args.n_concepts}")
+        check_flag_int(args.n_concepts, "--n-concepts", low=1)
         S.coupled_nmf(ctx, n_concepts=min(args.n_concepts, n))
     return report.write()
 

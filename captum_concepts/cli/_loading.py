@@ -17,10 +17,19 @@ import torch
 from torch import nn
 
 from .._utils.layers import resolve_layer
+from .._utils.validation import InvalidParameterError, check_int
 
 
 class CLIError(Exception):
     """A mistake in what the user asked for: printed as one line, exit status 2."""
+
+
+def check_flag_int(value: Any, flag: str, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    """``value`` of the option ``flag`` through the shared :func:`check_int`, as a :class:`CLIError`."""
+    try:
+        return check_int(value, flag, low=low, high=high)
+    except InvalidParameterError as err:
+        raise CLIError(str(err)) from None
 
 
 @dataclass

@@ -5,7 +5,7 @@ Every section uses the public classes and functions of captum_concepts only, the
 would, and the plotting functions of :mod:`captum_concepts.visualization`.
 """
 
-from ._context import AGGREGATORS, Context, pick_examples, randomized_copy, run_section, source_transforms
+from ._context import Context, randomized_copy, run_section
 from ._sections_attributions import embedding_attributions, embedding_size
 from ._sections_concepts import concept_maps, coupled_nmf
 from ._sections_scores import score_curves
@@ -13,12 +13,9 @@ from ._sections_semantic import channel_masks_comparison, saliency_comparison, s
 from ._sections_similarity import similarity
 
 __all__ = [
-    "AGGREGATORS",
     "Context",
-    "pick_examples",
     "randomized_copy",
     "run_section",
-    "source_transforms",
     "embedding_attributions",
     "embedding_size",
     "score_curves",

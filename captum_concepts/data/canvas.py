@@ -7,6 +7,7 @@ Ground truth for the (generalised) pointing game: a saliency map for class
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -71,7 +72,9 @@ def make_two_digit_canvas(
     """
     check_option(split, "split", ("train", "test"))
     n = check_int(n, "n", low=1)
-    h, w = (canvas_size, canvas_size) if isinstance(canvas_size, int) else tuple(canvas_size)
+    if isinstance(canvas_size, Integral):
+        canvas_size = (canvas_size, canvas_size)
+    h, w = (check_int(v, "canvas_size") for v in canvas_size)
     if not (h >= 8 and w >= 16) and not (h >= 16 and w >= 8):
         raise ValueError(f"canvas_size must hold two 8x8 digits side by side, got {(h, w)}")
     data = load_digits_tensors()

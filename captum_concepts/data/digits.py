@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._utils.validation import check_int, check_real
+from .._utils.validation import check_int, check_option, check_real
 
 __all__ = ["DigitsData", "load_digits_tensors"]
 
@@ -58,6 +58,7 @@ def load_digits_tensors(
 
     upscale = check_int(upscale, "upscale", low=1)
     test_size = check_real(test_size, "test_size", low=0.0, high=1.0, low_open=True, high_open=True)
+    check_option(mode, "mode", ("nearest", "bilinear"))
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)
     labels = digits.target.astype(np.int64)

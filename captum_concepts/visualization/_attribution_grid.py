@@ -11,9 +11,11 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from .._utils.validation import check_option
 from ._common import (
     ArrayLike,
     check_ndim,
+    check_outlier_perc,
     check_sign,
     clear_ticks,
     draw_map,
@@ -79,10 +81,8 @@ def visualize_attribution_grid(
     maps = to_numpy(attributions, "attributions")
     check_ndim(maps, (4,), "attributions", "(rows, columns, H, W)")
     check_sign(sign)
-    if not 0 <= outlier_perc < 100:
-        raise ValueError(f"outlier_perc must be in [0, 100), got {outlier_perc}")
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    check_outlier_perc(outlier_perc)
+    check_option(method, "method", _METHODS)
     if method == "blended_heat_map" and original_images is None:
         raise ValueError("method='blended_heat_map' needs original_images")
     n_rows, n_cols = maps.shape[:2]

@@ -14,6 +14,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .._utils.validation import check_option, check_real
+
 ArrayLike = Any  # numpy array, torch tensor or nested sequence of numbers
 
 _SIGNS = ("all", "positive", "negative", "absolute_value")
@@ -73,8 +75,11 @@ def prepare_figure(
 
 
 def check_sign(sign: str) -> None:
-    if sign not in _SIGNS:
-        raise ValueError(f"sign must be one of {_SIGNS}, got {sign!r}")
+    check_option(sign, "sign", _SIGNS)
+
+
+def check_outlier_perc(outlier_perc: float) -> float:
+    return check_real(outlier_perc, "outlier_perc", low=0, high=100, high_open=True)
 
 
 def scale_map(attr: np.ndarray, sign: str = "all", outlier_perc: float = 2.0) -> np.ndarray:
@@ -82,8 +87,7 @@ def scale_map(attr: np.ndarray, sign: str = "all", outlier_perc: float = 2.0) ->
     ``100 - outlier_perc`` percentile of its magnitude and clipped to ``[-1, 1]`` (``[0, 1]`` for
     one-signed choices). An all-zero map stays zero."""
     check_sign(sign)
-    if not 0 <= outlier_perc < 100:
-        raise ValueError(f"outlier_perc must be in [0, 100), got {outlier_perc}")
+    check_outlier_perc(outlier_perc)
     if sign == "positive":
         attr = np.clip(attr, 0, None)
     elif sign == "negative":

@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import ConnectionPatch
 
-from .._utils.validation import check_int
+from .._utils.validation import check_int, check_option
 from ._common import (
     ArrayLike,
     check_ndim,
@@ -133,8 +133,7 @@ def visualize_correspondence(
         raise ValueError(
             f"grid_a {tuple(grid_a)} and grid_b {tuple(grid_b)} must have {m.shape[0]} and {m.shape[1]} cells"
         )
-    if sign not in ("positive", "negative", "absolute_value"):
-        raise ValueError(f"sign must be 'positive', 'negative' or 'absolute_value', got {sign!r}")
+    check_option(sign, "sign", ("positive", "negative", "absolute_value"))
     k = check_int(k, "k", low=1)
     key = {"positive": m, "negative": -m, "absolute_value": np.abs(m)}[sign]
     order = np.argsort(key, axis=None)[::-1][: min(k, m.size)]

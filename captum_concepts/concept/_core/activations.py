@@ -19,6 +19,7 @@ from ..._utils.batches import Batch, iter_batches
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layers, uncompiled
 from ..._utils.layout import apply_reshape, expand_per_layer, layout_hint
+from ..._utils.validation import check_option
 from ..._utils.warn import warn_user
 
 __all__ = ["POOLS", "CollectedBlocks", "stream_layer_outputs", "pool_rows", "collect_blocks"]
@@ -143,8 +144,7 @@ def collect_blocks(
     ``reshape_transform`` (None, a callable or a list aligned with ``layers``) brings each layer's
     output to ``(N, C, *S)`` before it is pooled (see ``captum_concepts.attr.channels_last``).
     """
-    if pool not in POOLS:
-        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    check_option(pool, "pool", POOLS)
     modules: List[nn.Module] = []
     names: List[str] = []
     if layers:

@@ -13,9 +13,9 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 import torch
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
-from ..._utils.validation import check_bool, check_real
-from ._explain import check_positive_int, draw_noise, explain_copies, resolve_explainer
+from ..._utils.validation import RealNumber, check_bool, check_int, check_real, validated
 from .normalization import minmax_normalize
+from .stacked_copies import draw_noise, explain_copies, resolve_explainer
 
 __all__ = ["noise_score", "noise_benchmark", "variance_score", "drift_score"]
 
@@ -38,6 +38,7 @@ def _check_differentiable(differentiable: Any) -> bool:
     return check_bool(differentiable, "differentiable")
 
 
+@validated(grad=True)
 def noise_score(
     explanation_func: Callable[..., Any],
     inputs: TensorOrTuple,
@@ -96,7 +97,7 @@ def noise_score(
             shape than ``inputs``, ``n_noise < 1``.
     """
     differentiable = _check_differentiable(differentiable)
-    check_positive_int(n_noise, "n_noise")
+    check_int(n_noise, "n_noise", low=1)
     func, kw = resolve_explainer(explanation_func, kwargs, per_dim=False, differentiable=differentiable)
     inp, was_tuple = format_inputs(inputs)
     check_batch(inp)
@@ -105,6 +106,7 @@ def noise_score(
     return _stack_heads([_mae_to_reference(h, 1)[0] for h in heads])
 
 
+@validated(grad=True)
 def noise_benchmark(
     explanation_func: Callable[..., Any],
     inputs: TensorOrTuple,
@@ -138,7 +140,7 @@ def noise_benchmark(
         Tensor: ``(N,)`` per-slot benchmark values in ``[0, 1]``; the benchmark value
         is their mean. ``(L, N)`` for a list of ``L`` maps.
     """
-    check_positive_int(n_draws, "n_draws")
+    check_int(n_draws, "n_draws", low=1)
     if noise_func is not None and not callable(noise_func):
         raise TypeError(
             "noise_func of noise_benchmark must be None or a callable (independent draws are needed), "
@@ -158,6 +160,7 @@ def _benchmark_from_maps(maps: torch.Tensor) -> torch.Tensor:
     return (nrm[0::2] - nrm[1::2]).abs().mean(dim=-1).mean(dim=0)
 
 
+@validated(grad=True)
 def variance_score(
     explanation_func: Callable[..., Any],
     inputs: TensorOrTuple,
@@ -235,13 +238,14 @@ def _clip_bounds(clip_range: Any, inputs: Tuple[torch.Tensor, ...]) -> list:
     if (
         isinstance(clip_range, (tuple, list))
         and len(clip_range) == 2
-        and all(isinstance(v, (int, float)) for v in clip_range)
+        and all(RealNumber().holds(v) for v in clip_range)
         and clip_range[0] <= clip_range[1]
     ):
-        return [tuple(clip_range)] * len(inputs)
+        return [(float(clip_range[0]), float(clip_range[1]))] * len(inputs)
     raise ValueError(f"clip_range must be 'data', None or (lo, hi) with lo <= hi, got {clip_range!r}")
 
 
+@validated(grad=True)
 def drift_score(
     explanation_func: Callable[..., Any],
     inputs: TensorOrTuple,
@@ -289,7 +293,7 @@ def drift_score(
     eps = torch.as_tensor(epsilons, dtype=torch.float64).flatten()
     if eps.numel() == 0 or not torch.isfinite(eps).all() or (eps < 0).any():
         raise ValueError(f"epsilons must be a non-empty sequence of finite values >= 0, got {epsilons!r}")
-    check_positive_int(n_noise, "n_noise")
+    check_int(n_noise, "n_noise", low=1)
     func, kw = resolve_explainer(explanation_func, kwargs, per_dim=False, differentiable=False)
     inp, was_tuple = format_inputs(inputs)
     check_batch(inp)

@@ -10,8 +10,9 @@ from torch import nn
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
 from ..._utils.layers import LayerSpec, layer_name, uncompiled
-from ._explain import check_positive_int, draw_noise, explain_copies
+from ..._utils.validation import check_int, check_option, validated
 from .representation_scores import _benchmark_from_maps, _mae_to_reference, _variance_from_maps
+from .stacked_copies import draw_noise, explain_copies
 
 __all__ = ["ScoreCurve", "score_curve"]
 
@@ -93,6 +94,7 @@ def _resolve_layer_list(
     return layers
 
 
+@validated(grad=True)
 def score_curve(
     model: nn.Module,
     embedding_layer: Optional[LayerSpec],
@@ -165,10 +167,9 @@ def score_curve(
     """
     from ...attr import EmbeddingAttribution
 
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    check_positive_int(n_noise, "n_noise")
-    check_positive_int(n_benchmark_draws, "n_benchmark_draws")
+    check_option(score, "score", SCORES)
+    check_int(n_noise, "n_noise", low=1)
+    check_int(n_benchmark_draws, "n_benchmark_draws", low=1)
     if threshold is not None and score != "variance":
         raise ValueError("threshold applies to score='variance' only")
     model = uncompiled(model)

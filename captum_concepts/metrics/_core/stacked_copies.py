@@ -22,17 +22,12 @@ __all__ = [
     "resolve_explainer",
     "draw_noise",
     "explain_copies",
-    "check_positive_int",
 ]
 
 Inputs = Tuple[torch.Tensor, ...]
 
 # keyword arguments of Captum's ``attribute`` that hold one entry per example
 _PER_EXAMPLE_KWARGS = ("target", "additional_forward_args", "baselines")
-
-
-def check_positive_int(value: Any, argument: str) -> int:
-    return check_int(value, argument, low=1)
 
 
 def _is_embedding_attribution(obj: Any) -> bool:
@@ -176,7 +171,7 @@ def explain_copies(
     if max_examples_per_batch is None:
         per_call = c
     else:
-        check_positive_int(max_examples_per_batch, "max_examples_per_batch")
+        check_int(max_examples_per_batch, "max_examples_per_batch", low=1)
         per_call = min(max(max_examples_per_batch // n, 1), c)
     chunks: List[List[torch.Tensor]] = []
     for start in range(0, c, per_call):
