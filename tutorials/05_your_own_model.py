@@ -227,10 +227,13 @@ fig, axes = visualize_attribution_grid(
 # Reading the grid: each row is a test tile, each column the layer the map lives at, upsampled to
 # the tile (a `layer3` map has 3×3 cells, hence the blocks). Bright cells are where the embedding's
 # components react most differently to the tile; each map is scaled on its own, so compare shapes
-# along a row, not brightness across maps. At the input, activations × gradients follows edges and
-# colour contrast of the image itself; deeper maps are coarser and show which regions of the tile the
-# representation's components are specific to. For a model trained on two photographs these are
-# texture and colour regions, not objects.
+# along a row, not brightness across maps. At the input and at `layer1` the maps are grainy, with a
+# checkerboard left by the stride-2 convolution and max-pooling (a known artefact of gradients
+# through strided layers); on the textured temple tile they follow the texture, on the smooth
+# background tiles they spread over the whole tile. Deeper maps are coarser and show which regions of
+# the tile the representation's components are specific to. For a model trained on two photographs
+# these are texture and colour regions, not objects; on your model, look for maps that move with
+# the content of the image from row to row.
 #
 # **Scores.** `score_curve` computes the noise score at every layer from one attribution call:
 # how different the (normalised) maps of real tiles are from those of noise inputs, beside the
