@@ -97,9 +97,10 @@ def test_check_fails_on_a_warning_with_a_local_path_on_stderr(one_tutorial):
 
 def test_cell_tags_of_the_source_reach_the_notebook(one_tutorial):
     text = one_tutorial.read_text()
-    one_tutorial.write_text(text.replace("# %%\n", '# %% tags=["remove-cell"]\n', 1))
+    assert "\n# %%\n" in text  # a plain code cell to tag
+    one_tutorial.write_text(text.replace("\n# %%\n", '\n# %% tags=["remove-cell"]\n', 1))
     nb = build.read_source(one_tutorial)
-    tagged = [cell for cell in nb.cells if cell.metadata.get("tags") == ["remove-cell"]]
-    assert len(tagged) == 1 and tagged[0].cell_type == "code"
+    first = next(cell for cell in nb.cells if cell.cell_type == "code")
+    assert first.metadata.get("tags") == ["remove-cell"]
     found = build.check(one_tutorial.parent)  # the committed notebook lacks the tag
     assert any("differs from" in problem for problem in found), found
