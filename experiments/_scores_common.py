@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import time
 import warnings
 from collections import OrderedDict
@@ -25,6 +27,18 @@ ATTRIBUTION_CONFIGS = [
     ("gradient", "mean", "mean"),
     ("activation_gradient", "mean", "mean"),
 ]
+
+
+FIGURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
+
+
+def figure_dir() -> str:
+    """``--out DIR`` of a score experiment (default ``experiments/figures``), created."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=FIGURES, help="folder for the PNG figure (experiments/figures)")
+    out = parser.parse_args().out
+    os.makedirs(out, exist_ok=True)
+    return out
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:

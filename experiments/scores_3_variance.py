@@ -37,7 +37,9 @@ def main() -> None:
         for threshold in (None, 0.5):
             vals = {}
             for label, model in (("trained", trained), ("untrained", untrained)):
-                curve = score_curve(model, "embedding", LAYERS, x, score="variance", threshold=threshold)
+                curve = score_curve(  # vanilla gradients, as measured in experiments/README.md
+                    model, "embedding", LAYERS, x, score="variance", method="gradient", threshold=threshold
+                )
                 vals[label] = curve.values
                 overall_max = max(overall_max, curve.per_example.max().item())
             t = "none" if threshold is None else str(threshold)

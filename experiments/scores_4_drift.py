@@ -5,17 +5,20 @@ the noise score at the second convolution, ``(NS(x_eps) - NS(x)) / NS(x)``, agai
 Paper: MNIST autoencoder (two conv layers + linear, 32-d bottleneck, ReLU, batch norm, max
 pooling; 5 epochs Adam); the relative noise score falls as eps grows, Spearman < 0.
 
-Run: python experiments/scores_4_drift.py   (< 1 min on 2 cores)
+Run: python experiments/scores_4_drift.py [--out experiments/figures]   (~1 min on 2 cores)
+Writes ``scores_drift.png`` (relative noise-score change against eps, per setting).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 from _scores_common import (
     ATTRIBUTION_CONFIGS,
     DigitsAutoencoder,
+    figure_dir,
     print_table,
     spearman,
     train_autoencoder,
@@ -31,6 +34,7 @@ N_EXAMPLES = 128
 
 
 def main() -> None:
+    out = figure_dir()
     t0 = time.perf_counter()
     data = load_digits_tensors(upscale=2)
     x = data.x_test[:N_EXAMPLES]
@@ -74,7 +78,30 @@ def main() -> None:
     print_table(
         "paper vs ours (one value per seed)", ["quantity", "paper (MNIST)", "ours (digits)"], paper_rows
     )
+    _plot(curves, os.path.join(out, "scores_drift.png"))
     print(f"\ntotal time {time.perf_counter() - t0:.0f} s")
+
+
+def _plot(curves, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, c in curves.items():
+        mean, std = c.mean(0).numpy(), c.std(0).numpy()
+        ax.plot(EPSILONS, mean, marker="o", label=label)
+        ax.fill_between(EPSILONS, mean - std, mean + std, alpha=0.15)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("drift eps")
+    ax.set_ylabel("(NS(x_eps) - NS(x)) / NS(x)")
+    ax.set_title(f"Drift at encoder.conv2, {len(SEEDS)} autoencoders (mean ± std)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
+    print(f"figure: {path}")
 
 
 if __name__ == "__main__":

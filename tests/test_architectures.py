@@ -361,6 +361,7 @@ def test_score_curve_matches_autograd(name):
         layers,
         x,
         score="variance",
+        method="gradient",
         channel_aggregator="abs",
         upsample=None,
         embedding_dims=DIMS,

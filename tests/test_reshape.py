@@ -237,8 +237,9 @@ def test_score_curve_passes_the_transform_on():
     model = ChannelsLastNet().eval()
     x = torch.randn(3, 3, 5, 5)
     curve = score_curve(
-        model, None, ["conv", "mlp"], x, score="variance", reshape_transform=[None, channels_last]
-    )
+        model, None, ["conv", "mlp"], x, score="variance", method="gradient",
+        reshape_transform=[None, channels_last],
+    )  # fmt: skip
     ea = EmbeddingAttribution(model, layer="mlp", reshape_transform=channels_last)
     torch.testing.assert_close(curve.per_example[1], variance_score(ea, x))
     f, g = _layer_output_grads(model, model.mlp, x)

@@ -82,3 +82,25 @@ def test_main_check_exit_status(one_tutorial, monkeypatch, capsys):
     one_tutorial.write_text(one_tutorial.read_text().replace("# %% [markdown]", "# %%", 1))
     assert build.main(["--check"]) == 1
     assert "out of sync" in capsys.readouterr().err
+
+
+def test_check_fails_on_a_warning_with_a_local_path_on_stderr(one_tutorial):
+    path = build.notebook_path(one_tutorial)
+    nb = nbformat.read(path, as_version=4)
+    first = next(i for i, cell in enumerate(nb.cells) if cell.cell_type == "code")
+    warning = "/home/me/.venv/lib/python3.11/site-packages/captum/x.py:63: UserWarning: something\n"
+    nb.cells[first].outputs.append(nbformat.v4.new_output("stream", name="stderr", text=warning))
+    nbformat.write(nb, path)
+    found = build.check(one_tutorial.parent)
+    assert found == [f"{path.name}: cell {first} prints a warning with a local file path on stderr"], found
+
+
+def test_cell_tags_of_the_source_reach_the_notebook(one_tutorial):
+    text = one_tutorial.read_text()
+    assert "\n# %%\n" in text  # a plain code cell to tag
+    one_tutorial.write_text(text.replace("\n# %%\n", '\n# %% tags=["remove-cell"]\n', 1))
+    nb = build.read_source(one_tutorial)
+    first = next(cell for cell in nb.cells if cell.cell_type == "code")
+    assert first.metadata.get("tags") == ["remove-cell"]
+    found = build.check(one_tutorial.parent)  # the committed notebook lacks the tag
+    assert any("differs from" in problem for problem in found), found

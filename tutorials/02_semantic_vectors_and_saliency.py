@@ -18,16 +18,21 @@
 
 # %%
 # %matplotlib inline
-import os
-import warnings
-
 import matplotlib.pyplot as plt
 import torch
 
+torch.manual_seed(0)
+
+# %% tags=["remove-cell"]
+# Notebook housekeeping (hidden on the documentation site): small figures, no tqdm, Captum or
+# torch notices, one thread per notebook when CI executes the notebooks in parallel.
+import os
+import warnings
+
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm, no ipywidgets
 warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")  # Captum notices
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")  # torch.jit notices
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72})  # small figures, light notebook
-torch.manual_seed(0)
 if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel CI: one thread per notebook
     torch.set_num_threads(1)
 

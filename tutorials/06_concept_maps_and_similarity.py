@@ -17,15 +17,21 @@
 
 # %%
 # %matplotlib inline
-import os
-import warnings
-
 import matplotlib.pyplot as plt
 import torch
 
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm, no ipywidgets
-plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72})  # small figures, light notebook
 torch.manual_seed(0)
+
+# %% tags=["remove-cell"]
+# Notebook housekeeping (hidden on the documentation site): small figures, no tqdm, Captum or
+# torch notices, one thread per notebook when CI executes the notebooks in parallel.
+import os
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm, no ipywidgets
+warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")  # Captum notices
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")  # torch.jit notices
+plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72})  # small figures, light notebook
 if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel CI: one thread per notebook
     torch.set_num_threads(1)
 
@@ -96,7 +102,19 @@ sobol = concept_sobol_indices(cnmf, data.x_test[:4], target=data.y_test[:4], lay
 print("total Sobol indices (rows: examples, columns: concepts)")
 print(sobol.numpy().round(2))
 print("importance, same examples:")
-print(result.importance[:4].numpy().round(2))
+print((result.importance[:4] + 0.0).numpy().round(2))  # + 0.0 turns -0.0 into 0.0
+
+# %% [markdown]
+# Reading the two tables. Each total Sobol index `S_T,k` is the share of the logit's variance in
+# which concept `k` takes part (alone or with others): the variance left when every other concept
+# is held fixed. It lies in `[0, 1]` in theory; the values here
+# are Monte-Carlo estimates (Jansen's estimator on `n_designs=32` random masks), so an index can come
+# out slightly **above 1** (or below 0) by sampling error, and the indices of one example need not
+# sum to 1 (concepts interact). Raise `n_designs` for tighter estimates. A **0** in the importance
+# table is a concept whose coefficient is exactly zero in that example (the NMF coefficients are
+# non-negative and often exactly 0): printed without the `+ 0.0` above it shows as `-0.000e+00`,
+# the sign of zero times a negative gradient, which means nothing. Both tables agree on which
+# concept carries each example's class.
 
 # %% [markdown]
 # `SemanticVector` concepts have presence maps too: the cosine of each position's features with the
@@ -200,3 +218,23 @@ acc = {k: pointing_game_curve(v, masks=masks, energies=energies)[1] for k, v in 
 fig, ax = visualize_pointing_game_curve(energies, acc)
 for k, v in acc.items():
     print(f"{k:22s} pointing game at energy 0: {v[0]:.2f}, mean over energies {v.mean():.3f}")
+
+# %% [markdown]
+# Reading the curve: the paper's rule keeps the units that fire in more than half of a class's
+# examples *at their position*; on canvases where the digit moves few units pass it, the masks cut
+# paths through the digit itself, and at energy 0 the pointing game falls below plain Guided
+# Backprop. Channel masks ignore the position and point at least as well as Guided Backprop (the
+# experiments behind this are on the site's *Evidence* page).
+#
+# ## What to try on your own model
+#
+# - Fit `CoupledNMFConcepts` at two or three blocks of your network (`pool="mean"` for large
+#   convolutional layers, `shift="min"` for layers that are not non-negative), then read
+#   `concept_presence_maps` at a mid layer to see *where* each concept sits in your images.
+# - Rank concepts for your classes with `concept_importance` (cheap: one backward pass per target)
+#   and check the ranking with `concept_sobol_indices` on a few examples; a large residual says the
+#   concepts miss part of what drives the class (fit more concepts).
+# - For a retrieval or siamese model, `SimilarityAttribution(model, layer=..., similarity="cosine")`
+#   shows which parts of a query and a match make them similar; correspondence maps link the parts.
+# - With `SemanticVector`, compare `masks(0.5)` (the paper's rule) and `masks(mode="channel")` with
+#   `pointing_game_curve` on images with boxes: objects that move favour the channel masks.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -55,13 +56,34 @@ def read_source(source: Path) -> nbformat.NotebookNode:
     )
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"{source.stem[:2]}-{i:02d}"
-        cell.metadata = nbformat.from_dict({})
+        tags = list(cell.metadata.get("tags", []))
+        cell.metadata = nbformat.from_dict({"tags": tags} if tags else {})
     return nb
 
 
-def cell_texts(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
-    """What must agree between a source and its notebook: each cell's type and text."""
-    return [(cell.cell_type, cell.source.strip()) for cell in nb.cells]
+def cell_texts(nb: nbformat.NotebookNode) -> list[tuple[str, str, tuple]]:
+    """What must agree between a source and its notebook: each cell's type, text and tags
+    (``# %% tags=["remove-cell"]`` in a source: a cell the documentation site does not show)."""
+    return [(cell.cell_type, cell.source.strip(), tuple(cell.metadata.get("tags", []))) for cell in nb.cells]
+
+
+LOCAL_PATH = re.compile(r"(/(root|home|Users|usr|opt|tmp)/|[A-Za-z]:\\|site-packages)")
+
+
+def local_paths_in_stderr(nb: nbformat.NotebookNode) -> list[int]:
+    """Code cells whose stderr output names a file on the machine that ran them (a warning's
+    ``/home/.../site-packages/x.py:63: UserWarning``): filter or avoid such warnings."""
+    return [
+        i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        and any(
+            out.get("output_type") == "stream"
+            and out.get("name") == "stderr"
+            and LOCAL_PATH.search(out.get("text", ""))
+            for out in cell.get("outputs", [])
+        )
+    ]
 
 
 def execute(nb: nbformat.NotebookNode, cwd: Path) -> nbformat.NotebookNode:
@@ -69,7 +91,11 @@ def execute(nb: nbformat.NotebookNode, cwd: Path) -> nbformat.NotebookNode:
     from nbclient import NotebookClient
 
     client = NotebookClient(
-        nb, timeout=CELL_TIMEOUT_S, startup_timeout=300, kernel_name="python3", record_timing=False,
+        nb,
+        timeout=CELL_TIMEOUT_S,
+        startup_timeout=300,
+        kernel_name="python3",
+        record_timing=False,
         resources={"metadata": {"path": str(cwd)}},
     )
     return client.execute()
@@ -123,6 +149,8 @@ def problems(source: Path) -> list[str]:
             break
         if any(output.get("output_type") == "error" for output in cell.get("outputs", [])):
             found.append(f"{target.name}: cell {i} has an error output")
+    for i in local_paths_in_stderr(nb):
+        found.append(f"{target.name}: cell {i} prints a warning with a local file path on stderr")
     size = target.stat().st_size
     if size > MAX_NOTEBOOK_BYTES:
         found.append(f"{target.name} is {size / 1e6:.1f} MB (limit {MAX_NOTEBOOK_BYTES / 1e6:.0f} MB)")
@@ -132,8 +160,11 @@ def problems(source: Path) -> list[str]:
 def orphans(folder: Path = HERE) -> list[str]:
     """Numbered notebooks without a source (a renamed or deleted tutorial)."""
     known = {notebook_path(source) for source in sources(folder)}
-    return [f"{nb.name} has no source {nb.with_suffix('.py').name}"
-            for nb in sorted(folder.glob("[0-9][0-9]_*.ipynb")) if nb not in known]
+    return [
+        f"{nb.name} has no source {nb.with_suffix('.py').name}"
+        for nb in sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+        if nb not in known
+    ]
 
 
 def check(folder: Path = HERE) -> list[str]:

@@ -60,6 +60,14 @@ def noise_score(
     (stacked along the batch dimension), so an ``EmbeddingAttribution`` computes
     them with one forward and one backward pass.
 
+    Which maps to score: the paper's claims about the noise score (trained above random-weight
+    networks in deep layers, §4.1; ranking with accuracy, §4.2; falling with drift, §4.4) show
+    with ``EmbeddingAttribution(..., method="activation_gradient", channel_aggregator="mean",
+    embedding_aggregator="mean")``, the defaults of :func:`score_curve`; with
+    ``EmbeddingAttribution``'s default ``embedding_aggregator="var"`` (sparse maps, §2.2) a
+    trained network's score sits at or below its noise benchmark. The paper does not name the
+    aggregators of its score experiments.
+
     Args:
         explanation_func (callable or attribution object): ``explanation_func(inputs,
             **kwargs)`` returning one map per example, shape ``(N, ...)`` (a tuple of
@@ -262,7 +270,8 @@ def drift_score(
     For each ``ε``: ``x_ε = clip(x + ε·n, lo, hi)`` with a drift direction ``n``
     (standard normal by default) and the relative change of the batch-mean noise
     score ``(mean NS(x_ε) - mean NS(x)) / mean NS(x)``. The paper reports that it
-    falls as ``ε`` grows (negative Spearman correlation).
+    falls as ``ε`` grows (negative Spearman correlation); that shows with mean channel and mean
+    embedding aggregation (see :func:`noise_score`).
 
     **[choice]** One drift direction ``n`` and the same noise inputs ``x̃`` serve
     every ``ε`` (common random numbers: the curve over ``ε`` is not blurred by
