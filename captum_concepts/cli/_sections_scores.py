@@ -38,7 +38,6 @@ def score_curves(ctx: Context) -> None:
                 layers,
                 x,
                 score=score,
-                method="gradient",
                 n_benchmark_draws=n_draws,
                 embedding_dims=ctx.embedding_dims,
                 benchmark=score == "noise" and tag == ctx.weights_tag,
@@ -53,7 +52,7 @@ def score_curves(ctx: Context) -> None:
         benchmark=trained.benchmark,
         benchmark_band=trained.benchmark_std,
         ylabel="noise score",
-        title="Noise score per layer (vanilla gradients)",
+        title="Noise score per layer (activations x gradients, mean/mean)",
         use_pyplot=False,
     )
     rep.add_figure(
