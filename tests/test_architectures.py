@@ -331,7 +331,7 @@ def test_coupled_nmf_two_layers_transform_and_tcav_export(name, tmp_path):
     ).fit(x)
     assert cnmf.layer_names_ == layers
     _close(cnmf.example_factors_, ref.example_factors_)
-    _close(cnmf.transform(x), ref.transform((pixels, pooled)))
+    _close(cnmf.transform(x), ref.transform(pixel_blocks=pixels, activation_blocks=pooled))
     concepts = cnmf.to_captum_concepts(x, k=3)
     top = cnmf.top_examples(3)
     for c, concept in enumerate(concepts):

@@ -251,36 +251,45 @@ CNMF_ERRORS = [
         ValueError,
         "block_weights must be",
     ),
-    E("cnmf-transform-unfitted", lambda: cn().transform(([mat(4, 5)], [])), NotFittedError, "not fitted"),
+    E(
+        "cnmf-transform-unfitted",
+        lambda: cn().transform(pixel_blocks=[mat(4, 5)], activation_blocks=[]),
+        NotFittedError,
+        "not fitted",
+    ),
     E(
         "cnmf-transform-rows",
-        lambda: fitted_cnmf().transform(([mat(3, 2)], [mat(5, 2)])),
+        lambda: fitted_cnmf().transform(pixel_blocks=[mat(3, 2)], activation_blocks=[mat(5, 2)]),
         ValueError,
         r"pixels\[0\] has 3 rows, expected 6",
     ),
     E(
         "cnmf-transform-rows-shifted",
         lambda: (
-            cn(shift="min").fit_matrices([mat(6, 5) - 0.5], [mat(5, 5)]).transform(([mat(3, 2)], [mat(5, 2)]))
+            cn(shift="min")
+            .fit_matrices([mat(6, 5) - 0.5], [mat(5, 5)])
+            .transform(pixel_blocks=[mat(3, 2)], activation_blocks=[mat(5, 2)])
         ),
         ValueError,
         r"pixels\[0\] has 3 rows, expected 6",
     ),
     E(
         "cnmf-transform-blocks",
-        lambda: fitted_cnmf().transform(([mat(6, 2)], [])),
+        lambda: fitted_cnmf().transform(pixel_blocks=[mat(6, 2)], activation_blocks=[]),
         ValueError,
         "transform needs 1 pixel blocks and 1",
     ),
     E(
         "cnmf-transform-nan",
-        lambda: fitted_cnmf().transform(([mat(6, 2, fill=float("nan"))], [mat(5, 2)])),
+        lambda: fitted_cnmf().transform(
+            pixel_blocks=[mat(6, 2, fill=float("nan"))], activation_blocks=[mat(5, 2)]
+        ),
         ValueError,
         "contains NaN",
     ),
     E(
         "cnmf-transform-negative",
-        lambda: fitted_cnmf().transform(([mat(6, 2) - 1], [mat(5, 2)])),
+        lambda: fitted_cnmf().transform(pixel_blocks=[mat(6, 2) - 1], activation_blocks=[mat(5, 2)]),
         ValueError,
         "non-negative",
     ),
@@ -596,4 +605,4 @@ def test_cnmf_on_arbitrary_non_negative_data(rows, n, d, solver, sparse, seed):
     F = est.example_factors_
     assert F.shape == (d, n) and torch.isfinite(F).all() and (F >= 0).all()
     assert all(np.isfinite(est.loss_history_))
-    assert torch.isfinite(est.transform(([data], []))).all()
+    assert torch.isfinite(est.transform(pixel_blocks=[data], activation_blocks=[])).all()

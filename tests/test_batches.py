@@ -94,7 +94,7 @@ def test_coupled_nmf_passes_every_input_to_the_model(kind):
     fitted = _cnmf(model).fit(data(), has_labels=has_labels)
     assert_same_state(before, model)
     torch.testing.assert_close(fitted.example_factors_, reference.example_factors_)
-    expected = reference.transform((pixels, acts))
+    expected = reference.transform(pixel_blocks=pixels, activation_blocks=acts)
     torch.testing.assert_close(fitted.transform(data(), has_labels=has_labels), expected)
 
 
@@ -105,7 +105,7 @@ def test_coupled_nmf_additional_forward_args_reach_the_model():
     reference = _cnmf(model).fit_matrices(pixels, acts)
     fitted = _cnmf(model).fit((IMAGES, TOKENS), additional_forward_args=2.5)
     torch.testing.assert_close(fitted.example_factors_, reference.example_factors_)
-    expected = reference.transform((pixels, acts))
+    expected = reference.transform(pixel_blocks=pixels, activation_blocks=acts)
     torch.testing.assert_close(fitted.transform((IMAGES, TOKENS), additional_forward_args=(2.5,)), expected)
     streamed = _cnmf(model).set_params(out_of_core=OutOfCore("64MB", storage_dtype=torch.float32))
     streamed.fit((IMAGES, TOKENS), additional_forward_args=2.5)

@@ -220,7 +220,7 @@ def test_transform_recovers_training_factors(digits, digits_fit):
         for name in DIGIT_LAYERS:
             guard.register_forward_hook(digits_fit.model.get_submodule(name), lambda m, i, o: acts.append(o))
         digits_fit.model(digits.x_test)
-    mats = digits_fit.transform((blocks, [a.reshape(360, -1).t() for a in acts]))
+    mats = digits_fit.transform(pixel_blocks=blocks, activation_blocks=[a.reshape(360, -1).t() for a in acts])
     assert torch.allclose(mats, on_test, rtol=1e-4, atol=1e-5)
 
 
@@ -323,6 +323,6 @@ def test_bad_arguments(digits, digits_cnn):
     with pytest.raises(ValueError, match="fit_matrices"):
         fitted.transform(digits.x_test)
     with pytest.raises(ValueError, match="rows"):
-        fitted.transform(([blocks[1]], blocks[1:]))
+        fitted.transform(pixel_blocks=[blocks[1]], activation_blocks=blocks[1:])
     with pytest.raises(ValueError, match="layer"):
         fitted.neuron_similarity("embedding")

@@ -89,8 +89,11 @@ def test_coupled_nmf_fit_matrices_with_shift_round_trip(tmp_path):
     loaded = CoupledNMFConcepts.load(tmp_path / "m.pt")
     assert loaded.dtype == torch.float64 and loaded.solver == "hals"
     assert loaded.shift_[0] is None and torch.equal(loaded.shift_[1], est.shift_[1])
-    new = ([torch.rand(12, 5, generator=g)], [torch.randn(9, 5, generator=g)])
-    assert torch.equal(loaded.transform(new), est.transform(new))
+    new = {
+        "pixel_blocks": [torch.rand(12, 5, generator=g)],
+        "activation_blocks": [torch.randn(9, 5, generator=g)],
+    }
+    assert torch.equal(loaded.transform(**new), est.transform(**new))
 
 
 def test_save_refuses_unfitted_and_unsaveable(tmp_path, model, data):

@@ -138,7 +138,7 @@ def test_zero_rows_and_columns_give_finite_factors(dtype, solver):
     assert np.all(np.isfinite(cnmf.loss_history_))
     # a useful fit, not just finite: well below the energy of the data
     assert cnmf.loss_history_[-1] < 0.5 * float(x.double().square().sum())
-    new = cnmf.transform(([], [x[:, :4]]))
+    new = cnmf.transform(pixel_blocks=[], activation_blocks=[x[:, :4]])
     assert bool(torch.isfinite(new).all())
 
 

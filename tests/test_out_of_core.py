@@ -129,8 +129,8 @@ def test_streamed_equals_in_memory_on_the_stored_values(tmp_path, storage, kw):
     assert streamed.shift_[0] is None
     # transform of new data works as after an in-memory fit
     torch.testing.assert_close(
-        streamed.transform(([stored[:25, :10]], [stored[25:, :10]])),
-        ref.transform(([stored[:25, :10]], [stored[25:, :10]])),
+        streamed.transform(pixel_blocks=[stored[:25, :10]], activation_blocks=[stored[25:, :10]]),
+        ref.transform(pixel_blocks=[stored[:25, :10]], activation_blocks=[stored[25:, :10]]),
     )
 
 

@@ -267,7 +267,9 @@ def test_coupled_nmf_pools_channels_last_layers_over_space():
         [], [act.mean(dim=(1, 2)).t()]
     )
     torch.testing.assert_close(cnmf.example_factors_, ref.example_factors_)
-    torch.testing.assert_close(cnmf.transform(x), ref.transform(([], [act.mean(dim=(1, 2)).t()])))
+    torch.testing.assert_close(
+        cnmf.transform(x), ref.transform(pixel_blocks=[], activation_blocks=[act.mean(dim=(1, 2)).t()])
+    )
 
 
 def test_coupled_nmf_warns_when_it_pools_a_channels_last_layer():

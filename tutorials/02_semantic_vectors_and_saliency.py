@@ -127,7 +127,7 @@ for name, a in acc.items():
 # pixels relax it.
 #
 # `SemanticGradientInput` works the same way for Gradient × Input. With an all-ones mask both
-# methods equal Captum's `GuidedBackprop` and `InputXGradient` exactly.
+# methods equal Captum's `GuidedBackprop` and `InputXGradient` up to float rounding.
 #
 # ## What to try on your own model
 #
