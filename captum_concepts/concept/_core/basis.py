@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
 from ..._utils.layers import resolve_layer
-from ..._utils.layout import ReshapeTransform, apply_reshape
+from ..._utils.layout import ReshapeTransform, apply_reshape, expand_per_layer
 from ..._utils.validation import check_fitted
 from ...attr._core.layer_readout import LayerReadout, Readouts
 from .activations import pool_rows
@@ -140,8 +140,9 @@ def concept_basis(concepts: Concepts, layer: Union[int, str] = 0, argument: str 
     basis = concepts.neuron_factors_[j].float()
     fitted = concepts.shift_[len(concepts.pixel_factors_) + j] if concepts.shift_ else None
     shift = read_shift(fitted, concepts.shift, basis.shape[0])
-    transforms = getattr(concepts, "reshape_transform", None)
-    transform = transforms[j] if isinstance(transforms, (list, tuple)) else transforms
+    transform = expand_per_layer(
+        getattr(concepts, "reshape_transform", None), len(layers), "concepts.reshape_transform"
+    )[j]
     return ConceptBasis(concepts.model, module, basis, concepts.pool, shift, transform)
 
 
