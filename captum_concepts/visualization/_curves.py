@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ._common import ArrayLike, finish, prepare_figure, to_numpy
+from ._common import ArrayLike, fill_doc, finish, prepare_figure, to_numpy
 
 Curves = Union[ArrayLike, Mapping[str, ArrayLike]]
 
@@ -45,6 +45,7 @@ def _band(band: Optional[Any], center: Optional[np.ndarray], n: int, argument: s
     return lo, hi
 
 
+@fill_doc
 def visualize_score_curve(
     scores: Curves,
     layer_names: Optional[Sequence[str]] = None,
@@ -72,12 +73,7 @@ def visualize_score_curve(
         score_bands: ``{label: band}`` in the same forms, shaded around each score curve.
         ylabel: y-axis label (``None`` entries are left automatic).
         ylim: y-axis limits (``None`` entries are left automatic).
-        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
-            ``captum.attr.visualization``.
-        title: the figure's title (None: no title).
-        fig_size: the size of a created figure, in inches.
-        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
-            sees (False), as in ``captum.attr.visualization``.
+        %(figure_args)s
 
     Returns:
         ``(fig, ax)``.
@@ -122,6 +118,7 @@ def visualize_score_curve(
     return fig, ax
 
 
+@fill_doc
 def visualize_pointing_game_curve(
     energies: ArrayLike,
     accuracies: Curves,
@@ -139,12 +136,7 @@ def visualize_pointing_game_curve(
         energies: ``(M,)`` energy fractions in ``[0, 1]`` (``0`` is the classic pointing game).
         accuracies: one curve ``(M,)`` or ``{method name: (M,)}`` of accuracies in ``[0, 1]``.
         percent: write the x-axis in percent.
-        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
-            ``captum.attr.visualization``.
-        title: the figure's title (None: no title).
-        fig_size: the size of a created figure, in inches.
-        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
-            sees (False), as in ``captum.attr.visualization``.
+        %(figure_args)s
 
     Returns:
         ``(fig, ax)``.
