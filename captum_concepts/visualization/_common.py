@@ -228,6 +228,10 @@ def labels_or_default(labels: Optional[Sequence[str]], n: int, argument: str, pr
     return labels
 
 
-def finish(fig: Figure, title: Optional[str]) -> None:
+def finish(fig: Figure, title: Optional[str], ax: Optional[Axes] = None) -> None:
+    """Write ``title`` (if any) over the figure, or over ``ax`` for a one-panel figure."""
     if title:
-        fig.suptitle(title)
+        if ax is None:
+            fig.suptitle(title)
+        else:
+            ax.set_title(title)

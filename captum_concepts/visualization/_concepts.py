@@ -221,8 +221,7 @@ def visualize_relevance_matrix(
                     fontsize=7,
                     color="black" if mat[i, j] > mid else "white",
                 )
-    if title:
-        ax.set_title(title)
+    finish(fig, title, ax)
     return fig, ax
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ._common import ArrayLike, fill_doc, finish, prepare_figure, to_numpy
+from ._common import ArrayLike, fill_doc, finish, labels_or_default, prepare_figure, to_numpy
 
 Curves = Union[ArrayLike, Mapping[str, ArrayLike]]
 
@@ -80,9 +80,7 @@ def visualize_score_curve(
     """
     curves = _curves(scores, "scores", ylabel)
     n = len(next(iter(curves.values())))
-    names = [str(s) for s in layer_names] if layer_names is not None else [str(i) for i in range(n)]
-    if len(names) != n:
-        raise ValueError(f"layer_names must have {n} entries, got {len(names)}")
+    names = labels_or_default(layer_names, n, "layer_names", "")
     fig, ax = prepare_figure(plt_fig_axis, 1, 1, fig_size, use_pyplot, squeeze=True)
     x = np.arange(n)
     if benchmark is not None:
@@ -112,9 +110,7 @@ def visualize_score_curve(
     if len(curves) > 1 or benchmark is not None or benchmark_band is not None:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title)
-    finish(fig, None)
+    finish(fig, title, ax)
     return fig, ax
 
 
@@ -157,6 +153,5 @@ def visualize_pointing_game_curve(
     ax.grid(alpha=0.3)
     if isinstance(accuracies, Mapping):
         ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
+    finish(fig, title, ax)
     return fig, ax
