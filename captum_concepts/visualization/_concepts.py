@@ -48,6 +48,7 @@ def visualize_concept_grid(
         factor_images: optional ``(K, H, W)`` / ``(K, C, H, W)`` pixel factor per concept, shown in
             an extra first column ("factor").
         concept_names: ``K`` row labels (default ``"concept k"``).
+        mask_color: the Matplotlib colour of the mask outlines.
         %(figure_args)s
 
     Returns:
