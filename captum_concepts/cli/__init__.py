@@ -16,7 +16,7 @@ import re
 import sys
 import traceback
 import warnings
-from typing import List, Optional
+from typing import Any, List, Optional, Tuple
 
 __all__ = ["main", "build_parser"]
 
@@ -35,6 +35,11 @@ def _common(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same report")
     p.add_argument("--verbose", action="store_true", help="show full tracebacks on errors")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _choice(p: Any, flag: str, choices: Tuple[str, ...], help: str) -> None:
+    """An option taking one of ``choices``; the first is the default."""
+    p.add_argument(flag, choices=choices, default=choices[0], help=help)
 
 
 def _user_model_args(p: argparse.ArgumentParser) -> None:
@@ -59,12 +64,11 @@ def _user_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--channels", type=int, choices=(1, 3), default=3, help="image channels the model takes (3)"
     )
-    g.add_argument(
+    _choice(
+        g,
         "--normalize",
-        choices=("auto", "imagenet", "none"),
-        default="auto",
-        help="input normalisation: auto = ImageNet statistics for torchvision models, "
-        "none for module:factory",
+        ("auto", "imagenet", "none"),
+        "input normalisation: auto = ImageNet statistics for torchvision models, none for module:factory",
     )
     g.add_argument(
         "--max-images", type=int, default=200, help="at most this many images, spread over classes"
@@ -78,11 +82,11 @@ def _user_model_args(p: argparse.ArgumentParser) -> None:
         "vit (ViT tokens (N, 1 + T, C), class token dropped, T on a square grid), tokens:K "
         "(K prefix tokens), channels-last (N, H, W, C) as in Swin / ConvNeXt stages",
     )
-    g.add_argument(
+    _choice(
+        g,
         "--upsample",
-        choices=("nearest", "bilinear", "none"),
-        default="nearest",
-        help="how layer maps are brought to the image size (nearest); none scores them at the layer's "
+        ("nearest", "bilinear", "none"),
+        "how layer maps are brought to the image size (nearest); none scores them at the layer's "
         "resolution (figures always show them at the image size, nearest)",
     )
 
@@ -146,11 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _user_model_args(discover)
     discover.add_argument("--n-concepts", type=int, default=10, help="number of concepts (10)")
-    discover.add_argument(
+    _choice(
+        discover,
         "--shift",
-        choices=("none", "min"),
-        default="none",
-        help="negative activations (layers without a ReLU): none = an error, min = shift each neuron "
+        ("none", "min"),
+        "negative activations (layers without a ReLU): none = an error, min = shift each neuron "
         "by its minimum over the images (none)",
     )
     _common(discover, "discover_out")

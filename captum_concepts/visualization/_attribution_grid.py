@@ -163,6 +163,9 @@ def visualize_embedding_attributions(
             every row.
         aggregators: the row labels (taken from a mapping's keys when omitted).
         layers: the column labels (taken from a mapping's keys when omitted).
+        method: as in :func:`visualize_attribution_grid`.
+        sign: as in :func:`visualize_attribution_grid`.
+        plt_fig_axis: ``(fig, axes)`` with ``A x (L [+1])`` axes to draw into.
         outlier_perc: as in :func:`visualize_attribution_grid`.
         cmap: as in :func:`visualize_attribution_grid`.
         alpha_overlay: as in :func:`visualize_attribution_grid`.

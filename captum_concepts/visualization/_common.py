@@ -8,7 +8,9 @@ that no pyplot state ever sees), returns ``(fig, axes)`` and never calls ``plt.s
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+import re
+import textwrap
+from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -20,6 +22,40 @@ ArrayLike = Any  # numpy array, torch tensor or nested sequence of numbers
 
 _SIGNS = ("all", "positive", "negative", "absolute_value")
 _DEFAULT_CMAPS = {"all": "bwr", "positive": "Greens", "negative": "Reds", "absolute_value": "Blues"}
+
+# The ``Args:`` entries every plotting function shares, written once (Google style: a continuation
+# line is indented four spaces more than its entry). ``fill_doc`` puts them where a docstring
+# line holds only a placeholder ``%(name)s``, at that line's indentation.
+DOC_ENTRIES = {
+    "plt_fig_axis": (
+        "plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in\n"
+        "    ``captum.attr.visualization``."
+    ),
+    "title": "title: the figure's title (None: no title).",
+    "fig_size": "fig_size: the size of a created figure, in inches.",
+    "use_pyplot": (
+        "use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` "
+        "that no pyplot state\n"
+        "    sees (False), as in ``captum.attr.visualization``."
+    ),
+    "map_cmap": "cmap: the maps' colour map.",
+    "map_alpha": "alpha: the maps' opacity over the image.",
+}
+DOC_ENTRIES["title_and_size_args"] = "\n".join(DOC_ENTRIES[k] for k in ("title", "fig_size", "use_pyplot"))
+DOC_ENTRIES["figure_args"] = "\n".join((DOC_ENTRIES["plt_fig_axis"], DOC_ENTRIES["title_and_size_args"]))
+
+_PLACEHOLDER = re.compile(r"^(?P<indent>[ \t]*)%\((?P<name>\w+)\)s[ \t]*$", re.MULTILINE)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def fill_doc(fn: _F) -> _F:
+    """Replace each docstring line ``%(name)s`` by ``DOC_ENTRIES[name]`` at that line's indentation
+    (in the manner of Matplotlib's ``_docstring.interpd``); an unknown name fails at import."""
+    if fn.__doc__:  # None under ``python -OO``
+        fn.__doc__ = _PLACEHOLDER.sub(
+            lambda m: textwrap.indent(DOC_ENTRIES[m["name"]], m["indent"]), fn.__doc__
+        )
+    return fn
 
 
 def to_numpy(x: ArrayLike, argument: str = "x") -> np.ndarray:
@@ -192,6 +228,10 @@ def labels_or_default(labels: Optional[Sequence[str]], n: int, argument: str, pr
     return labels
 
 
-def finish(fig: Figure, title: Optional[str]) -> None:
+def finish(fig: Figure, title: Optional[str], ax: Optional[Axes] = None) -> None:
+    """Write ``title`` (if any) over the figure, or over ``ax`` for a one-panel figure."""
     if title:
-        fig.suptitle(title)
+        if ax is None:
+            fig.suptitle(title)
+        else:
+            ax.set_title(title)

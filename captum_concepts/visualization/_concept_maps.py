@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from ._common import (
     ArrayLike,
     check_ndim,
+    fill_doc,
     finish,
     image_for_display,
     image_panel,
@@ -20,6 +21,7 @@ from ._common import (
 )
 
 
+@fill_doc
 def visualize_concept_maps(
     images: ArrayLike,
     maps: ArrayLike,
@@ -46,14 +48,9 @@ def visualize_concept_maps(
         factor_images: optional ``(d, H, W)`` / ``(d, C, H, W)`` pixel factor images
             (:meth:`CoupledNMFConcepts.factor_images`), shown as a first row.
         sign: ``"positive"`` (default), ``"all"``, ``"negative"`` or ``"absolute_value"``.
-        cmap: the maps' colour map.
-        alpha: the maps' opacity over the image.
-        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
-            ``captum.attr.visualization``.
-        title: the figure's title (None: no title).
-        fig_size: the size of a created figure, in inches.
-        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
-            sees (False), as in ``captum.attr.visualization``.
+        %(map_cmap)s
+        %(map_alpha)s
+        %(figure_args)s
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(rows, len(concepts))``.
@@ -86,6 +83,7 @@ def visualize_concept_maps(
     return fig, axes
 
 
+@fill_doc
 def visualize_concept_importance(
     importance: ArrayLike,
     residual: Optional[ArrayLike] = None,
@@ -104,12 +102,7 @@ def visualize_concept_importance(
         residual: optional ``(n_classes,)`` residuals, drawn as a grey last bar.
         class_names: panel titles.
         concept_names: bar labels.
-        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
-            ``captum.attr.visualization``.
-        title: the figure's title (None: no title).
-        fig_size: the size of a created figure, in inches.
-        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
-            sees (False), as in ``captum.attr.visualization``.
+        %(figure_args)s
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(1, n_classes)``.

@@ -13,6 +13,7 @@ from ._common import (
     ArrayLike,
     check_ndim,
     clear_ticks,
+    fill_doc,
     finish,
     image_for_display,
     labels_or_default,
@@ -22,6 +23,7 @@ from ._common import (
 )
 
 
+@fill_doc
 def visualize_concept_grid(
     images: ArrayLike,
     masks: Optional[ArrayLike] = None,
@@ -46,12 +48,8 @@ def visualize_concept_grid(
         factor_images: optional ``(K, H, W)`` / ``(K, C, H, W)`` pixel factor per concept, shown in
             an extra first column ("factor").
         concept_names: ``K`` row labels (default ``"concept k"``).
-        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
-            ``captum.attr.visualization``.
-        title: the figure's title (None: no title).
-        fig_size: the size of a created figure, in inches.
-        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
-            sees (False), as in ``captum.attr.visualization``.
+        mask_color: the Matplotlib colour of the mask outlines.
+        %(figure_args)s
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(K, T)`` or ``(K, T + 1)``.
@@ -100,6 +98,7 @@ def visualize_concept_grid(
     return fig, axes
 
 
+@fill_doc
 def visualize_similarity_matrices(
     matrices: Union[ArrayLike, Sequence[ArrayLike]],
     layer_names: Optional[Sequence[str]] = None,
@@ -120,10 +119,7 @@ def visualize_similarity_matrices(
         layer_names: ``L`` panel titles.
         plt_fig_axis: ``(fig, axes)`` with ``L + 1`` axes.
         cmap: the colour map (a Matplotlib name or colormap), as in ``captum.attr.visualization``.
-        title: the figure's title (None: no title).
-        fig_size: the size of a created figure, in inches.
-        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
-            sees (False), as in ``captum.attr.visualization``.
+        %(title_and_size_args)s
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array of ``L + 1`` axes: the matrices, then the spectra.
@@ -165,6 +161,7 @@ def visualize_similarity_matrices(
     return fig, axes
 
 
+@fill_doc
 def visualize_relevance_matrix(
     relevance: ArrayLike,
     concept_names: Optional[Sequence[str]] = None,
@@ -185,13 +182,9 @@ def visualize_relevance_matrix(
         annotate: write each value in its cell (default: when ``K <= 12``).
         vmin: lower colour limit (default: the matrix minimum).
         vmax: upper colour limit (default: 1).
-        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
-            ``captum.attr.visualization``.
+        %(plt_fig_axis)s
         cmap: the colour map (a Matplotlib name or colormap), as in ``captum.attr.visualization``.
-        title: the figure's title (None: no title).
-        fig_size: the size of a created figure, in inches.
-        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
-            sees (False), as in ``captum.attr.visualization``.
+        %(title_and_size_args)s
 
     Returns:
         ``(fig, ax)``.
@@ -229,11 +222,11 @@ def visualize_relevance_matrix(
                     fontsize=7,
                     color="black" if mat[i, j] > mid else "white",
                 )
-    if title:
-        ax.set_title(title)
+    finish(fig, title, ax)
     return fig, ax
 
 
+@fill_doc
 def visualize_tcav_scores(
     scores: Union[ArrayLike, Mapping[str, ArrayLike]],
     concept_labels: Optional[Sequence[str]] = None,
@@ -254,12 +247,7 @@ def visualize_tcav_scores(
             concept's top class and of a control class).
         concept_labels: ``d`` tick labels (default ``"c0".."c{d-1}"``).
         chance: a dashed reference line (0.5: a concept unrelated to the class); None: none.
-        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
-            ``captum.attr.visualization``.
-        title: the figure's title (None: no title).
-        fig_size: the size of a created figure, in inches.
-        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
-            sees (False), as in ``captum.attr.visualization``.
+        %(figure_args)s
 
     Returns:
         ``(fig, ax)``.

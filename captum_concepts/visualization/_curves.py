@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ._common import ArrayLike, finish, prepare_figure, to_numpy
+from ._common import ArrayLike, fill_doc, finish, labels_or_default, prepare_figure, to_numpy
 
 Curves = Union[ArrayLike, Mapping[str, ArrayLike]]
 
@@ -45,6 +45,7 @@ def _band(band: Optional[Any], center: Optional[np.ndarray], n: int, argument: s
     return lo, hi
 
 
+@fill_doc
 def visualize_score_curve(
     scores: Curves,
     layer_names: Optional[Sequence[str]] = None,
@@ -72,21 +73,14 @@ def visualize_score_curve(
         score_bands: ``{label: band}`` in the same forms, shaded around each score curve.
         ylabel: y-axis label (``None`` entries are left automatic).
         ylim: y-axis limits (``None`` entries are left automatic).
-        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
-            ``captum.attr.visualization``.
-        title: the figure's title (None: no title).
-        fig_size: the size of a created figure, in inches.
-        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
-            sees (False), as in ``captum.attr.visualization``.
+        %(figure_args)s
 
     Returns:
         ``(fig, ax)``.
     """
     curves = _curves(scores, "scores", ylabel)
     n = len(next(iter(curves.values())))
-    names = [str(s) for s in layer_names] if layer_names is not None else [str(i) for i in range(n)]
-    if len(names) != n:
-        raise ValueError(f"layer_names must have {n} entries, got {len(names)}")
+    names = labels_or_default(layer_names, n, "layer_names", "")
     fig, ax = prepare_figure(plt_fig_axis, 1, 1, fig_size, use_pyplot, squeeze=True)
     x = np.arange(n)
     if benchmark is not None:
@@ -116,12 +110,11 @@ def visualize_score_curve(
     if len(curves) > 1 or benchmark is not None or benchmark_band is not None:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title)
-    finish(fig, None)
+    finish(fig, title, ax)
     return fig, ax
 
 
+@fill_doc
 def visualize_pointing_game_curve(
     energies: ArrayLike,
     accuracies: Curves,
@@ -139,12 +132,7 @@ def visualize_pointing_game_curve(
         energies: ``(M,)`` energy fractions in ``[0, 1]`` (``0`` is the classic pointing game).
         accuracies: one curve ``(M,)`` or ``{method name: (M,)}`` of accuracies in ``[0, 1]``.
         percent: write the x-axis in percent.
-        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
-            ``captum.attr.visualization``.
-        title: the figure's title (None: no title).
-        fig_size: the size of a created figure, in inches.
-        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
-            sees (False), as in ``captum.attr.visualization``.
+        %(figure_args)s
 
     Returns:
         ``(fig, ax)``.
@@ -165,6 +153,5 @@ def visualize_pointing_game_curve(
     ax.grid(alpha=0.3)
     if isinstance(accuracies, Mapping):
         ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
+    finish(fig, title, ax)
     return fig, ax

@@ -12,6 +12,7 @@ from .._utils.validation import check_int, check_option
 from ._common import (
     ArrayLike,
     check_ndim,
+    fill_doc,
     finish,
     image_for_display,
     image_panel,
@@ -21,6 +22,7 @@ from ._common import (
 )
 
 
+@fill_doc
 def visualize_similarity_maps(
     images_a: ArrayLike,
     images_b: ArrayLike,
@@ -44,14 +46,9 @@ def visualize_similarity_maps(
         maps_b: ``(N, H, W)`` maps of side ``b``.
         scores: optional ``(N,)`` similarities, written in each row's title.
         sign: as in :func:`visualize_concept_maps` (default ``sign="all"``).
-        cmap: as in :func:`visualize_concept_maps` (default ``sign="all"``).
-        alpha: as in :func:`visualize_concept_maps` (default ``sign="all"``).
-        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
-            ``captum.attr.visualization``.
-        title: the figure's title (None: no title).
-        fig_size: the size of a created figure, in inches.
-        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
-            sees (False), as in ``captum.attr.visualization``.
+        %(map_cmap)s
+        %(map_alpha)s
+        %(figure_args)s
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(N, 4)``.
@@ -88,6 +85,7 @@ def _centres(grid: Sequence[int], size: Sequence[int]) -> np.ndarray:
     return np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1)
 
 
+@fill_doc
 def visualize_correspondence(
     image_a: ArrayLike,
     image_b: ArrayLike,
@@ -113,12 +111,7 @@ def visualize_correspondence(
         k: the number of links drawn, the largest first.
         sign: ``"positive"`` (default: the largest ``M``, links that raise the similarity),
             ``"negative"`` (the most negative) or ``"absolute_value"``.
-        plt_fig_axis: ``(fig, axes)`` to draw into; None (default) creates a figure, as in
-            ``captum.attr.visualization``.
-        title: the figure's title (None: no title).
-        fig_size: the size of a created figure, in inches.
-        use_pyplot: create the figure through ``pyplot`` (True) or as a bare ``Figure`` that no pyplot state
-            sees (False), as in ``captum.attr.visualization``.
+        %(figure_args)s
 
     Line width and opacity grow with ``|M(p, q)|``; red links raise the similarity, blue ones
     lower it.
