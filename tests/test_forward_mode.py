@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchvision
 from _kernels import kernel_batch
+from _models import no_forward_rule_cnn
 from captum.testing.helpers.basic_models import (
     BasicModel_ConvNet_One_Conv,
     BasicModel_MultiLayer_MultiInput,
@@ -322,31 +323,9 @@ def test_forward_needs_eval_mode():
     assert ea.strategy_ == "loop"  # 16 pixels < 40 dims, but extra passes would update the statistics
 
 
-class _NoForwardRule(torch.autograd.Function):
-    """tanh with a backward but no jvp (no forward-mode rule)."""
-
-    @staticmethod
-    def forward(x):
-        return torch.tanh(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return grad * (1 - y * y)
-
-
-class _Tanh(nn.Module):
-    def forward(self, x):
-        return _NoForwardRule.apply(x)
-
-
 def test_auto_falls_back_when_an_op_has_no_forward_rule():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3), _Tanh(), nn.Flatten(), nn.Linear(3 * 16, 40)).eval()
+    model = no_forward_rule_cnn()
     x = torch.randn(2, 1, 6, 6)
     ea = EmbeddingAttribution(model, None, "0", "activation_gradient", "mean", "var")
     before = model_state(model)
@@ -367,7 +346,7 @@ def test_auto_falls_back_when_an_op_has_no_forward_rule():
 
 def test_attention_kernel_settings_restored_after_an_error():
     fast = torch.backends.mha.get_fastpath_enabled()
-    model = nn.Sequential(nn.Conv2d(1, 3, 3), _Tanh(), nn.Flatten(), nn.Linear(3 * 16, 40)).eval()
+    model = no_forward_rule_cnn()
     with pytest.raises(ForwardModeUnsupported):
         EmbeddingAttribution(model, None, "0", strategy="forward").attribute(torch.randn(2, 1, 6, 6))
     assert torch.backends.mha.get_fastpath_enabled() == fast

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _models import no_forward_rule_cnn
 from torch import nn
 
 from captum_concepts.attr import EmbeddingAttribution
@@ -76,29 +77,9 @@ def test_plans_of_explicit_and_linear_strategies(digits_cnn, digits):
     assert count_hooks(digits_cnn) == 0
 
 
-class _NoForwardRule(torch.autograd.Function):
-    @staticmethod
-    def forward(x):
-        return torch.tanh(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return grad * (1 - y * y)
-
-
-class _Tanh(nn.Module):
-    def forward(self, x):
-        return _NoForwardRule.apply(x)
-
-
 def test_fallback_is_a_new_plan():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3), _Tanh(), nn.Flatten(), nn.Linear(3 * 16, 40)).eval()
+    model = no_forward_rule_cnn()
     x = torch.randn(2, 1, 6, 6)
     ea = EmbeddingAttribution(model, None, ["0", "1"], "activation_gradient", "mean", "var")
     planned = ea.plan(x)
