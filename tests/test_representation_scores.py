@@ -394,9 +394,9 @@ def test_score_curve_benchmark_and_plot(monkeypatch):
         score_curve(model, "bottleneck", nn.Conv1d, torch.rand(2, 1, 8, 8))
 
 
-def test_paper_claim_trained_and_random_curves_separate_in_deep_layers(trained_digits, digits):
-    """Paper §4.1 (act x grad): trained and random-weight curves close in shallow layers, apart in
-    deep ones (experiments/scores_1_trained_vs_random.py has the full curves)."""
+def _trained_and_random_curves(trained_digits, digits, **kwargs):
+    """Noise-score curves at ``block1.relu`` (shallow) and ``block3.pool`` (deep) of the trained
+    digits CNN and of a random-weight one, on the same 64 test images."""
     from captum_concepts.data import DigitsCNN
     from captum_concepts.metrics import score_curve
 
@@ -406,18 +406,17 @@ def test_paper_claim_trained_and_random_curves_separate_in_deep_layers(trained_d
     curves = []
     for model in (trained_digits.model, random_net):
         torch.manual_seed(0)
-        curves.append(
-            score_curve(
-                model,
-                "embedding",
-                ["block1.relu", "block3.pool"],
-                x,
-                method="activation_gradient",
-                embedding_aggregator="mean",
-                benchmark=False,
-            ).values
-        )
-    trained, random = curves
+        layers = ["block1.relu", "block3.pool"]
+        curves.append(score_curve(model, "embedding", layers, x, benchmark=False, **kwargs).values)
+    return curves
+
+
+def test_paper_claim_trained_and_random_curves_separate_in_deep_layers(trained_digits, digits):
+    """Paper §4.1 (act x grad): trained and random-weight curves close in shallow layers, apart in
+    deep ones (experiments/scores_1_trained_vs_random.py has the full curves)."""
+    trained, random = _trained_and_random_curves(
+        trained_digits, digits, method="activation_gradient", embedding_aggregator="mean"
+    )
     assert trained[1] - random[1] > 0.05
     assert trained[1] - random[1] > 2 * abs(trained[0] - random[0])
 
@@ -428,19 +427,7 @@ def test_score_curve_defaults_reproduce_the_deep_layer_separation(trained_digits
     noise score lies clearly above a random-weight network's in a deep layer, more than in a
     shallow one. (With vanilla gradients the map at the input of a linear embedding does not depend
     on the input, so both networks score 0 there.)"""
-    from captum_concepts.data import DigitsCNN
-    from captum_concepts.metrics import score_curve
-
-    torch.manual_seed(10)
-    random_net = DigitsCNN().eval()
-    x = digits.x_test[:64]
-    curves = []
-    for model in (trained_digits.model, random_net):
-        torch.manual_seed(0)
-        curves.append(
-            score_curve(model, "embedding", ["block1.relu", "block3.pool"], x, benchmark=False).values
-        )
-    trained, random = curves
+    trained, random = _trained_and_random_curves(trained_digits, digits)
     assert trained[1] > 0 and random[1] > 0
     assert trained[1] - random[1] > 0.05
     assert trained[1] - random[1] > 2 * abs(trained[0] - random[0])
