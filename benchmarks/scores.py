@@ -82,6 +82,7 @@ def bench_curve() -> None:
                 "embedding",
                 nn.Conv2d,
                 x,
+                method="gradient",  # EmbeddingAttribution's default, as on the per-layer side
                 channel_aggregator=ca,
                 embedding_aggregator=ea_,
                 benchmark=False,
