@@ -275,7 +275,6 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         """
         inputs_t, _was_tuple = format_inputs(inputs)
         job = self._job(internal_batch_size, return_per_dim, show_progress, create_graph)
-        model = self.forward_func
         with self._guard(create_graph) as guard, torch.enable_grad():
             x, z, sources, plans = self._first_pass(
                 guard, inputs_t, additional_forward_args, embedding_dims, job
@@ -283,26 +282,24 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             flat = [t for group in sources for t in group]
             # one entry per flat source: (layer index, position in the layer's tuple)
             where = [(i, k) for i, group in enumerate(sources) for k in range(len(group))]
-            layouts = [
-                (self._transforms[i], f"layer {layer_name(model, self._layers[i])!r}") for i, _ in where
-            ]
+            fns = [self._transforms[i] for i, _ in where]  # checked: they name their layer in errors
             per_source: Dict[int, torch.Tensor] = {}
             for strategy in ("linear", "loop", "batched"):
                 idx = [j for j, (i, _) in enumerate(where) if plans[i].strategy == strategy]
                 if not idx:
                     continue
-                subset, sub_layouts = [flat[j] for j in idx], [layouts[j] for j in idx]
+                subset, sub_fns = [flat[j] for j in idx], [fns[j] for j in idx]
                 if strategy == "linear":
-                    maps = run_linear(job, z, subset, sub_layouts)
+                    maps = run_linear(job, z, subset, sub_fns)
                 else:
                     chunk = plans[where[idx[0]][0]].chunk
-                    maps = run_reverse(job, strategy, chunk, z, subset, sub_layouts)
+                    maps = run_reverse(job, strategy, chunk, z, subset, sub_fns)
                 per_source.update(zip(idx, maps))
         fwd = [j for j, (i, _) in enumerate(where) if plans[i].strategy == "forward"]
         if fwd:
             plans = self._run_forward(
                 job, plans, fwd, where, z, flat, sources, x, additional_forward_args, embedding_dims,
-                layouts, per_source,
+                fns, per_source,
             )  # fmt: skip
         self.plan_ = plans if self._multi else plans[0]
         self.strategy_ = [p.strategy for p in plans] if self._multi else plans[0].strategy
@@ -387,7 +384,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         return x, z, sources, plans
 
     def _run_forward(
-        self, job, plans, fwd, where, z, flat, sources, x, forward_args, embedding_dims, layouts, per_source
+        self, job, plans, fwd, where, z, flat, sources, x, forward_args, embedding_dims, fns, per_source
     ) -> List[Plan]:
         """Run the forward plans (the flat sources ``fwd``) into ``per_source``; return the plans
         that ran. Under ``strategy="auto"`` an operation without a forward-mode rule gives new
@@ -417,7 +414,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             chunk = reverse_chunk(subset, z.shape[1], job.internal_batch_size)
             why = f"forward mode unsupported ({type(err.__cause__ or err).__name__})"
             plans = [p.fallback(reverse, why, chunk) if p.strategy == "forward" else p for p in plans]
-            maps = run_reverse(job, reverse, chunk, z, subset, [layouts[j] for j in fwd], False, False)
+            maps = run_reverse(job, reverse, chunk, z, subset, [fns[j] for j in fwd], False, False)
         per_source.update(zip(fwd, maps))
         return plans
 

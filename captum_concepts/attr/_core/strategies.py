@@ -44,9 +44,6 @@ PLANNED = ("linear", "loop", "batched", "forward")
 _CHUNK_BUDGET_BYTES = 512 * 2**20
 _MAX_AUTO_CHUNK = 64
 
-Layout = Tuple[Optional[ReshapeTransform], str]
-
-
 @dataclass(frozen=True)
 class Plan:
     """How one source layer is computed.
@@ -192,22 +189,21 @@ def channel_maps(
     return aggregate(attr, 1, job.channel_aggregator, scratch=scratch).unsqueeze(0)
 
 
-def _activations(job: Job, flat: List[torch.Tensor], layouts: List[Layout], create_graph: bool):
-    return [
-        _as_channels(apply_reshape(fn, t if create_graph else t.detach(), 1, what))
-        for t, (fn, what) in zip(flat, layouts)
-    ]
+def _activations(flat: List[torch.Tensor], fns: List[Optional[ReshapeTransform]], create_graph: bool):
+    return [_as_channels(apply_reshape(fn, t if create_graph else t.detach())) for t, fn in zip(flat, fns)]
 
 
-def run_linear(job: Job, z: torch.Tensor, flat: List[torch.Tensor], layouts: List[Layout]):
+def run_linear(
+    job: Job, z: torch.Tensor, flat: List[torch.Tensor], fns: List[Optional[ReshapeTransform]]
+) -> List[torch.Tensor]:
     """The linear case: one backward pass of ``mean_d z_d`` gives every source's map."""
     if not flat:
         return []
-    acts = _activations(job, flat, layouts, job.create_graph)
+    acts = _activations(flat, fns, job.create_graph)
     grads = _grad(z.mean(1).sum(), flat, None, False, job.create_graph)
     return [
         channel_maps(job, apply_reshape(fn, g, 1).unsqueeze(0), a)[0]
-        for g, a, (fn, _) in zip(grads, acts, layouts)
+        for g, a, fn in zip(grads, acts, fns)
     ]
 
 
@@ -245,19 +241,20 @@ def run_reverse(
     chunk: int,
     z: torch.Tensor,
     flat: List[torch.Tensor],
-    layouts: List[Layout],
+    fns: List[Optional[ReshapeTransform]],
     show_progress: Optional[bool] = None,
     create_graph: Optional[bool] = None,
 ) -> List[torch.Tensor]:
     """One reverse sweep (``"loop"`` or ``"batched"``) over the dimensions of ``z``, in chunks
-    of ``chunk`` dimensions, shared by every source in ``flat``."""
+    of ``chunk`` dimensions, shared by every source in ``flat`` (``fns``: their transforms, the
+    checked ones of :func:`~captum_concepts._utils.layout.layer_transforms`, which name the layer
+    in errors)."""
     if not flat:
         return []
     show = job.show_progress if show_progress is None else show_progress
     graph = job.create_graph if create_graph is None else create_graph
     step = _SWEEPS[strategy]
-    acts = _activations(job, flat, layouts, graph)
-    fns = [fn for fn, _ in layouts]
+    acts = _activations(flat, fns, graph)
     d_total = z.shape[1]
     pieces: List[List[torch.Tensor]] = [[] for _ in flat]
     scratch: List[Optional[torch.Tensor]] = [None for _ in flat]
