@@ -112,3 +112,11 @@ def test_guard_replace_hands_the_rest_of_the_model_the_new_value_and_is_undone()
     assert not model[1]._forward_hooks and not model[2]._forward_pre_hooks
     reference = model[2](model[1](model[0](x)))
     assert reference.abs().sum() > 0 and not torch.allclose(model(x), expected)
+
+
+def test_an_inherited_entry_is_named_after_the_class_it_is_called_on():
+    class PublicEstimator(_Estimator):
+        pass
+
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"^PublicEstimator\.fit needs gradients"):
+        PublicEstimator(1).fit(torch.ones(2))

@@ -408,18 +408,19 @@ def validated(
         unknown = set(rules) - set(signature.parameters)
         if unknown:
             raise TypeError(f"validated: {func.__qualname__} has no argument(s) {sorted(unknown)}")
-        where = func.__qualname__
 
         @functools.wraps(func)
         def wrapper(*call_args: Any, **call_kwargs: Any) -> Any:
+            self = (call_args[0] if call_args else call_kwargs["self"]) if method else None
             bound = None
             if grad or rules:
                 bound = signature.bind_partial(*call_args, **call_kwargs)
             if grad:
+                # a method is named after the class it is called on, not the (private) base defining it
+                where = func.__qualname__ if self is None else f"{type(self).__name__}.{func.__name__}"
                 named = {k: v for k, v in bound.arguments.items() if k != "self"}
                 check_grad_mode(where, named)
             if method:
-                self = call_args[0] if call_args else call_kwargs["self"]
                 if params and hasattr(type(self), "_parameter_constraints"):
                     validate_params(self)
                 if fitted:

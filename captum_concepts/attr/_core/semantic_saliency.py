@@ -220,7 +220,9 @@ class _SemanticGradientBase(GradientAttribution):
 
         return forward
 
-    def _attribute(
+    @captum_wrappable
+    @validated(grad=True)
+    def attribute(
         self,
         inputs: TensorOrTuple,
         target: TargetType = None,
@@ -284,23 +286,6 @@ class _SemanticGradientBase(GradientAttribution):
         return restore_form(check_finite_result(result, type(self).__name__, inputs_t), was_tuple)
 
 
-def _public_entry(cls: type) -> type:
-    """Give ``cls`` its own ``attribute`` entry, validated (``grad=True``) under the class's name."""
-    body = _SemanticGradientBase._attribute
-
-    def attribute(
-        self, inputs: TensorOrTuple, target: TargetType = None, additional_forward_args: Any = None
-    ) -> TensorOrTuple:
-        return body(self, inputs, target, additional_forward_args)
-
-    attribute.__doc__ = body.__doc__
-    attribute.__qualname__ = f"{cls.__name__}.attribute"
-    attribute.__module__ = cls.__module__
-    cls.attribute = captum_wrappable(validated(grad=True)(attribute))
-    return cls
-
-
-@_public_entry
 class SemanticGuidedBackprop(_SemanticGradientBase):
     r"""Guided Backprop whose backward pass is restricted to the target class's concept units.
 
@@ -358,7 +343,6 @@ class SemanticGuidedBackprop(_SemanticGradientBase):
     _guided = True
 
 
-@_public_entry
 class SemanticGradientInput(_SemanticGradientBase):
     r"""Gradient × Input with the gradient masked at ``layer`` by the target's semantic mask.
 
