@@ -22,7 +22,7 @@ _REEXPORTED = ("attr", "concept", "metrics")
 
 
 def _all() -> List[str]:
-    names = ["attr", "concept", "data", "distributed", "metrics", "visualization", "__version__"]
+    names = [*_SUBPACKAGES, "__version__"]
     for sub in _REEXPORTED:
         names += importlib.import_module(f".{sub}", __name__).__all__
     return names
