@@ -17,7 +17,6 @@ import inspect
 import os
 import pkgutil
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -215,25 +214,131 @@ def cli_help() -> None:
     write_if_changed(DOCS / "api" / "generated" / "cli_help.rst.inc", "\n".join(text))
 
 
+PAPER_LINKS = {
+    "Explaining, Evaluating and Enhancing Neural": "https://arxiv.org/abs/2202.09374",
+    "Semantics for Global and Local Interpretation": "https://arxiv.org/abs/1910.09085",
+    "Analyzing Representations inside Convolutional": "https://arxiv.org/abs/2012.12516",
+}
+FIGURE_COMMENT = re.compile(r"^# Figure: (.+)$", re.M)
+
+
+def api_names() -> dict:
+    """``{short name: full name}`` of every public name (``EmbeddingAttribution``) and of its
+    classes' public methods (``SemanticVector.relevance``), for links from the tutorials."""
+    names = {}
+    modules = public_modules()
+    for module in modules[1:]:
+        for attr in module.__all__:
+            obj = getattr(module, attr)
+            documented_here = home_of(obj, attr, modules) == module.__name__
+            if isinstance(obj, type(sys)) or not callable(obj) or not documented_here:
+                continue
+            names[attr] = f"{module.__name__}.{attr}"
+            if inspect.isclass(obj):
+                for member in dir(obj):
+                    public = not member.startswith("_") and member not in HIDDEN_MEMBERS
+                    if public and callable(getattr(obj, member)):
+                        names[f"{attr}.{member}"] = f"{module.__name__}.{attr}.{member}"
+    return names
+
+
+def link_markdown(text: str, names: dict) -> str:
+    """A tutorial's markdown with each public name in code (```EmbeddingAttribution```,
+    ```sv.relevance()``` is not one) linked to its API page, and each paper title to its arXiv page."""
+
+    def link(match: re.Match) -> str:
+        code = match.group(1)
+        bare = code[:-2] if code.endswith("()") else code
+        full = names.get(bare)
+        return f"{{py:obj}}`{code} <{full}>`" if full else match.group(0)
+
+    text = re.sub(r"(?<![`{])`([A-Za-z_][\w.]*(?:\(\))?)`(?!`)", link, text)
+    for title_start, url in PAPER_LINKS.items():
+        text = re.sub(r"\*\*(" + re.escape(title_start) + r"[^*]*)\*\*", rf"**[\1]({url})**", text)
+    return text
+
+
+def site_notebook(text: str, names: dict) -> str:
+    """The executed notebook as the site shows it: API names and papers linked in its markdown,
+    and each figure given the alt text of its cell's ``# Figure: ...`` comment."""
+    import json
+
+    nb = json.loads(text)
+    for cell in nb["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "markdown":
+            cell["source"] = link_markdown(source, names)
+        elif (alt := FIGURE_COMMENT.search(source)) is not None:
+            cell.setdefault("metadata", {}).setdefault("mystnb", {})["image"] = {"alt": alt.group(1).strip()}
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
 def tutorial_copies() -> None:
-    """Copy the executed notebooks of ``tutorials/`` (their outputs are what the site shows)."""
+    """Copy the executed notebooks of ``tutorials/`` (their outputs are what the site shows), with
+    the links and alt texts of :func:`site_notebook`."""
     target = DOCS / "tutorials"
     target.mkdir(exist_ok=True)
     wanted = {nb.name for nb in (ROOT / "tutorials").glob("[0-9][0-9]_*.ipynb")}
+    names = api_names()
     for nb in (ROOT / "tutorials").glob("[0-9][0-9]_*.ipynb"):
-        copy = target / nb.name
-        if not copy.exists() or copy.read_bytes() != nb.read_bytes():
-            shutil.copyfile(nb, copy)
+        write_if_changed(target / nb.name, site_notebook(nb.read_text(encoding="utf-8"), names))
     for stale in target.glob("*.ipynb"):
         if stale.name not in wanted:
             stale.unlink()
+    tutorial_thumbnails(target)
+
+
+def tutorial_thumbnails(notebooks: Path) -> None:
+    """The first figure of each executed notebook, as ``docs/tutorials/thumbs/NN.png`` (the
+    tutorial index shows it beside the tutorial's one-line summary)."""
+    import base64
+    import json
+
+    thumbs = notebooks / "thumbs"
+    thumbs.mkdir(exist_ok=True)
+    for nb in sorted(notebooks.glob("[0-9][0-9]_*.ipynb")):
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        pngs = [out["data"]["image/png"] for cell in cells for out in cell.get("outputs", [])
+                if "image/png" in out.get("data", {})]
+        if pngs:
+            data = base64.b64decode("".join(pngs[0]) if isinstance(pngs[0], list) else pngs[0])
+            path = thumbs / f"{nb.name[:2]}.png"
+            if not path.exists() or path.read_bytes() != data:
+                path.write_bytes(data)
+
+
+# Members that base classes of other projects add and that say nothing about our classes: Captum's
+# asynchronous entry (not supported here) and the convergence-delta flag of its attribution bases.
+HIDDEN_MEMBERS = {"attribute_future", "has_convergence_delta", "compute_convergence_delta"}
 
 
 def skip_member(app, what, name, obj, skip, options):
-    """Hide scikit-learn's generated metadata-routing setters (``set_fit_request`` ...)."""
-    if re.fullmatch(r"set_\w+_request", name):
+    """Hide scikit-learn's generated metadata-routing setters (``set_fit_request`` ...) and
+    :data:`HIDDEN_MEMBERS`."""
+    if re.fullmatch(r"set_\w+_request", name) or name in HIDDEN_MEMBERS:
         return True
     return None
+
+
+def public_bases(app, name, obj, options, bases: list) -> None:
+    """Show a class's public bases only: a private base of the package (``_ConceptEstimator``) is
+    replaced by its own bases, so a page never names a class the site does not document."""
+    def is_private(cls) -> bool:
+        module = getattr(cls, "__module__", "")
+        return module.startswith("captum_concepts") and (
+            cls.__name__.startswith("_") or not any(
+                getattr(importlib.import_module(m.__name__), cls.__name__, None) is cls
+                for m in public_modules()))
+
+    resolved: list = []
+    pending = list(bases)
+    while pending:
+        base = pending.pop(0)
+        if is_private(base):
+            pending[:0] = list(base.__bases__)
+        elif base not in resolved and base is not object:
+            resolved.append(base)
+    bases[:] = resolved or [object]
 
 
 def imported(target: str):
@@ -307,8 +412,82 @@ def resolve_reference(app, env, node, contnode):
     return None
 
 
+# "See also" of each public name: its neighbours, the Methods section that states it and the
+# tutorial that uses it. A group lists names (relative to ``captum_concepts``) and references.
+T = "/tutorials/"
+SEE_ALSO_GROUPS = [
+    (["attr.EmbeddingAttribution", "attr.aggregate", "attr.upsample_maps", "attr.choose_strategy",
+      "attr.ForwardModeUnsupported", "visualization.visualize_embedding_attributions",
+      "visualization.visualize_attribution_grid", "metrics.score_curve"],
+     [":ref:`methods-embedding`", f":doc:`{T}01_embedding_attributions_and_scores`"]),
+    (["attr.tokens_to_grid", "attr.channels_last", "attr.EmbeddingAttribution"],
+     [":ref:`methods-layouts`", f":doc:`{T}05_your_own_model`"]),
+    (["attr.SimilarityAttribution", "visualization.visualize_similarity_maps",
+      "visualization.visualize_correspondence", "attr.EmbeddingAttribution"],
+     [":ref:`methods-similarity`", f":doc:`{T}06_concept_maps_and_similarity`"]),
+    (["metrics.noise_score", "metrics.noise_benchmark", "metrics.variance_score", "metrics.drift_score",
+      "metrics.score_curve", "metrics.ScoreCurve", "visualization.visualize_score_curve"],
+     [":ref:`methods-scores`", ":doc:`/evidence`", f":doc:`{T}01_embedding_attributions_and_scores`",
+      f":doc:`{T}04_training_with_score_constraints`"]),
+    (["concept.SemanticVector", "concept.ConceptRanking", "concept.PerturbationResult",
+      "concept.channel_masks", "visualization.visualize_relevance_matrix", "attr.SemanticGuidedBackprop"],
+     [":ref:`methods-semantic-vectors`", f":doc:`{T}02_semantic_vectors_and_saliency`"]),
+    (["attr.SemanticGuidedBackprop", "attr.SemanticGradientInput", "attr.SemanticMaskSource",
+      "metrics.pointing_game", "metrics.pointing_game_curve", "visualization.visualize_pointing_game_curve",
+      "concept.SemanticVector"],
+     [":ref:`methods-semantic-saliency`", f":doc:`{T}02_semantic_vectors_and_saliency`"]),
+    (["concept.CoupledNMFConcepts", "concept.OutOfCore", "concept.ActivationStore",
+      "visualization.visualize_concept_grid", "visualization.visualize_similarity_matrices",
+      "visualization.visualize_tcav_scores"],
+     [":ref:`methods-coupled-nmf`", f":doc:`{T}03_coupled_nmf_concepts_and_tcav`"]),
+    (["concept.concept_presence_maps", "concept.concept_attribution_maps", "concept.concept_importance",
+      "concept.class_importance", "concept.ConceptImportance", "concept.concept_sobol_indices",
+      "visualization.visualize_concept_maps", "visualization.visualize_concept_importance",
+      "concept.CoupledNMFConcepts"],
+     [":ref:`methods-concept-maps`", f":doc:`{T}06_concept_maps_and_similarity`"]),
+    (["data.DigitsData", "data.load_digits_tensors", "data.DigitsCNN", "data.TinyTextTransformer",
+      "data.TrainResult", "data.accuracy", "data.train_classifier", "data.train_digits_cnn",
+      "data.pretrained_digits_cnn", "data.TwoDigitCanvas", "data.make_two_digit_canvas"],
+     [":doc:`/quickstart`", ":doc:`/evidence`"]),
+    (["distributed.RankFailedError", "distributed.all_gather_objects", "distributed.all_reduce_max",
+      "distributed.all_reduce_mean", "distributed.all_reduce_min", "distributed.all_reduce_sum",
+      "distributed.gather_columns", "distributed.get_rank", "distributed.get_world_size",
+      "distributed.is_distributed", "distributed.shard_offset", "distributed.shard_range",
+      "concept.CoupledNMFConcepts"],
+     [":ref:`methods-coupled-nmf`"]),
+    (["testing.count_hooks", "testing.model_state", "testing.assert_same_state", "testing.run_local_ranks"],
+     [":doc:`/reliability`"]),
+]
+
+
+def see_also_table() -> dict:
+    """``{full name: (neighbour full names, references)}`` from :data:`SEE_ALSO_GROUPS`."""
+    table: dict = {}
+    for names, refs in SEE_ALSO_GROUPS:
+        full = [f"captum_concepts.{n}" for n in names]
+        for name in full:
+            neighbours, references = table.setdefault(name, ([], []))
+            neighbours += [n for n in full if n != name and n not in neighbours]
+            references += [r for r in refs if r not in references]
+    return table
+
+
+SEE_ALSO = see_also_table()
+
+
+def add_see_also(app, what, name, obj, options, lines: list) -> None:
+    """Append the "See also" of :data:`SEE_ALSO_GROUPS` to a public name's docstring."""
+    if name not in SEE_ALSO:
+        return
+    neighbours, references = SEE_ALSO[name]
+    links = [f":py:obj:`~{n}`" for n in neighbours] + references
+    lines += ["", ".. seealso::", "", "   " + ", ".join(links) + "."]
+
+
 def setup(app):
     app.connect("autodoc-skip-member", skip_member)
+    app.connect("autodoc-process-bases", public_bases)
+    app.connect("autodoc-process-docstring", add_see_also)
     app.connect("missing-reference", resolve_reference, priority=900)
 
 
