@@ -484,10 +484,46 @@ def add_see_also(app, what, name, obj, options, lines: list) -> None:
     lines += ["", ".. seealso::", "", "   " + ", ".join(links) + "."]
 
 
+# Pages written for maintainers: they may name the package's private modules and helpers.
+MAINTAINER_PAGES = {"architecture.html", "contributing.html", "benchmarks_log.html", "changelog.html"}
+# What a user page must not show: a private class or module of the package, an internal helper,
+# an issue number or a reference to the development specification.
+NOT_ON_USER_PAGES = re.compile(
+    r"\b(ModelGuard|_ConceptEstimator|_CoupledNMF\w*|_SemanticGradientBase|captum_concepts\.\w+\._core"
+    r"|captum_concepts\._utils|_utils\.\w+)\b|\bissue #?\d+|\bSPEC\b|\bSPEC\.md"
+)
+
+
+def check_user_pages(app, exception) -> None:
+    """Fail the build when a user page shows what :data:`NOT_ON_USER_PAGES` forbids, or an API
+    page of a public name has no example."""
+    if exception is not None or app.builder.name != "html":
+        return
+    out = Path(app.outdir)
+    problems = []
+    for page in sorted(out.rglob("*.html")):
+        rel = page.relative_to(out).as_posix()
+        generated = rel.startswith(("_modules/", "_static/", "genindex", "search", "py-modindex"))
+        if generated or rel in MAINTAINER_PAGES:
+            continue
+        text = page.read_text(encoding="utf-8")
+        text = re.sub(r"<(script|style)\b.*?</\1>", "", text, flags=re.S)
+        text = re.sub(r"<[^>]+>", " ", text)
+        problems += [f"{rel}: {m.group(0)!r}" for m in NOT_ON_USER_PAGES.finditer(text)]
+        if CHECK_EXAMPLES and rel.startswith("api/generated/") and "Example" not in text:
+            problems.append(f"{rel}: no example")
+    if problems:
+        raise RuntimeError("user pages show maintainer material:\n  " + "\n  ".join(problems))
+
+
+CHECK_EXAMPLES = False
+
+
 def setup(app):
     app.connect("autodoc-skip-member", skip_member)
     app.connect("autodoc-process-bases", public_bases)
     app.connect("autodoc-process-docstring", add_see_also)
+    app.connect("build-finished", check_user_pages)
     app.connect("missing-reference", resolve_reference, priority=900)
 
 
