@@ -20,7 +20,17 @@ from torch import Tensor, nn
 __all__ = ["count_hooks", "model_state", "assert_same_state", "run_local_ranks"]
 
 def count_hooks(model: nn.Module) -> int:
-    """Total number of module hooks registered anywhere in ``model``."""
+    """Total number of module hooks registered anywhere in ``model``.
+
+    Example::
+
+        from captum_concepts.attr import EmbeddingAttribution
+        from captum_concepts.testing import count_hooks
+
+        ea = EmbeddingAttribution(model, embedding_layer="embedding_relu", layer="block2.conv")
+        ea.attribute(data.x_test[:2])
+        assert count_hooks(model) == 0  # nothing left behind
+    """
     total = 0
     for m in model.modules():
         for attr in (
@@ -34,7 +44,16 @@ def count_hooks(model: nn.Module) -> int:
 
 
 def model_state(model: nn.Module) -> Dict[str, Any]:
-    """A snapshot of what :class:`ModelGuard` promises to restore."""
+    """A snapshot of what :class:`ModelGuard` promises to restore.
+
+    Example::
+
+        from captum_concepts.testing import assert_same_state, model_state
+
+        before = model_state(model)
+        model(data.x_test[:4])
+        assert_same_state(before, model)
+    """
     return {
         "hooks": count_hooks(model),
         "training": {name: m.training for name, m in model.named_modules()},
@@ -45,7 +64,17 @@ def model_state(model: nn.Module) -> Dict[str, Any]:
 
 
 def assert_same_state(before: Dict[str, Any], model: nn.Module) -> None:
-    """Raise ``AssertionError`` if ``model`` differs from the snapshot ``before``."""
+    """Raise ``AssertionError`` if ``model`` differs from the snapshot ``before``.
+
+    Example::
+
+        from captum_concepts.attr import EmbeddingAttribution
+        from captum_concepts.testing import assert_same_state, model_state
+
+        before = model_state(model)
+        EmbeddingAttribution(model, embedding_layer="embedding_relu").attribute(data.x_test[:2])
+        assert_same_state(before, model)  # raises AssertionError naming what changed
+    """
     after = model_state(model)
     assert after["hooks"] == before["hooks"], f"hooks left: {after['hooks']} vs {before['hooks']}"
     assert after["training"] == before["training"], "train/eval flags changed"
@@ -120,6 +149,13 @@ def run_local_ranks(
     timeout: a collective that waits longer raises on its rank, so a hang fails a
     test quickly. ``wall_timeout_s`` (default None: no limit) bounds the whole run:
     past it the ranks are terminated and ``TimeoutError`` is raised.
+
+    Example::
+
+        from captum_concepts.distributed import get_world_size
+        from captum_concepts.testing import run_local_ranks
+
+        assert run_local_ranks(get_world_size, world_size=2) == [2, 2]  # two local gloo ranks
     """
     import torch.multiprocessing as mp
 

@@ -61,17 +61,38 @@ __all__ = [
 
 
 def is_distributed() -> bool:
-    """True when a default process group is initialised and has more than one rank."""
+    """True when a default process group is initialised and has more than one rank.
+
+    Example::
+
+        from captum_concepts.distributed import is_distributed
+
+        is_distributed()  # False here; True inside an initialised torch.distributed process group
+    """
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def get_rank() -> int:
-    """This process's rank in the default process group, or 0 without one."""
+    """This process's rank in the default process group, or 0 without one.
+
+    Example::
+
+        from captum_concepts.distributed import get_rank
+
+        assert get_rank() == 0  # without a process group: rank 0
+    """
     return dist.get_rank() if is_distributed() else 0
 
 
 def get_world_size() -> int:
-    """The number of ranks in the default process group, or 1 without one."""
+    """The number of ranks in the default process group, or 1 without one.
+
+    Example::
+
+        from captum_concepts.distributed import get_world_size
+
+        assert get_world_size() == 1  # without a process group: one rank
+    """
     return dist.get_world_size() if is_distributed() else 1
 
 
@@ -98,17 +119,37 @@ def all_reduce_sum(t: Tensor) -> Tensor:
 
     All ranks receive the same values, so any decision taken from a reduced
     quantity (a convergence test, a factor update) is identical on every rank.
+
+    Example::
+
+        from captum_concepts.distributed import all_reduce_sum
+
+        total = all_reduce_sum(torch.ones(3))  # the sum over ranks; one rank: unchanged
     """
     return _all_reduce(t, dist.ReduceOp.SUM if dist.is_available() else None)
 
 
 def all_reduce_min(t: Tensor) -> Tensor:
-    """Element-wise minimum over ranks."""
+    """Element-wise minimum over ranks.
+
+    Example::
+
+        from captum_concepts.distributed import all_reduce_min
+
+        low = all_reduce_min(torch.tensor([3.0, -1.0]))  # element-wise minimum over ranks
+    """
     return _all_reduce(t, dist.ReduceOp.MIN if dist.is_available() else None)
 
 
 def all_reduce_max(t: Tensor) -> Tensor:
-    """Element-wise maximum over ranks."""
+    """Element-wise maximum over ranks.
+
+    Example::
+
+        from captum_concepts.distributed import all_reduce_max
+
+        high = all_reduce_max(torch.tensor([3.0, -1.0]))  # element-wise maximum over ranks
+    """
     return _all_reduce(t, dist.ReduceOp.MAX if dist.is_available() else None)
 
 
@@ -118,6 +159,12 @@ def all_reduce_mean(values: Tensor, dim: int = -1) -> Tensor:
     E.g. a score curve computed on each rank's shard:
     ``all_reduce_mean(curve.per_example, dim=1)`` is the single-process
     ``curve.values`` of all the examples (sum and count all-reduced).
+
+    Example::
+
+        from captum_concepts.distributed import all_reduce_mean
+
+        mean = all_reduce_mean(torch.arange(4.0))  # the mean over every rank's values: tensor([1.5])
     """
     total = all_reduce_sum(values.sum(dim=dim, dtype=torch.float64))
     count = all_reduce_sum(
@@ -127,7 +174,14 @@ def all_reduce_mean(values: Tensor, dim: int = -1) -> Tensor:
 
 
 def shard_offset(n_local: int) -> Tuple[int, int]:
-    """``(offset, n_total)``: this rank's first global example index and the global count."""
+    """``(offset, n_total)``: this rank's first global example index and the global count.
+
+    Example::
+
+        from captum_concepts.distributed import shard_offset
+
+        start, total = shard_offset(5)  # this rank's first global index and the global count: (0, 5)
+    """
     if not is_distributed():
         return 0, int(n_local)
     counts = all_gather_objects(int(n_local))
@@ -139,6 +193,12 @@ def shard_range(n: int, rank: Optional[int] = None, world_size: Optional[int] = 
 
     Sizes differ by at most one; no example is repeated or dropped (unlike
     ``DistributedSampler``, which pads to equal sizes with repeated examples).
+
+    Example::
+
+        from captum_concepts.distributed import shard_range
+
+        assert shard_range(10, rank=1, world_size=3) == range(4, 7)  # rank 1's examples of 10
     """
     rank = get_rank() if rank is None else int(rank)
     world_size = get_world_size() if world_size is None else int(world_size)
@@ -150,7 +210,14 @@ def shard_range(n: int, rank: Optional[int] = None, world_size: Optional[int] = 
 
 
 def all_gather_objects(obj: Any) -> List[Any]:
-    """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects); ``[obj]`` without a group."""
+    """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects); ``[obj]`` without a group.
+
+    Example::
+
+        from captum_concepts.distributed import all_gather_objects
+
+        names = all_gather_objects({"rank": 0})  # one entry per rank, in rank order
+    """
     if not is_distributed():
         return [obj]
     _checkpoint()
@@ -165,6 +232,12 @@ def gather_columns(t: Tensor, dim: int = -1) -> Tensor:
 
     E.g. the full ``F`` ``(d, N)`` from each rank's ``(d, N_r)`` columns. Every rank
     receives the result.
+
+    Example::
+
+        from captum_concepts.distributed import gather_columns
+
+        full = gather_columns(torch.ones(2, 3))  # every rank's columns side by side: (2, 3 x ranks)
     """
     if not is_distributed():
         return t
@@ -184,7 +257,17 @@ def gather_columns(t: Tensor, dim: int = -1) -> Tensor:
 
 # ---------------------------------------------------------------------- synchronised sections
 class RankFailedError(RuntimeError):
-    """Raised on every other rank when one rank of a :func:`synchronized` call failed."""
+    """Raised on every other rank when one rank of a :func:`synchronized` call failed.
+
+    Example::
+
+        from captum_concepts.distributed import RankFailedError
+
+        try:
+            pass  # a synchronised fit on several ranks
+        except RankFailedError as err:  # another rank failed: its error is in the message
+            print(err)
+    """
 
 
 class _Section:

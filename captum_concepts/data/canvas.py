@@ -30,6 +30,15 @@ class TwoDigitCanvas:
             exclusive maxima (``image[..., y_min:y_max, x_min:x_max]`` is the
             digit's tight box: the rows and columns where the digit is non-zero).
         multi_hot: float32 ``(N, n_classes)`` targets for multi-label training.
+
+    Example::
+
+        from captum_concepts.data import make_two_digit_canvas
+
+        canvas = make_two_digit_canvas(4, canvas_size=24)
+        canvas.images.shape  # (4, 1, 24, 24)
+        canvas.labels[0]  # the two digits of the first canvas
+        canvas.boxes.shape  # (4, 2, 4): a box per digit
     """
 
     images: torch.Tensor
@@ -69,6 +78,13 @@ def make_two_digit_canvas(
         split (str): "train" or "test".
         random_state (int): seed; same seed, same canvases.
         n_classes (int): length of ``multi_hot``.
+
+    Example::
+
+        from captum_concepts.data import make_two_digit_canvas
+
+        canvas = make_two_digit_canvas(8, canvas_size=24, split="test", random_state=0)
+        assert canvas.multi_hot.sum(1).le(2).all()  # at most two classes per canvas
     """
     check_option(split, "split", ("train", "test"))
     n = check_int(n, "n", low=1)

@@ -23,6 +23,13 @@ class DigitsData:
     """Train/test split of the digits.
 
     Images are float32 ``(N, 1, H, W)`` in ``[0, 1]``.
+
+    Example::
+
+        from captum_concepts.data import load_digits_tensors
+
+        digits = load_digits_tensors()
+        print(digits.x_train.shape, digits.y_train[:5])  # torch.Size([1437, 1, 8, 8]) tensor([...])
     """
 
     x_train: torch.Tensor
@@ -52,6 +59,13 @@ def load_digits_tensors(
     Returns:
         DigitsData: ``x_*`` of shape ``(N, 1, 8*upscale, 8*upscale)`` in ``[0, 1]``,
         ``y_*`` int64 labels ``(N,)``.
+
+    Example::
+
+        from captum_concepts.data import load_digits_tensors
+
+        digits = load_digits_tensors(upscale=4)  # 32x32 images, nearest-neighbour upscaled
+        assert digits.x_test.shape[1:] == (1, 32, 32) and float(digits.x_test.max()) <= 1.0
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

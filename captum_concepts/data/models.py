@@ -32,6 +32,14 @@ class DigitsCNN(nn.Module):
             multiple of 4. Default: 8.
         width (int): channels of the first block. Default: 16.
         embedding_dim (int): size of the embedding layer. Default: 32.
+
+    Example::
+
+        from captum_concepts.data import DigitsCNN
+
+        net = DigitsCNN(image_size=8).eval()
+        logits = net(torch.rand(4, 1, 8, 8))  # (4, 10)
+        print([name for name, _ in net.named_modules() if name][:4])  # layer names to pass by string
     """
 
     def __init__(

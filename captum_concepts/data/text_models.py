@@ -24,6 +24,14 @@ class TinyTextTransformer(nn.Module):
         n_heads (int): attention heads. Default: 4.
         n_layers (int): encoder layers. Default: 2.
         n_classes (int): outputs. Default: 4.
+
+    Example::
+
+        from captum_concepts.data import TinyTextTransformer
+
+        net = TinyTextTransformer(vocab_size=100, n_classes=4).eval()
+        tokens = torch.randint(0, 100, (2, 12))  # (N, T) token ids
+        assert net(tokens).shape == (2, 4)
     """
 
     def __init__(
