@@ -106,6 +106,19 @@ PAPERS = [
     "  (:mod:`captum_concepts.concept`).",
 ]
 
+# What every example on the API pages starts from (tests/test_docstring_examples.py runs them so).
+EXAMPLES_START = [
+    "Each page has an example. The examples start from the digits and a small CNN trained on them",
+    "(seconds on a CPU); everything else an example uses, it imports or creates::",
+    "",
+    "    import torch",
+    "    from torch import nn",
+    "    from captum_concepts.data import load_digits_tensors, train_digits_cnn",
+    "",
+    "    data = load_digits_tensors()  # scikit-learn's 1,797 digits, (N, 1, 8, 8) in [0, 1]",
+    "    model = train_digits_cnn(data).model  # ~98 % test accuracy",
+]
+
 # Modules that are public but documented elsewhere (the command line has its own page).
 NOT_IN_API = {"captum_concepts.cli"}
 
@@ -155,6 +168,7 @@ def api_pages() -> None:
     api = DOCS / "api"
     keep = {api / "generated"}
     index = [title("API reference"), "", "Every name a user imports, by module.", "", *PAPERS, "",
+             *EXAMPLES_START, "",
              ".. toctree::", "   :maxdepth: 1", ""]
     for module in modules:
         name = module.__name__
