@@ -67,10 +67,13 @@ class tokens_to_grid:  # noqa: N801 - used like a function, as pytorch-grad-cam'
 
     Example::
 
-        >>> ea = EmbeddingAttribution(vit, embedding_layer="encoder.ln",
-        ...                           layer="encoder.layers.encoder_layer_5",
-        ...                           reshape_transform=tokens_to_grid(prefix_tokens=1))
-        >>> maps = ea.attribute(images)  # (N, H0, W0): the 14x14 patch grid upsampled
+        from captum_concepts.attr import tokens_to_grid
+
+        to_grid = tokens_to_grid(prefix_tokens=1)  # ViT: a class token, then 4 x 4 patch tokens
+        assert to_grid(torch.zeros(2, 1 + 16, 768)).shape == (2, 768, 4, 4)
+        # with a torchvision ViT:
+        # EmbeddingAttribution(vit, embedding_layer="encoder.ln",
+        #                      layer="encoder.layers.encoder_layer_5", reshape_transform=to_grid)
     """
 
     def __init__(self, prefix_tokens: int = 1, grid_size: Union[None, int, Sequence[int]] = None) -> None:
@@ -137,6 +140,15 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
     ``(N, H, W, C)`` -> ``(N, C, H, W)`` (Swin stages, ConvNeXt's inner ``LayerNorm`` /
     ``Linear``) and ``(N, L, C)`` -> ``(N, C, L)`` (a text model's token embeddings or encoder
     outputs: the maps are then one value per token, ``(N, L)``).
+
+    Example::
+
+        from captum_concepts.attr import EmbeddingAttribution, channels_last
+
+        # a Swin / ConvNeXt stage writes (N, H, W, C); the maps need (N, C, H, W)
+        assert channels_last(torch.zeros(2, 7, 7, 96)).shape == (2, 96, 7, 7)
+        ea = EmbeddingAttribution(model, embedding_layer="embedding_relu", layer="block2.conv",
+                                  reshape_transform=None)  # a CNN layer needs none
     """
     if not isinstance(t, torch.Tensor) or t.dim() < 3:
         shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__

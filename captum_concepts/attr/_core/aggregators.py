@@ -82,8 +82,11 @@ def aggregate(
 
     Example::
 
-        >>> aggregate(torch.tensor([[1.0, 3.0]]), 1, "var")
-        tensor([1.])
+        from captum_concepts.attr import aggregate
+
+        aggregate(torch.tensor([[1.0, 3.0]]), 1, "var")  # tensor([1.]): the population variance
+        per_dim = torch.randn(4, 32, 8, 8)  # (N, D, H, W): one map per embedding component
+        assert aggregate(per_dim, dim=1, how="mean").shape == (4, 8, 8)
     """
     how = check_aggregator(how, "how")
     fn = AGGREGATORS[how] if isinstance(how, str) else how

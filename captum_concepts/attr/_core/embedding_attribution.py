@@ -171,9 +171,12 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
 
     Example::
 
-        >>> ea = EmbeddingAttribution(model, embedding_layer="embedding", layer="block2.relu")
-        >>> maps = ea.attribute(images)                          # (N, H0, W0), var of channel means
-        >>> per_dim = ea.attribute(images, return_per_dim=True)  # (N, D, H0, W0)
+        from captum_concepts.attr import EmbeddingAttribution
+
+        ea = EmbeddingAttribution(model, embedding_layer="embedding_relu", layer="block2.relu")
+        images = data.x_test[:4]
+        maps = ea.attribute(images)  # (4, 8, 8): var over components of channel means
+        per_dim = ea.attribute(images, return_per_dim=True)  # (4, 32, 8, 8): one map per component
     """
 
     def __init__(

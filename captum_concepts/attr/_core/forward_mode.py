@@ -70,7 +70,19 @@ Transform = Optional[Callable[[torch.Tensor], torch.Tensor]]
 
 
 class ForwardModeUnsupported(RuntimeError):
-    """An operation of the model has no forward-mode (or vmap) rule; use a reverse strategy."""
+    """An operation of the model has no forward-mode (or vmap) rule; use a reverse strategy.
+
+    Example::
+
+        from captum_concepts.attr import EmbeddingAttribution, ForwardModeUnsupported
+
+        ea = EmbeddingAttribution(model, embedding_layer="embedding_relu", strategy="forward")
+        try:
+            maps = ea.attribute(data.x_test[:2])
+        except ForwardModeUnsupported:  # a layer without a forward-mode rule
+            maps = EmbeddingAttribution(model, embedding_layer="embedding_relu", strategy="loop").attribute(
+                data.x_test[:2])
+    """
 
 
 class ForwardSource(NamedTuple):
@@ -146,6 +158,14 @@ def choose_strategy(
     ``"loop"`` elsewhere. An explicit ``"forward"`` falls back to ``"loop"``/``"batched"`` with
     ``create_graph`` and raises ``ValueError`` for a model in training mode; explicit
     ``"loop"``/``"batched"`` are returned unchanged.
+
+    Example::
+
+        from captum_concepts.attr import choose_strategy
+
+        # 512 embedding components, 49 Jacobian-vector products: forward mode needs fewer passes
+        choose_strategy("auto", n_dims=512, passes=49, device=torch.device("cpu"))  # 'forward'
+        choose_strategy("auto", n_dims=16, passes=49, device=torch.device("cpu"))  # 'loop'
     """
     return strategy_and_reason(strategy, n_dims, passes, device, create_graph, training, costs)[0]
 

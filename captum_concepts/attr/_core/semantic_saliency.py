@@ -34,6 +34,15 @@ class SemanticMaskSource(Protocol):
 
     A fitted :class:`~captum_concepts.concept.SemanticVector` is one; any object with this
     method can be passed as ``semantic_vectors``.
+
+    Example::
+
+        from captum_concepts.attr import SemanticGradientInput, SemanticMaskSource
+        from captum_concepts.concept import SemanticVector
+
+        sv = SemanticVector(model, "block3.relu").fit_from_labels((data.x_train, data.y_train))
+        assert isinstance(sv, SemanticMaskSource)  # a fitted SemanticVector is one
+        SemanticGradientInput(model, "block3.relu", sv).attribute(data.x_test[:2], target=0)
     """
 
     def semantic_masks(
@@ -338,6 +347,15 @@ class SemanticGuidedBackprop(_SemanticGradientBase):
     through the object itself (measured on two-digit canvases, see
     ``experiments/README.md``): use a lower ``threshold`` or pass a position-free mask
     tensor built from ``SemanticVector.activation_rates_``.
+
+    Example::
+
+        from captum_concepts.attr import SemanticGuidedBackprop
+        from captum_concepts.concept import SemanticVector
+
+        sv = SemanticVector(model, "block3.relu").fit_from_labels((data.x_train, data.y_train))
+        sgb = SemanticGuidedBackprop(model, "block3.relu", sv)
+        maps = sgb.attribute(data.x_test[:4], target=data.y_test[:4])  # (4, 1, 8, 8), like the input
     """
 
     _guided = True
@@ -354,4 +372,13 @@ class SemanticGradientInput(_SemanticGradientBase):
 
     Arguments, targets and the class-to-concept map are as in
     :class:`SemanticGuidedBackprop`.
+
+    Example::
+
+        from captum_concepts.attr import SemanticGradientInput
+        from captum_concepts.concept import SemanticVector
+
+        sv = SemanticVector(model, "block3.relu").fit_from_labels((data.x_train, data.y_train))
+        sgi = SemanticGradientInput(model, "block3.relu", sv)
+        maps = sgi.attribute(data.x_test[:4], target=3)  # evidence for class 3 through its units
     """

@@ -171,9 +171,12 @@ class SimilarityAttribution:
 
     Example::
 
-        >>> sa = SimilarityAttribution(encoder, layer="layer3", similarity="cosine")
-        >>> maps_a, maps_b = sa.attribute(images_a, images_b)     # (N, H, W) each
-        >>> M = sa.correspondence(images_a, images_b)             # (N, h*w, h*w) at layer3
+        from captum_concepts.attr import SimilarityAttribution
+
+        sa = SimilarityAttribution(model, embedding_layer="embedding_relu", layer="block2.relu")
+        a, b = data.x_test[:4], data.x_test[4:8]  # four pairs
+        maps_a, maps_b = sa.attribute(a, b)  # (4, 8, 8) each: why a_i and b_i are similar
+        scores = sa.similarity_scores(a, b)  # (4,) cosine similarities of the embeddings
     """
 
     def __init__(

@@ -41,6 +41,13 @@ def upsample_maps(
 
     Returns:
         Tensor: shape ``(*lead, *size)``.
+
+    Example::
+
+        from captum_concepts.attr import upsample_maps
+
+        maps = torch.rand(4, 2, 2)  # (N, h, w) maps of a deep layer
+        upsample_maps(maps, size=(8, 8)).shape  # torch.Size([4, 8, 8])
     """
     mode = check_upsample(mode, "mode")
     size = tuple(int(s) for s in size)

@@ -30,6 +30,14 @@ def channel_masks(activation_rates: torch.Tensor, layer_shape: Sequence[int]) ->
 
     Returns:
         Bool tensor ``(n_concepts, *layer_shape)``.
+
+    Example::
+
+        from captum_concepts.concept import SemanticVector, channel_masks
+
+        sv = SemanticVector(model, "block2.relu").fit_from_labels((data.x_train, data.y_train))
+        masks = channel_masks(sv.activation_rates_, sv.layer_shape_)  # (10, C, H, W) of 0/1
+        assert torch.equal(masks, sv.masks(mode="channel"))
     """
     shape = tuple(int(s) for s in layer_shape)
     rates = activation_rates.reshape(activation_rates.shape[0], *shape)

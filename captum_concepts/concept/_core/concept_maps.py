@@ -118,6 +118,14 @@ def concept_presence_maps(
         Tensor ``(N, d, *S0)`` (``d`` concepts), detached: one tensor whatever the form of
         ``inputs``, as Captum's layer attributions return the layer's own form (the concepts live
         at one layer with one output tensor); ``S0`` is the spatial size of ``inputs[0]``.
+
+    Example::
+
+        from captum_concepts.concept import CoupledNMFConcepts, concept_presence_maps
+
+        cnmf = CoupledNMFConcepts(n_concepts=5, model=model, layers=["block2.relu"], max_iter=50,
+                                  random_state=0).fit(data.x_train[:256])
+        presence = concept_presence_maps(cnmf, data.x_test[:4])  # (4, 5, 8, 8): where each concept is
     """
     n_iter = check_int(n_iter, "n_iter", low=1)
     b = concept_basis(concepts, layer)
@@ -204,6 +212,14 @@ def concept_attribution_maps(
         tuple of inputs (tuples in, tuples out); with a ``source_layer`` the layer's own form, a
         tensor for a layer with one output tensor (layer maps upsampled as in
         :class:`EmbeddingAttribution`).
+
+    Example::
+
+        from captum_concepts.concept import CoupledNMFConcepts, concept_attribution_maps
+
+        cnmf = CoupledNMFConcepts(n_concepts=5, model=model, layers=["block3.relu"], max_iter=50,
+                                  random_state=0).fit(data.x_train[:256])
+        maps = concept_attribution_maps(cnmf, data.x_test[:4])  # (4, 5, 8, 8): evidence per concept
     """
     b = concept_basis(concepts, layer)
     x, _ = format_inputs(inputs)
@@ -230,6 +246,15 @@ class ConceptImportance:
         total (Tensor): ``(N,)``, ``<g, A>``, equal to ``importance.sum(1) + residual``.
         coefficients (Tensor): ``(N, d)``, the concept coefficients ``u`` used.
         target (Tensor): ``(N,)`` the target of each example.
+
+    Example::
+
+        from captum_concepts.concept import CoupledNMFConcepts, concept_importance
+
+        cnmf = CoupledNMFConcepts(n_concepts=5, model=model, layers=["block3.pool"], max_iter=50,
+                                  random_state=0).fit(data.x_train[:256])
+        result = concept_importance(cnmf, data.x_test[:4], target=0)
+        result.importance.shape, result.residual.shape  # (4, 5) and (4,)
     """
 
     importance: Tensor
@@ -282,6 +307,16 @@ def concept_importance(
     Returns:
         :class:`ConceptImportance` of ``(N, d)`` and ``(N,)`` tensors, whatever the form of
         ``inputs`` (the result lives at the fitted layer, in concept space).
+
+    Example::
+
+        from captum_concepts.concept import CoupledNMFConcepts, concept_importance
+
+        cnmf = CoupledNMFConcepts(n_concepts=5, model=model, layers=["block3.pool"], max_iter=50,
+                                  random_state=0).fit(data.x_train[:256])
+        result = concept_importance(cnmf, data.x_test[:8], target=data.y_test[:8])
+        # the concept terms and the residual add up to the gradient x activation total
+        assert torch.allclose(result.importance.sum(1) + result.residual, result.total, atol=1e-4)
     """
     if not isinstance(concepts, CoupledNMFConcepts):
         raise TypeError(f"concepts must be a fitted CoupledNMFConcepts, got {type(concepts).__name__}")
@@ -333,6 +368,15 @@ def class_importance(
     Returns:
         ``(importance (n_classes, d), residual (n_classes,), classes (n_classes,))`` over the
         classes present in ``labels`` (sorted); the residual is zeros when unknown.
+
+    Example::
+
+        from captum_concepts.concept import CoupledNMFConcepts, class_importance, concept_importance
+
+        cnmf = CoupledNMFConcepts(n_concepts=5, model=model, layers=["block3.pool"], max_iter=50,
+                                  random_state=0).fit(data.x_train[:256])
+        result = concept_importance(cnmf, data.x_test[:32], target=data.y_test[:32])
+        per_class, residual, classes = class_importance(result, data.y_test[:32])  # (n_classes, 5)
     """
     if isinstance(result, ConceptImportance):
         imp, res = result.importance, result.residual

@@ -60,6 +60,14 @@ def concept_sobol_indices(
     Returns:
         Tensor ``(N, d)``, detached, whatever the form of ``inputs`` (one index per example and
         concept of the fitted layer).
+
+    Example::
+
+        from captum_concepts.concept import CoupledNMFConcepts, concept_sobol_indices
+
+        cnmf = CoupledNMFConcepts(n_concepts=5, model=model, layers=["block3.pool"], max_iter=50,
+                                  random_state=0).fit(data.x_train[:256])
+        indices = concept_sobol_indices(cnmf, data.x_test[:4], target=data.y_test[:4], n_designs=16)
     """
     n_designs = check_int(n_designs, "n_designs", low=2)
     b, x, n, t, coefficients = explained_batch(concepts, inputs, target, layer, coefficients)

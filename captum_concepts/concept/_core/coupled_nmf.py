@@ -278,11 +278,13 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
 
     Example::
 
-        >>> cnmf = CoupledNMFConcepts(10, model, layers=["block2.pool", "embedding_relu"])
-        >>> cnmf.fit(x_train)                    # images in [0, 1]
-        >>> cnmf.top_classes(y_train, k=3)       # (10, 3) class ids per concept
-        >>> concepts = cnmf.to_captum_concepts(x_train, k=50)
-        >>> TCAV(model, ["block3.pool"]).interpret(x, [[concepts[0], concepts[1]]], target=3)
+        from captum_concepts.concept import CoupledNMFConcepts
+
+        x = data.x_train[:512]  # images in [0, 1]
+        cnmf = CoupledNMFConcepts(10, model, layers=["block2.pool", "embedding_relu"], random_state=0)
+        cnmf.fit(x)
+        cnmf.top_classes(data.y_train[:512], k=3)  # (10, 3) class ids per concept
+        concepts = cnmf.to_captum_concepts(x, k=50)  # Captum Concepts, for captum.concept.TCAV
     """
 
     def __init__(

@@ -83,6 +83,14 @@ class OutOfCore:
         storage_dtype (torch.dtype): ``torch.float32`` or ``torch.float16``, the dtype on disk. float16 halves
             the file and the reads; values are rounded to float16 (11-bit
             mantissa), and computation still runs in the estimator's ``dtype``.
+
+    Example::
+
+        from captum_concepts.concept import CoupledNMFConcepts, OutOfCore
+
+        cnmf = CoupledNMFConcepts(n_concepts=5, model=model, layers=["block3.relu"], max_iter=20,
+                                  out_of_core=OutOfCore("64MB"), random_state=0)
+        cnmf.fit(data.x_train[:256])  # activations streamed to a temporary file, 64 MB at a time
     """
 
     memory_budget: Union[int, str] = "1GB"
@@ -135,10 +143,12 @@ class ActivationStore:
 
     Example::
 
-        >>> store = ActivationStore(None, [64, 32], n_pixel_blocks=1)
-        >>> for x_pix, x_act in batches:          # (B, 64) and (B, 32) rows
-        ...     store.append([x_pix, x_act])
-        >>> cnmf = CoupledNMFConcepts(8, out_of_core=OutOfCore("256MB")).fit_store(store)
+        from captum_concepts.concept import ActivationStore, CoupledNMFConcepts, OutOfCore
+
+        store = ActivationStore(None, [64, 32], n_pixel_blocks=1)  # a temporary file
+        for _ in range(4):  # batches of (B, 64) pixel rows and (B, 32) activation rows
+            store.append([torch.rand(16, 64), torch.rand(16, 32)])
+        cnmf = CoupledNMFConcepts(8, out_of_core=OutOfCore("256MB"), random_state=0).fit_store(store)
     """
 
     def __init__(

@@ -74,6 +74,14 @@ class ConceptRanking(NamedTuple):
         names: ``N`` lists of ``k`` concept names, best first.
         indices: ``(N, k)`` concept indices into ``concept_names_``.
         scores: ``(N, k)`` cosine similarities ``cos(φ(x), v_c)``.
+
+    Example::
+
+        from captum_concepts.concept import SemanticVector
+
+        sv = SemanticVector(model, "block3.relu").fit_from_labels((data.x_train, data.y_train))
+        ranking = sv.explain(data.x_test[:4], k=3)
+        ranking.names[0], ranking.scores[0]  # the 3 closest concepts of the first digit, and cosines
     """
 
     names: List[List[ConceptKey]]
@@ -92,6 +100,14 @@ class PerturbationResult:
         semantic_mask: the features multiplied by ``mask_c = 1[r_c > threshold]``.
         permuted_mask: the features multiplied by a random permutation of ``mask_c``.
         random_unit: a random unit set to ``scale ×`` the layer's largest activation.
+
+    Example::
+
+        from captum_concepts.concept import SemanticVector
+
+        sv = SemanticVector(model, "block3.relu").fit_from_labels((data.x_train, data.y_train))
+        result = sv.perturbation_check(data.x_test[:32], data.y_test[:32])
+        float(result.semantic_mask.mean()), float(result.permuted_mask.mean())  # mask keeps more
     """
 
     single_unit: torch.Tensor
@@ -187,9 +203,11 @@ class SemanticVector(_ConceptEstimator):
 
     Example::
 
-        sv = SemanticVector(model, "block3.pool").fit_from_labels((x_train, y_train))
-        sv.relevance()                     # (10, 10) cosines between class concepts
-        sv.explain(x_test[:4], k=3)        # the 3 concepts closest to each input
+        from captum_concepts.concept import SemanticVector
+
+        sv = SemanticVector(model, "block3.relu").fit_from_labels((data.x_train, data.y_train))
+        sv.relevance()  # (10, 10) cosines between the class concepts
+        sv.explain(data.x_test[:4], k=3)  # the 3 concepts closest to each input
     """
 
     def __init__(
