@@ -267,6 +267,11 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
     keeps layers given as modules of ``model`` as their names, so a clone reads
     its own copy of the model.
 
+    Orientation: ``example_factors_`` is the paper's ``F``, ``(d, N)``; :meth:`fit_transform` and
+    ``transform(..., samples_first=True)`` give scikit-learn's ``(n_samples, n_components)``,
+    ``(N, d)``, as ``SemanticVector.transform`` does (``transform`` without ``samples_first``
+    still returns ``(d, M)``, with a ``FutureWarning``: the default will become ``(M, d)``).
+
     Attributes:
         example_factors_ (Tensor): ``F``, ``(d, N)``.
         pixel_factors_ (list of Tensor): ``P_i``, ``(S_i, d)`` each.
@@ -284,6 +289,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
 
         >>> cnmf = CoupledNMFConcepts(10, model, layers=["block2.pool", "embedding_relu"])
         >>> cnmf.fit(x_train)                    # images in [0, 1]
+        >>> cnmf.transform(x_new, samples_first=True)   # (M, 10), one row per example
         >>> cnmf.top_classes(y_train, k=3)       # (10, 3) class ids per concept
         >>> concepts = cnmf.to_captum_concepts(x_train, k=50)
         >>> TCAV(model, ["block3.pool"]).interpret(x, [[concepts[0], concepts[1]]], target=3)
