@@ -207,11 +207,11 @@ def test_fit_leaves_model_untouched_and_loader_matches_tensor(digits, digits_cnn
 
 @pytest.mark.kernels
 def test_transform_recovers_training_factors(digits, digits_fit):
-    F_new = digits_fit.transform(digits.x_train)
+    F_new = digits_fit.transform(digits.x_train, samples_first=False)
     F = digits_fit.example_factors_
     assert F_new.shape == F.shape
     assert float((F_new - F).norm() / F.norm()) < 0.05
-    on_test = digits_fit.transform(digits.x_test)
+    on_test = digits_fit.transform(digits.x_test, samples_first=False)
     assert on_test.shape == (10, 360) and bool((on_test >= 0).all())
     # matrices path, same numbers as the inputs path
     blocks = [digits.x_test.reshape(360, -1).t()]
@@ -220,7 +220,8 @@ def test_transform_recovers_training_factors(digits, digits_fit):
         for name in DIGIT_LAYERS:
             guard.register_forward_hook(digits_fit.model.get_submodule(name), lambda m, i, o: acts.append(o))
         digits_fit.model(digits.x_test)
-    mats = digits_fit.transform(pixel_blocks=blocks, activation_blocks=[a.reshape(360, -1).t() for a in acts])
+    mats = digits_fit.transform(pixel_blocks=blocks, activation_blocks=[a.reshape(360, -1).t() for a in acts],
+                                samples_first=False)
     assert torch.allclose(mats, on_test, rtol=1e-4, atol=1e-5)
 
 
@@ -288,7 +289,8 @@ def test_negative_inputs_raise_with_fix_and_shift_min(digits, digits_cnn):
     by_hand = normalised - normalised.amin(0, keepdim=True).clamp(max=0)  # per-pixel minimum
     plain = CoupledNMFConcepts(3, max_iter=20).fit(by_hand)
     assert torch.allclose(shifted.example_factors_, plain.example_factors_, rtol=1e-4, atol=1e-5)
-    assert torch.allclose(shifted.transform(normalised), plain.transform(by_hand), rtol=1e-3, atol=1e-4)
+    new_shifted = shifted.transform(normalised, samples_first=True)
+    assert torch.allclose(new_shifted, plain.transform(by_hand, samples_first=True), rtol=1e-3, atol=1e-4)
 
 
 def test_bad_arguments(digits, digits_cnn):

@@ -87,7 +87,7 @@ def test_the_enumeration_covers_the_analyses_and_the_export():
 def test_not_fitted_names_every_fit_method_and_checks_every_declared_attribute():
     est = CoupledNMFConcepts(2, max_iter=3).fit_matrices(PIXELS, ACTS)
     del est.loss_history_  # a state missing one declared attribute is not a fit
-    with pytest.raises(NotFittedError, match="call fit, fit_matrices or fit_store before"):
+    with pytest.raises(NotFittedError, match="call fit, fit_matrices, fit_store or fit_transform before"):
         est.top_examples(2)
     with pytest.raises(NotFittedError, match="call fit or fit_from_labels before"):
         SemanticVector(MODEL, "block3.pool").relevance()
@@ -174,7 +174,7 @@ def test_transform_takes_the_matrices_as_named_parameters(cnmf):
     pixels_only = CoupledNMFConcepts(2, max_iter=5).fit_matrices(PIXELS)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert pixels_only.transform(pixel_blocks=NEW_PIXELS).shape == (2, 4)
+        assert pixels_only.transform(pixel_blocks=NEW_PIXELS, samples_first=False).shape == (2, 4)
 
 
 def test_transform_refuses_ambiguous_or_missing_data(cnmf):

@@ -45,7 +45,7 @@ def test_attribution_grid_layout_and_data():
     maps[1, 2] *= 100.0  # a map of another magnitude is scaled on its own
     image = rng.random((1, 8, 8))
     fig, axes = viz.visualize_attribution_grid(
-        torch.tensor(maps), image, row_labels=["a", "b"], col_labels=["x", "y", "z"]
+        torch.tensor(maps), image, labels=["a", "b"], col_labels=["x", "y", "z"]
     )
     assert isinstance(fig, Figure)
     assert axes.shape == (2, 4)
@@ -123,7 +123,7 @@ def test_score_curve_lines_and_band():
     bench, std = np.array([0.2, 0.21, 0.19]), np.array([0.01, 0.02, 0.03])
     fig, ax = viz.visualize_score_curve(
         {"trained": trained, "random": torch.tensor(random)},
-        layer_names=["input", "block2.conv", "block3.conv"],
+        labels=["input", "block2.conv", "block3.conv"],
         benchmark=bench,
         benchmark_band=std,
         title="noise score",
@@ -166,7 +166,7 @@ def test_concept_grid_with_masks_and_factors():
     masks[:, 2:5, 2:5] = 1
     factors = rng.random((3, 8, 8))
     fig, axes = viz.visualize_concept_grid(
-        images, masks=masks, factor_images=factors, concept_names=list("abc")
+        images, masks=masks, factor_images=factors, labels=list("abc")
     )
     assert axes.shape == (3, 5)
     np.testing.assert_allclose(
@@ -186,7 +186,7 @@ def test_similarity_matrices_and_eigenvalues():
     identity = np.eye(4)
     full = np.full((4, 4), 0.5) + 0.5 * np.eye(4)
     fig, axes = viz.visualize_similarity_matrices(
-        [identity, torch.tensor(full)], layer_names=["deep", "shallow"]
+        [identity, torch.tensor(full)], labels=["deep", "shallow"]
     )
     assert len(axes) == 3
     np.testing.assert_allclose(axes[0].images[0].get_array(), identity)
@@ -199,11 +199,11 @@ def test_similarity_matrices_and_eigenvalues():
 
 def test_relevance_matrix():
     rel = np.array([[1.0, 0.2, 0.4], [0.2, 1.0, 0.3], [0.4, 0.3, 1.0]])
-    fig, ax = viz.visualize_relevance_matrix(rel, concept_names=["zero", "one", "two"])
+    fig, ax = viz.visualize_relevance_matrix(rel, labels=["zero", "one", "two"])
     np.testing.assert_allclose(ax.images[0].get_array(), rel)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["zero", "one", "two"]
     assert len(ax.texts) == 9 and ax.texts[1].get_text() == "0.20"
     fig, ax = viz.visualize_relevance_matrix(np.eye(20), annotate=None)
     assert not ax.texts
-    with pytest.raises(ValueError, match="concept_names"):
-        viz.visualize_relevance_matrix(rel, concept_names=["a"])
+    with pytest.raises(ValueError, match="labels must have 3 entries"):
+        viz.visualize_relevance_matrix(rel, labels=["a"])

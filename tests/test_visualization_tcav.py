@@ -9,7 +9,7 @@ from captum_concepts.visualization import visualize_tcav_scores
 def test_tcav_bars_hold_the_scores_side_by_side():
     top, control = np.array([0.9, 0.2, 0.6]), np.array([0.5, 0.1, 0.4])
     fig, ax = visualize_tcav_scores(
-        {"top class": top, "control class": control}, concept_labels=["a", "b", "c"], use_pyplot=False
+        {"top class": top, "control class": control}, labels=["a", "b", "c"], use_pyplot=False
     )
     bars = ax.patches
     assert [round(b.get_height(), 6) for b in bars] == [0.9, 0.2, 0.6, 0.5, 0.1, 0.4]

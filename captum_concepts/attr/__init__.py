@@ -4,6 +4,7 @@ upsampling) and class-discriminative semantic saliency (:class:`SemanticGuidedBa
 
 from .._utils.layout import channels_last, tokens_to_grid
 from ._core.aggregators import aggregate
+from ._core.captum_interop import as_captum_image, as_captum_layer_attr, as_image_attr, as_input_attr
 from ._core.embedding_attribution import EmbeddingAttribution
 from ._core.forward_mode import ForwardModeUnsupported, choose_strategy
 from ._core.semantic_saliency import SemanticGradientInput, SemanticGuidedBackprop, SemanticMaskSource
@@ -16,3 +17,4 @@ __all__ += ["SemanticGuidedBackprop", "SemanticGradientInput", "SemanticMaskSour
 __all__ += ["tokens_to_grid", "channels_last"]
 __all__ += ["SimilarityAttribution"]
 __all__ += ["ForwardModeUnsupported", "choose_strategy"]
+__all__ += ["as_captum_layer_attr", "as_image_attr", "as_captum_image", "as_input_attr"]

@@ -48,7 +48,7 @@ def embedding_attributions(ctx: Context, n_examples: int = 2, method: str = "act
         torch.stack(rows),
         torch.stack(row_images),
         col_labels=[ctx.label(s) for s in sources],
-        row_labels=row_labels,
+        labels=row_labels,
         use_pyplot=False,
     )
     dim = _embedding_dim(ctx)

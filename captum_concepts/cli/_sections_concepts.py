@@ -45,7 +45,7 @@ def coupled_nmf(ctx: Context, n_concepts: int = 10, n_top: int = 6) -> None:
         x[top],
         masks=masks.any(dim=1).cpu(),
         factor_images=cnmf.factor_images().mean(dim=1).cpu(),
-        concept_names=names,
+        labels=names,
         use_pyplot=False,
     )
     rep.add_figure(
@@ -60,7 +60,7 @@ def coupled_nmf(ctx: Context, n_concepts: int = 10, n_top: int = 6) -> None:
     )
     sims = [cnmf.neuron_similarity(j).cpu() for j in range(len(ctx.layers))]
     fig, _ = viz.visualize_similarity_matrices(
-        sims, layer_names=[ctx.label(s) for s in ctx.layers], use_pyplot=False
+        sims, labels=[ctx.label(s) for s in ctx.layers], use_pyplot=False
     )
     rep.add_figure(
         fig,
@@ -99,7 +99,7 @@ def coupled_nmf(ctx: Context, n_concepts: int = 10, n_top: int = 6) -> None:
     )
     fig, _ = viz.visualize_tcav_scores(
         {"top class": tcav_top, "control class": tcav_control},
-        concept_labels=[
+        labels=[
             f"c{k}\n{ctx.class_names[int(top_classes[k, 0])]} / {ctx.class_names[int(control[k])]}"
             for k in range(n_concepts)
         ],
@@ -168,7 +168,7 @@ def concept_maps(
     images = ctx.eval_images[:n_show].to(ctx.device)
     presence = concept_presence_maps(cnmf, images, layer=0)
     fig, _ = viz.visualize_concept_maps(
-        images.cpu(), presence.cpu(), factor_images=cnmf.factor_images().cpu(), use_pyplot=False
+        presence.cpu(), images.cpu(), factor_images=cnmf.factor_images().cpu(), use_pyplot=False
     )
     rep.add_figure(
         fig,
@@ -179,7 +179,7 @@ def concept_maps(
         "reconstruct the activations there, upsampled to the image (green: present).",
     )
     attribution = concept_attribution_maps(cnmf, images, layer=len(layers) - 1)
-    fig, _ = viz.visualize_concept_maps(images.cpu(), attribution.cpu(), sign="all", use_pyplot=False)
+    fig, _ = viz.visualize_concept_maps(attribution.cpu(), images.cpu(), sign="all", use_pyplot=False)
     rep.add_figure(
         fig,
         "concept_attribution_maps",
@@ -197,7 +197,7 @@ def concept_maps(
     fig, _ = viz.visualize_concept_importance(
         imp[shown].cpu(),
         res[shown].cpu(),
-        class_names=[ctx.class_names[int(c)] for c in classes[shown]],
+        col_labels=[ctx.class_names[int(c)] for c in classes[shown]],
         use_pyplot=False,
     )
     rep.add_figure(

@@ -48,7 +48,7 @@ def score_curves(ctx: Context) -> None:
     trained = curves["noise", ctx.weights_tag]
     fig, _ = viz.visualize_score_curve(
         {tag: curves["noise", tag].values for tag in tags},
-        layer_names=names,
+        labels=names,
         benchmark=trained.benchmark,
         benchmark_band=trained.benchmark_std,
         ylabel="noise score",
@@ -70,7 +70,7 @@ def score_curves(ctx: Context) -> None:
     )
     fig, _ = viz.visualize_score_curve(
         {tag: curves["variance", tag].values for tag in tags},
-        layer_names=names,
+        labels=names,
         ylabel="variance score",
         ylim=(0.0, 0.25),
         title="Variance score per layer",

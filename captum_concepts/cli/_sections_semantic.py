@@ -29,7 +29,7 @@ def semantic_vectors(ctx: Context) -> object:
     names = [ctx.class_names[int(c)] for c in sv.concept_names_]
     rel = sv.relevance().cpu()
     fig, _ = viz.visualize_relevance_matrix(
-        rel, concept_names=names, title=f"Relevance at {ctx.label(ctx.concept_layer)}", use_pyplot=False
+        rel, labels=names, title=f"Relevance at {ctx.label(ctx.concept_layer)}", use_pyplot=False
     )
     off = rel.clone().fill_diagonal_(-1)
     a, b = np.unravel_index(int(off.argmax()), off.shape)
@@ -100,7 +100,7 @@ def saliency_comparison(
         grid,
         images[show],
         col_labels=list(methods),
-        row_labels=[f"target {ctx.class_names[int(c)]}" for c in targets[show]],
+        labels=[f"target {ctx.class_names[int(c)]}" for c in targets[show]],
         boxes=None if boxes is None else boxes[show],
         sign="positive",
         use_pyplot=False,

@@ -26,10 +26,10 @@ def similarity(ctx: Context, n_pairs: int = 3) -> None:
     sa = SimilarityAttribution(ctx.model, embedding_layer=ctx.embedding_layer, similarity="cosine")
     maps_a, maps_b = sa.attribute(a, b)
     fig, _ = viz.visualize_similarity_maps(
-        a.cpu(),
-        b.cpu(),
         maps_a.cpu(),
         maps_b.cpu(),
+        a.cpu(),
+        b.cpu(),
         scores=sa.similarity_scores(a, b).cpu(),
         use_pyplot=False,
     )
@@ -50,7 +50,7 @@ def similarity(ctx: Context, n_pairs: int = 3) -> None:
     corr = sl.correspondence(a[:1], b[:1])
     side = int(round(corr.shape[1] ** 0.5))
     fig, _ = viz.visualize_correspondence(
-        a[0].cpu(), b[0].cpu(), corr[0].cpu(), grid_a=(side, side), k=8, use_pyplot=False
+        corr[0].cpu(), a[0].cpu(), b[0].cpu(), grid_a=(side, side), k=8, use_pyplot=False
     )
     rep.add_figure(
         fig,

@@ -14,6 +14,7 @@ from matplotlib.patches import Rectangle
 from .._utils.validation import check_option
 from ._common import (
     ArrayLike,
+    call_forms,
     check_ndim,
     check_outlier_perc,
     check_sign,
@@ -30,12 +31,13 @@ from ._common import (
 _METHODS = ("heat_map", "blended_heat_map")
 
 
+@call_forms(renamed={"row_labels": "labels"})
 def visualize_attribution_grid(
     attributions: ArrayLike,
     original_images: Optional[ArrayLike] = None,
     method: str = "heat_map",
     sign: str = "all",
-    row_labels: Optional[Sequence[str]] = None,
+    labels: Optional[Sequence[str]] = None,
     col_labels: Optional[Sequence[str]] = None,
     boxes: Optional[ArrayLike] = None,
     plt_fig_axis: Optional[Tuple[Figure, Any]] = None,
@@ -61,7 +63,7 @@ def visualize_attribution_grid(
             the first axis. With ``method="blended_heat_map"`` the maps are also drawn over it.
         method: ``"heat_map"`` or ``"blended_heat_map"`` (needs ``original_images``).
         sign: ``"all"``, ``"positive"``, ``"negative"`` or ``"absolute_value"``.
-        row_labels: ``R`` strings written left of the rows.
+        labels: ``R`` strings written left of the rows (deprecated name ``row_labels=``).
         col_labels: ``C`` strings written above the columns.
         boxes: optional ``(R, B, 4)`` boxes ``(x_min, y_min, x_max, y_max)`` (exclusive maxima, as in
             :func:`captum_concepts.data.make_two_digit_canvas`) drawn on every map of the row.
@@ -87,7 +89,7 @@ def visualize_attribution_grid(
         raise ValueError("method='blended_heat_map' needs original_images")
     n_rows, n_cols = maps.shape[:2]
     images = _row_images(original_images, n_rows, maps.shape[2:])
-    row_labels = labels_or_default(row_labels, n_rows, "row_labels", "") if row_labels is not None else None
+    row_labels = labels_or_default(labels, n_rows, "labels", "") if labels is not None else None
     col_labels = labels_or_default(col_labels, n_cols, "col_labels", "") if col_labels is not None else None
     box_arr = None
     if boxes is not None:
@@ -134,11 +136,12 @@ def visualize_attribution_grid(
     return fig, axes
 
 
+@call_forms(renamed={"aggregators": "labels", "layers": "col_labels"})
 def visualize_embedding_attributions(
     attributions: Union[ArrayLike, Mapping[str, Any]],
     original_image: Optional[ArrayLike] = None,
-    aggregators: Optional[Sequence[str]] = None,
-    layers: Optional[Sequence[str]] = None,
+    labels: Optional[Sequence[str]] = None,
+    col_labels: Optional[Sequence[str]] = None,
     method: str = "heat_map",
     sign: str = "all",
     plt_fig_axis: Optional[Tuple[Figure, Any]] = None,
@@ -161,8 +164,10 @@ def visualize_embedding_attributions(
             ``{aggregator: [map per layer]}``; mapping keys give the labels.
         original_image: optional ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)`` image shown first in
             every row.
-        aggregators: the row labels (taken from a mapping's keys when omitted).
-        layers: the column labels (taken from a mapping's keys when omitted).
+        labels: the aggregators' names, one per row (taken from a mapping's keys when omitted;
+            deprecated name ``aggregators=``).
+        col_labels: the layers' names, one per column (taken from a mapping's keys when
+            omitted; deprecated name ``layers=``).
         method: as in :func:`visualize_attribution_grid`.
         sign: as in :func:`visualize_attribution_grid`.
         plt_fig_axis: ``(fig, axes)`` with ``A x (L [+1])`` axes to draw into.
@@ -192,20 +197,20 @@ def visualize_embedding_attributions(
         if len(shapes) != 1:
             raise ValueError(f"every aggregator needs the same number and size of maps, got {sorted(shapes)}")
         maps = np.stack(rows)
-        aggregators = aggregators if aggregators is not None else agg_names
-        layers = layers if layers is not None else layer_names
+        labels = labels if labels is not None else agg_names
+        col_labels = col_labels if col_labels is not None else layer_names
     else:
         maps = to_numpy(attributions, "attributions")
     check_ndim(maps, (4,), "attributions", "(aggregators, layers, H, W)")
-    aggregators = labels_or_default(aggregators, maps.shape[0], "aggregators", "aggregator ")
-    layers = labels_or_default(layers, maps.shape[1], "layers", "layer ")
+    labels = labels_or_default(labels, maps.shape[0], "labels", "aggregator ")
+    col_labels = labels_or_default(col_labels, maps.shape[1], "col_labels", "layer ")
     return visualize_attribution_grid(
         maps,
         original_images=original_image,
         method=method,
         sign=sign,
-        row_labels=aggregators,
-        col_labels=layers,
+        labels=labels,
+        col_labels=col_labels,
         plt_fig_axis=plt_fig_axis,
         outlier_perc=outlier_perc,
         cmap=cmap,

@@ -1,22 +1,30 @@
-"""Shared plumbing for the plotting functions: figures, arrays, map scaling.
+"""Shared plumbing for the plotting functions: figures, arrays, map scaling, call forms.
 
 Every public plotting function follows ``captum.attr.visualization.visualize_image_attr``:
 it draws into ``plt_fig_axis=(fig, axes)`` when given, otherwise creates a figure
 (through ``pyplot`` when ``use_pyplot=True``, else a bare ``Figure`` with an Agg canvas
 that no pyplot state ever sees), returns ``(fig, axes)`` and never calls ``plt.show()``.
+
+One call form for all of them (:func:`call_forms` keeps the old ones working, deprecated):
+the maps (attributions, correspondences) come first and the images they are drawn over after
+them, as in Captum's ``visualize_image_attr(attr, original_image)``; the names of the entries a
+figure shows (rows, concepts, layers) are ``labels=``, and a grid's column names ``col_labels=``.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 import textwrap
-from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .._utils.validation import check_option, check_real
+from .._utils.warn import warn_user
 
 ArrayLike = Any  # numpy array, torch tensor or nested sequence of numbers
 
@@ -235,3 +243,86 @@ def finish(fig: Figure, title: Optional[str], ax: Optional[Axes] = None) -> None
             fig.suptitle(title)
         else:
             ax.set_title(title)
+
+
+def call_forms(
+    renamed: Optional[Mapping[str, str]] = None,
+    old_order: Optional[Sequence[str]] = None,
+    looks_old: Optional[Callable[[Dict[str, Any], Dict[str, Any]], bool]] = None,
+) -> Callable[[_F], _F]:
+    """Keep a plotting function's deprecated call forms working, with a ``DeprecationWarning``.
+
+    Args:
+        renamed: ``{old keyword: new keyword}`` (e.g. ``{"row_labels": "labels"}``); the new
+            parameter sits where the old one did, so positional calls are unchanged. Both at
+            once: ``TypeError``.
+        old_order: the leading parameters' names in their old positional order (the function's
+            own leading parameters hold the same names in the new order). A positional call is
+            read in the old order when the new reading binds a name also given by keyword, or
+            when ``looks_old(new_reading, keywords)`` says its values have the old shapes (the
+            ambiguous case, e.g. equal shapes, keeps the new order: pass keywords there).
+        looks_old: see ``old_order``; it gets ``{name: value}`` of the reordered positional
+            values read in the new order, and every argument given (read in the new order).
+    """
+    renamed = dict(renamed or {})
+    old = list(old_order or ())
+
+    def decorate(fn: _F) -> _F:
+        names = list(inspect.signature(fn).parameters)
+        new = names[: len(old)]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for was, now in renamed.items():
+                if was in kwargs:
+                    if now in kwargs:
+                        raise TypeError(f"{fn.__name__}: pass {now}= only ({was}= is its deprecated name)")
+                    warn_user(
+                        f"{fn.__name__}({was}=...) is deprecated; pass {now}=... (every visualization "
+                        "function names its labels labels=)",
+                        DeprecationWarning,
+                    )
+                    kwargs[now] = kwargs.pop(was)
+            k = min(len(args), len(old))
+            if k and new != old:
+                clash = any(n in kwargs for n in new[:k])
+                given = {**dict(zip(names, args)), **kwargs}  # every argument, read in the new order
+                if clash or (looks_old is not None and looks_old(dict(zip(new, args[:k])), given)):
+                    warn_user(
+                        f"{fn.__name__}({', '.join(old[:k])}, ...) is the deprecated argument order; "
+                        f"pass ({', '.join(new[:k])}, ...): the maps first, then the images they are "
+                        "drawn over, as in Captum's visualize_image_attr(attr, original_image); "
+                        "or pass them by keyword",
+                        DeprecationWarning,
+                    )
+                    kwargs.update(zip(old[:k], args[:k]))
+                    kwargs.update(zip(names[len(old) :], args[len(old) :]))
+                    args = ()
+            return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def shape_of(x: Any) -> Tuple[int, ...]:
+    """The shape of a tensor, array or nested sequence, without copying it (``()`` if none)."""
+    if hasattr(x, "shape"):
+        return tuple(x.shape)
+    try:
+        return tuple(np.shape(x))
+    except (TypeError, ValueError):
+        return ()
+
+
+def image_hw(x: Any, stacked: bool) -> Optional[Tuple[int, ...]]:
+    """The ``(H, W)`` of an image (``stacked``: of a stack of images, first axis ``N``) in any of
+    the accepted layouts, or None when ``x`` cannot be one."""
+    a = shape_of(x)[1:] if stacked else shape_of(x)
+    if len(a) == 2:
+        return tuple(a)
+    if len(a) == 3 and a[0] in (1, 3):
+        return tuple(a[1:])
+    if len(a) == 3 and a[-1] in (1, 3):
+        return tuple(a[:2])
+    return None

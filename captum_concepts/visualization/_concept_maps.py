@@ -9,24 +9,42 @@ from matplotlib.figure import Figure
 
 from ._common import (
     ArrayLike,
+    call_forms,
     check_ndim,
     fill_doc,
     finish,
     image_for_display,
+    image_hw,
     image_panel,
     labels_or_default,
     overlay_map,
     prepare_figure,
+    shape_of,
     to_numpy,
 )
 
 
+def _maps_over(maps: Any, images: Any) -> bool:
+    """``maps`` can be ``(N, d, H, W)`` maps over ``images`` ``(N, [C,] H, W[, C])``."""
+    shape = shape_of(maps)
+    return len(shape) == 4 and image_hw(images, stacked=True) == shape[2:]
+
+
+def _images_first(reading: dict, kwargs: dict) -> bool:
+    """The old order ``(images, maps)``: the new reading does not fit and the old one does."""
+    if "images" not in reading:
+        return False
+    maps, images = reading["maps"], reading["images"]
+    return not _maps_over(maps, images) and _maps_over(images, maps)
+
+
+@call_forms(renamed={"concept_names": "labels"}, old_order=("images", "maps"), looks_old=_images_first)
 @fill_doc
 def visualize_concept_maps(
-    images: ArrayLike,
     maps: ArrayLike,
+    images: ArrayLike,
     concepts: Optional[Sequence[int]] = None,
-    concept_names: Optional[Sequence[str]] = None,
+    labels: Optional[Sequence[str]] = None,
     factor_images: Optional[ArrayLike] = None,
     sign: str = "positive",
     cmap: Any = None,
@@ -38,13 +56,20 @@ def visualize_concept_maps(
 ) -> Tuple[Figure, np.ndarray]:
     """Concept maps over their images: one row per image, one column per concept.
 
+    The maps come first, then the images, as in every visualization function (and Captum's
+    ``visualize_image_attr(attr, original_image)``). Deprecated, still accepted with a
+    ``DeprecationWarning``: the old order ``(images, maps)`` (recognised from the shapes; with
+    ``d`` in ``(1, 3)`` and channels-first images of as many channels it is ambiguous and read
+    in the new order: pass keywords) and ``concept_names=`` (now ``labels=``).
+
     Args:
-        images: ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)``.
         maps: ``(N, d, H, W)`` (e.g. :func:`~captum_concepts.concept.concept_presence_maps` or
             :func:`~captum_concepts.concept.concept_attribution_maps`), each map scaled on its
             own as in Captum's ``visualize_image_attr``.
+        images: ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)``.
         concepts: the concept indices shown (default: all ``d``).
-        concept_names: column labels (default ``"concept k"``).
+        labels: the concepts' names, one per shown concept, written over the columns (default
+            ``"concept k"``).
         factor_images: optional ``(d, H, W)`` / ``(d, C, H, W)`` pixel factor images
             (:meth:`CoupledNMFConcepts.factor_images`), shown as a first row.
         sign: ``"positive"`` (default), ``"all"``, ``"negative"`` or ``"absolute_value"``.
@@ -64,7 +89,7 @@ def visualize_concept_maps(
     chosen = list(range(d)) if concepts is None else [int(k) for k in concepts]
     if not chosen or any(k < 0 or k >= d for k in chosen):
         raise ValueError(f"concepts must be indices in [0, {d}), got {concepts}")
-    names = labels_or_default(concept_names, len(chosen), "concept_names", "concept ")
+    names = labels_or_default(labels, len(chosen), "labels", "concept ")
     factors = None if factor_images is None else to_numpy(factor_images, "factor_images")
     rows = n + (factors is not None)
     fig, axes = prepare_figure(
@@ -83,12 +108,13 @@ def visualize_concept_maps(
     return fig, axes
 
 
+@call_forms(renamed={"concept_names": "labels", "class_names": "col_labels"})
 @fill_doc
 def visualize_concept_importance(
     importance: ArrayLike,
     residual: Optional[ArrayLike] = None,
-    class_names: Optional[Sequence[str]] = None,
-    concept_names: Optional[Sequence[str]] = None,
+    col_labels: Optional[Sequence[str]] = None,
+    labels: Optional[Sequence[str]] = None,
     plt_fig_axis: Optional[Tuple[Figure, Any]] = None,
     title: Optional[str] = None,
     fig_size: Optional[Tuple[float, float]] = None,
@@ -100,8 +126,10 @@ def visualize_concept_importance(
         importance: ``(n_classes, d)`` mean importance per class
             (:func:`~captum_concepts.concept.class_importance`), or ``(d,)`` for one class.
         residual: optional ``(n_classes,)`` residuals, drawn as a grey last bar.
-        class_names: panel titles.
-        concept_names: bar labels.
+        col_labels: the classes' names, one per panel (column), written over it (default
+            ``"class c"``; deprecated name ``class_names=``).
+        labels: the concepts' names, one per bar (default ``"0".."d-1"``; deprecated name
+            ``concept_names=``).
         %(figure_args)s
 
     Returns:
@@ -115,8 +143,8 @@ def visualize_concept_importance(
     res = None if residual is None else to_numpy(residual, "residual").reshape(-1)
     if res is not None and res.shape[0] != n_classes:
         raise ValueError(f"residual must have {n_classes} entries, got {res.shape[0]}")
-    classes = labels_or_default(class_names, n_classes, "class_names", "class ")
-    labels = labels_or_default(concept_names, d, "concept_names", "")
+    classes = labels_or_default(col_labels, n_classes, "col_labels", "class ")
+    labels = labels_or_default(labels, d, "labels", "")
     fig, axes = prepare_figure(
         plt_fig_axis, 1, n_classes, fig_size or (max(2.5, 0.3 * (d + 1)) * n_classes, 2.6), use_pyplot
     )

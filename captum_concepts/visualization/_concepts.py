@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from ._common import (
     ArrayLike,
+    call_forms,
     check_ndim,
     clear_ticks,
     fill_doc,
@@ -23,12 +24,13 @@ from ._common import (
 )
 
 
+@call_forms(renamed={"concept_names": "labels"})
 @fill_doc
 def visualize_concept_grid(
     images: ArrayLike,
     masks: Optional[ArrayLike] = None,
     factor_images: Optional[ArrayLike] = None,
-    concept_names: Optional[Sequence[str]] = None,
+    labels: Optional[Sequence[str]] = None,
     plt_fig_axis: Optional[Tuple[Figure, Any]] = None,
     mask_color: str = "red",
     title: Optional[str] = None,
@@ -47,7 +49,8 @@ def visualize_concept_grid(
             ``> 0.5`` region's outline is drawn on each image in ``mask_color``.
         factor_images: optional ``(K, H, W)`` / ``(K, C, H, W)`` pixel factor per concept, shown in
             an extra first column ("factor").
-        concept_names: ``K`` row labels (default ``"concept k"``).
+        labels: the ``K`` concepts' names, written left of the rows (default ``"concept k"``;
+            deprecated name ``concept_names=``).
         mask_color: the Matplotlib colour of the mask outlines.
         %(figure_args)s
 
@@ -75,7 +78,7 @@ def visualize_concept_grid(
         if fac.shape[0] != n_concepts:
             raise ValueError(f"factor_images must hold {n_concepts} images, got {fac.shape[0]}")
         factors = [image_for_display(f, "factor_images") for f in fac]
-    names = labels_or_default(concept_names, n_concepts, "concept_names", "concept ")
+    names = labels_or_default(labels, n_concepts, "labels", "concept ")
     offset = 1 if factors is not None else 0
     cols = n_top + offset
     if fig_size is None:
@@ -98,10 +101,11 @@ def visualize_concept_grid(
     return fig, axes
 
 
+@call_forms(renamed={"layer_names": "labels"})
 @fill_doc
 def visualize_similarity_matrices(
     matrices: Union[ArrayLike, Sequence[ArrayLike]],
-    layer_names: Optional[Sequence[str]] = None,
+    labels: Optional[Sequence[str]] = None,
     plt_fig_axis: Optional[Tuple[Figure, Any]] = None,
     cmap: Union[str, Any] = "viridis",
     title: Optional[str] = None,
@@ -116,7 +120,7 @@ def visualize_similarity_matrices(
     Args:
         matrices: ``(L, d, d)`` or a list of ``L`` symmetric ``(d, d)`` matrices (e.g. the cosine
             similarity between the columns of each layer's neuron factor ``O_j``).
-        layer_names: ``L`` panel titles.
+        labels: the ``L`` layers' names, the panel titles (deprecated name ``layer_names=``).
         plt_fig_axis: ``(fig, axes)`` with ``L + 1`` axes.
         cmap: the colour map (a Matplotlib name or colormap), as in ``captum.attr.visualization``.
         %(title_and_size_args)s
@@ -134,7 +138,7 @@ def visualize_similarity_matrices(
     for i, m in enumerate(mats):
         if m.ndim != 2 or m.shape[0] != m.shape[1]:
             raise ValueError(f"matrices[{i}] must be square (d, d), got shape {tuple(m.shape)}")
-    names = labels_or_default(layer_names, len(mats), "layer_names", "layer ")
+    names = labels_or_default(labels, len(mats), "labels", "layer ")
     n = len(mats)
     if fig_size is None:
         fig_size = (2.6 * (n + 1), 2.8 + (0.4 if title else 0))
@@ -161,10 +165,11 @@ def visualize_similarity_matrices(
     return fig, axes
 
 
+@call_forms(renamed={"concept_names": "labels"})
 @fill_doc
 def visualize_relevance_matrix(
     relevance: ArrayLike,
-    concept_names: Optional[Sequence[str]] = None,
+    labels: Optional[Sequence[str]] = None,
     plt_fig_axis: Optional[Tuple[Figure, Axes]] = None,
     cmap: Union[str, Any] = "magma",
     annotate: Optional[bool] = None,
@@ -178,7 +183,8 @@ def visualize_relevance_matrix(
 
     Args:
         relevance: ``(K, K)`` (or ``(K, J)``) matrix.
-        concept_names: ``K`` names for both axes (for a square matrix).
+        labels: the ``K`` concepts' names, on both axes of a square matrix (deprecated name
+            ``concept_names=``).
         annotate: write each value in its cell (default: when ``K <= 12``).
         vmin: lower colour limit (default: the matrix minimum).
         vmax: upper colour limit (default: 1).
@@ -193,8 +199,8 @@ def visualize_relevance_matrix(
     check_ndim(mat, (2,), "relevance", "(K, K)")
     rows, cols = mat.shape
     names = None
-    if concept_names is not None:
-        names = labels_or_default(concept_names, rows, "concept_names", "")
+    if labels is not None:
+        names = labels_or_default(labels, rows, "labels", "")
     if annotate is None:
         annotate = max(rows, cols) <= 12
     if fig_size is None:
@@ -226,10 +232,11 @@ def visualize_relevance_matrix(
     return fig, ax
 
 
+@call_forms(renamed={"concept_labels": "labels"})
 @fill_doc
 def visualize_tcav_scores(
     scores: Union[ArrayLike, Mapping[str, ArrayLike]],
-    concept_labels: Optional[Sequence[str]] = None,
+    labels: Optional[Sequence[str]] = None,
     chance: Optional[float] = 0.5,
     plt_fig_axis: Optional[Tuple[Figure, Axes]] = None,
     title: Optional[str] = None,
@@ -245,7 +252,8 @@ def visualize_tcav_scores(
         scores: ``(d,)`` one score per concept, or ``{label: (d,)}`` for several groups side by
             side, e.g. ``{"top class": ..., "control class": ...}`` (the sign-count score of each
             concept's top class and of a control class).
-        concept_labels: ``d`` tick labels (default ``"c0".."c{d-1}"``).
+        labels: the ``d`` concepts' names, the tick labels (default ``"c0".."c{d-1}"``;
+            deprecated name ``concept_labels=``).
         chance: a dashed reference line (0.5: a concept unrelated to the class); None: none.
         %(figure_args)s
 
@@ -260,7 +268,7 @@ def visualize_tcav_scores(
     if len(lengths) != 1:
         raise ValueError(f"every group of scores needs one score per concept, got lengths {sorted(lengths)}")
     d = lengths.pop()
-    labels = labels_or_default(concept_labels, d, "concept_labels", "c")
+    labels = labels_or_default(labels, d, "labels", "c")
     fig, ax = prepare_figure(plt_fig_axis, 1, 1, fig_size, use_pyplot, squeeze=True)
     pos = np.arange(d)
     width = 0.8 / len(values)

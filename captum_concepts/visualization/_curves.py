@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ._common import ArrayLike, fill_doc, finish, labels_or_default, prepare_figure, to_numpy
+from ._common import ArrayLike, call_forms, fill_doc, finish, labels_or_default, prepare_figure, to_numpy
 
 Curves = Union[ArrayLike, Mapping[str, ArrayLike]]
 
@@ -45,10 +45,11 @@ def _band(band: Optional[Any], center: Optional[np.ndarray], n: int, argument: s
     return lo, hi
 
 
+@call_forms(renamed={"layer_names": "labels"})
 @fill_doc
 def visualize_score_curve(
     scores: Curves,
-    layer_names: Optional[Sequence[str]] = None,
+    labels: Optional[Sequence[str]] = None,
     benchmark: Optional[ArrayLike] = None,
     benchmark_band: Optional[Any] = None,
     score_bands: Optional[Mapping[str, Any]] = None,
@@ -66,7 +67,8 @@ def visualize_score_curve(
     Args:
         scores: one curve ``(L,)`` (mean score per layer) or ``{label: (L,)}``, e.g.
             ``{"trained": ..., "random weights": ...}``.
-        layer_names: ``L`` tick labels (default ``0..L-1``).
+        labels: the ``L`` layers' names, the tick labels (default ``0..L-1``; deprecated name
+            ``layer_names=``).
         benchmark: ``(L,)`` noise benchmark ``NS0`` per layer, drawn dashed.
         benchmark_band: the shaded band around it: a half-width (scalar or ``(L,)``, e.g. the
             standard deviation over draws) or a ``(low, high)`` pair of ``(L,)`` curves.
@@ -80,7 +82,7 @@ def visualize_score_curve(
     """
     curves = _curves(scores, "scores", ylabel)
     n = len(next(iter(curves.values())))
-    names = labels_or_default(layer_names, n, "layer_names", "")
+    names = labels_or_default(labels, n, "labels", "")
     fig, ax = prepare_figure(plt_fig_axis, 1, 1, fig_size, use_pyplot, squeeze=True)
     x = np.arange(n)
     if benchmark is not None:

@@ -11,6 +11,7 @@ from matplotlib.patches import ConnectionPatch
 from .._utils.validation import check_int, check_option
 from ._common import (
     ArrayLike,
+    call_forms,
     check_ndim,
     fill_doc,
     finish,
@@ -18,16 +19,41 @@ from ._common import (
     image_panel,
     overlay_map,
     prepare_figure,
+    shape_of,
     to_numpy,
 )
 
 
+def _images_first_pairs(reading: dict, kwargs: dict) -> bool:
+    """The old order ``(images_a, images_b, maps_a, maps_b)``: a value read as a map is not
+    ``(N, H, W)`` (4-D images). Grey images ``(N, H, W)`` are ambiguous: read in the new order."""
+    return any(len(shape_of(reading[k])) == 4 for k in ("maps_a", "maps_b") if k in reading)
+
+
+def _images_first_correspondence(reading: dict, kwargs: dict) -> bool:
+    """The old order ``(image_a, image_b, correspondence)``: the first value is not the
+    ``(P_a, P_b)`` matrix of ``grid_a`` / ``grid_b`` and the third is (or the first is 3-D)."""
+    first = shape_of(reading["correspondence"])
+    if len(first) == 3:
+        return True
+    if "image_b" not in reading or "grid_a" not in kwargs:
+        return False
+    grid_a = kwargs["grid_a"]
+    grid_b = kwargs.get("grid_b") or grid_a
+    try:
+        cells = (int(np.prod(grid_a)), int(np.prod(grid_b)))
+    except (TypeError, ValueError):
+        return False
+    return first != cells and shape_of(reading["image_b"]) == cells
+
+
+@call_forms(old_order=("images_a", "images_b", "maps_a", "maps_b"), looks_old=_images_first_pairs)
 @fill_doc
 def visualize_similarity_maps(
-    images_a: ArrayLike,
-    images_b: ArrayLike,
     maps_a: ArrayLike,
     maps_b: ArrayLike,
+    images_a: ArrayLike,
+    images_b: ArrayLike,
     scores: Optional[ArrayLike] = None,
     sign: str = "all",
     cmap: Any = None,
@@ -39,11 +65,17 @@ def visualize_similarity_maps(
 ) -> Tuple[Figure, np.ndarray]:
     """One row per pair: image ``a``, its similarity map, image ``b``, its map.
 
+    The maps come first, then the images, as in every visualization function (and Captum's
+    ``visualize_image_attr(attr, original_image)``). The old order ``(images_a, images_b,
+    maps_a, maps_b)`` is deprecated and still accepted with a ``DeprecationWarning`` when the
+    shapes tell it (images with a channel axis); grey images ``(N, H, W)``, shaped as the maps,
+    are read in the new order: pass keywords.
+
     Args:
-        images_a: images of side ``a``: ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)``.
-        images_b: images of side ``b``, shaped as ``images_a``.
         maps_a: ``(N, H, W)`` maps of side ``a`` (:meth:`SimilarityAttribution.attribute`).
         maps_b: ``(N, H, W)`` maps of side ``b``.
+        images_a: images of side ``a``: ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)``.
+        images_b: images of side ``b``, shaped as ``images_a``.
         scores: optional ``(N,)`` similarities, written in each row's title.
         sign: as in :func:`visualize_concept_maps` (default ``sign="all"``).
         %(map_cmap)s
@@ -85,11 +117,14 @@ def _centres(grid: Sequence[int], size: Sequence[int]) -> np.ndarray:
     return np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1)
 
 
+@call_forms(
+    old_order=("image_a", "image_b", "correspondence"), looks_old=_images_first_correspondence
+)
 @fill_doc
 def visualize_correspondence(
+    correspondence: ArrayLike,
     image_a: ArrayLike,
     image_b: ArrayLike,
-    correspondence: ArrayLike,
     grid_a: Sequence[int],
     grid_b: Optional[Sequence[int]] = None,
     k: int = 10,
@@ -101,11 +136,16 @@ def visualize_correspondence(
 ) -> Tuple[Figure, np.ndarray]:
     """The ``k`` strongest links ``M(p, q)`` drawn as lines between two images (BiLRP-style).
 
+    The correspondence comes first, then the images, as in every visualization function. The
+    old order ``(image_a, image_b, correspondence, grid_a)`` is deprecated and still accepted
+    with a ``DeprecationWarning`` when the shapes tell it (a 3-D image, or only the third
+    argument of ``grid_a``'s ``(P_a, P_b)`` shape).
+
     Args:
-        image_a: the image of side ``a``, ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)``.
-        image_b: the image of side ``b``, shaped as ``image_a``.
         correspondence: ``(P_a, P_b)`` for one pair (a slice of
             :meth:`SimilarityAttribution.correspondence`).
+        image_a: the image of side ``a``, ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)``.
+        image_b: the image of side ``b``, shaped as ``image_a``.
         grid_a: the source layer's ``(h, w)`` for side ``a`` (``P = h * w``, row-major).
         grid_b: the same for side ``b``; defaults to ``grid_a``.
         k: the number of links drawn, the largest first.

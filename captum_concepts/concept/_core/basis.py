@@ -179,7 +179,7 @@ def explained_batch(
     if coefficients is None:
         if len(x) > 1:
             raise ValueError("pass coefficients= for tuple inputs (transform takes one input tensor)")
-        coefficients = concepts.transform(x[0])
+        coefficients = concepts.transform(x[0], samples_first=False)
     d = b.n_concepts
     if not isinstance(coefficients, Tensor) or tuple(coefficients.shape) != (d, n):
         got = tuple(coefficients.shape) if isinstance(coefficients, Tensor) else type(coefficients).__name__

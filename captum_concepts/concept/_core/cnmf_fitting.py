@@ -10,14 +10,16 @@ problem solved from a random start; the results become the fitted attributes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..._utils import distributed as dist_utils
+from ..._utils.progress import progress_bar
 from . import cnmf_solvers as solvers
 from . import nonnegative_blocks
 from .activations import CollectedBlocks, collect_blocks
@@ -148,7 +150,39 @@ class _CoupledNMFFitting:
     def _resolve_device(self, fallback: torch.device) -> torch.device:
         return torch.device(self.device) if self.device is not None else fallback
 
-    def _fit_store(self, store: ActivationStore, groups: Any, device: torch.device) -> Any:
+    @contextlib.contextmanager
+    def _monitor(self, show_progress: bool) -> Iterator[Callable[[int, float], None]]:
+        """The solver's per-iteration callback: a progress bar over ``max_iter`` iterations with
+        the objective in its postfix (:func:`progress_bar`: on a terminal only), and, with
+        ``verbose = k > 0``, the objective printed every ``k`` iterations (as scikit-learn's NMF
+        prints its error). Closes the bar and prints the last iteration on exit."""
+        first = dist_utils.get_rank() == 0  # one report for a sharded fit
+        every = int(self.verbose) if first else 0
+        name = type(self).__name__
+        show = bool(show_progress) and first
+        bar = progress_bar(show=show, total=int(self.max_iter), desc=name, unit="iter")
+        last: List[Tuple[int, float]] = []
+
+        def say(iteration: int, loss: float) -> None:
+            print(f"{name}: iteration {iteration}, objective {loss:.6g}", flush=True)
+
+        def report(iteration: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.6g}", refresh=False)
+            last[:] = [(iteration, loss)]
+            if every and iteration % every == 0:
+                say(iteration, loss)
+
+        try:
+            yield report
+        finally:
+            bar.close()
+            if every and last and last[0][0] % every:
+                say(*last[0])
+
+    def _fit_store(
+        self, store: ActivationStore, groups: Any, device: torch.device, show_progress: bool = True
+    ) -> Any:
         if store.n_examples == 0:
             raise ValueError("store holds no examples; append at least one batch before fitting")
         dist_utils.declare(block_rows=list(store.block_rows))
@@ -202,18 +236,20 @@ class _CoupledNMFFitting:
         new_problem = functools.partial(
             StreamedProblem, store, chunk_rows, shift, placeholders, buffers=buffers
         )
-        return self._fit_problem(new_problem, lambdas, store.n_pixel_blocks, names, groups, device)
+        return self._fit_problem(
+            new_problem, lambdas, store.n_pixel_blocks, names, groups, device, show_progress
+        )
 
-    def _fit_blocks(self, pixel_blocks, activation_blocks, groups, device) -> Any:
+    def _fit_blocks(self, pixel_blocks, activation_blocks, groups, device, show_progress: bool = True) -> Any:
         n_pixel = len(pixel_blocks)
         names = [f"pixels[{i}]" for i in range(n_pixel)] + list(self.layer_names_)
         blocks = self._prepare_blocks(pixel_blocks, activation_blocks, names, device, fitting=True)
         lambdas = [self.lambda_p] * n_pixel + [self.lambda_o] * len(activation_blocks)
 
         new_problem = functools.partial(solvers.CoupledProblem, blocks)
-        return self._fit_problem(new_problem, lambdas, n_pixel, names, groups, device)
+        return self._fit_problem(new_problem, lambdas, n_pixel, names, groups, device, show_progress)
 
-    def _fit_problem(self, new_problem, lambdas, n_pixel, names, groups, device) -> Any:
+    def _fit_problem(self, new_problem, lambdas, n_pixel, names, groups, device, show_progress=True) -> Any:
         """Random start, solve and fitted attributes.
 
         ``new_problem(weights, lambdas, lambda_f, group_index, n_groups, group_sparsity)`` builds
@@ -243,17 +279,19 @@ class _CoupledNMFFitting:
         Wt, F = solvers.random_init(self.n_concepts, problem.n_rows, n, mean, seed, self.dtype, device)
         if n != n_local:
             F = F[:, offset : offset + n_local].contiguous()
-        result = solvers.solve(
-            problem,
-            Wt,
-            F,
-            solver=self.solver,
-            max_iter=int(self.max_iter),
-            tol=float(self.tol),
-            normalize=bool(self.normalize_columns),
-            reduce=reduce,
-            moments=moments,
-        )
+        with self._monitor(show_progress) as report:
+            result = solvers.solve(
+                problem,
+                Wt,
+                F,
+                solver=self.solver,
+                max_iter=int(self.max_iter),
+                tol=float(self.tol),
+                normalize=bool(self.normalize_columns),
+                reduce=reduce,
+                moments=moments,
+                callback=report,
+            )
         self._components = result.Wt
         self._offsets = problem.offsets
         self._n_pixel_blocks = n_pixel

@@ -543,6 +543,7 @@ def solve(
     max_sweeps: int = 4,
     moments: Optional[Tensor] = None,
     extrapolate: bool = True,
+    callback: Optional[Callable[[int, float], None]] = None,
 ) -> SolverResult:
     """Alternate ``F`` and ``Wt`` updates until the relative change of ``J`` is below ``tol``.
 
@@ -559,6 +560,8 @@ def solve(
     With ``solver="hals"`` and ``extrapolate`` (default) the iterates are extrapolated
     (:class:`_Extrapolation`); ``loss_history`` then holds the best objective so far and the
     best pair is returned.
+    ``callback(iteration, loss)``, when given, is called after every iteration (1-based) with the
+    value just appended to ``loss_history`` (progress bars, ``verbose`` printing).
     """
     if solver not in ("mu", "hals"):
         raise ValueError(f"solver must be 'mu' or 'hals', got {solver!r}")
@@ -599,10 +602,14 @@ def solve(
             restart = extra.step(Wt, F, loss)
             B = weighted_gram(problem, Wt)  # of the extrapolated Wt, for the next F update
             history.append(extra.best)
+            if callback is not None:
+                callback(it + 1, history[-1])
             if restart:
                 continue
         else:
             history.append(loss)
+            if callback is not None:
+                callback(it + 1, history[-1])
         if abs(prev - loss) <= max(tol * abs(prev), floor):
             converged = True
             break

@@ -242,6 +242,10 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
             ``captum_concepts.attr.channels_last`` for Swin / ConvNeXt stages ``(N, H, W, C)``,
             ``tokens_to_grid(prefix_tokens=1)`` for ViT tokens. Like ``model``, it is not
             saved: set it again after :meth:`load`. Default: None.
+        verbose (int or bool): print the objective ``J`` every ``verbose`` iterations of a fit
+            (and at its last iteration), as scikit-learn's ``NMF(verbose=...)`` prints its error;
+            ``True`` counts as 1, 0 / False (default) prints nothing. Independent of the progress
+            bar (``show_progress`` of the fit methods), which also shows ``J``.
 
     Memory: the blocks take ``4 * N * (sum_i S_i + sum_j a_j)`` bytes (float32);
     the factors and statistics add ``4 * d * (N + 3 R)`` bytes with
@@ -263,6 +267,11 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
     keeps layers given as modules of ``model`` as their names, so a clone reads
     its own copy of the model.
 
+    Orientation: ``example_factors_`` is the paper's ``F``, ``(d, N)``; :meth:`fit_transform` and
+    ``transform(..., samples_first=True)`` give scikit-learn's ``(n_samples, n_components)``,
+    ``(N, d)``, as ``SemanticVector.transform`` does (``transform`` without ``samples_first``
+    still returns ``(d, M)``, with a ``FutureWarning``: the default will become ``(M, d)``).
+
     Attributes:
         example_factors_ (Tensor): ``F``, ``(d, N)``.
         pixel_factors_ (list of Tensor): ``P_i``, ``(S_i, d)`` each.
@@ -283,6 +292,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         x = data.x_train[:512]  # images in [0, 1]
         cnmf = CoupledNMFConcepts(10, model, layers=["block2.pool", "embedding_relu"], random_state=0)
         cnmf.fit(x)
+        cnmf.transform(data.x_test[:4], samples_first=True)  # (4, 10), one row per example
         cnmf.top_classes(data.y_train[:512], k=3)  # (10, 3) class ids per concept
         concepts = cnmf.to_captum_concepts(x, k=50)  # Captum Concepts, for captum.concept.TCAV
     """
@@ -311,6 +321,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         distributed: bool = False,
         out_of_core: Optional[OutOfCore] = None,
         reshape_transform: Any = None,
+        verbose: Union[int, bool] = 0,
     ) -> None:
         self._keep_params(locals())
 
@@ -333,10 +344,11 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         "shift": Options(SHIFTS),
         "dtype": Options(DTYPES),
         "out_of_core": AnyOf(NONE, InstanceOf((OutOfCore,), "an OutOfCore")),
+        "verbose": AnyOf(Bool(), Int(0)),
         **COMMON_CONSTRAINTS,
     }
     _fitted_attributes = _FITTED_ATTRIBUTES
-    _fit_methods = ("fit", "fit_matrices", "fit_store")
+    _fit_methods = ("fit", "fit_matrices", "fit_store", "fit_transform")
 
     def _check_params(
         self, n_blocks: Optional[int] = None, groups: Any = None, n_examples: Optional[int] = None
@@ -367,13 +379,14 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
 
     # ------------------------------------------------------------------ fitting
     @dist_utils.synchronized
-    @validated(args={"has_labels": Bool()})
+    @validated(args={"has_labels": Bool(), "show_progress": Bool()})
     def fit(
         self,
         inputs_or_loader: Union[Tensor, Iterable[Any]],
         groups: Any = None,
         additional_forward_args: Any = None,
         has_labels: bool = False,
+        show_progress: bool = True,
     ) -> CoupledNMFConcepts:
         """Collect pixel channels and layer outputs, then factorise them.
 
@@ -392,6 +405,9 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
             has_labels (bool): batches are ``(inputs..., labels)`` tuples (or dicts
                 with a ``"labels"`` entry, e.g. ``DataLoader(TensorDataset(x, y))``):
                 the labels are not passed to the model. Default: False.
+            show_progress (bool): a progress bar over the iterations with the objective ``J`` in
+                its postfix, on a terminal only (silent in logs and redirected output).
+                Default: True; False silences it. See also ``verbose``.
 
         Returns:
             self
@@ -433,7 +449,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
                 reshape_transform=self.reshape_transform,
             )
             try:
-                self._fit_store(store, groups, device)
+                self._fit_store(store, groups, device, show_progress)
             finally:
                 store.delete()
             self._fitted_on_inputs = True
@@ -443,21 +459,46 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         self.layer_names_ = collected.layer_names
         self.layer_shapes_ = collected.layer_shapes
         self._fitted_on_inputs = True
-        return self._fit_blocks(collected.pixel_blocks, collected.activation_blocks, groups, device)
+        return self._fit_blocks(
+            collected.pixel_blocks, collected.activation_blocks, groups, device, show_progress
+        )
+
+    @validated(args={"has_labels": Bool(), "show_progress": Bool()})
+    def fit_transform(
+        self,
+        inputs_or_loader: Union[Tensor, Iterable[Any]],
+        groups: Any = None,
+        additional_forward_args: Any = None,
+        has_labels: bool = False,
+        show_progress: bool = True,
+    ) -> Tensor:
+        """:meth:`fit`, then the fitted example factor in scikit-learn's orientation.
+
+        Returns ``example_factors_.T``: ``(N, d)``, one row per example (``(n_samples,
+        n_components)``, as ``sklearn.decomposition.NMF.fit_transform`` and
+        :meth:`SemanticVector.transform <captum_concepts.concept.SemanticVector.transform>`
+        return), the affinities found by the fit itself (not re-solved as
+        :meth:`transform` would). Arguments as in :meth:`fit`. For matrices:
+        ``fit_matrices(...).example_factors_.T``.
+        """
+        self.fit(inputs_or_loader, groups, additional_forward_args, has_labels, show_progress)
+        return self.example_factors_.t()
 
     @dist_utils.synchronized
-    @validated()
+    @validated(args={"show_progress": Bool()})
     def fit_matrices(
         self,
         pixel_blocks: Sequence[Matrix] = (),
         activation_blocks: Sequence[Matrix] = (),
         groups: Any = None,
+        show_progress: bool = True,
     ) -> CoupledNMFConcepts:
         """Factorise raw matrices: ``pixel_blocks`` ``S_i x N`` and ``activation_blocks`` ``a_j x N``.
 
         Tensors (any strides, e.g. transposed views) or numpy arrays; converted to
         ``dtype`` on ``device`` (no copy when they already match). Either list
         may be empty; ``include_pixels``, ``model`` and ``layers`` are not used.
+        ``show_progress``: as in :meth:`fit`.
         """
         pixel_blocks, activation_blocks = matrix_lists(pixel_blocks, activation_blocks)
         first = (pixel_blocks + activation_blocks)[:1]
@@ -471,26 +512,34 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         self.layer_names_ = [f"activation_blocks[{j}]" for j in range(len(activation_blocks))]
         self.layer_shapes_ = [(int(np.shape(x)[0]),) for x in activation_blocks]
         self._fitted_on_inputs = False
-        return self._fit_blocks(pixel_blocks, activation_blocks, groups, self._resolve_device(fallback))
+        return self._fit_blocks(
+            pixel_blocks, activation_blocks, groups, self._resolve_device(fallback), show_progress
+        )
 
     @dist_utils.synchronized
-    @validated()
-    def fit_store(self, store: ActivationStore, groups: Any = None) -> CoupledNMFConcepts:
+    @validated(args={"show_progress": Bool()})
+    def fit_store(
+        self, store: ActivationStore, groups: Any = None, show_progress: bool = True
+    ) -> CoupledNMFConcepts:
         """Factorise the blocks of an :class:`ActivationStore` (on disk) in chunks of examples.
 
         Memory stays within ``out_of_core.memory_budget`` (``OutOfCore()``'s
         default when ``out_of_core`` is None). Layer names and shapes are the
         store's; ``transform`` then takes ``pixel_blocks=`` and ``activation_blocks=``.
+        ``show_progress``: as in :meth:`fit`.
         """
         if not isinstance(store, ActivationStore):
             raise TypeError(f"store must be an ActivationStore, got {type(store).__name__}")
         self._check_params(n_blocks=len(store.block_rows), groups=groups, n_examples=store.n_examples)
         self._fitted_on_inputs = False
-        return self._fit_store(store, groups, self._resolve_device(torch.device("cpu")))
+        return self._fit_store(store, groups, self._resolve_device(torch.device("cpu")), show_progress)
 
     # ------------------------------------------------------------------ projection
     @dist_utils.synchronized
-    @validated(fitted=True, args={"max_iter": AnyOf(NONE, Int(0)), "has_labels": Bool()})
+    @validated(
+        fitted=True,
+        args={"max_iter": AnyOf(NONE, Int(0)), "has_labels": Bool(), "samples_first": AnyOf(NONE, Bool())},
+    )
     def transform(
         self,
         inputs: Any = None,
@@ -500,8 +549,19 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         *,
         pixel_blocks: Optional[Sequence[Matrix]] = None,
         activation_blocks: Optional[Sequence[Matrix]] = None,
+        samples_first: Optional[bool] = None,
     ) -> Tensor:
-        """Concept affinities ``F_new`` ``(d, M)`` of new examples, all block factors fixed.
+        """Concept affinities of new examples, all block factors fixed: ``(M, d)`` with
+        ``samples_first=True`` (scikit-learn's ``(n_samples, n_components)``), the paper's
+        ``F_new`` ``(d, M)`` with ``samples_first=False``.
+
+        Orientation: scikit-learn's ``NMF.transform``, :meth:`fit_transform` and
+        :meth:`SemanticVector.transform <captum_concepts.concept.SemanticVector.transform>` give one
+        row per example; this method has returned the paper's ``(d, M)``. Left unset
+        (``samples_first=None``) it still does, with a ``FutureWarning``: a future release
+        switches the default to ``(M, d)``. Pass ``samples_first=True`` for the new orientation
+        (``transform(x, samples_first=True) == transform(x, samples_first=False).T``) or
+        ``samples_first=False`` to keep the paper's, without the warning.
 
         Give either ``inputs`` (after :meth:`fit`) or the matrices ``pixel_blocks`` /
         ``activation_blocks`` (after :meth:`fit_matrices` or :meth:`fit_store`; either may be
@@ -519,6 +579,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
                 per fitted pixel block, as in :meth:`fit_matrices`.
             activation_blocks (sequence of Tensor or ndarray, optional): ``a_j x M``
                 matrices, one per fitted activation block.
+            samples_first (bool, optional): the orientation of the result, see above.
 
         Solves the non-negative least-squares problem for ``F`` with HALS
         (convex, so the solution does not depend on the fitting solver), with
@@ -566,9 +627,18 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
             blocks, self.block_weights_, [self.lambda_p] * len(blocks), float(self.lambda_f)
         )
         iters = self.max_iter if max_iter is None else max_iter
-        return solvers.solve_examples(
+        F = solvers.solve_examples(
             problem, self._components, blocks, max_iter=int(iters), tol=float(self.tol)
         )
+        if samples_first is None:
+            warn_user(
+                "CoupledNMFConcepts.transform returns (d, M), concepts first (the paper's F); a future "
+                "release returns (M, d), one row per example, as scikit-learn, fit_transform and "
+                "SemanticVector.transform do. Pass samples_first=True for (M, d) or "
+                "samples_first=False to keep (d, M) and silence this warning.",
+                FutureWarning,
+            )
+        return F.t() if samples_first else F
 
     # ------------------------------------------------------------------ persistence
     _persistence_kind = "CoupledNMFConcepts"
