@@ -229,6 +229,10 @@ def read_image(path: str) -> Any:
             return img.convert("RGB")
     except CLIError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as err:
+    except Image.DecompressionBombError as err:  # PIL refuses it in open(), from the header
+        raise ImageReadError(
+            path, f"its header claims more pixels than the {MAX_PIXELS:,} read at most ({first_line(err)})"
+        ) from None
+    except (OSError, ValueError, SyntaxError, MemoryError) as err:
         # PIL: unidentified, truncated, broken or oversized files
         raise ImageReadError(path, first_line(err)) from None
