@@ -21,9 +21,12 @@ from ._classes import (
     parse_classes,
 )
 from ._context import Stages
-from ._images import scan_image_folder
+from ._images import FolderScan, scan_image_folder
 from ._loading import (
+    Checkpoint,
     CLIError,
+    ImageData,
+    Normalisation,
     Normalized,
     check_flag_int,
     check_forward,
@@ -168,7 +171,7 @@ def run_user_command(args: argparse.Namespace) -> Path:
     n_fit = max(1, (3 * n) // 4) if args.command == "saliency" else n
     fit_idx, eval_idx = order[:n_fit], order[n_fit:] if n_fit < n else order
     remove_previous_report(args.out)  # --overwrite: allowed by main(); the old figures go with it
-    report = _report_header(args, device, norm, checkpoint, mapping, scan, data, accuracy)
+    report = _report_header(args, device, norm, checkpoint, mapping, scan, data, accuracy, stages.started)
     wrapped = isinstance(model, Normalized)
     ctx = S.Context(
         model=model,
@@ -240,7 +243,7 @@ def _check_targets(command: str, mapping: ClassMapping, out: torch.Tensor, width
         )
 
 
-def _mapping_text(mapping: ClassMapping, scan: Any) -> str:
+def _mapping_text(mapping: ClassMapping, scan: FolderScan) -> str:
     return ", ".join(
         f"{c.label!r} -> output {out}" + (f" ({mapping.names[out]})" if mapping.names[out] != c.label else "")
         for c, out in zip(scan.classes, mapping.outputs)
@@ -274,7 +277,7 @@ def _accuracy_text(acc: AccuracyCheck) -> str:
 
 
 def _mismatch_text(
-    acc: AccuracyCheck, command: str, has_classes: bool, mapping: ClassMapping, scan: Any
+    acc: AccuracyCheck, command: str, has_classes: bool, mapping: ClassMapping, scan: FolderScan
 ) -> str:
     """The loud warning when the accuracy is near chance or far below the best relabelling."""
     why = []
@@ -301,7 +304,7 @@ def _mismatch_text(
 
 
 def _report_accuracy(
-    acc: Optional[AccuracyCheck], command: str, has_classes: bool, mapping: ClassMapping, scan: Any
+    acc: Optional[AccuracyCheck], command: str, has_classes: bool, mapping: ClassMapping, scan: FolderScan
 ) -> None:
     if acc is None:
         _say("accuracy not computed: the model's output is not (N, classes) covering the folders' outputs")
@@ -311,7 +314,17 @@ def _report_accuracy(
         _warn(_mismatch_text(acc, command, has_classes, mapping, scan))
 
 
-def _report_header(args, device, norm, checkpoint, mapping, scan, data, accuracy) -> Report:
+def _report_header(
+    args: argparse.Namespace,
+    device: torch.device,
+    norm: Normalisation,
+    checkpoint: Optional[Checkpoint],
+    mapping: ClassMapping,
+    scan: FolderScan,
+    data: ImageData,
+    accuracy: Optional[AccuracyCheck],
+    start: float,
+) -> Report:
     """The report with its header: what was run, on what, and how the model did on the images."""
     from .. import __version__
 
@@ -322,6 +335,7 @@ def _report_header(args, device, norm, checkpoint, mapping, scan, data, accuracy
         f"Model {args.model}"
         + (f" with weights {args.weights}" if args.weights else " with untrained (random) weights")
         + f", {n} images from {args.images} ({len(scan.classes)} class folders).",
+        start=start,
     )
     report.add_meta(
         f"captum_concepts {__version__}, torch {torch.__version__}, device {device}, seed {args.seed}; "

@@ -114,6 +114,7 @@ class Stages:
         self.show = show
         self.stream = stream
         self.timings: List[Tuple[str, float]] = []
+        self.started = time.perf_counter()  # the run's start, for the report's total time
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:

@@ -8,7 +8,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
 _CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0 auto;
@@ -46,7 +46,10 @@ class Report:
     Figures are closed once saved, so a long run never accumulates open figures.
     """
 
-    def __init__(self, out_dir: os.PathLike, title: str, subtitle: str = "") -> None:
+    def __init__(
+        self, out_dir: os.PathLike, title: str, subtitle: str = "", start: Optional[float] = None
+    ) -> None:
+        """``start``: the ``time.perf_counter()`` the run began at (default: now), for the total time."""
         self.out_dir = Path(out_dir)
         self.fig_dir = self.out_dir / "figures"
         self.fig_dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +60,7 @@ class Report:
         self.sections: List[_Section] = []
         self._names: set = set()
         self.timings: List[tuple] = []
-        self._start = time.perf_counter()
+        self._start = time.perf_counter() if start is None else start
         self.figure_label = ""  # e.g. "untrained weights": added to every figure and its heading
 
     def add_meta(self, text: str, escape: bool = False) -> None:
