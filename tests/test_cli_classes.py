@@ -195,6 +195,8 @@ def test_argument_errors_arrive_before_any_image_is_read(user, tmp_path, capsys,
         err = capsys.readouterr().err
         assert needle in err, (flag, err)
         assert not opened, f"{flag}: an image was read before the error"
+    argv = _argv(user, tmp_path, "--mean", "0.5", "--normalize", "none")
+    assert main(argv) == 2 and "both set the normalisation" in capsys.readouterr().err
     argv = _argv(user, tmp_path, "--classes", "zebra,apple,pear")  # a folder matches no class
     assert main(argv) == 2
     err = capsys.readouterr().err

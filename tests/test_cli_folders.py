@@ -83,11 +83,16 @@ def _argv(root: Path, out: Path, command: str = "scores", *extra: str) -> list:
 def test_a_link_to_the_parent_is_not_followed_out_of_the_class_folder(tree):
     os.symlink("..", tree / "images" / "a" / "up")  # a/up/b/0.png would be class b's image under a
     os.symlink("../b", tree / "images" / "a" / "sibling")
+    (tree / "elsewhere").mkdir()
+    _rgb(tree / "elsewhere" / "0.png", 7)
+    os.symlink(tree / "elsewhere", tree / "images" / "outside")  # a class folder out of --images
+    os.symlink(".", tree / "images" / "itself")
     data = _load(tree)
     assert data.class_names == ["a", "b", "c"]
     assert sorted(data.labels.tolist()) == [0, 0, 1, 1, 2, 2]  # 6 images, not other classes' again
     skipped = " ".join(data_skipped(tree))
     assert "a/up (a link leading out of its class folder)" in skipped and "a/sibling" in skipped
+    assert "images/outside (a link leading out of --images)" in skipped and "images/itself" in skipped
 
 
 def data_skipped(root: Path):
