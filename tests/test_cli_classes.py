@@ -213,7 +213,7 @@ def test_stages_are_named_in_order(user, tmp_path, capsys):
     assert main(argv + ["--n-concepts", "2"]) == 0
     stages = re.findall(r"\[(\d)/(\d)\] (.+)", capsys.readouterr().err)
     assert [s[2] for s in stages] == [
-        "loading the model",
+        "loading the model, checking the arguments",
         "reading images",
         "accuracy on the images",
         "coupled NMF concepts and TCAV",

@@ -70,7 +70,7 @@ def run_user_command(args: argparse.Namespace) -> Path:
     matplotlib.use("Agg", force=True)
 
     stages = Stages(
-        ["loading the model", "reading images", "accuracy on the images"]
+        ["loading the model, checking the arguments", "reading images", "accuracy on the images"]
         + _SECTIONS[args.command]
         + ["report"],
         show=not args.no_progress,
@@ -92,7 +92,7 @@ def run_user_command(args: argparse.Namespace) -> Path:
         raise CLIError("--num-classes is for torchvision architectures; a module:factory builds its own head")
     torch.manual_seed(args.seed)
 
-    with stages("loading the model"):
+    with stages("loading the model, checking the arguments"):
         checkpoint = read_checkpoint(args.weights)
         num_classes = args.num_classes
         if num_classes is None and checkpoint is not None and not is_factory:

@@ -115,24 +115,27 @@ def _class_files(path: str, class_real: str, skipped: List[str]) -> List[str]:
     seen_dirs = {class_real}
     seen_files = set()
     files: List[str] = []
-    stack = [path]
+    stack = [(path, class_real)]
     while stack:
-        for entry in _sorted_entries(stack.pop(), skipped):
+        folder, folder_real = stack.pop()
+        for entry in _sorted_entries(folder, skipped):
             try:
-                mode = os.stat(entry.path).st_mode  # follows links; a loop of links raises ELOOP
+                mode = entry.stat().st_mode  # follows links; a loop of links raises ELOOP
             except OSError as err:
                 skipped.append(f"{display_name(entry.path)} ({err.strerror or 'unreadable'})")
                 continue
             image_name = entry.name.lower().endswith(IMAGE_EXTENSIONS)
             if not (stat.S_ISDIR(mode) or image_name):
                 continue
-            real = os.path.realpath(entry.path)
+            # only links need resolving: the real path of anything else is its folder's plus its name
+            is_link = entry.is_symlink()
+            real = os.path.realpath(entry.path) if is_link else os.path.join(folder_real, entry.name)
             if not _inside(real, class_real):
                 skipped.append(f"{display_name(entry.path)} (a link leading out of its class folder)")
             elif stat.S_ISDIR(mode):
                 if real not in seen_dirs:
                     seen_dirs.add(real)
-                    stack.append(entry.path)
+                    stack.append((entry.path, real))
             elif not stat.S_ISREG(mode):
                 skipped.append(f"{display_name(entry.path)} (not a regular file)")
             elif real not in seen_files:
