@@ -280,8 +280,11 @@ class Normalisation:
     def describe(self) -> str:
         if self.mean is None:
             return f"none ({self.source}): the model gets images in [0, 1]"
-        fmt = lambda t: "(" + ", ".join(f"{float(v):.4g}" for v in t) + ")"  # noqa: E731
-        return f"(x - mean) / std with mean {fmt(self.mean)}, std {fmt(self.std)} ({self.source})"
+        return f"(x - mean) / std with mean {_numbers(self.mean)}, std {_numbers(self.std)} ({self.source})"
+
+
+def _numbers(values: torch.Tensor) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
 
 
 def choose_normalisation(args: Any, is_factory: bool) -> Normalisation:
