@@ -182,7 +182,7 @@ def test_errors_are_one_clear_line(user_setup, tmp_path, capsys):
     _one_line_error(capsys, no_weights, "missing.pt", "does not exist")
     empty = list(base)
     empty[empty.index("--images") + 1] = str(root / "empty")
-    _one_line_error(capsys, empty, "no images")
+    _one_line_error(capsys, empty, "class folder(s) 'some_class'", "hold no image")  # names the folder
     not_model = list(base)
     not_model[not_model.index("--model") + 1] = "tiny_cli_models:NOT_A_MODEL"
     _one_line_error(capsys, not_model, "nn.Module")

@@ -86,7 +86,8 @@ def _args(root: Path, command: str, out: Path, model: str, weights, *extra: str)
     args = [command, "--model", model, "--images", str(root / "images"), "--image-size", "16"]
     if weights:
         args += ["--weights", str(root / weights)]
-    return args + ["--out", str(out), "--no-progress", "--benchmark-draws", "1", *extra]
+    # --overwrite: several tests run twice into one --out
+    return args + ["--out", str(out), "--overwrite", "--no-progress", "--benchmark-draws", "1", *extra]
 
 
 def _figure_headings(out: Path):

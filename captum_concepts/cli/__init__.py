@@ -34,7 +34,13 @@ def _common(p: argparse.ArgumentParser, out_default: str) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same report")
     p.add_argument("--verbose", action="store_true", help="show full tracebacks on errors")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars and stage lines")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the report already in --out (its report.html and the figures it shows are removed "
+        "first); without it an --out holding a report is an error",
+    )
 
 
 def _choice(p: Any, flag: str, choices: Tuple[str, ...], help: str) -> None:
@@ -64,11 +70,36 @@ def _user_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--channels", type=int, choices=(1, 3), default=3, help="image channels the model takes (3)"
     )
-    _choice(
-        g,
+    g.add_argument(
+        "--classes",
+        metavar="NAMES",
+        help="the model's class names in output order: comma-separated, or a text file with one name per "
+        "line. Class folders are matched to them by name (or by a numeric prefix, 0_cat). Without it the "
+        "folders map by numeric prefix if all have one, else in sorted order (the mapping is printed)",
+    )
+    g.add_argument(
+        "--num-classes",
+        type=int,
+        help="classes of a torchvision architecture's head (default: read from the --weights head, "
+        "fc.weight / classifier.*.weight / heads.head.weight, else 1000)",
+    )
+    g.add_argument(
         "--normalize",
-        ("auto", "imagenet", "none"),
-        "input normalisation: auto = ImageNet statistics for torchvision models, none for module:factory",
+        choices=("auto", "imagenet", "none"),
+        default=None,
+        help="input normalisation: auto (default) = ImageNet statistics for torchvision models, none for "
+        "module:factory; --mean/--std give the model's own",
+    )
+    g.add_argument(
+        "--mean", nargs="+", metavar="M", help="the model's input mean: one value, or one per channel"
+    )
+    g.add_argument(
+        "--std", nargs="+", metavar="S", help="the model's input std: one value, or one per channel"
+    )
+    g.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave unreadable images out (listed on stderr and in the report) instead of stopping",
     )
     g.add_argument(
         "--max-images", type=int, default=200, help="at most this many images, spread over classes"
@@ -106,9 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         "writes OUT/report.html and OUT/figures/*.png.",
     )
     _common(demo, "demo_out")
-    demo.add_argument(
-        "--quick", action="store_true", help="fewer examples and epochs (for tests)"
-    )
+    demo.add_argument("--quick", action="store_true", help="fewer examples and epochs (for tests)")
 
     scores = sub.add_parser(
         "scores",
@@ -176,7 +205,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             # users: only this package's own warnings reach stderr
             warnings.filterwarnings("ignore")
             warnings.filterwarnings("default", module=r"captum_concepts(\.|$)")
-            check_output_folder(args.out)
+            check_output_folder(args.out, overwrite=args.overwrite)
             if args.command == "demo":
                 from ._demo import run_demo
 

@@ -8,8 +8,11 @@ semantic vectors and saliency, concepts, similarity); :mod:`._sections` lists th
 from __future__ import annotations
 
 import copy
+import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import torch
 from torch import nn
@@ -100,3 +103,29 @@ def run_section(name: str, fn: Callable, report: Report, *args, **kwargs):
         return None
     report.add_timing(fn.__name__.strip("_").replace("_", " "), time.perf_counter() - start)
     return result
+
+
+class Stages:
+    """Names each stage of a command as it starts (``captum-concepts: [2/7] reading images``, on
+    stderr unless ``show`` is false) and times it; ``timings`` lists ``(stage, seconds)``."""
+
+    def __init__(self, names: Sequence[str], show: bool = True, stream: Optional[TextIO] = None) -> None:
+        self.names = list(names)
+        self.show = show
+        self.stream = stream
+        self.timings: List[Tuple[str, float]] = []
+        self.started = time.perf_counter()  # the run's start, for the report's total time
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if name not in self.names:  # a programming error: the plan lists every stage
+            raise KeyError(f"stage {name!r} is not one of {self.names}")
+        if self.show:
+            stream = self.stream or sys.stderr
+            print(f"captum-concepts: [{self.names.index(name) + 1}/{len(self.names)}] {name}", file=stream)
+            stream.flush()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings.append((name, time.perf_counter() - start))

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from . import _sections as S
-from ._loading import pick_device
+from ._loading import pick_device, remove_previous_report
 from ._report import Report
 
 DIGIT_NAMES = [str(d) for d in range(10)]
@@ -38,6 +38,7 @@ def run_demo(args: argparse.Namespace) -> Path:
     quick = bool(args.quick)
     torch.manual_seed(args.seed)
     out = Path(args.out)
+    remove_previous_report(args.out)  # --overwrite (main() refuses an --out holding a report without it)
     report = Report(
         out,
         "captum_concepts demo report",

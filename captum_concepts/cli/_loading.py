@@ -7,21 +7,23 @@ architecture is asked for: ``import captum_concepts`` never imports it.
 from __future__ import annotations
 
 import importlib
+import math
 import os
+import re
+import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .._utils.layers import resolve_layer
 from .._utils.validation import InvalidParameterError, check_int
-
-
-class CLIError(Exception):
-    """A mistake in what the user asked for: printed as one line, exit status 2."""
+from ._errors import CLIError
+from ._errors import first_line as _first_line
+from ._images import FolderScan, read_image, read_images, scan_image_folder
 
 
 def check_flag_int(value: Any, flag: str, low: Optional[int] = None, high: Optional[int] = None) -> int:
@@ -39,6 +41,7 @@ class ImageData:
     class_names: List[str]
     mean: Optional[torch.Tensor]  # (C,) normalisation applied inside the wrapped model, or None
     std: Optional[torch.Tensor]
+    skipped: List[str] = field(default_factory=list)  # unreadable images left out (--skip-bad-images)
 
 
 def load_model(spec: str, num_classes: Optional[int] = None) -> nn.Module:
@@ -94,11 +97,20 @@ def _call_factory(factory: Any, spec: str) -> Any:
         raise CLIError(f"--model {spec!r}: calling the factory failed: {_first_line(err)}") from None
 
 
-def check_output_folder(folder: str) -> None:
-    """``--out`` must be a folder this process can create and write into (checked before any work)."""
+REPORT_NAME = "report.html"
+
+
+def check_output_folder(folder: str, overwrite: bool = False) -> None:
+    """``--out`` must be a folder this process can create and write into, and must not hold an
+    earlier report unless ``overwrite`` (checked before any work)."""
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise CLIError(f"--out {folder!r} is a file, not a folder")
+    if (path / REPORT_NAME).exists() and not overwrite:
+        raise CLIError(
+            f"--out {folder!r} already holds a report ({REPORT_NAME}); pass --overwrite to replace it "
+            "(its figures are removed with it) or choose another --out"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
@@ -108,10 +120,47 @@ def check_output_folder(folder: str) -> None:
         raise CLIError(f"--out {folder!r} is not a writable folder: {reason}") from None
 
 
-def load_weights(model: nn.Module, path: Optional[str]) -> None:
-    """Load a state dict saved with ``torch.save`` (read with ``weights_only=True``: no code runs)."""
+def remove_previous_report(folder: str) -> List[str]:
+    """Remove ``folder/report.html`` and the figures it shows (only files under ``folder/figures``):
+    the files of the earlier report that a new one replaces. Returns the removed paths."""
+    from ._report import referenced_figures
+
+    path = Path(folder)
+    report = path / REPORT_NAME
+    if not report.is_file():
+        return []
+    figures = (path / "figures").resolve()
+    removed = []
+    for src in referenced_figures(report.read_text(encoding="utf-8", errors="replace")):
+        target = (path / src).resolve()
+        if target.parent == figures and target.is_file():
+            target.unlink()
+            removed.append(str(target))
+    report.unlink()
+    removed.append(str(report))
+    if figures.is_dir() and not any(figures.iterdir()):
+        shutil.rmtree(figures)
+    return removed
+
+
+# ---------------------------------------------------------------------- weights
+_WRAPPERS = ("state_dict", "model_state_dict", "model", "net")
+_HEAD = re.compile(r"^(fc|head|heads\.head|classifier)(\.(\d+))?\.weight$")
+
+
+@dataclass
+class Checkpoint:
+    path: str
+    state: Dict[str, torch.Tensor]
+    notes: List[str] = field(default_factory=list)  # what was done to read it (unwrapped, prefix)
+
+
+def read_checkpoint(path: Optional[str]) -> Optional[Checkpoint]:
+    """A state dict saved with ``torch.save``, read with ``weights_only=True`` (no code runs).
+    A dict holding it under ``state_dict`` / ``model_state_dict`` / ``model`` / ``net`` is
+    unwrapped and a ``module.`` prefix (DataParallel / DDP) stripped; both are noted."""
     if path is None:
-        return
+        return None
     if os.path.isdir(path):
         raise CLIError(f"--weights {path!r} is a folder; pass the state-dict file saved with torch.save")
     if not os.path.isfile(path):
@@ -119,11 +168,63 @@ def load_weights(model: nn.Module, path: Optional[str]) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle / zip errors: the message is long, keep its first line
-        raise CLIError(f"cannot read weights file {path!r}: {_first_line(err)}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CLIError(f"weights file {path!r} must hold a state dict (parameter name -> tensor)")
+        text = _first_line(err)
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            text = (
+                "it holds pickled objects (a whole model?), which are not read since loading them runs "
+                "code; save model.state_dict() instead"
+            )
+        raise CLIError(f"cannot read weights file {path!r}: {text}") from None
+    notes = []
+    for _ in range(3):  # {"model": {"state_dict": {...}}} too
+        if not isinstance(state, dict) or _is_state_dict(state):
+            break
+        key = next((k for k in _WRAPPERS if isinstance(state.get(k), dict)), None)
+        if key is None:
+            break
+        state = state[key]
+        notes.append(f"read the state dict under the key {key!r}")
+    if not isinstance(state, dict) or not _is_state_dict(state):
+        if isinstance(state, dict):
+            keys = ", ".join(repr(k) for k in list(state)[:12]) + (", ..." if len(state) > 12 else "")
+            found = f"a dict with the top-level keys {keys}"
+        else:
+            found = type(state).__name__
+        raise CLIError(
+            f"weights file {path!r} must hold a state dict (parameter name -> tensor), or a dict holding "
+            f"one under {', '.join(map(repr, _WRAPPERS))}; found {found}"
+        )
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+        notes.append("stripped the 'module.' prefix of DataParallel / DistributedDataParallel")
+    return Checkpoint(path, state, notes)
+
+
+def _is_state_dict(value: Dict[Any, Any]) -> bool:
+    return bool(value) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def head_classes(state: Dict[str, torch.Tensor]) -> Optional[Tuple[str, int]]:
+    """``(key, number of classes)`` of a torchvision classification head in ``state``
+    (``fc.weight``, ``classifier[.i].weight`` with the largest ``i``, ``heads.head.weight``,
+    ``head.weight``), or None."""
+    found = []
+    for key, value in state.items():
+        match = _HEAD.match(key)
+        if match and value.dim() >= 2:
+            found.append((int(match.group(3) or -1), key, int(value.shape[0])))
+    if not found:
+        return None
+    _, key, n = max(found)
+    return key, n
+
+
+def load_weights(model: nn.Module, checkpoint: Optional[Checkpoint]) -> None:
+    """Load ``checkpoint`` into ``model``; a mismatch names the missing, unexpected and
+    wrong-shaped entries."""
+    if checkpoint is None:
+        return
+    state, path = checkpoint.state, checkpoint.path
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -144,6 +245,91 @@ def load_weights(model: nn.Module, path: Optional[str]) -> None:
     model.load_state_dict(state)
 
 
+# ---------------------------------------------------------------------- normalisation
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def parse_stats(
+    values: Optional[List[str]], flag: str, channels: int, positive: bool
+) -> Optional[torch.Tensor]:
+    """``--mean`` / ``--std``: one number for every channel or one per channel (spaces or commas)."""
+    if values is None:
+        return None
+    parts = [p for v in values for p in v.replace(",", " ").split()]
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        raise CLIError(f"{flag} takes numbers (one, or one per channel), got {' '.join(values)!r}") from None
+    if len(numbers) not in (1, channels):
+        raise CLIError(
+            f"{flag} takes one number or {channels} (one per channel, --channels {channels}), "
+            f"got {len(numbers)}"
+        )
+    if not all(math.isfinite(x) for x in numbers) or (positive and min(numbers) <= 0):
+        raise CLIError(f"{flag} must be finite{' and > 0' if positive else ''}, got {numbers}")
+    return torch.tensor(numbers * channels if len(numbers) == 1 else numbers, dtype=torch.float32)
+
+
+@dataclass
+class Normalisation:
+    mean: Optional[torch.Tensor]  # (C,), None: no normalisation
+    std: Optional[torch.Tensor]
+    source: str  # where it comes from, for the report
+
+    def describe(self) -> str:
+        if self.mean is None:
+            return f"none ({self.source}): the model gets images in [0, 1]"
+        return f"(x - mean) / std with mean {_numbers(self.mean)}, std {_numbers(self.std)} ({self.source})"
+
+
+def _numbers(values: torch.Tensor) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
+def choose_normalisation(args: Any, is_factory: bool) -> Normalisation:
+    """``--normalize`` / ``--mean`` / ``--std`` -> the normalisation applied inside the model."""
+    mean = parse_stats(args.mean, "--mean", args.channels, positive=False)
+    std = parse_stats(args.std, "--std", args.channels, positive=True)
+    if mean is not None or std is not None:
+        if args.normalize not in (None, "auto"):
+            raise CLIError(
+                f"--normalize {args.normalize} and --mean / --std both set the normalisation; give one"
+            )
+        mean = torch.zeros(args.channels) if mean is None else mean
+        std = torch.ones(args.channels) if std is None else std
+        return Normalisation(mean, std, "--mean / --std")
+    choice = args.normalize or "auto"
+    if choice == "auto":
+        choice = "none" if is_factory else "imagenet"
+        why = "--normalize auto: " + (
+            "a module:factory model" if is_factory else "a torchvision architecture"
+        )
+    else:
+        why = f"--normalize {choice}"
+    if choice == "none":
+        return Normalisation(None, None, why)
+    if args.channels == 3:
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    else:
+        mean, std = torch.tensor([0.449]), torch.tensor([0.226])
+    return Normalisation(mean, std, f"ImageNet statistics, {why}")
+
+
+# ---------------------------------------------------------------------- images
+def image_transform(image_size: int, channels: int) -> Any:
+    """PIL image -> ``(channels, image_size, image_size)`` tensor in ``[0, 1]`` (resize, center crop)."""
+    try:
+        from torchvision import transforms
+    except ImportError:
+        raise CLIError("reading an image folder needs torchvision: pip install torchvision") from None
+    steps: List[Any] = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
+    if channels == 1:
+        steps.append(_Grayscale())
+    steps += [transforms.ToTensor(), _Channels(channels)]
+    return transforms.Compose(steps)
+
+
 def load_images(
     folder: str,
     image_size: int,
@@ -152,83 +338,20 @@ def load_images(
     normalize: str,
     seed: int,
     progress: bool = True,
+    skip_bad: bool = False,
+    scan: Optional[FolderScan] = None,
 ) -> ImageData:
     """Read an ImageFolder tree (``folder/<class>/<image>``), resized and center-cropped to
-    ``image_size``, at most ``max_images`` of them drawn evenly over the classes."""
-    root = Path(folder)
-    if not root.exists():
-        raise CLIError(f"image folder {folder!r} does not exist")
-    if not root.is_dir():
-        raise CLIError(f"--images {folder!r} is not a folder")
-    try:
-        from torchvision import datasets, transforms
-    except ImportError:
-        raise CLIError("reading an image folder needs torchvision: pip install torchvision") from None
-    steps: List[Any] = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
-    if channels == 1:
-        steps.append(_Grayscale())
-    steps += [transforms.ToTensor(), _Channels(channels)]
-    try:
-        folder_type = _visible_image_folder(datasets)
-        dataset = folder_type(str(root), transform=transforms.Compose(steps), loader=_read_image)
-    except (FileNotFoundError, RuntimeError) as err:
-        raise CLIError(
-            f"no images found in {folder!r}: expected one sub-folder per class with image files inside "
-            f"(ImageFolder layout: {folder}/<class>/<image>.png); {_first_line(err)}"
-        ) from None
-    if len(dataset) == 0:
-        raise CLIError(f"no images found in {folder!r}")
-    targets = torch.tensor(dataset.targets)
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(dataset), generator=gen)
-    # round-robin over classes so that a small max_images still sees every class
-    per_class = [order[targets[order] == c] for c in range(len(dataset.classes))]
-    picked: List[int] = []
-    depth = 0
-    while len(picked) < min(max_images, len(dataset)):
-        for idx in per_class:
-            if depth < len(idx) and len(picked) < max_images:
-                picked.append(int(idx[depth]))
-        depth += 1
-    images, labels = [], []
-    from tqdm.auto import tqdm
-
-    for i in tqdm(picked, desc="reading images", leave=False, disable=not progress):
-        img, label = _read_item(dataset, i)
-        images.append(img)
-        labels.append(label)
+    ``image_size``, at most ``max_images`` of them drawn evenly over the classes. ``labels`` are
+    folder indices (sorted folder names); ``class_names`` the folders' printable names."""
+    scan = scan if scan is not None else scan_image_folder(folder)
+    transform = image_transform(image_size, channels)
+    images, labels, skipped = read_images(scan, transform, max_images, seed, skip_bad, progress, read_image)
     mean = std = None
     if normalize == "imagenet":
-        mean = torch.tensor([0.485, 0.456, 0.406][:channels] if channels == 3 else [0.449])
-        std = torch.tensor([0.229, 0.224, 0.225][:channels] if channels == 3 else [0.226])
-    return ImageData(torch.stack(images), torch.tensor(labels), list(dataset.classes), mean, std)
-
-
-_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
-
-
-def _read_image(path: str) -> Any:
-    """A PIL image in ``[0, 1]`` whatever its bit depth: 16-bit greyscale becomes a float image
-    (mode ``"F"``) scaled by ``1 / 65535``; every other mode is converted to RGB as usual."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.load()
-        if img.mode in _SIXTEEN_BIT:
-            values = np.asarray(img, dtype=np.float32) / 65535.0
-            return Image.fromarray(values.clip(0.0, 1.0))  # float32: mode "F"
-        if img.mode == "F":
-            return img.copy()
-        return img.convert("RGB")
-
-
-def _read_item(dataset: Any, index: int) -> Any:
-    path = dataset.samples[index][0]
-    try:
-        return dataset[index]
-    except (OSError, ValueError, SyntaxError) as err:  # PIL: unidentified, truncated or broken files
-        raise CLIError(f"cannot read image {path!r}: {_first_line(err)}") from None
+        mean = torch.tensor(list(IMAGENET_MEAN) if channels == 3 else [0.449])
+        std = torch.tensor(list(IMAGENET_STD) if channels == 3 else [0.226])
+    return ImageData(images, labels, [c.label for c in scan.classes], mean, std, skipped)
 
 
 class _Grayscale:
@@ -246,28 +369,6 @@ class _Channels:
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         return t.expand(self.channels, *t.shape[1:]).contiguous() if t.shape[0] == 1 else t
-
-
-def _visible_image_folder(datasets: Any) -> Any:
-    """ImageFolder without hidden entries: ``.ipynb_checkpoints``, ``.DS_Store``, ``._x.png`` are
-    neither classes (which would shift the class-to-output mapping) nor images."""
-
-    class VisibleImageFolder(datasets.ImageFolder):
-        def find_classes(self, directory: str):
-            entries = os.scandir(directory)
-            classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-            if not classes:
-                raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
-            return classes, {name: i for i, name in enumerate(classes)}
-
-        def __init__(self, root: str, transform: Any, loader: Any) -> None:
-            def visible_image(path: str) -> bool:
-                name = os.path.basename(path)
-                return not name.startswith(".") and name.lower().endswith(datasets.folder.IMG_EXTENSIONS)
-
-            super().__init__(root, transform=transform, loader=loader, is_valid_file=visible_image)
-
-    return VisibleImageFolder
 
 
 class Normalized(nn.Module):
@@ -321,8 +422,3 @@ def pick_device(name: Optional[str]) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device {name!r} asked for CUDA but no CUDA device is available")
     return device
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]

@@ -8,7 +8,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
 _CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0 auto;
@@ -29,6 +29,7 @@ td, th { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: left; }
 th { background: #f6f6f6; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .note { background: #fff8e1; border-left: 4px solid #f0c040; padding: 0.4em 0.8em; }
+.warning { background: #fdecea; border-left-color: #d93025; font-weight: bold; }
 """
 
 
@@ -45,22 +46,31 @@ class Report:
     Figures are closed once saved, so a long run never accumulates open figures.
     """
 
-    def __init__(self, out_dir: os.PathLike, title: str, subtitle: str = "") -> None:
+    def __init__(
+        self, out_dir: os.PathLike, title: str, subtitle: str = "", start: Optional[float] = None
+    ) -> None:
+        """``start``: the ``time.perf_counter()`` the run began at (default: now), for the total time."""
         self.out_dir = Path(out_dir)
         self.fig_dir = self.out_dir / "figures"
         self.fig_dir.mkdir(parents=True, exist_ok=True)
         self.title = title
         self.subtitle = subtitle
         self.meta: List[str] = []
+        self.warnings: List[str] = []
         self.sections: List[_Section] = []
         self._names: set = set()
         self.timings: List[tuple] = []
-        self._start = time.perf_counter()
+        self._start = time.perf_counter() if start is None else start
         self.figure_label = ""  # e.g. "untrained weights": added to every figure and its heading
 
-    def add_meta(self, text: str) -> None:
-        """One line under the title (HTML allowed: the caller controls it)."""
-        self.meta.append(text)
+    def add_meta(self, text: str, escape: bool = False) -> None:
+        """One line under the title: HTML allowed (the caller controls it) unless ``escape``
+        (text holding names from the user's files)."""
+        self.meta.append(html.escape(_printable(text)) if escape else text)
+
+    def add_warning(self, text: str) -> None:
+        """A highlighted warning at the top of the report (plain text)."""
+        self.warnings.append(text)
 
     def section(self, title: str, intro: str = "") -> None:
         self.sections.append(_Section(title, intro))
@@ -119,6 +129,9 @@ class Report:
         steps = ", ".join(f"{what} {sec:.1f} s" for what, sec in self.timings)
         meta = self.meta + [f"Total run time: {elapsed:.1f} s" + (f" ({steps})." if steps else ".")]
         parts.append("<div class='meta'>" + "<br>".join(meta) + "</div>")
+        parts.extend(
+            f'<p class="note warning">Warning: {html.escape(_printable(w))}</p>' for w in self.warnings
+        )
         parts.append(f"<nav>{nav}</nav>")
         for i, s in enumerate(self.sections):
             parts.append(f"<section id='s{i}'><h2>{html.escape(s.title)}</h2>")
@@ -128,8 +141,14 @@ class Report:
             parts.append("</section>")
         parts.append("</body></html>")
         path = self.out_dir / "report.html"
-        path.write_text("\n".join(parts), encoding="utf-8")
+        # names from the user's disk may hold bytes that are not UTF-8: replaced, never a crash
+        path.write_text("\n".join(parts), encoding="utf-8", errors="replace")
         return path
+
+
+def _printable(text: str) -> str:
+    """``text`` with undecodable file-name bytes (surrogate escapes) as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _paragraphs(text: str) -> str:
