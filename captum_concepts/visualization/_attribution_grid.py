@@ -79,6 +79,17 @@ def visualize_attribution_grid(
     Returns:
         ``(fig, axes)`` with ``axes`` an object array of shape ``(R, C)`` or ``(R, C + 1)``
         (the image column first).
+
+    Example::
+
+        from captum_concepts.attr import EmbeddingAttribution
+        from captum_concepts.visualization import visualize_attribution_grid
+
+        x = data.x_test[:3]
+        layers = ["block1.relu", "block2.relu"]
+        ea = EmbeddingAttribution(model, embedding_layer="embedding_relu", layer=layers)
+        maps = torch.stack(ea.attribute(x), dim=1)  # (3 examples, 2 layers, 8, 8)
+        fig, axes = visualize_attribution_grid(maps, x, col_labels=layers, labels=["a", "b", "c"])
     """
     maps = to_numpy(attributions, "attributions")
     check_ndim(maps, (4,), "attributions", "(rows, columns, H, W)")
@@ -181,6 +192,19 @@ def visualize_embedding_attributions(
 
     Returns:
         ``(fig, axes)``, ``axes`` of shape ``(A, L)`` or ``(A, L + 1)`` with an image column.
+
+    Example::
+
+        from captum_concepts.attr import EmbeddingAttribution
+        from captum_concepts.visualization import visualize_embedding_attributions
+
+        x = data.x_test[:1]
+        grid = {agg: [EmbeddingAttribution(model, embedding_layer="embedding_relu", layer=layer,
+                                           embedding_aggregator=agg).attribute(x)[0]
+                      for layer in ["block1.relu", "block2.relu"]]
+                for agg in ["mean", "var"]}  # rows: aggregators, columns: layers
+        fig, axes = visualize_embedding_attributions(grid, original_image=x[0],
+                                                     col_labels=["block1.relu", "block2.relu"])
     """
     if isinstance(attributions, Mapping):
         agg_names = [str(k) for k in attributions]

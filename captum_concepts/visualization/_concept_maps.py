@@ -79,6 +79,16 @@ def visualize_concept_maps(
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(rows, len(concepts))``.
+
+    Example::
+
+        from captum_concepts.concept import CoupledNMFConcepts, concept_presence_maps
+        from captum_concepts.visualization import visualize_concept_maps
+
+        cnmf = CoupledNMFConcepts(5, model, layers=["block2.relu"], max_iter=50, random_state=0)
+        cnmf.fit(data.x_train[:256])
+        images = data.x_test[:3]
+        fig, axes = visualize_concept_maps(concept_presence_maps(cnmf, images), images)
     """
     imgs = to_numpy(images, "images")
     heat = to_numpy(maps, "maps")
@@ -134,6 +144,16 @@ def visualize_concept_importance(
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(1, n_classes)``.
+
+    Example::
+
+        from captum_concepts.concept import CoupledNMFConcepts, concept_importance
+        from captum_concepts.visualization import visualize_concept_importance
+
+        cnmf = CoupledNMFConcepts(5, model, layers=["block3.pool"], max_iter=50, random_state=0)
+        cnmf.fit(data.x_train[:256])
+        result = concept_importance(cnmf, data.x_test[:4], target=data.y_test[:4])
+        fig, axes = visualize_concept_importance(result.importance, result.residual)
     """
     imp = to_numpy(importance, "importance")
     if imp.ndim == 1:

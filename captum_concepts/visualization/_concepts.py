@@ -56,6 +56,16 @@ def visualize_concept_grid(
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(K, T)`` or ``(K, T + 1)``.
+
+    Example::
+
+        from captum_concepts.concept import CoupledNMFConcepts
+        from captum_concepts.visualization import visualize_concept_grid
+
+        x = data.x_train[:256]
+        cnmf = CoupledNMFConcepts(5, model, layers=["block3.relu"], max_iter=50, random_state=0).fit(x)
+        top = cnmf.top_examples(4)  # (5, 4) indices into x
+        fig, axes = visualize_concept_grid(x[top], factor_images=cnmf.factor_images()[:, 0])
     """
     imgs = to_numpy(images, "images")
     check_ndim(imgs, (4, 5), "images", "(concepts, top examples, H, W) or with a channel axis")
@@ -127,6 +137,17 @@ def visualize_similarity_matrices(
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array of ``L + 1`` axes: the matrices, then the spectra.
+
+    Example::
+
+        from captum_concepts.concept import CoupledNMFConcepts
+        from captum_concepts.visualization import visualize_similarity_matrices
+
+        layers = ["block2.relu", "block3.relu"]
+        cnmf = CoupledNMFConcepts(5, model, layers=layers, max_iter=50, random_state=0)
+        cnmf.fit(data.x_train[:256])
+        sims = [cnmf.neuron_similarity(layer) for layer in layers]  # (5, 5) per layer
+        fig, axes = visualize_similarity_matrices(sims, labels=layers)
     """
     if isinstance(matrices, (list, tuple)):
         mats = [to_numpy(m, "matrices") for m in matrices]
@@ -194,6 +215,14 @@ def visualize_relevance_matrix(
 
     Returns:
         ``(fig, ax)``.
+
+    Example::
+
+        from captum_concepts.concept import SemanticVector
+        from captum_concepts.visualization import visualize_relevance_matrix
+
+        sv = SemanticVector(model, "block3.relu").fit_from_labels((data.x_train, data.y_train))
+        fig, ax = visualize_relevance_matrix(sv.relevance(), labels=[str(d) for d in range(10)])
     """
     mat = to_numpy(relevance, "relevance")
     check_ndim(mat, (2,), "relevance", "(K, K)")
@@ -259,6 +288,13 @@ def visualize_tcav_scores(
 
     Returns:
         ``(fig, ax)``.
+
+    Example::
+
+        from captum_concepts.visualization import visualize_tcav_scores
+
+        scores = {"block3.relu": [0.9, 0.55, 0.2]}  # TCAV scores per concept, e.g. from captum's TCAV
+        fig, ax = visualize_tcav_scores(scores, labels=["stripes", "dots", "plain"])
     """
     groups = dict(scores) if isinstance(scores, Mapping) else {"TCAV score": scores}
     if not groups:

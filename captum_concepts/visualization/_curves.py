@@ -79,6 +79,16 @@ def visualize_score_curve(
 
     Returns:
         ``(fig, ax)``.
+
+    Example::
+
+        from captum_concepts.metrics import score_curve
+        from captum_concepts.visualization import visualize_score_curve
+
+        curve = score_curve(model, "embedding_relu", ["block1.relu", "block2.pool", "block3.pool"],
+                            data.x_test[:32])
+        fig, ax = visualize_score_curve({"trained": curve.values}, labels=curve.layers,
+                                        benchmark=curve.benchmark)
     """
     curves = _curves(scores, "scores", ylabel)
     n = len(next(iter(curves.values())))
@@ -138,6 +148,16 @@ def visualize_pointing_game_curve(
 
     Returns:
         ``(fig, ax)``.
+
+    Example::
+
+        from captum_concepts.metrics import pointing_game_curve
+        from captum_concepts.visualization import visualize_pointing_game_curve
+
+        maps = torch.rand(8, 16, 16)
+        boxes = torch.tensor([[4, 4, 8, 8]]).repeat(8, 1)  # (N, 4): x0, y0, x1, y1 of each object
+        energies, acc = pointing_game_curve(maps, boxes=boxes, energies=[0.0, 0.25, 0.5])
+        fig, ax = visualize_pointing_game_curve(energies, {"random maps": acc})
     """
     m = to_numpy(energies, "energies").reshape(-1)
     curves = _curves(accuracies, "accuracies", "accuracy")

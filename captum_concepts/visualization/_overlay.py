@@ -60,8 +60,15 @@ def overlay_attribution(
 
     Example::
 
-        >>> rgb = overlay_attribution(maps[0], x[0])                      # an array
-        >>> overlay_attribution(maps[0], x[0], ax=plt.gca())             # drawn on an axis
+        import matplotlib.pyplot as plt
+
+        from captum_concepts.attr import EmbeddingAttribution
+        from captum_concepts.visualization import overlay_attribution
+
+        x = data.x_test[:4]
+        maps = EmbeddingAttribution(model, embedding_layer="embedding_relu", layer="block2.relu").attribute(x)
+        rgb = overlay_attribution(maps[0], x[0])  # (8, 8, 3) array in [0, 1]
+        overlay_attribution(maps[0], x[0], ax=plt.gca())  # drawn on an axis
     """
     heat = to_numpy(attribution, "attribution")
     if heat.ndim == 3 and heat.shape[0] == 1:

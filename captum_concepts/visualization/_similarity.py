@@ -84,6 +84,16 @@ def visualize_similarity_maps(
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(N, 4)``.
+
+    Example::
+
+        from captum_concepts.attr import SimilarityAttribution
+        from captum_concepts.visualization import visualize_similarity_maps
+
+        sa = SimilarityAttribution(model, embedding_layer="embedding_relu", layer="block2.relu")
+        a, b = data.x_test[:3], data.x_test[3:6]
+        maps_a, maps_b = sa.attribute(a, b)
+        fig, axes = visualize_similarity_maps(maps_a, maps_b, a, b, scores=sa.similarity_scores(a, b))
     """
     a, b = to_numpy(images_a, "images_a"), to_numpy(images_b, "images_b")
     ma, mb = to_numpy(maps_a, "maps_a"), to_numpy(maps_b, "maps_b")
@@ -158,6 +168,16 @@ def visualize_correspondence(
 
     Returns:
         ``(fig, axes)``, ``axes`` an object array ``(1, 2)``.
+
+    Example::
+
+        from captum_concepts.attr import SimilarityAttribution
+        from captum_concepts.visualization import visualize_correspondence
+
+        sa = SimilarityAttribution(model, embedding_layer="embedding_relu", layer="block2.pool")
+        a, b = data.x_test[:1], data.x_test[1:2]
+        corr = sa.correspondence(a, b)  # (1, 4 * 4, 4 * 4): position of a x position of b
+        fig, axes = visualize_correspondence(corr[0], a[0], b[0], grid_a=(4, 4), k=4)
     """
     m = to_numpy(correspondence, "correspondence")
     check_ndim(m, (2,), "correspondence", "(P_a, P_b)")

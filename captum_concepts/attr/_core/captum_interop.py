@@ -50,6 +50,17 @@ def as_captum_layer_attr(maps: Maps) -> Maps:
     Raises:
         TypeError: ``maps`` is not a tensor (or a list of them).
         ValueError: ``maps`` has no spatial axis (fewer than 2 dimensions).
+
+    Example::
+
+        from captum.attr import LayerAttribution
+
+        from captum_concepts.attr import EmbeddingAttribution, as_captum_layer_attr
+
+        x = data.x_test[:4]
+        ea = EmbeddingAttribution(model, embedding_layer="embedding_relu", layer="block2.pool", upsample=None)
+        maps = ea.attribute(x)  # (4, 4, 4): the layer's resolution
+        up = LayerAttribution.interpolate(as_captum_layer_attr(maps), (8, 8))  # (4, 1, 8, 8)
     """
     if isinstance(maps, (list, tuple)):
         return [as_captum_layer_attr(m) for m in maps]
@@ -79,6 +90,17 @@ def as_image_attr(attribution: ArrayLike) -> np.ndarray:
 
     Raises:
         ValueError: not one 2-D map (e.g. a batch ``(N, H, W)``: pick one, ``maps[i]``).
+
+    Example::
+
+        from captum.attr import visualization as viz
+
+        from captum_concepts.attr import EmbeddingAttribution, as_captum_image, as_image_attr
+
+        x = data.x_test[:1]
+        maps = EmbeddingAttribution(model, embedding_layer="embedding_relu", layer="block2.relu").attribute(x)
+        fig, ax = viz.visualize_image_attr(as_image_attr(maps[0]), as_captum_image(x[0]),
+                                           "blended_heat_map", sign="absolute_value", use_pyplot=False)
     """
     a = _numpy(attribution, "attribution")
     if a.ndim == 3 and a.shape[0] == 1:
@@ -98,6 +120,12 @@ def as_captum_image(image: ArrayLike) -> np.ndarray:
 
     Raises:
         ValueError: not one image (e.g. a batch ``(N, C, H, W)``: pick one, ``x[i]``).
+
+    Example::
+
+        from captum_concepts.attr import as_captum_image
+
+        image = as_captum_image(data.x_test[0])  # (8, 8, 1) numpy, as captum's visualize_image_attr takes
     """
     a = _numpy(image, "image")
     if a.ndim == 2:
@@ -119,6 +147,14 @@ def as_input_attr(maps: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
 
     Raises:
         ValueError: the maps' shape is not the inputs' without their channel axis.
+
+    Example::
+
+        from captum_concepts.attr import EmbeddingAttribution, as_input_attr
+
+        x = data.x_test[:4]
+        maps = EmbeddingAttribution(model, embedding_layer="embedding_relu").attribute(x)  # (4, 8, 8)
+        assert as_input_attr(maps, x).shape == x.shape  # (4, 1, 8, 8), for captum.metrics.infidelity
     """
     for value, name in ((maps, "maps"), (inputs, "inputs")):
         if not isinstance(value, torch.Tensor):

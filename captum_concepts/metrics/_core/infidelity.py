@@ -73,10 +73,21 @@ def embedding_forward_func(
 
     Example::
 
-        >>> ea = EmbeddingAttribution(model, "embedding", embedding_aggregator="mean")
-        >>> maps = ea.attribute(x, embedding_dims=[0, 5])                      # (N, H, W)
-        >>> f = embedding_forward_func(model, "embedding", embedding_dims=[0, 5])
-        >>> infidelity(f, perturb, x, as_input_attr(maps, x))                # (N,)
+        from captum.metrics import infidelity
+
+        from captum_concepts.attr import EmbeddingAttribution, as_input_attr
+        from captum_concepts.metrics import embedding_forward_func
+
+        x = data.x_test[:4]
+        ea = EmbeddingAttribution(model, "embedding_relu", embedding_aggregator="mean")
+        maps = ea.attribute(x, embedding_dims=[0, 5])  # (4, 8, 8)
+        f = embedding_forward_func(model, "embedding_relu", embedding_dims=[0, 5])
+
+        def perturb(inputs):
+            noise = 0.05 * torch.randn_like(inputs)
+            return noise, inputs - noise
+
+        infidelity(f, perturb, x, as_input_attr(maps, x))  # (4,)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -107,6 +118,21 @@ def embedding_infidelity(
 
     Returns:
         Tensor ``(N,)``: the infidelity of each example's map.
+
+    Example::
+
+        from captum_concepts.attr import EmbeddingAttribution
+        from captum_concepts.metrics import embedding_infidelity
+
+        x = data.x_test[:4]
+        ea = EmbeddingAttribution(model, "embedding_relu", embedding_aggregator="mean")
+        maps = ea.attribute(x)
+
+        def perturb(inputs):
+            noise = 0.05 * torch.randn_like(inputs)
+            return noise, inputs - noise
+
+        embedding_infidelity(ea, perturb, x, maps)  # (4,): lower is better
     """
     if not isinstance(attribution, EmbeddingAttribution):
         raise TypeError(f"attribution must be an EmbeddingAttribution, got {type(attribution).__name__}")
