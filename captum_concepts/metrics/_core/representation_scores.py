@@ -13,13 +13,18 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 import torch
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
-from ..._utils.validation import RealNumber, check_bool, check_int, check_real, validated
+from ..._utils.layers import LayerSpec
+from ..._utils.validation import NONE, AnyOf, Bool, RealNumber, check_bool, check_int, check_real, validated
 from .normalization import minmax_normalize
 from .stacked_copies import draw_noise, explain_copies, resolve_explainer
 
 __all__ = ["noise_score", "noise_benchmark", "variance_score", "drift_score"]
 
 NoiseSpec = Union[None, Callable[..., TensorOrTuple], torch.Tensor, Tuple[torch.Tensor, ...]]
+Explanation = Union[torch.nn.Module, Callable[..., Any], Any]
+
+# the checks of the arguments every score shares, before any forward pass
+_SHARED_ARGS = {"eval_mode": AnyOf(Bool(), NONE), "show_progress": Bool()}
 
 
 def _stack_heads(values: list) -> torch.Tensor:
@@ -38,14 +43,23 @@ def _check_differentiable(differentiable: Any) -> bool:
     return check_bool(differentiable, "differentiable")
 
 
-@validated(grad=True)
+@validated(grad=True, args=_SHARED_ARGS)
 def noise_score(
-    explanation_func: Callable[..., Any],
+    explanation_func: Explanation,
     inputs: TensorOrTuple,
     noise_func: NoiseSpec = None,
     n_noise: int = 1,
     max_examples_per_batch: Optional[int] = None,
     differentiable: bool = False,
+    *,
+    embedding_layer: Optional[LayerSpec] = None,
+    layer: Any = None,
+    method: Optional[str] = None,
+    channel_aggregator: Any = None,
+    embedding_aggregator: Any = None,
+    reshape_transform: Any = None,
+    eval_mode: Optional[bool] = None,
+    show_progress: bool = True,
     **kwargs: Any,
 ) -> torch.Tensor:
     r"""Noise score (informativeness): how far the attributions of an input are from those of noise.
@@ -62,14 +76,27 @@ def noise_score(
 
     Which maps to score: the paper's claims about the noise score (trained above random-weight
     networks in deep layers, §4.1; ranking with accuracy, §4.2; falling with drift, §4.4) show
-    with ``EmbeddingAttribution(..., method="activation_gradient", channel_aggregator="mean",
-    embedding_aggregator="mean")``, the defaults of :func:`score_curve`; with
-    ``EmbeddingAttribution``'s default ``embedding_aggregator="var"`` (sparse maps, §2.2) a
-    trained network's score sits at or below its noise benchmark. The paper does not name the
+    with ``method="activation_gradient"``, ``channel_aggregator="mean"``,
+    ``embedding_aggregator="mean"``: the defaults of :func:`score_curve` and of every score
+    function given the model itself (``noise_score(model, inputs, embedding_layer=...,
+    layer=...)``). With ``EmbeddingAttribution``'s default ``embedding_aggregator="var"`` (sparse
+    maps, §2.2) a trained network's score sits at or below its noise benchmark, so an
+    ``EmbeddingAttribution`` with it triggers a ``UserWarning``. The paper does not name the
     aggregators of its score experiments.
 
+    The model is never changed (when the scores know it: given as the model, as an
+    ``EmbeddingAttribution`` or as a Captum attribution object with a model as ``forward_func``):
+    every attribution call runs on fresh copies of its buffers (batch-norm running statistics and
+    ``num_batches_tracked``, a module's own buffers updated in ``forward``), which stay
+    bit-identical, and when a module runs in training mode (``eval_mode=False`` in a training loop)
+    the inputs and each noise copy go through separate calls, so the batch statistics of the real
+    inputs are theirs alone. A plain function's model is unknown and not protected.
+
     Args:
-        explanation_func (callable or attribution object): ``explanation_func(inputs,
+        explanation_func (nn.Module, callable or attribution object): the model (an
+            ``nn.Module``: the maps are those of ``EmbeddingAttribution(model, embedding_layer,
+            layer, method, channel_aggregator, embedding_aggregator)``, by default with
+            :func:`score_curve`'s setting), or ``explanation_func(inputs,
             **kwargs)`` returning one map per example, shape ``(N, ...)`` (a tuple of
             tensors for tuple inputs counts as one map: the tensors are flattened and
             joined before normalising). An object with an ``attribute`` method, e.g.
@@ -92,6 +119,32 @@ def noise_score(
             ``explanation_func`` must then return maps with a graph; an
             ``EmbeddingAttribution`` gets ``create_graph=True`` automatically.
             Default: False (detached result).
+        embedding_layer (nn.Module, str or None, keyword only): with a model, the layer whose
+            output is the embedding (None: the model output). Default None.
+        layer (nn.Module, str, None or a list of them, keyword only): with a model, the source
+            layer(s) (None: the inputs; a list gives one score per layer). Default None.
+        method (str, keyword only): with a model, the base saliency method. Default None:
+            ``"activation_gradient"``, as :func:`score_curve`.
+        channel_aggregator (str or callable, keyword only): with a model, ``rho_C``. Default
+            None: ``"mean"``, as :func:`score_curve`.
+        embedding_aggregator (str or callable, keyword only): with a model, ``rho_D``. Default
+            None: ``"mean"``, as :func:`score_curve`.
+        reshape_transform (keyword only): with a model, as in
+            :class:`~captum_concepts.attr.EmbeddingAttribution`. Default None.
+            These six configure the ``EmbeddingAttribution`` built from a model; with an
+            attribution object or a function they are an error (configure the object). For
+            everything else (``upsample``, ``strategy``, ``attribute_to_layer_input``) pass a
+            configured ``EmbeddingAttribution``.
+        eval_mode (bool or None, keyword only): the model's mode during the score. None
+            (default): an ``EmbeddingAttribution``'s own ``eval_mode`` (True for a model: eval
+            mode, and a ``UserWarning`` when the model is in training mode); a Captum
+            attribution object's model keeps its mode. ``True`` says "score in eval mode, I know the
+            model is training": eval mode for the call, the mode restored after it, no warning
+            (the way to silence it once in a training loop). ``False``: the model keeps its mode;
+            in training mode the inputs and each noise copy run in separate passes. Needs a known
+            model (not a plain function).
+        show_progress (bool, keyword only): a progress bar over the attribution passes (and an
+            ``EmbeddingAttribution``'s own bar), shown on a terminal only. Default True.
         **kwargs: forwarded to ``explanation_func`` (e.g. ``target``,
             ``additional_forward_args``, ``embedding_dims``); per-example ``target``,
             ``additional_forward_args`` and ``baselines`` are repeated for the noise copies.
@@ -102,25 +155,42 @@ def noise_score(
 
     Raises:
         ValueError: maps with the wrong batch size, NaN/inf maps, noise of another
-            shape than ``inputs``, ``n_noise < 1``.
+            shape than ``inputs``, ``n_noise < 1``, model-only arguments with an attribution
+            object or a function, ``eval_mode=False`` with an ``EmbeddingAttribution`` built with
+            ``eval_mode=True``.
     """
     differentiable = _check_differentiable(differentiable)
     check_int(n_noise, "n_noise", low=1)
-    func, kw = resolve_explainer(explanation_func, kwargs, per_dim=False, differentiable=differentiable)
+    settings = dict(
+        embedding_layer=embedding_layer, layer=layer, method=method, channel_aggregator=channel_aggregator,
+        embedding_aggregator=embedding_aggregator, reshape_transform=reshape_transform,
+    )  # fmt: skip
+    ex = resolve_explainer(
+        explanation_func, kwargs, False, differentiable, settings, eval_mode, show_progress, "noise score"
+    )
     inp, was_tuple = format_inputs(inputs)
     check_batch(inp)
     copies = [inp] + draw_noise(noise_func, inp, was_tuple, n_noise)
-    heads = explain_copies(func, kw, copies, was_tuple, max_examples_per_batch, differentiable)
+    heads = explain_copies(ex, copies, was_tuple, max_examples_per_batch, differentiable)
     return _stack_heads([_mae_to_reference(h, 1)[0] for h in heads])
 
 
-@validated(grad=True)
+@validated(grad=True, args=_SHARED_ARGS)
 def noise_benchmark(
-    explanation_func: Callable[..., Any],
+    explanation_func: Explanation,
     inputs: TensorOrTuple,
     noise_func: Optional[Callable[..., TensorOrTuple]] = None,
     n_draws: int = 8,
     max_examples_per_batch: Optional[int] = None,
+    *,
+    embedding_layer: Optional[LayerSpec] = None,
+    layer: Any = None,
+    method: Optional[str] = None,
+    channel_aggregator: Any = None,
+    embedding_aggregator: Any = None,
+    reshape_transform: Any = None,
+    eval_mode: Optional[bool] = None,
+    show_progress: bool = True,
     **kwargs: Any,
 ) -> torch.Tensor:
     r"""Noise benchmark: the noise score between two independent noise inputs, the score of an
@@ -142,6 +212,9 @@ def noise_benchmark(
             (standard normal).
         n_draws (int, optional): independent pairs. Default: 8.
         max_examples_per_batch (int, optional): as in :func:`noise_score`.
+        embedding_layer, layer, method, channel_aggregator, embedding_aggregator,
+            reshape_transform, eval_mode, show_progress (keyword only): as in
+            :func:`noise_score` (with a model: :func:`score_curve`'s setting by default).
         **kwargs: forwarded to ``explanation_func``.
 
     Returns:
@@ -154,11 +227,17 @@ def noise_benchmark(
             "noise_func of noise_benchmark must be None or a callable (independent draws are needed), "
             f"got {type(noise_func).__name__}"
         )
-    func, kw = resolve_explainer(explanation_func, kwargs, per_dim=False, differentiable=False)
+    settings = dict(
+        embedding_layer=embedding_layer, layer=layer, method=method, channel_aggregator=channel_aggregator,
+        embedding_aggregator=embedding_aggregator, reshape_transform=reshape_transform,
+    )  # fmt: skip
+    ex = resolve_explainer(
+        explanation_func, kwargs, False, False, settings, eval_mode, show_progress, "noise benchmark"
+    )
     inp, was_tuple = format_inputs(inputs)
     check_batch(inp)
     copies = draw_noise(noise_func, inp, was_tuple, 2 * n_draws)
-    heads = explain_copies(func, kw, copies, was_tuple, max_examples_per_batch, differentiable=False)
+    heads = explain_copies(ex, copies, was_tuple, max_examples_per_batch, differentiable=False)
     return _stack_heads([_benchmark_from_maps(h) for h in heads])
 
 
@@ -168,13 +247,21 @@ def _benchmark_from_maps(maps: torch.Tensor) -> torch.Tensor:
     return (nrm[0::2] - nrm[1::2]).abs().mean(dim=-1).mean(dim=0)
 
 
-@validated(grad=True)
+@validated(grad=True, args=_SHARED_ARGS)
 def variance_score(
-    explanation_func: Callable[..., Any],
+    explanation_func: Explanation,
     inputs: TensorOrTuple,
     threshold: Optional[float] = None,
     max_examples_per_batch: Optional[int] = None,
     differentiable: bool = False,
+    *,
+    embedding_layer: Optional[LayerSpec] = None,
+    layer: Any = None,
+    method: Optional[str] = None,
+    channel_aggregator: Any = None,
+    reshape_transform: Any = None,
+    eval_mode: Optional[bool] = None,
+    show_progress: bool = True,
     **kwargs: Any,
 ) -> torch.Tensor:
     r"""Variance score (conciseness): how much the embedding's dimensions differ in where they look.
@@ -188,8 +275,10 @@ def variance_score(
     the others. With one embedding dimension the score is 0.
 
     Args:
-        explanation_func (callable or attribution object): returns per-dimension maps
-            of shape ``(N, D, ...)`` (e.g. ``(N, D, H, W)``). An
+        explanation_func (nn.Module, callable or attribution object): the model (as in
+            :func:`noise_score`: ``EmbeddingAttribution(model, embedding_layer, layer, method,
+            channel_aggregator)`` with :func:`score_curve`'s defaults), or a function returning
+            per-dimension maps of shape ``(N, D, ...)`` (e.g. ``(N, D, H, W)``). An
             :class:`~captum_concepts.attr.EmbeddingAttribution` (or its bound
             ``attribute``) may be passed directly: ``return_per_dim=True`` is then set
             for it, and its ``strategy`` (``"auto"``: forward mode where the layer has fewer
@@ -202,6 +291,9 @@ def variance_score(
         max_examples_per_batch (int, optional): as in :func:`noise_score`.
         differentiable (bool, optional): keep the autograd graph (see
             :func:`noise_score`). Default: False.
+        embedding_layer, layer, method, channel_aggregator, reshape_transform, eval_mode,
+            show_progress (keyword only): as in :func:`noise_score` (``rho_D`` does not enter the
+            variance score).
         **kwargs: forwarded to ``explanation_func``.
 
     Returns:
@@ -215,10 +307,16 @@ def variance_score(
                 "threshold binarises the maps and has no gradient; use threshold=None "
                 "with differentiable=True"
             )
-    func, kw = resolve_explainer(explanation_func, kwargs, per_dim=True, differentiable=differentiable)
+    settings = dict(
+        embedding_layer=embedding_layer, layer=layer, method=method, channel_aggregator=channel_aggregator,
+        reshape_transform=reshape_transform,
+    )  # fmt: skip
+    ex = resolve_explainer(
+        explanation_func, kwargs, True, differentiable, settings, eval_mode, show_progress, "variance score"
+    )
     inp, was_tuple = format_inputs(inputs)
     check_batch(inp)
-    heads = explain_copies(func, kw, [inp], was_tuple, max_examples_per_batch, differentiable)
+    heads = explain_copies(ex, [inp], was_tuple, max_examples_per_batch, differentiable)
     return _stack_heads([_variance_from_maps(h[0], threshold) for h in heads])
 
 
@@ -253,9 +351,9 @@ def _clip_bounds(clip_range: Any, inputs: Tuple[torch.Tensor, ...]) -> list:
     raise ValueError(f"clip_range must be 'data', None or (lo, hi) with lo <= hi, got {clip_range!r}")
 
 
-@validated(grad=True)
+@validated(grad=True, args=_SHARED_ARGS)
 def drift_score(
-    explanation_func: Callable[..., Any],
+    explanation_func: Explanation,
     inputs: TensorOrTuple,
     epsilons: Union[Sequence[float], torch.Tensor],
     noise_func: NoiseSpec = None,
@@ -263,6 +361,15 @@ def drift_score(
     drift_func: Optional[Callable[..., TensorOrTuple]] = None,
     clip_range: Union[str, None, Tuple[float, float]] = "data",
     max_examples_per_batch: Optional[int] = None,
+    *,
+    embedding_layer: Optional[LayerSpec] = None,
+    layer: Any = None,
+    method: Optional[str] = None,
+    channel_aggregator: Any = None,
+    embedding_aggregator: Any = None,
+    reshape_transform: Any = None,
+    eval_mode: Optional[bool] = None,
+    show_progress: bool = True,
     **kwargs: Any,
 ) -> torch.Tensor:
     r"""Relative change of the noise score under dataset drift (Bertolini, Clevert & Montanari, §4.4).
@@ -271,7 +378,15 @@ def drift_score(
     (standard normal by default) and the relative change of the batch-mean noise
     score ``(mean NS(x_ε) - mean NS(x)) / mean NS(x)``. The paper reports that it
     falls as ``ε`` grows (negative Spearman correlation); that shows with mean channel and mean
-    embedding aggregation (see :func:`noise_score`).
+    embedding aggregation (see :func:`noise_score`), the default when the model itself is passed.
+
+    **[reading of the paper]** Clipping. §4.4 generates the drift from "shifted data samples
+    (normalized in range [0, 1])" ``x + ε·n``: the range is stated for the *shifted* samples, so
+    they stay in the data range. The paper does not say how; the default ``clip_range="data"``
+    clips ``x + ε·n`` to the range of the inputs (the MNIST range ``[0, 1]`` for MNIST-like
+    data), which leaves ``x`` unchanged wherever the shift stays in range. ``clip_range=None``
+    scores the unclipped ``x + ε·n``: its inputs leave the data range, and the measured fall of
+    the noise score is larger (the Evidence page shows both on the digits autoencoders).
 
     **[choice]** One drift direction ``n`` and the same noise inputs ``x̃`` serve
     every ``ε`` (common random numbers: the curve over ``ε`` is not blurred by
@@ -288,8 +403,11 @@ def drift_score(
             direction ``n`` shaped like ``inputs``. Default: None (standard normal).
         clip_range ("data", None or (lo, hi), optional): clip ``x_ε`` to
             ``[lo, hi]``; ``"data"`` uses each input tensor's own min and max
-            (default); None does not clip.
+            (default, see "Clipping" above); None does not clip.
         max_examples_per_batch (int, optional): as in :func:`noise_score`.
+        embedding_layer, layer, method, channel_aggregator, embedding_aggregator,
+            reshape_transform, eval_mode, show_progress (keyword only): as in
+            :func:`noise_score` (with a model: :func:`score_curve`'s setting by default).
         **kwargs: forwarded to ``explanation_func``.
 
     Returns:
@@ -303,7 +421,13 @@ def drift_score(
     if eps.numel() == 0 or not torch.isfinite(eps).all() or (eps < 0).any():
         raise ValueError(f"epsilons must be a non-empty sequence of finite values >= 0, got {epsilons!r}")
     check_int(n_noise, "n_noise", low=1)
-    func, kw = resolve_explainer(explanation_func, kwargs, per_dim=False, differentiable=False)
+    settings = dict(
+        embedding_layer=embedding_layer, layer=layer, method=method, channel_aggregator=channel_aggregator,
+        embedding_aggregator=embedding_aggregator, reshape_transform=reshape_transform,
+    )  # fmt: skip
+    ex = resolve_explainer(
+        explanation_func, kwargs, False, False, settings, eval_mode, show_progress, "drift score"
+    )
     inp, was_tuple = format_inputs(inputs)
     check_batch(inp)
     bounds = _clip_bounds(clip_range, inp)
@@ -316,7 +440,7 @@ def drift_score(
             xs.append(xe if b is None else xe.clamp(b[0], b[1]))
         drifted.append(tuple(xs))
     noise = draw_noise(noise_func, inp, was_tuple, n_noise)
-    heads = explain_copies(func, kw, [inp, *drifted, *noise], was_tuple, max_examples_per_batch, False)
+    heads = explain_copies(ex, [inp, *drifted, *noise], was_tuple, max_examples_per_batch, False)
     out = []
     for h in heads:
         ns = _mae_to_reference(h, 1 + len(drifted)).mean(dim=1)  # (1 + E,)

@@ -11,8 +11,17 @@ from torch import nn
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
 from ..._utils.layers import LayerSpec, layer_name, uncompiled
 from ..._utils.validation import check_int, check_option, validated
-from .representation_scores import _benchmark_from_maps, _mae_to_reference, _variance_from_maps
-from .stacked_copies import draw_noise, explain_copies
+from ..._utils.warn import warn_user
+from .normalization import minmax_normalize
+from .representation_scores import _SHARED_ARGS, _benchmark_from_maps, _mae_to_reference, _variance_from_maps
+from .stacked_copies import (
+    SCORE_CHANNEL_AGGREGATOR,
+    SCORE_EMBEDDING_AGGREGATOR,
+    SCORE_METHOD,
+    draw_noise,
+    explain_copies,
+    resolve_explainer,
+)
 
 __all__ = ["ScoreCurve", "score_curve"]
 
@@ -33,6 +42,9 @@ class ScoreCurve:
             over its draws (the shaded band of :meth:`plot`).
         score (str): ``"noise"`` or ``"variance"``.
         method (str): the base attribution method.
+        constant_layers (list of str): the layers whose every map is constant over its positions
+            (one spatial position, e.g. a ``1x1`` avgpool, or a dense layer): their score is 0 by
+            construction, not a measurement (:func:`score_curve` warns about them).
     """
 
     layers: List[str]
@@ -42,6 +54,7 @@ class ScoreCurve:
     benchmark_std: Optional[torch.Tensor] = field(repr=False)
     score: str
     method: str
+    constant_layers: List[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -94,16 +107,16 @@ def _resolve_layer_list(
     return layers
 
 
-@validated(grad=True)
+@validated(grad=True, args=_SHARED_ARGS)
 def score_curve(
     model: nn.Module,
     embedding_layer: Optional[LayerSpec],
     layers: Union[Sequence[Optional[LayerSpec]], Type[nn.Module]],
     inputs: TensorOrTuple,
     score: str = "noise",
-    method: str = "activation_gradient",
-    channel_aggregator: Any = "mean",
-    embedding_aggregator: Any = "mean",
+    method: str = SCORE_METHOD,
+    channel_aggregator: Any = SCORE_CHANNEL_AGGREGATOR,
+    embedding_aggregator: Any = SCORE_EMBEDDING_AGGREGATOR,
     upsample: Optional[str] = "nearest",
     attribute_to_layer_input: bool = False,
     noise_func: Any = None,
@@ -117,6 +130,8 @@ def score_curve(
     max_examples_per_batch: Optional[int] = None,
     strategy: str = "auto",
     reshape_transform: Any = None,
+    eval_mode: Optional[bool] = None,
+    show_progress: bool = True,
 ) -> ScoreCurve:
     r"""A representation score at every source layer: ``l ↦ mean_x NS^(l)(x)`` (or ``VS^(l)``).
 
@@ -178,12 +193,36 @@ def score_curve(
         internal_batch_size: passed to ``EmbeddingAttribution.attribute``.
         max_examples_per_batch (int, optional): bound on the examples per attribution call
             (whole copies of the batch, as in :func:`noise_score`). Default None: one call.
+        eval_mode (bool or None): the model's mode during the call, as in :func:`noise_score`:
+            None (default) eval mode with a ``UserWarning`` for a model in training mode, True eval
+            mode without it, False the model's own mode (in training mode the inputs and each
+            noise copy then run in separate passes). No buffer of the model changes either way.
+        show_progress (bool): a progress bar over the attribution passes (and the
+            ``EmbeddingAttribution``'s own), shown on a terminal only. Default True.
 
     Returns:
         ScoreCurve: per-layer values, per-example scores, the benchmark curve, ``.plot()``.
-    """
-    from ...attr import EmbeddingAttribution
 
+    Reading a curve. The paper's picture (§4.1, Fig. 3): a trained network's noise curve lies on
+    its benchmark in the first layers and above it, and above a random-weight network's curve, in
+    deep layers. On a real trained model the curve often sits *on* the benchmark or *below* the
+    random network instead; before reading it as a property of the representation, rule out:
+
+    - not enough images: the benchmark band (``benchmark_std``) and the spread of
+      ``per_example`` over examples show the noise; with a few images a gap of a few hundredths
+      is within it. Rerun with more images (and ``n_noise`` / ``n_benchmark_draws`` above 1).
+    - a layer whose map cannot vary: a layer with one spatial position (``1x1`` avgpool, a dense
+      layer) gives constant maps and a score of 0 by construction (a ``UserWarning`` names it;
+      ``constant_layers`` lists it); with ``method="gradient"`` the map at the input of a linear
+      embedding does not depend on the input, so every network scores 0 there; with
+      ``embedding_aggregator="var"`` the maps are sparse and a trained network sits at or below
+      its benchmark.
+    - the claim not holding for this model: with the default setting, enough images and layers
+      whose maps can vary, a curve on its benchmark means the embedding's attributions of real
+      images are no more different from those of noise than two noise inputs' are, and a curve
+      below the random network's means the trained network's maps are less input-specific than a
+      random one's. The paper's claim is then not borne out for this model; report it as such.
+    """
     check_option(score, "score", SCORES)
     check_int(n_noise, "n_noise", low=1)
     check_int(n_benchmark_draws, "n_benchmark_draws", low=1)
@@ -191,27 +230,25 @@ def score_curve(
         raise ValueError("threshold applies to score='variance' only")
     model = uncompiled(model)
     layer_list = _resolve_layer_list(model, layers)
-    ea = EmbeddingAttribution(
-        model,
-        embedding_layer=embedding_layer,
-        layer=layer_list,
-        method=method,
-        channel_aggregator=channel_aggregator,
-        embedding_aggregator=embedding_aggregator,
-        upsample=upsample,
-        attribute_to_layer_input=attribute_to_layer_input,
-        strategy=strategy,
-        reshape_transform=reshape_transform,
-    )
-    names = ["input" if lay is None else layer_name(model, lay) for lay in ea.layer]
-    inp, was_tuple = format_inputs(inputs)
-    check_batch(inp)
+    settings = dict(
+        embedding_layer=embedding_layer, layer=layer_list, method=method,
+        channel_aggregator=channel_aggregator, embedding_aggregator=embedding_aggregator,
+        reshape_transform=reshape_transform, upsample=upsample,
+        attribute_to_layer_input=attribute_to_layer_input, strategy=strategy,
+    )  # fmt: skip
     kwargs = dict(
         additional_forward_args=additional_forward_args,
         embedding_dims=embedding_dims,
         internal_batch_size=internal_batch_size,
         return_per_dim=score == "variance",
     )
+    ex = resolve_explainer(
+        model, kwargs, score == "variance", False, settings, eval_mode, show_progress, f"{score} score curve"
+    )
+    ea = ex.func.__self__
+    names = ["input" if lay is None else layer_name(model, lay) for lay in ea.layer]
+    inp, was_tuple = format_inputs(inputs)
+    check_batch(inp)
     copies = [inp]
     if score == "noise":
         copies += draw_noise(noise_func, inp, was_tuple, n_noise)
@@ -219,7 +256,14 @@ def score_curve(
             copies += draw_noise(
                 None if not callable(noise_func) else noise_func, inp, was_tuple, 2 * n_benchmark_draws
             )
-    heads = explain_copies(ea.attribute, kwargs, copies, was_tuple, max_examples_per_batch, False)
+    heads = explain_copies(ex, copies, was_tuple, max_examples_per_batch, False)
+    constant = _constant_layers(names, heads, 3 if score == "variance" else 2)
+    for name in constant:
+        warn_user(
+            f"score_curve: every map of layer {name!r} is constant over its positions (a layer with one "
+            f"spatial position, such as a 1x1 avgpool, or a dense layer), so its {score} score is 0 by "
+            "construction and says nothing about the representation; leave the layer out"
+        )
 
     bench = bench_std = None
     if score == "variance":
@@ -238,7 +282,18 @@ def score_curve(
         benchmark_std=bench_std,
         score=score,
         method=method,
+        constant_layers=constant,
     )
+
+
+def _constant_layers(names: List[str], heads: List[torch.Tensor], start_dim: int) -> List[str]:
+    """The layers whose maps (every copy, example and, from ``start_dim = 3``, embedding
+    dimension) are all constant over positions: ``minmax_normalize`` maps exactly those to zeros."""
+    return [
+        name
+        for name, h in zip(names, heads)
+        if h.dim() <= start_dim or not minmax_normalize(h.flatten(start_dim), start_dim=start_dim).any()
+    ]
 
 
 def _pairwise(maps: torch.Tensor) -> torch.Tensor:

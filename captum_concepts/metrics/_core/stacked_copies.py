@@ -7,22 +7,46 @@ drifted inputs). All of them go through the explanation function together, as
 needs one forward and one backward pass for all of them. ``max_examples_per_batch``
 bounds the examples per call; as in Captum's ``sensitivity_max`` a call always holds
 whole copies (at least one, i.e. ``N`` examples).
+
+A score never changes the model (when the model is known: the model of the scores' own
+``EmbeddingAttribution`` or the ``forward_func`` of an attribution object). Every call runs on
+fresh copies of the model's buffers, so batch-norm running statistics, ``num_batches_tracked`` and a
+user module's own buffers updated in ``forward`` stay bit-identical; and when any module runs in
+training mode, every copy of the batch goes through its own call, so the real examples are never
+normalised together with their noise copies (batch statistics).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+from torch import nn
 
 from ..._utils.common import format_inputs, restore_form
+from ..._utils.hooks import ModelGuard
+from ..._utils.progress import progress_bar
 from ..._utils.validation import check_int
+from ..._utils.warn import warn_user
 
 __all__ = [
+    "SCORE_METHOD",
+    "SCORE_CHANNEL_AGGREGATOR",
+    "SCORE_EMBEDDING_AGGREGATOR",
+    "Explainer",
+    "score_attribution",
     "resolve_explainer",
     "draw_noise",
     "explain_copies",
 ]
+
+# The setting under which the paper's score claims show (docs/evidence.md, "Which aggregators the
+# score claims need"): the defaults of score_curve and of the score functions given a model.
+SCORE_METHOD = "activation_gradient"
+SCORE_CHANNEL_AGGREGATOR = "mean"
+SCORE_EMBEDDING_AGGREGATOR = "mean"
 
 Inputs = Tuple[torch.Tensor, ...]
 
@@ -38,32 +62,164 @@ def _is_embedding_attribution(obj: Any) -> bool:
     return isinstance(obj, EmbeddingAttribution)
 
 
-def resolve_explainer(
-    explanation_func: Any, kwargs: Dict[str, Any], per_dim: bool, differentiable: bool
-) -> Tuple[Callable, Dict[str, Any]]:
-    """Return ``(callable, kwargs)``.
+@dataclass
+class Explainer:
+    """An explanation function as the scores call it.
 
-    An attribution object (anything with an ``attribute`` method that is not itself
-    callable, e.g. ``Saliency(model)`` or an ``EmbeddingAttribution``) stands for its
-    ``attribute`` method. For an ``EmbeddingAttribution`` (or its bound ``attribute``)
-    the scores set ``return_per_dim=True`` when they need per-dimension maps and
-    ``create_graph=True`` on the differentiable path, unless the caller set them.
+    Attributes:
+        func: ``func(inputs, **kwargs)`` returns the maps.
+        kwargs: keyword arguments for ``func``.
+        model: the model whose buffers are protected and whose mode is managed (None: unknown,
+            e.g. a plain function; then nothing is protected).
+        eval_mode: switch ``model`` to eval mode for the call (restored afterwards).
+        warn_train_mode: warn when that switch hits a model in training mode.
+        show_progress: a progress bar over the calls.
+        desc: the bar's label.
     """
-    func = explanation_func
-    if not callable(func) and callable(getattr(func, "attribute", None)):
-        func = func.attribute
-    if not callable(func):
-        raise TypeError(
-            "explanation_func must be a callable explanation_func(inputs, **kwargs) or an attribution "
-            f"object with an attribute() method, got {type(explanation_func).__name__}"
-        )
+
+    func: Callable
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    model: Optional[nn.Module] = None
+    eval_mode: bool = False
+    warn_train_mode: bool = False
+    show_progress: bool = True
+    desc: str = "score"
+
+
+def score_attribution(
+    model: nn.Module,
+    embedding_layer: Any = None,
+    layer: Any = None,
+    method: Optional[str] = None,
+    channel_aggregator: Any = None,
+    embedding_aggregator: Any = None,
+    reshape_transform: Any = None,
+    **options: Any,
+) -> Any:
+    """The ``EmbeddingAttribution`` the scores build from a model: ``method``, ``channel_aggregator``
+    and ``embedding_aggregator`` left None take the score setting (activations x gradients,
+    mean / mean); ``options`` (``upsample``, ``attribute_to_layer_input``, ``strategy``) go to the
+    constructor as given."""
+    from ...attr import EmbeddingAttribution
+
+    return EmbeddingAttribution(
+        model,
+        embedding_layer=embedding_layer,
+        layer=layer,
+        method=SCORE_METHOD if method is None else method,
+        channel_aggregator=SCORE_CHANNEL_AGGREGATOR if channel_aggregator is None else channel_aggregator,
+        embedding_aggregator=(
+            SCORE_EMBEDDING_AGGREGATOR if embedding_aggregator is None else embedding_aggregator
+        ),
+        reshape_transform=reshape_transform,
+        **options,
+    )
+
+
+def _model_of(obj: Any) -> Optional[nn.Module]:
+    model = getattr(obj, "forward_func", None)
+    return model if isinstance(model, nn.Module) else None
+
+
+def resolve_explainer(
+    explanation_func: Any,
+    kwargs: Dict[str, Any],
+    per_dim: bool,
+    differentiable: bool,
+    settings: Optional[Dict[str, Any]] = None,
+    eval_mode: Optional[bool] = None,
+    show_progress: bool = True,
+    desc: str = "score",
+) -> Explainer:
+    """The :class:`Explainer` of a score call.
+
+    ``explanation_func`` is a model (``nn.Module``: an ``EmbeddingAttribution`` is built from it and
+    ``settings``, see :func:`score_attribution`), an attribution object (anything with an
+    ``attribute`` method that is not itself callable, e.g. ``Saliency(model)`` or an
+    ``EmbeddingAttribution``: its ``attribute`` method) or a callable. For an
+    ``EmbeddingAttribution`` (or its bound ``attribute``) the scores set ``return_per_dim=True``
+    when they need per-dimension maps, ``create_graph=True`` on the differentiable path and
+    ``show_progress=False`` when the score's bar is off, unless the caller set them; one whose
+    ``embedding_aggregator`` is ``"var"`` triggers a warning for the noise scores (``per_dim``
+    False).
+
+    ``settings`` are the score function's model-only arguments (``embedding_layer``, ``layer``,
+    ``method``, the aggregators, ``reshape_transform``): given with anything but a model they are
+    an error. ``eval_mode``: None takes the ``EmbeddingAttribution``'s own (``True`` for a model;
+    the mode as it is for another attribution object) and warns when it switches a model in
+    training mode; True or False is the caller's explicit choice, without a warning.
+    """
+    settings = dict(settings or {})
+    if isinstance(explanation_func, nn.Module):
+        ea = score_attribution(explanation_func, **settings, eval_mode=eval_mode is not False)
+        func: Any = ea.attribute
+    else:
+        given = [k for k, v in settings.items() if v is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} configure the EmbeddingAttribution built from a model; pass the "
+                "model (an nn.Module) as the first argument, or set "
+                f"{'it' if len(given) == 1 else 'them'} on the EmbeddingAttribution you pass, "
+                f"not here (got {type(explanation_func).__name__})"
+            )
+        func = explanation_func
+        if not callable(func) and callable(getattr(func, "attribute", None)):
+            func = func.attribute
+        if not callable(func):
+            raise TypeError(
+                "explanation_func must be a model (nn.Module), a callable explanation_func(inputs, **kwargs) "
+                f"or an attribution object with an attribute() method, got {type(explanation_func).__name__}"
+            )
     kwargs = dict(kwargs)
-    if _is_embedding_attribution(getattr(func, "__self__", None)):
+    owner = getattr(func, "__self__", None)
+    model = _model_of(owner)
+    if _is_embedding_attribution(owner):
         if per_dim:
             kwargs.setdefault("return_per_dim", True)
         if differentiable:
             kwargs.setdefault("create_graph", True)
-    return func, kwargs
+        if not show_progress:  # silences its own bar too; otherwise its own default applies
+            kwargs.setdefault("show_progress", False)
+        if eval_mode is False and owner.eval_mode:
+            raise ValueError(
+                "eval_mode=False, but the EmbeddingAttribution passed was built with eval_mode=True and "
+                "would switch the model to eval mode anyway; build it with eval_mode=False"
+            )
+        if not isinstance(explanation_func, nn.Module):
+            _warn_setting(owner, per_dim)
+        switch = owner.eval_mode if eval_mode is None else eval_mode
+    else:
+        if eval_mode is not None and model is None:
+            raise ValueError(
+                "eval_mode needs the model, but explanation_func is a plain function; pass the model, an "
+                "EmbeddingAttribution or a Captum attribution object, or leave eval_mode=None"
+            )
+        switch = bool(eval_mode)
+    return Explainer(
+        func,
+        kwargs,
+        model,
+        eval_mode=switch,
+        warn_train_mode=eval_mode is None,
+        show_progress=show_progress,
+        desc=desc,
+    )
+
+
+def _warn_setting(ea: Any, per_dim: bool) -> None:
+    """Warn when an ``EmbeddingAttribution`` passed to a noise score uses the setting the
+    documentation says does not show the paper's score claims."""
+    agg = ea.embedding_aggregator
+    if per_dim or not (isinstance(agg, str) and agg == "var"):
+        return
+    warn_user(
+        "the EmbeddingAttribution passed uses embedding_aggregator='var' (its default, made for sparse maps "
+        "to look at): with it a trained network's noise score sits at or below its noise benchmark and the "
+        "drift effect reverses (docs: Evidence, 'Which aggregators the score claims need'). The paper's "
+        "score claims show with method='activation_gradient', channel_aggregator='mean', "
+        "embedding_aggregator='mean', the default when you pass the model itself, e.g. "
+        "noise_score(model, inputs, embedding_layer=..., layer=...)"
+    )
 
 
 def _as_noise_tuple(noise: Any, inputs: Inputs, argument: str) -> Inputs:
@@ -157,15 +313,68 @@ def _check_map(t: Any, m: int, where: str) -> torch.Tensor:
     return t
 
 
+def _warn_train_mode(ex: Explainer) -> None:
+    # called from a plain function: warn_user attributes the warning to the caller's line (from a
+    # generator context manager it would name contextlib)
+    if ex.model is not None and ex.eval_mode and ex.warn_train_mode and ex.model.training:
+        warn_user(
+            "model is in training mode; the score is computed in eval mode and the model's mode restored "
+            "afterwards. In a training loop pass eval_mode=True to score in eval mode without this "
+            "warning, or eval_mode=False to score in training mode (the inputs and each noise copy then "
+            "run in separate passes); no buffer of the model changes either way"
+        )
+
+
+@contextlib.contextmanager
+def _model_kept(ex: Explainer) -> Iterator[bool]:
+    """The model as the scores run it: in eval mode if ``ex.eval_mode`` (restored afterwards).
+    Yields whether any module then runs in training mode (the copies must then go through
+    separate calls)."""
+    model = ex.model
+    if model is None:
+        yield False
+        return
+    with ModelGuard(model, eval_mode=ex.eval_mode, warn_train_mode=False):
+        yield any(m.training for m in model.modules())
+
+
+@contextlib.contextmanager
+def _fresh_buffers(model: Optional[nn.Module]) -> Iterator[None]:
+    """Run the block on fresh copies of every buffer of ``model``.
+
+    Updates made in the forward pass (batch-norm running statistics and ``num_batches_tracked``,
+    a user module's buffers, in place or reassigned) land on the copies, and the model's own
+    tensors are put back untouched afterwards. Writing the old values back instead would bump the
+    buffers' version counters and break the backward pass of a differentiable score (autograd
+    saves batch norm's running statistics). Buffers shared by several modules share one copy.
+    """
+    if model is None:
+        yield
+        return
+    with ModelGuard(model, eval_mode=False, warn_train_mode=False) as guard:
+        copies: Dict[int, torch.Tensor] = {}
+        for module in model.modules():
+            for name, buf in list(module._buffers.items()):
+                if buf is None:
+                    continue
+                if id(buf) not in copies:
+                    copies[id(buf)] = buf.detach().clone()
+                guard.set_attribute(module, name, copies[id(buf)])
+        yield
+
+
 def explain_copies(
-    func: Callable,
-    kwargs: Dict[str, Any],
+    ex: Explainer,
     copies: Sequence[Inputs],
     was_tuple: bool,
     max_examples_per_batch: Optional[int],
     differentiable: bool,
 ) -> List[torch.Tensor]:
-    """Maps of all copies: one tensor ``(n_copies, N, ...)`` per head."""
+    """Maps of all copies: one tensor ``(n_copies, N, ...)`` per head.
+
+    The model (when known) keeps every buffer; when a module of it runs in training mode each
+    copy goes through its own call (batch statistics of the real inputs alone).
+    """
     n = copies[0][0].shape[0]
     c = len(copies)
     if max_examples_per_batch is None:
@@ -174,22 +383,29 @@ def explain_copies(
         check_int(max_examples_per_batch, "max_examples_per_batch", low=1)
         per_call = min(max(max_examples_per_batch // n, 1), c)
     chunks: List[List[torch.Tensor]] = []
-    for start in range(0, c, per_call):
-        group = copies[start : start + per_call]
-        k = len(group)
-        batch = tuple(torch.cat([g[i] for g in group], dim=0) for i in range(len(group[0])))
-        out = func(restore_form(batch, was_tuple), **_repeat_kwargs(kwargs, n, k))
-        heads = _heads(out, k * n)
-        if differentiable and not all(h.requires_grad for h in heads):
-            raise ValueError(
-                "differentiable=True, but explanation_func returned maps without an autograd graph; "
-                "it must build one (e.g. EmbeddingAttribution.attribute(..., create_graph=True))"
-            )
-        if not differentiable:
-            heads = [h.detach() for h in heads]
-        if chunks and [h.shape[1:] for h in heads] != [h.shape[1:] for h in chunks[-1]]:
-            raise ValueError("explanation_func returned maps of different shapes for different inputs")
-        chunks.append(heads)
+    _warn_train_mode(ex)
+    with _model_kept(ex) as training:
+        if training:
+            per_call = 1
+        starts = range(0, c, per_call)
+        bar = progress_bar(starts, show=ex.show_progress, desc=ex.desc, total=len(starts), unit="pass")
+        for start in bar:
+            group = copies[start : start + per_call]
+            k = len(group)
+            batch = tuple(torch.cat([g[i] for g in group], dim=0) for i in range(len(group[0])))
+            with _fresh_buffers(ex.model):
+                out = ex.func(restore_form(batch, was_tuple), **_repeat_kwargs(ex.kwargs, n, k))
+            heads = _heads(out, k * n)
+            if differentiable and not all(h.requires_grad for h in heads):
+                raise ValueError(
+                    "differentiable=True, but explanation_func returned maps without an autograd graph; "
+                    "it must build one (e.g. EmbeddingAttribution.attribute(..., create_graph=True))"
+                )
+            if not differentiable:
+                heads = [h.detach() for h in heads]
+            if chunks and [h.shape[1:] for h in heads] != [h.shape[1:] for h in chunks[-1]]:
+                raise ValueError("explanation_func returned maps of different shapes for different inputs")
+            chunks.append(heads)
     return [
         torch.cat([chunk[h] for chunk in chunks], dim=0).reshape(c, n, *chunks[0][h].shape[1:])
         for h in range(len(chunks[0]))
