@@ -167,6 +167,16 @@ def pointing_game(
 
     Returns:
         Tensor ``(N,)`` float: 1.0 hit, 0.0 miss (NaN for empty regions with ``on_empty="nan"``).
+
+    Example::
+
+        from captum_concepts.metrics import pointing_game
+
+        maps = torch.zeros(2, 8, 8)
+        maps[0, 2, 2] = 1.0  # inside the box
+        maps[1, 7, 7] = 1.0  # outside it
+        boxes = torch.tensor([[0, 0, 4, 4], [0, 0, 4, 4]])  # x0, y0, x1, y1 per example
+        pointing_game(maps, boxes=boxes)  # tensor([1., 0.]): is the maximum in the box?
     """
     return _hits(
         attributions, boxes, masks, torch.tensor([float(energy)]), hit_fraction, tolerance, on_empty
@@ -193,6 +203,14 @@ def pointing_game_curve(
 
     Returns:
         ``(energies (E,), accuracy (E,))``.
+
+    Example::
+
+        from captum_concepts.metrics import pointing_game_curve
+
+        maps = torch.rand(8, 16, 16)
+        boxes = torch.tensor([[4, 4, 12, 12]]).repeat(8, 1)
+        energies, accuracy = pointing_game_curve(maps, boxes=boxes, energies=[0.0, 0.5, 1.0])
     """
     grid = (
         torch.linspace(0.0, 1.0, 21) if energies is None else torch.as_tensor(energies, dtype=torch.float32)

@@ -158,6 +158,14 @@ def noise_score(
             shape than ``inputs``, ``n_noise < 1``, model-only arguments with an attribution
             object or a function, ``eval_mode=False`` with an ``EmbeddingAttribution`` built with
             ``eval_mode=True``.
+
+    Example::
+
+        from captum_concepts.metrics import noise_score
+
+        x = data.x_test[:16]
+        ns = noise_score(model, x, embedding_layer="embedding_relu", layer="block3.pool")  # (16,)
+        # 0: the attributions look like those of noise; higher: more informative
     """
     differentiable = _check_differentiable(differentiable)
     check_int(n_noise, "n_noise", low=1)
@@ -220,6 +228,15 @@ def noise_benchmark(
     Returns:
         Tensor: ``(N,)`` per-slot benchmark values in ``[0, 1]``; the benchmark value
         is their mean. ``(L, N)`` for a list of ``L`` maps.
+
+    Example::
+
+        from captum_concepts.metrics import noise_benchmark, noise_score
+
+        x = data.x_test[:16]
+        ns = noise_score(model, x, embedding_layer="embedding_relu", layer="block3.pool")
+        bench = noise_benchmark(model, x, embedding_layer="embedding_relu", layer="block3.pool")
+        float(ns.mean()), float(bench.mean())  # a trained network's score lies above its benchmark
     """
     check_int(n_draws, "n_draws", low=1)
     if noise_func is not None and not callable(noise_func):
@@ -298,6 +315,13 @@ def variance_score(
 
     Returns:
         Tensor: ``(N,)`` scores in ``[0, 1/4]`` (``(L, N)`` for a list of ``L`` maps).
+
+    Example::
+
+        from captum_concepts.metrics import variance_score
+
+        vs = variance_score(model, data.x_test[:16], embedding_layer="embedding_relu", layer="block3.pool")
+        assert float(vs.max()) <= 0.25  # the variance of maps in [0, 1] is at most 1/4
     """
     differentiable = _check_differentiable(differentiable)
     if threshold is not None:
@@ -416,6 +440,14 @@ def drift_score(
     Raises:
         ValueError: negative or non-finite ``epsilons``; the clean noise score is 0
             (the relative change is undefined).
+
+    Example::
+
+        from captum_concepts.metrics import drift_score
+
+        x = data.x_test[:16]
+        drift = drift_score(model, x, epsilons=[0.0, 0.5, 1.0], embedding_layer="embedding_relu",
+                            layer="block3.pool")  # (3,): relative change of the noise score
     """
     eps = torch.as_tensor(epsilons, dtype=torch.float64).flatten()
     if eps.numel() == 0 or not torch.isfinite(eps).all() or (eps < 0).any():

@@ -45,6 +45,14 @@ class ScoreCurve:
         constant_layers (list of str): the layers whose every map is constant over its positions
             (one spatial position, e.g. a ``1x1`` avgpool, or a dense layer): their score is 0 by
             construction, not a measurement (:func:`score_curve` warns about them).
+
+    Example::
+
+        from captum_concepts.metrics import score_curve
+
+        curve = score_curve(model, "embedding_relu", ["block1.relu", "block2.pool", "block3.pool"],
+                            data.x_test[:32])
+        curve.layers, curve.values, curve.benchmark  # names, (3,) mean scores, (3,) benchmark
     """
 
     layers: List[str]
@@ -222,6 +230,14 @@ def score_curve(
       images are no more different from those of noise than two noise inputs' are, and a curve
       below the random network's means the trained network's maps are less input-specific than a
       random one's. The paper's claim is then not borne out for this model; report it as such.
+
+    Example::
+
+        from captum_concepts.metrics import score_curve
+
+        layers = ["block1.relu", "block2.pool", "block3.pool"]
+        curve = score_curve(model, "embedding_relu", layers, data.x_test[:32])  # one backward pass
+        variance = score_curve(model, "embedding_relu", layers, data.x_test[:32], score="variance")
     """
     check_option(score, "score", SCORES)
     check_int(n_noise, "n_noise", low=1)
