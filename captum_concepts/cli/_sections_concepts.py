@@ -123,8 +123,9 @@ def _tcav_section(
     )
     k = min(20 if ctx.quick else 40, len(x) // 2)
     wanted = sorted({int(c) for c in top_classes[:, 0]} | {int(c) for c in control})
-    short = [c for c in wanted if counts[c] < MIN_HELD_OUT]
-    if k < MIN_HELD_OUT or len(short) == len(wanted):
+    present = torch.cat([split.fit_labels, split.test_labels]).unique().tolist()
+    short = [int(c) for c in present if counts[int(c)] < MIN_HELD_OUT]
+    if k < MIN_HELD_OUT or set(wanted) <= set(short):
         why = (
             f"the {len(x)} fitting images give {k} examples per concept, fewer than {MIN_HELD_OUT}"
             if k < MIN_HELD_OUT
@@ -230,7 +231,9 @@ def _tcav_figure(
                 ax.text(cx, 0.02, "n/a", ha="center", va="bottom", fontsize=6, rotation=90)
                 continue
             c = int(top_classes[j, 0]) if g == "top class" else int(control[j])
-            ax.errorbar(cx, t.mean, yerr=t.std, color="black", capsize=2, linewidth=0.8)
+            # the band mean +/- std, cut to the score's range [0, 1]
+            band = [[min(t.std, t.mean)], [min(t.std, 1.0 - t.mean)]]
+            ax.errorbar(cx, t.mean, yerr=band, color="black", capsize=2, linewidth=0.8)
             null = float(t.null.mean())
             ax.hlines(null, bar.get_x(), bar.get_x() + bar.get_width(), color="black", linestyles=":")
             if not sig[j, c]:
@@ -238,7 +241,12 @@ def _tcav_figure(
                 bar.set_alpha(0.45)
                 ax.text(cx, min(1.0, t.mean + t.std) + 0.01, "n.s.", ha="center", va="bottom", fontsize=7)
     ax.set_ylim(0, 1.12)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    from matplotlib.lines import Line2D
+
+    handles, names = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], color="black", linestyle=":"))
+    names.append("random sets (null)")
+    ax.legend(handles, names, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for tick in ax.get_xticklabels():
         tick.set_rotation(35)
         tick.set_horizontalalignment("right")
