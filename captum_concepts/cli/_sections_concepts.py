@@ -160,7 +160,8 @@ def _tcav_section(
     for j in range(n_concepts):
         top = ", ".join(f"{names[int(c)]} ({float(shares[j, share[int(c)]]):.0%})" for c in top_classes[j])
         rows.append([f"concept {j}", top] + cells(j, int(top_classes[j, 0])) + cells(j, int(control[j])))
-    n_test = sum({c: t.n_inputs for (_, c), t in tests.items()}.values())
+    scored = {c: t.n_inputs for (_, c), t in tests.items()}
+    n_test = sum(scored.values())
     how = (
         f"The images were split per class before fitting: coupled NMF and the CAVs use {len(x)} images, "
         f"TCAV scores {len(split.test_images)} others (a third of each class with {MIN_IMAGES_PER_CLASS} or "
@@ -178,8 +179,9 @@ def _tcav_section(
         f"sets' own scores, the null); 0.5 is no relation. p: two-sided "
         f"Student t-test of the concept's {r_sets} scores against the {r_sets} null scores; significant "
         f"when p < {ALPHA}/{len(tests)} = {level:.1e} (alpha {ALPHA}, Bonferroni over the {len(tests)} "
-        f"tests here). {n_test} held-out images were scored. Control class: the class with the least "
-        f"affinity to the concept. A class is tested only with {minimum} (else n/a)."
+        f"tests here). Scored: the {n_test} held-out images of the {len(scored)} tested classes. Control "
+        f"class: the class with the least affinity to the concept. A class is tested only with {minimum} "
+        "(else n/a)."
     )
     rep.add_table(
         [
@@ -241,12 +243,15 @@ def _tcav_figure(
                 bar.set_alpha(0.45)
                 ax.text(cx, min(1.0, t.mean + t.std) + 0.01, "n.s.", ha="center", va="bottom", fontsize=7)
     ax.set_ylim(0, 1.12)
+    from matplotlib.colors import to_rgb
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    handles, names = ax.get_legend_handles_labels()
-    handles.append(Line2D([], [], color="black", linestyle=":"))
-    names.append("random sets (null)")
-    ax.legend(handles, names, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    # plain swatches: the first bar of a group may be one of the hatched, pale ones
+    handles = [Patch(facecolor=to_rgb(c[0].get_facecolor()), label=g) for c, g in zip(ax.containers, groups)]
+    handles.append(Line2D([], [], color="black", linestyle=":", label="random sets (null)"))
+    handles.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="not significant"))
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for tick in ax.get_xticklabels():
         tick.set_rotation(35)
         tick.set_horizontalalignment("right")
