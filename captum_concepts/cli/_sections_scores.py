@@ -20,16 +20,16 @@ READING_GUIDE = (
     "differ from each other. A curve below the random-weight network means training made the "
     "explanation depend less on the image than random weights do (random convolutions act like edge "
     "filters, so their maps follow the image closely, most in shallow layers). Either has three usual "
-    "causes, to rule out in this order. (1) Not enough images: the curve is a mean over the scored "
+    "causes, to rule out in this order.\n\n(1) Not enough images: the curve is a mean over the scored "
     "images and the band a spread over a few noise draws; with a few dozen images, differences of a "
     "few hundredths are noise; score more images (--n-examples, --benchmark-draws) before reading "
-    "them. (2) A layer whose map cannot vary: a layer with one spatial position (a 1x1 average pool, a "
+    "them.\n\n(2) A layer whose map cannot vary: a layer with one spatial position (a 1x1 average pool, a "
     "flattened or linear layer) gives a constant map, which normalises to zeros, so its scores are 0 "
     "by construction and say nothing about the model; very small maps (2x2) have little room to "
     "differ; and inputs far from what the model was trained on (a wrong --mean/--std or image size) "
-    "make every layer's maps look alike. (3) The paper's claim does not hold for this model: the "
+    "make every layer's maps look alike.\n\n(3) The paper's claim does not hold for this model: the "
     "claim is an empirical finding for the paper's networks, not a law, and a model (or a layer) whose "
-    "explanation of the embedding does not depend on the image content is a finding in itself. The "
+    "explanation of the embedding does not depend on the image content is a finding in itself.\n\nThe "
     "variance score is read alike: near 0 the embedding components attend to the same places."
 )
 
@@ -75,12 +75,14 @@ def score_curves(ctx: Context) -> None:
             reshape_transform=source_transforms(ctx),
         )
     if flat:
+        one = len(flat) == 1
         rep.add_note(
-            "Layer(s) "
+            ("Layer " if one else "Layers ")
             + ", ".join(text_label(names[i]) for i in flat)
-            + " have one spatial position: their map is constant, so the noise and variance scores are 0 "
-            "by construction (not a property of the model). They are left out of the plots (a gap and "
-            "'1 position' under the name) and kept in the table as 0."
+            + (" has" if one else " have")
+            + " one spatial position: its map is constant, so its noise and variance scores are 0 by "
+            "construction (not a property of the model). It is left out of the plots (a gap, '1 position' "
+            "under the name) and kept in the table as 0."
         )
 
     def plotted(values: Any) -> Any:
