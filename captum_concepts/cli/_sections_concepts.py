@@ -40,7 +40,7 @@ def coupled_nmf(ctx: Context, n_concepts: int = 10, n_top: int = 6) -> None:
     x, y = split.fit_images, split.fit_labels
     n_concepts = min(n_concepts, len(x))
     n_top = min(n_top, len(x))
-    bar = progress_bar(total=3, show=ctx.progress, desc="coupled NMF", unit="step")
+    bar = progress_bar(total=2, show=ctx.progress, desc="coupled NMF", unit="step")
     bar.set_postfix_str("fit")
     cnmf = CoupledNMFConcepts(
         n_concepts=n_concepts,
