@@ -366,3 +366,36 @@ def test_labels_are_safe_for_matplotlib_and_utf8():
     fig.canvas.draw()  # raised before (mathtext, surrogate)
     assert ax.title.get_text() == r"caf\xe9 cost_\$5 / cost_\$10"
     plt.close(fig)
+
+
+def test_tcav_tests_same_seed_same_scores(models):
+    """Captum's CAV classifier shuffles with Python's and numpy's global generators: the section seeds
+    them, so a second run (after other draws) gives the same scores, and leaves them as they were."""
+    import random
+
+    import cli_sections_models
+
+    from captum_concepts.concept import CoupledNMFConcepts
+
+    torch.manual_seed(0)
+    model = cli_sections_models.four_classes().eval()
+    x, y = torch.rand(40, 3, 16, 16), torch.arange(40) % 4
+    ctx = _ctx(x, y, x, y)
+    ctx.model, ctx.layers, ctx.concept_layer, ctx.progress = model, ["relu2"], "relu2", False
+    split = held_out_split(ctx)
+    cnmf = CoupledNMFConcepts(2, model, layers=["relu2"], max_iter=10, random_state=0).fit(split.fit_images)
+    pairs = [(0, 0), (1, 1), (0, 2)]
+    first = _sections_tcav.tcav_tests(ctx, cnmf, split.fit_images, split, pairs, k=6)
+    random.seed(123)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    states = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
+    second = _sections_tcav.tcav_tests(ctx, cnmf, split.fit_images, split, pairs, k=6)
+    assert random.getstate() == states[0]  # the caller's streams are left as they were
+    assert np.array_equal(np.random.get_state()[1], states[1])
+    assert torch.equal(torch.get_rng_state(), states[2])
+    assert first.keys() == second.keys() == {(0, 0), (1, 1), (0, 2)}
+    for key in first:
+        np.testing.assert_array_equal(first[key].scores, second[key].scores)
+        np.testing.assert_array_equal(first[key].null, second[key].null)
+        assert len(first[key].scores) == 10 and first[key].n_inputs == MIN_HELD_OUT

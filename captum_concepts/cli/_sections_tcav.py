@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -118,7 +119,7 @@ def tcav_tests(
     ``fit_images``: the images ``cnmf`` was fitted on, in fit order (its concepts' top-``k``
     examples and the random sets of ``k`` images are drawn from them).
     """
-    from captum.concept import TCAV, Concept
+    from captum.concept import Concept
     from torch.utils.data import DataLoader
 
     r_sets = n_random_sets(ctx)
@@ -128,10 +129,34 @@ def tcav_tests(
     randoms = [
         Concept(r, f"random_{r}", DataLoader(fit_images[d], batch_size=k)) for r, d in enumerate(draws)
     ]
+    # Captum's CAV classifier splits its examples with Python's global generator (random.shuffle) and
+    # fits sklearn's SGDClassifier, which shuffles with numpy's (random_state=None): same seed, same
+    # report, and the caller's streams are left as they were
+    python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(ctx.seed)
+    np.random.seed(ctx.seed)
+    torch.manual_seed(ctx.seed)
+    try:
+        return _run_tcav(ctx, concepts, randoms, split, pairs)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state)
+
+
+def _run_tcav(
+    ctx: Context,
+    concepts: list,
+    randoms: list,
+    split: HeldOutSplit,
+    pairs: Sequence[Tuple[int, int]],
+) -> Dict[Tuple[int, int], TcavTest]:
+    from captum.concept import TCAV
+
     layer = ctx.concept_layer
     cap = inputs_per_class(ctx)
+    r_sets = len(randoms) - 1
     results: Dict[Tuple[int, int], TcavTest] = {}
-    torch.manual_seed(ctx.seed)  # Captum's CAV classifier splits and shuffles with torch's generator
     with tempfile.TemporaryDirectory() as tmp:
         tcav = TCAV(ctx.model, [layer], save_path=tmp, show_progress=False)
         classes = sorted({c for _, c in pairs})
