@@ -75,14 +75,14 @@ def score_curves(ctx: Context) -> None:
             reshape_transform=source_transforms(ctx),
         )
     if flat:
-        one = len(flat) == 1
+        its, it = ("its", "It is") if len(flat) == 1 else ("their", "They are")
         rep.add_note(
-            ("Layer " if one else "Layers ")
+            ("Layer " if len(flat) == 1 else "Layers ")
             + ", ".join(text_label(names[i]) for i in flat)
-            + (" has" if one else " have")
-            + " one spatial position: its map is constant, so its noise and variance scores are 0 by "
-            "construction (not a property of the model). It is left out of the plots (a gap, '1 position' "
-            "under the name) and kept in the table as 0."
+            + (" has" if len(flat) == 1 else " have")
+            + f" one spatial position: {its} map is constant, so {its} noise and variance scores are 0 "
+            f"by construction (not a property of the model). {it} left out of the plots (a gap, "
+            "'1 position' under the name) and kept in the table as 0."
         )
 
     def plotted(values: Any) -> Any:
