@@ -9,6 +9,7 @@ from torch import nn
 
 from .. import visualization as viz
 from ._context import AGGREGATORS, Context, pick_examples, source_transforms
+from ._sections_labels import plot_label, plot_labels
 
 
 def embedding_attributions(ctx: Context, n_examples: int = 2, method: str = "activation_gradient") -> None:
@@ -42,12 +43,12 @@ def embedding_attributions(ctx: Context, n_examples: int = 2, method: str = "act
     for i in range(len(idx)):
         for agg in AGGREGATORS:
             rows.append(torch.stack([m[i] for m in per_agg[agg]]))
-            row_labels.append(f"{ctx.class_names[int(ctx.eval_labels[idx[i]])]} / {agg}")
+            row_labels.append(plot_label(f"{ctx.class_names[int(ctx.eval_labels[idx[i]])]} / {agg}"))
             row_images.append(ctx.eval_images[idx[i]])
     fig, _ = viz.visualize_attribution_grid(
         torch.stack(rows),
         torch.stack(row_images),
-        col_labels=[ctx.label(s) for s in sources],
+        col_labels=plot_labels(ctx.label(s) for s in sources),
         labels=row_labels,
         use_pyplot=False,
     )

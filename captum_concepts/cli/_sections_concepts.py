@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import Dict, List, Tuple
 
 import torch
 
 from .. import visualization as viz
+from .._utils.progress import progress_bar
 from ._context import Context
+from ._sections_labels import plot_labels, text_label
+from ._sections_tcav import (
+    ALPHA,
+    MIN_HELD_OUT,
+    MIN_IMAGES_PER_CLASS,
+    HeldOutSplit,
+    TcavTest,
+    format_p,
+    held_out_split,
+    inputs_per_class,
+    n_random_sets,
+    significant,
+    tcav_tests,
+)
 
 
 def coupled_nmf(ctx: Context, n_concepts: int = 10, n_top: int = 6) -> None:
@@ -19,10 +34,14 @@ def coupled_nmf(ctx: Context, n_concepts: int = 10, n_top: int = 6) -> None:
         "Coupled non-negative matrix factorisation (Saini & Papalexakis) factorises the pixels and the "
         "activations of several layers at once with one shared example factor F: each concept is a "
         "pattern of pixels and of neurons in every layer that co-occur in the same examples. No labels "
-        "are used to find them; each concept's top examples are then tested with Captum's TCAV.",
+        "are used to find them; each concept is then tested with Captum's TCAV on held-out images.",
     )
-    x = ctx.fit_images
+    split = held_out_split(ctx)
+    x, y = split.fit_images, split.fit_labels
+    n_concepts = min(n_concepts, len(x))
     n_top = min(n_top, len(x))
+    bar = progress_bar(total=2, show=ctx.progress, desc="coupled NMF", unit="step")
+    bar.set_postfix_str("fit")
     cnmf = CoupledNMFConcepts(
         n_concepts=n_concepts,
         model=ctx.model,
@@ -35,9 +54,13 @@ def coupled_nmf(ctx: Context, n_concepts: int = 10, n_top: int = 6) -> None:
         shift=ctx.shift,
         reshape_transform=ctx.reshape_transforms,
     ).fit(x.to(ctx.device))
+    bar.update()
+    bar.set_postfix_str("concept masks")
     top = cnmf.top_examples(n_top).cpu()
     masks, _ = cnmf.factor_masks(x.to(ctx.device))
-    top_classes = cnmf.top_classes(ctx.fit_labels, k=min(3, len(ctx.class_names))).cpu()
+    bar.update()
+    bar.close()
+    top_classes = cnmf.top_classes(y, k=min(3, int(y.unique().numel()))).cpu()
     names = [
         f"c{k}: " + ",".join(ctx.class_names[int(c)] for c in top_classes[k, :2]) for k in range(n_concepts)
     ]
@@ -45,23 +68,23 @@ def coupled_nmf(ctx: Context, n_concepts: int = 10, n_top: int = 6) -> None:
         x[top],
         masks=masks.any(dim=1).cpu(),
         factor_images=cnmf.factor_images().mean(dim=1).cpu(),
-        labels=names,
+        labels=plot_labels(names),
         use_pyplot=False,
     )
+    layer_names = [ctx.label(s) for s in ctx.layers]
+    held = f" ({len(split.test_images)} more held out for TCAV)" if split.split_here else ""
     rep.add_figure(
         fig,
         "concept_grid",
         "Concepts: pixel factor and top examples",
-        f"One row per concept ({n_concepts} concepts, {len(x)} unlabelled images, pixels + "
-        f"{', '.join(ctx.label(s) for s in ctx.layers)}). First column: the concept's pixel factor P[:, k] "
+        f"One row per concept ({n_concepts} concepts, {len(x)} unlabelled images{held}, pixels + "
+        f"{text_label(', '.join(layer_names))}). First column: the concept's pixel factor P[:, k] "
         "as an image; then the examples with the largest weight in F. The red outline is the concept's "
         "median mask (pixels where the factor image is above its median). The row label gives the two "
         "classes with the largest summed affinity (labels used only for this read-out).",
     )
     sims = [cnmf.neuron_similarity(j).cpu() for j in range(len(ctx.layers))]
-    fig, _ = viz.visualize_similarity_matrices(
-        sims, labels=[ctx.label(s) for s in ctx.layers], use_pyplot=False
-    )
+    fig, _ = viz.visualize_similarity_matrices(sims, labels=plot_labels(layer_names), use_pyplot=False)
     rep.add_figure(
         fig,
         "neuron_similarity",
@@ -70,77 +93,195 @@ def coupled_nmf(ctx: Context, n_concepts: int = 10, n_top: int = 6) -> None:
         "eigenvalues of each matrix. The paper finds deeper layers closer to the identity (eigenvalues "
         "near 1): concepts use separate neurons there, while shallow layers share generic features.",
     )
-    scores, _ = cnmf.class_scores(ctx.fit_labels)
+    scores, classes = cnmf.class_scores(y)
     scores = scores.cpu()
     shares = scores / scores.sum(dim=1, keepdim=True).clamp_min(1e-12)
-    control = scores.argmin(dim=1)  # the class each concept is least about: TCAV's negative control
-    tcav_top = _tcav_scores(ctx, cnmf, x, top_classes[:, 0])
-    tcav_control = _tcav_scores(ctx, cnmf, x, control)
-    layer = ctx.label(ctx.concept_layer)
-    rows = []
-    for k in range(n_concepts):
-        cls = [int(c) for c in top_classes[k]]
-        rows.append(
-            [
-                f"concept {k}",
-                ", ".join(f"{ctx.class_names[c]} ({float(shares[k, c]):.0%})" for c in cls),
-                tcav_top[k],
-                ctx.class_names[int(control[k])],
-                tcav_control[k],
-            ]
-        )
-    rep.add_table(
-        ["concept", "top classes (share of affinity)", "TCAV, top class", "control class", "TCAV, control"],
-        rows,
-        caption=f"TCAV validation at {layer}: the TCAV score is the share of held-out examples of a class "
-        "whose class score increases along the concept's CAV (the concept's top examples vs random "
-        "examples). A concept that matters to its top class scores well above 0.5 there; the control is "
-        "the class with the least affinity to the concept.",
+    # the class each concept is least about: TCAV's negative control (a label value, like top_classes)
+    control = classes[scores.argmin(dim=1)]
+    _tcav_section(ctx, cnmf, split, top_classes, control, shares, classes)
+
+
+def _tcav_section(
+    ctx: Context,
+    cnmf: object,
+    split: HeldOutSplit,
+    top_classes: torch.Tensor,
+    control: torch.Tensor,
+    shares: torch.Tensor,
+    classes: torch.Tensor,
+) -> None:
+    """TCAV of each concept for its top class and its control class: table and figure."""
+    rep = ctx.report
+    x = split.fit_images
+    n_concepts = int(top_classes.shape[0])
+    names = [text_label(c) for c in ctx.class_names]
+    counts = split.test_counts(len(ctx.class_names))
+    minimum = (
+        f"at least {MIN_IMAGES_PER_CLASS} images per class, {MIN_HELD_OUT} of them held out"
+        if split.split_here
+        else f"at least {MIN_HELD_OUT} held-out images per class"
     )
-    fig, _ = viz.visualize_tcav_scores(
-        {"top class": tcav_top, "control class": tcav_control},
-        labels=[
-            f"c{k}\n{ctx.class_names[int(top_classes[k, 0])]} / {ctx.class_names[int(control[k])]}"
-            for k in range(n_concepts)
+    k = min(20 if ctx.quick else 40, len(x) // 2)
+    wanted = sorted({int(c) for c in top_classes[:, 0]} | {int(c) for c in control})
+    present = torch.cat([split.fit_labels, split.test_labels]).unique().tolist()
+    short = [int(c) for c in present if counts[int(c)] < MIN_HELD_OUT]
+    if k < MIN_HELD_OUT or set(wanted) <= set(short):
+        why = (
+            f"the {len(x)} fitting images give {k} examples per concept, fewer than {MIN_HELD_OUT}"
+            if k < MIN_HELD_OUT
+            else f"no tested class has enough images ({minimum})"
+        )
+        _warn(ctx, f"TCAV not run: {why}. Give more images per class (--max-images, more files).")
+        return
+    if short:
+        _warn(
+            ctx,
+            f"TCAV leaves out {len(short)} class(es) with too few images ({minimum}): "
+            + ", ".join(f"{names[c]} ({counts[c]} held out)" for c in short)
+            + ".",
+        )
+    pairs = [(j, int(top_classes[j, 0])) for j in range(n_concepts)]
+    pairs += [(j, int(control[j])) for j in range(n_concepts) if int(control[j]) != int(top_classes[j, 0])]
+    tests = tcav_tests(ctx, cnmf, x, split, pairs, k)
+    level, sig = significant(tests)
+    r_sets = n_random_sets(ctx)
+    layer = text_label(ctx.label(ctx.concept_layer))
+
+    def cells(j: int, c: int) -> List[object]:
+        test = tests.get((j, c))
+        if test is None:
+            return [names[c], "n/a (too few images)", "n/a", "not tested"]
+        verdict = "significant" if sig[j, c] else "not significant"
+        score = f"{test.mean:.2f} ± {test.std:.2f} (random {float(test.null.mean()):.2f})"
+        return [names[c], score, format_p(test.p_value), verdict]
+
+    share = {int(c): i for i, c in enumerate(classes.tolist())}
+    rows = []
+    for j in range(n_concepts):
+        top = ", ".join(f"{names[int(c)]} ({float(shares[j, share[int(c)]]):.0%})" for c in top_classes[j])
+        rows.append([f"concept {j}", top] + cells(j, int(top_classes[j, 0])) + cells(j, int(control[j])))
+    scored = {c: t.n_inputs for (_, c), t in tests.items()}
+    n_test = sum(scored.values())
+    how = (
+        f"The images were split per class before fitting: coupled NMF and the CAVs use {len(x)} images, "
+        f"TCAV scores {len(split.test_images)} others (a third of each class with {MIN_IMAGES_PER_CLASS} or "
+        f"more images, at least {MIN_HELD_OUT}, at most {inputs_per_class(ctx)})."
+        if split.split_here
+        else f"Coupled NMF and the CAVs use {len(x)} images; TCAV scores the separate held-out set "
+        f"({len(split.test_images)} images, at most {inputs_per_class(ctx)} per class)."
+    )
+    caption = (
+        f"TCAV (Kim et al., 2018) at {layer} on held-out images. {how} Each concept's CAV separates its "
+        f"{k} top examples from a random set of {k} fitting images; this is repeated with {r_sets} random "
+        f"sets, and each class's null distribution is random set 0 vs the same {r_sets} random sets. "
+        "Score: the share of a class's held-out images whose class logit increases along the CAV "
+        f"(sign count), mean ± std over the {r_sets} random sets (in brackets: the mean of the random "
+        f"sets' own scores, the null); 0.5 is no relation. p: two-sided "
+        f"Student t-test of the concept's {r_sets} scores against the {r_sets} null scores; significant "
+        f"when p < {ALPHA}/{len(tests)} = {level:.1e} (alpha {ALPHA}, Bonferroni over the {len(tests)} "
+        f"tests here). Scored: the {n_test} held-out images of the {len(scored)} tested classes. Control "
+        f"class: the class with the least affinity to the concept. A class is tested only with {minimum} "
+        "(else n/a)."
+    )
+    rep.add_table(
+        [
+            "concept",
+            "top classes (share of affinity)",
+            "top class",
+            "TCAV",
+            "p",
+            "test",
+            "control class",
+            "TCAV",
+            "p",
+            "test",
         ],
+        rows,
+        caption=caption,
+    )
+    _tcav_figure(ctx, tests, sig, top_classes, control, caption_head=caption.split(" Score:")[0])
+
+
+def _tcav_figure(
+    ctx: Context,
+    tests: Dict[Tuple[int, int], TcavTest],
+    sig: Dict[Tuple[int, int], bool],
+    top_classes: torch.Tensor,
+    control: torch.Tensor,
+    caption_head: str,
+) -> None:
+    n_concepts = int(top_classes.shape[0])
+    groups = {"top class": [], "control class": []}
+    for j in range(n_concepts):
+        for group, c in (("top class", int(top_classes[j, 0])), ("control class", int(control[j]))):
+            groups[group].append(tests.get((j, c)))
+    top, low = top_classes[:, 0].tolist(), control.tolist()
+    labels = [
+        f"c{j}: {_short(ctx.class_names[top[j]])}\nvs {_short(ctx.class_names[low[j]])}"
+        for j in range(n_concepts)
+    ]
+    fig, ax = viz.visualize_tcav_scores(
+        {g: [t.mean if t is not None else 0.0 for t in ts] for g, ts in groups.items()},
+        labels=plot_labels(labels),
+        fig_size=(max(7.0, 1.1 * n_concepts), 3.6),
         use_pyplot=False,
     )
+    for container, (g, ts) in zip(ax.containers, groups.items()):
+        for j, (bar, t) in enumerate(zip(container, ts)):
+            cx = bar.get_x() + bar.get_width() / 2
+            if t is None:
+                ax.text(cx, 0.02, "n/a", ha="center", va="bottom", fontsize=6, rotation=90)
+                continue
+            c = int(top_classes[j, 0]) if g == "top class" else int(control[j])
+            # the band mean +/- std, cut to the score's range [0, 1]
+            band = [[min(t.std, t.mean)], [min(t.std, 1.0 - t.mean)]]
+            ax.errorbar(cx, t.mean, yerr=band, color="black", capsize=2, linewidth=0.8)
+            null = float(t.null.mean())
+            ax.hlines(null, bar.get_x(), bar.get_x() + bar.get_width(), color="black", linestyles=":")
+            if not sig[j, c]:
+                bar.set_hatch("///")
+                bar.set_alpha(0.45)
+                ax.text(cx, min(1.0, t.mean + t.std) + 0.01, "n.s.", ha="center", va="bottom", fontsize=7)
+    ax.set_ylim(0, 1.12)
+    from matplotlib.colors import to_rgb
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    # plain swatches: the first bar of a group may be one of the hatched, pale ones
+    handles = [Patch(facecolor=to_rgb(c[0].get_facecolor()), label=g) for c, g in zip(ax.containers, groups)]
+    handles.append(Line2D([], [], color="black", linestyle=":", label="random sets (null)"))
+    handles.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="not significant"))
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for tick in ax.get_xticklabels():
+        tick.set_rotation(35)
+        tick.set_horizontalalignment("right")
+        tick.set_rotation_mode("anchor")
+    rep = ctx.report
     rep.add_figure(
         fig,
         "tcav_scores",
         "TCAV scores of the discovered concepts",
-        f"For each concept (labels: top class / control class), the TCAV sign-count score at {layer} of its "
-        "top class (blue) and of its least related class (grey). The paper validates its concepts with "
-        "TCAV: a concept that drives its class has a score near 1 for it, while the control class should "
-        "not show the same dependence.",
+        "For each concept (label: top class vs control class), the mean TCAV score of its top class "
+        "(blue) and of its least related class (grey), with the standard deviation over the random sets "
+        "as error bars; the dotted line on each bar is the mean score of the random sets themselves (the "
+        "null). Hatched, pale bars marked n.s. are not significantly different from the random "
+        "concepts (see the table); n/a: the class has too few held-out images. A concept that drives its "
+        "class has a significant score near 1 there (near 0: it lowers the class). " + caption_head,
     )
 
 
-def _tcav_scores(ctx: Context, cnmf: object, x: torch.Tensor, classes: torch.Tensor) -> List[float]:
-    """TCAV sign-count score of class ``classes[c]`` for concept ``c`` (vs one random set)."""
-    import tempfile
+def _short(name: str, width: int = 14) -> str:
+    """A class name cut to ``width`` characters for a tick label."""
+    name = text_label(name)
+    return name if len(name) <= width else name[: width - 1] + "…"
 
-    from captum.concept import TCAV, Concept
-    from torch.utils.data import DataLoader
 
-    k = max(1, min(20 if ctx.quick else 40, len(x) // 2))
-    gen = torch.Generator().manual_seed(ctx.seed)
-    concepts = cnmf.to_captum_concepts(x, k=k, first_id=1)
-    random_idx = torch.randperm(len(x), generator=gen)[:k]
-    random_concept = Concept(0, "random", DataLoader(x[random_idx], batch_size=k))
-    scores: List[float] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tcav = TCAV(ctx.model, [ctx.concept_layer], save_path=tmp, show_progress=False)
-        for c in range(int(classes.shape[0])):
-            cls = int(classes[c])
-            inputs = ctx.eval_images[ctx.eval_labels == cls][: 20 if ctx.quick else 60].to(ctx.device)
-            if len(inputs) == 0:
-                scores.append(float("nan"))
-                continue
-            result = tcav.interpret(inputs, [[concepts[c], random_concept]], target=cls)
-            key = next(iter(result))
-            scores.append(float(result[key][ctx.concept_layer]["sign_count"][0]))
-    return scores
+def _warn(ctx: Context, text: str) -> None:
+    """A note in the report and the same line on stderr."""
+    import sys
+
+    ctx.report.add_note(text)
+    print(f"captum-concepts: warning: {text}", file=sys.stderr)
 
 
 def concept_maps(
@@ -197,7 +338,7 @@ def concept_maps(
     fig, _ = viz.visualize_concept_importance(
         imp[shown].cpu(),
         res[shown].cpu(),
-        col_labels=[ctx.class_names[int(c)] for c in classes[shown]],
+        col_labels=plot_labels(ctx.class_names[int(c)] for c in classes[shown]),
         use_pyplot=False,
     )
     rep.add_figure(

@@ -9,6 +9,7 @@ import torch
 
 from .. import visualization as viz
 from ._context import Context
+from ._sections_labels import plot_label, plot_labels, text_label
 
 
 def semantic_vectors(ctx: Context) -> object:
@@ -26,10 +27,11 @@ def semantic_vectors(ctx: Context) -> object:
     sv = SemanticVector(ctx.model, ctx.concept_layer, random_state=ctx.seed).fit_from_labels(
         (ctx.fit_images, ctx.fit_labels), n_classes=len(ctx.class_names)
     )
-    names = [ctx.class_names[int(c)] for c in sv.concept_names_]
+    names = [text_label(ctx.class_names[int(c)]) for c in sv.concept_names_]
+    layer = text_label(ctx.label(ctx.concept_layer))
     rel = sv.relevance().cpu()
     fig, _ = viz.visualize_relevance_matrix(
-        rel, labels=names, title=f"Relevance at {ctx.label(ctx.concept_layer)}", use_pyplot=False
+        rel, labels=plot_labels(names), title=plot_label(f"Relevance at {layer}"), use_pyplot=False
     )
     off = rel.clone().fill_diagonal_(-1)
     a, b = np.unravel_index(int(off.argmax()), off.shape)
@@ -38,7 +40,7 @@ def semantic_vectors(ctx: Context) -> object:
         "relevance_matrix",
         "Concept relevance matrix",
         f"cos(v_a, v_b) between the semantic vectors of every pair of classes at layer "
-        f"{ctx.label(ctx.concept_layer)}, fitted on {len(ctx.fit_images)} labelled examples. Similar classes "
+        f"{layer}, fitted on {len(ctx.fit_images)} labelled examples. Similar classes "
         f"share features and have high relevance; here the most related pair is {names[a]} / {names[b]} "
         f"({float(rel[a, b]):.2f}). The diagonal is 1 by construction.",
     )
@@ -100,7 +102,7 @@ def saliency_comparison(
         grid,
         images[show],
         col_labels=list(methods),
-        labels=[f"target {ctx.class_names[int(c)]}" for c in targets[show]],
+        labels=plot_labels(f"target {ctx.class_names[int(c)]}" for c in targets[show]),
         boxes=None if boxes is None else boxes[show],
         sign="positive",
         use_pyplot=False,
