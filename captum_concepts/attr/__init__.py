@@ -5,10 +5,12 @@ upsampling) and class-discriminative semantic saliency (:class:`SemanticGuidedBa
 from .._utils.layout import channels_last, tokens_to_grid
 from ._core.aggregators import aggregate
 from ._core.captum_interop import as_captum_image, as_captum_layer_attr, as_image_attr, as_input_attr
+from ._core.costs import PassCosts
 from ._core.embedding_attribution import EmbeddingAttribution
 from ._core.forward_mode import ForwardModeUnsupported, choose_strategy
 from ._core.semantic_saliency import SemanticGradientInput, SemanticGuidedBackprop, SemanticMaskSource
 from ._core.similarity import SimilarityAttribution
+from ._core.strategies import Plan
 from ._core.upsampling import upsample_maps
 
 __all__: list = []
@@ -16,5 +18,5 @@ __all__ += ["EmbeddingAttribution", "aggregate", "upsample_maps"]
 __all__ += ["SemanticGuidedBackprop", "SemanticGradientInput", "SemanticMaskSource"]
 __all__ += ["tokens_to_grid", "channels_last"]
 __all__ += ["SimilarityAttribution"]
-__all__ += ["ForwardModeUnsupported", "choose_strategy"]
+__all__ += ["ForwardModeUnsupported", "choose_strategy", "Plan", "PassCosts"]
 __all__ += ["as_captum_layer_attr", "as_image_attr", "as_captum_image", "as_input_attr"]
