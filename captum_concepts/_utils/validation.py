@@ -24,7 +24,7 @@ import inspect
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ __all__ = [
     "NONE",
     "validate_params",
     "validated",
+    "flag_parameters",
     "check_grad_mode",
 ]
 
@@ -374,6 +375,17 @@ def check_grad_mode(where: str, arguments: Optional[Mapping[str, Any]] = None) -
 
 
 # ---------------------------------------------------------------------- the entry decorator
+def flag_parameters(signature: inspect.Signature) -> List[str]:
+    """The flags of a signature: parameters annotated ``bool`` (or unannotated with a ``bool``
+    default), which :func:`validated` checks with :class:`Bool`."""
+    return [
+        name
+        for name, p in signature.parameters.items()
+        if p.annotation in (bool, "bool")
+        or (p.annotation is inspect.Parameter.empty and isinstance(p.default, bool))
+    ]
+
+
 def validated(
     *,
     params: bool = True,
@@ -387,7 +399,10 @@ def validated(
     — the class's constraint table via :func:`validate_params`, if the class has one (parameters
     may have changed through ``set_params`` since the constructor); ``fitted`` (methods) —
     ``self._check_fitted()``; ``args`` — a constraint per named call argument, as the class table
-    does for parameters. All of this happens before any data is read or any forward pass runs.
+    does for parameters. Every flag (see :func:`flag_parameters`) gets :class:`Bool` unless
+    ``args`` gives it another rule, so ``"False"`` or ``None`` is never read by its truthiness.
+    All of this happens before any data is read or any forward pass runs. The wrapper carries
+    ``__validated__ = True`` (tests find undecorated entries by it).
 
     The wrapper keeps ``__name__``, ``__doc__`` and the signature (``functools.wraps``). It adds a
     frame: warnings raised inside go through :func:`~captum_concepts._utils.warn.warn_user`.
@@ -400,14 +415,14 @@ def validated(
             @validated(args={"max_iter": AnyOf(NONE, Int(1))})
             def fit(self, x, max_iter=None): ...
     """
-    rules = dict(args or {})
 
     def decorate(func: F) -> F:
         signature = inspect.signature(func)
         method = next(iter(signature.parameters), None) == "self"
-        unknown = set(rules) - set(signature.parameters)
+        unknown = set(args or {}) - set(signature.parameters)
         if unknown:
             raise TypeError(f"validated: {func.__qualname__} has no argument(s) {sorted(unknown)}")
+        rules = {**{name: Bool() for name in flag_parameters(signature)}, **(args or {})}
 
         @functools.wraps(func)
         def wrapper(*call_args: Any, **call_kwargs: Any) -> Any:
@@ -431,6 +446,7 @@ def validated(
                     rule.check(bound.arguments[name], name)
             return func(*call_args, **call_kwargs)
 
+        wrapper.__validated__ = True  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .._utils.hooks import ModelGuard
+from .._utils.validation import validated
 from .digits import DigitsData, load_digits_tensors
 from .models import DigitsCNN
 
@@ -50,6 +51,7 @@ def accuracy(
         return correct / len(x)
 
 
+@validated()
 def train_classifier(
     model: nn.Module,
     x_train: torch.Tensor,

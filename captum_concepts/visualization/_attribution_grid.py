@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .._utils.validation import check_option
+from .._utils.validation import check_option, validated
 from ._common import (
     ArrayLike,
     check_ndim,
@@ -30,6 +30,7 @@ from ._common import (
 _METHODS = ("heat_map", "blended_heat_map")
 
 
+@validated()
 def visualize_attribution_grid(
     attributions: ArrayLike,
     original_images: Optional[ArrayLike] = None,
@@ -134,6 +135,7 @@ def visualize_attribution_grid(
     return fig, axes
 
 
+@validated()
 def visualize_embedding_attributions(
     attributions: Union[ArrayLike, Mapping[str, Any]],
     original_image: Optional[ArrayLike] = None,

@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 from matplotlib.figure import Figure
 
+from .._utils.validation import validated
 from ._common import (
     ArrayLike,
     check_ndim,
@@ -22,6 +23,7 @@ from ._common import (
 
 
 @fill_doc
+@validated()
 def visualize_concept_maps(
     images: ArrayLike,
     maps: ArrayLike,
@@ -84,6 +86,7 @@ def visualize_concept_maps(
 
 
 @fill_doc
+@validated()
 def visualize_concept_importance(
     importance: ArrayLike,
     residual: Optional[ArrayLike] = None,

@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .._utils.validation import validated
 from ._common import (
     ArrayLike,
     check_ndim,
@@ -24,6 +25,7 @@ from ._common import (
 
 
 @fill_doc
+@validated()
 def visualize_concept_grid(
     images: ArrayLike,
     masks: Optional[ArrayLike] = None,
@@ -99,6 +101,7 @@ def visualize_concept_grid(
 
 
 @fill_doc
+@validated()
 def visualize_similarity_matrices(
     matrices: Union[ArrayLike, Sequence[ArrayLike]],
     layer_names: Optional[Sequence[str]] = None,
@@ -162,6 +165,7 @@ def visualize_similarity_matrices(
 
 
 @fill_doc
+@validated()
 def visualize_relevance_matrix(
     relevance: ArrayLike,
     concept_names: Optional[Sequence[str]] = None,
@@ -227,6 +231,7 @@ def visualize_relevance_matrix(
 
 
 @fill_doc
+@validated()
 def visualize_tcav_scores(
     scores: Union[ArrayLike, Mapping[str, ArrayLike]],
     concept_labels: Optional[Sequence[str]] = None,

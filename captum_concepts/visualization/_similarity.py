@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import ConnectionPatch
 
-from .._utils.validation import check_int, check_option
+from .._utils.validation import check_int, check_option, validated
 from ._common import (
     ArrayLike,
     check_ndim,
@@ -23,6 +23,7 @@ from ._common import (
 
 
 @fill_doc
+@validated()
 def visualize_similarity_maps(
     images_a: ArrayLike,
     images_b: ArrayLike,
@@ -86,6 +87,7 @@ def _centres(grid: Sequence[int], size: Sequence[int]) -> np.ndarray:
 
 
 @fill_doc
+@validated()
 def visualize_correspondence(
     image_a: ArrayLike,
     image_b: ArrayLike,

@@ -176,6 +176,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         >>> per_dim = ea.attribute(images, return_per_dim=True)  # (N, D, H0, W0)
     """
 
+    @validated(params=False)
     def __init__(
         self,
         model: nn.Module,

@@ -46,6 +46,7 @@ class ScoreCurve:
     def __len__(self) -> int:
         return len(self.layers)
 
+    @validated()
     def plot(
         self,
         label: Optional[str] = None,
