@@ -47,7 +47,16 @@ from typing import Any, BinaryIO, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .hooks import _DeferredInterrupt
+try:  # the guard's hold on Ctrl-C (hooks.run_uninterrupted, from issue 28's guard work)
+    from .hooks import run_uninterrupted
+except ImportError:  # pragma: no cover - until that work is merged
+    from .hooks import _DeferredInterrupt
+
+    def run_uninterrupted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` with Ctrl-C held back until it returns, then delivered."""
+        with _DeferredInterrupt():
+            return fn(*args, **kwargs)
+
 
 __all__ = [
     "FORMAT_VERSION",
@@ -131,23 +140,17 @@ def save_state(path: PathLike, kind: str, tensors: Dict[str, torch.Tensor], meta
     }
     target = _target(path)
     _remove_stale_temporaries(target)
-    tmp: Optional[str] = None
-    writer: Optional[_Writer] = None
+    created: List[str] = []
+    writer = _Writer()
     try:
         # Ctrl-C inside torch's zip writer comes out as a RuntimeError, inside the temporary
-        # file's creation it would leave the file behind: hold it back until both are done
-        with _DeferredInterrupt():
-            fd, tmp = _create_temporary(target)
-            with os.fdopen(fd, "wb") as f:
-                writer = _Writer(f)
-                torch.save(payload, writer)  # type: ignore[arg-type]
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, target)
+        # file's creation it would leave the file behind: it is held back until both are done
+        run_uninterrupted(_write_temporary, target, payload, writer, created)
+        os.replace(created[0], target)
     except BaseException as err:
-        if tmp is not None and os.path.lexists(tmp):
-            os.remove(tmp)
-        failed = writer.error if writer is not None and writer.error is not None else err
+        if created and os.path.lexists(created[0]):
+            os.remove(created[0])
+        failed = writer.error or err
         if isinstance(failed, OSError) and failed.errno is not None and failed.filename is None:
             raise OSError(
                 failed.errno, f"{failed.strerror}; could not save (the file is unchanged)", target
@@ -176,19 +179,31 @@ class _Writer:
     """The file object given to ``torch.save``: it keeps the ``OSError`` of a failed write (disk
     full), which torch's zip writer replaces by a ``RuntimeError`` without the file's name."""
 
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
+    def __init__(self) -> None:
+        self.f: Optional[BinaryIO] = None
         self.error: Optional[OSError] = None
 
     def write(self, data: Any) -> int:
         try:
-            return self.f.write(data)
+            return self.f.write(data)  # type: ignore[union-attr]
         except OSError as err:
             self.error = err
             raise
 
     def flush(self) -> None:
-        self.f.flush()
+        self.f.flush()  # type: ignore[union-attr]
+
+
+def _write_temporary(target: str, payload: Dict[str, Any], writer: _Writer, created: List[str]) -> None:
+    """Write ``payload`` to a new temporary file next to ``target``, flushed and ``fsync``-ed; its
+    name is appended to ``created`` as soon as it exists (the caller removes it on failure)."""
+    fd, tmp = _create_temporary(target)
+    created.append(tmp)
+    with os.fdopen(fd, "wb") as f:
+        writer.f = f
+        torch.save(payload, writer)  # type: ignore[arg-type]
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _temporary_prefix(target: str) -> str:
