@@ -29,6 +29,7 @@ class TrainResult:
     epochs: int
 
 
+@validated()
 @torch.no_grad()
 def accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, multilabel: bool = False, batch_size: int = 512
