@@ -11,7 +11,7 @@ from typing import Any, List, Sequence
 
 import torch
 
-__all__ = ["check_finite_result"]
+__all__ = ["check_finite_result", "check_finite_rows", "max_scaled"]
 
 
 def _tensors(value: Any) -> List[torch.Tensor]:
@@ -68,3 +68,32 @@ def check_finite_result(result: Any, who: str, inputs: Sequence[torch.Tensor] = 
             f"{torch.finfo(t.dtype).max:.3g}); rescale the inputs or use a wider dtype (e.g. float64)"
         )
     return result
+
+
+def check_finite_rows(t: torch.Tensor, what: str) -> torch.Tensor:
+    """Return ``t`` (batch first) if every value is finite; else name the examples that are not.
+
+    For values computed from the inputs before any result (an embedding, a layer's activations):
+    NaN or ``inf`` there comes from the inputs (or an overflow on the way), and whatever followed
+    would be meaningless, e.g. a cosine taken as 0 for a NaN pair.
+
+    Raises:
+        ValueError: ``"{what} holds NaN or infinite values for examples [...]"``.
+    """
+    if bool(torch.isfinite(t.detach()).all()):
+        return t
+    bad = torch.nonzero(~_finite_rows(t)).flatten().tolist()
+    raise ValueError(
+        f"{what} holds NaN or infinite values for examples {bad[:10]}: check the inputs for NaN/Inf, "
+        "or rescale them if they are finite (the computation overflowed)"
+    )
+
+
+def max_scaled(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``t`` divided by its largest absolute value along ``dim`` (all-zero slices unchanged).
+
+    For scale-free quantities (cosines): the norms of the scaled vectors lie in ``[1, sqrt(n)]``,
+    so large finite values (near ``1e20`` in float32) cannot overflow to ``inf / inf``.
+    """
+    peak = t.abs().amax(dim=dim, keepdim=True)
+    return t / torch.where(peak > 0, peak, torch.ones_like(peak))

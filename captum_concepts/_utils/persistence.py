@@ -9,12 +9,25 @@ tensor's name, dtype, shape and bytes), so a damaged file -- one flipped bit
 in the tensor data included -- is rejected with a ``ValueError`` naming the
 file and the problem, as is a file of another kind or format.
 
-Writing is atomic: the data goes to a new temporary file (``tempfile.mkstemp``)
-in the target's folder, is flushed and ``fsync``-ed, then ``os.replace``-d onto
-the target; the temporary file is removed on any failure, so an existing file
-at ``path`` is either kept or fully replaced, and no other file is touched.
+Writing is atomic: the data goes to a new hidden temporary file in the
+target's folder, is flushed and ``fsync``-ed, then ``os.replace``-d onto the
+target; the temporary file is removed on any failure, so an existing file at
+``path`` is either kept or fully replaced, and no other file is touched. Ctrl-C
+during the write is held back until the write ends and then reaches the caller
+as ``KeyboardInterrupt`` (torch's zip writer would turn it into a
+``RuntimeError`` half-way); a failed write (disk full) raises ``OSError`` naming
+``path``. A save killed outright leaves its temporary file behind: the next save
+to the same path removes the temporary files of processes of this host that no
+longer run. The file gets the target's permission bits when it replaces one,
+else those of a new file under the umask (as ``open`` gives).
 When ``path`` is a symbolic link, the link is followed: the file it points to
 is replaced (atomically, in that file's folder) and the link is kept.
+
+Reading never materialises more than the file holds: before anything else the
+zip's records must be stored uncompressed (no record larger than the file) and
+every tensor must fit in its storage without overlapping itself (a stride-0
+view of ``2**40`` floats in a 5 KB file is refused, not allocated); any
+problem with a file's content is a ``ValueError`` naming the file.
 
 :func:`encode_params` / :func:`decode_params` turn constructor parameters into
 JSON and back, keeping their types (tuples, numpy scalars and numeric arrays,
@@ -26,11 +39,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from typing import Any, Dict, List, Tuple, Union
+import secrets
+import socket
+import zipfile
+from typing import Any, BinaryIO, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+
+try:  # the guard's hold on Ctrl-C (hooks.run_uninterrupted, from issue 28's guard work)
+    from .hooks import run_uninterrupted
+except ImportError:  # pragma: no cover - until that work is merged
+    from .hooks import _DeferredInterrupt
+
+    def run_uninterrupted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` with Ctrl-C held back until it returns, then delivered."""
+        with _DeferredInterrupt():
+            return fn(*args, **kwargs)
+
 
 __all__ = [
     "FORMAT_VERSION",
@@ -113,16 +139,24 @@ def save_state(path: PathLike, kind: str, tensors: Dict[str, torch.Tensor], meta
         "checksum": _checksum(kind, FORMAT_VERSION, meta_json, data),
     }
     target = _target(path)
-    fd, tmp = tempfile.mkstemp(prefix=".captum_concepts-", suffix=".tmp", dir=os.path.dirname(target))
+    _remove_stale_temporaries(target)
+    created: List[str] = []
+    writer = _Writer()
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        # Ctrl-C inside torch's zip writer comes out as a RuntimeError, inside the temporary
+        # file's creation it would leave the file behind: it is held back until both are done
+        run_uninterrupted(_write_temporary, target, payload, writer, created)
+        os.replace(created[0], target)
+    except BaseException as err:
+        if created and os.path.lexists(created[0]):
+            os.remove(created[0])
+        failed = writer.error or err
+        if isinstance(failed, OSError) and failed.errno is not None and failed.filename is None:
+            raise OSError(
+                failed.errno, f"{failed.strerror}; could not save (the file is unchanged)", target
+            ) from err
+        if isinstance(err, RuntimeError):
+            raise RuntimeError(f"path={target!r}: could not save (the file is unchanged): {err}") from err
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(os.path.dirname(target), os.O_RDONLY)
@@ -134,6 +168,137 @@ def save_state(path: PathLike, kind: str, tensors: Dict[str, torch.Tensor], meta
         pass
     finally:
         os.close(dir_fd)
+
+
+# ---------------------------------------------------------------------- writing
+_TEMP_SUFFIX = ".captum_concepts.tmp"
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+class _Writer:
+    """The file object given to ``torch.save``: it keeps the ``OSError`` of a failed write (disk
+    full), which torch's zip writer replaces by a ``RuntimeError`` without the file's name."""
+
+    def __init__(self) -> None:
+        self.f: Optional[BinaryIO] = None
+        self.error: Optional[OSError] = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)  # type: ignore[union-attr]
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()  # type: ignore[union-attr]
+
+
+def _write_temporary(target: str, payload: Dict[str, Any], writer: _Writer, created: List[str]) -> None:
+    """Write ``payload`` to a new temporary file next to ``target``, flushed and ``fsync``-ed; its
+    name is appended to ``created`` as soon as it exists (the caller removes it on failure)."""
+    fd, tmp = _create_temporary(target)
+    created.append(tmp)
+    with os.fdopen(fd, "wb") as f:
+        writer.f = f
+        torch.save(payload, writer)  # type: ignore[arg-type]
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _temporary_prefix(target: str) -> str:
+    """``.<name>.`` of the target (shortened so that the whole name stays under 255 bytes)."""
+    return "." + os.path.basename(target)[:120] + "."
+
+
+def _create_temporary(target: str) -> Tuple[int, str]:
+    """A new hidden file next to ``target``, ``.<name>.<host>-<pid>-<random>.captum_concepts.tmp``,
+    opened for writing, with ``target``'s permission bits if it exists (else ``0o666`` under the
+    umask, as ``open`` gives)."""
+    folder = os.path.dirname(target)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        mode: Optional[int] = os.stat(target).st_mode & 0o7777
+    except OSError:
+        mode = None
+    while True:
+        name = f"{_temporary_prefix(target)}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{_TEMP_SUFFIX}"
+        tmp = os.path.join(folder, name)
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        if mode is not None and hasattr(os, "fchmod"):
+            try:
+                os.fchmod(fd, mode)
+            except OSError:
+                pass
+        return fd, tmp
+
+
+def _remove_stale_temporaries(target: str) -> None:
+    """Remove the temporary files of earlier saves to ``target`` whose process (on this host) no
+    longer runs: a save killed outright (SIGKILL, power loss) leaves one. Files of running
+    processes (a save in progress) and of other hosts are kept. POSIX only."""
+    if os.name != "posix":
+        return
+    folder, prefix = os.path.dirname(target), _temporary_prefix(target)
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix) and n.endswith(_TEMP_SUFFIX)]
+    except OSError:
+        return
+    for name in names:
+        host, _, rest = name[len(prefix) : -len(_TEMP_SUFFIX)].partition("-")
+        pid = rest.partition("-")[0]
+        if host != _HOST or not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+            continue
+        try:
+            os.remove(os.path.join(folder, name))
+        except OSError:
+            pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it runs
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------- reading
+def _check_records(path: str) -> None:
+    """Refuse a zip whose records could expand beyond the file: every record stored uncompressed."""
+    size = os.path.getsize(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as err:
+        raise ValueError(
+            f"path={path!r} is not a readable captum_concepts file (corrupted, truncated or not saved by "
+            f"captum_concepts): {type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+        ) from None
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
+            raise ValueError(
+                f"path={path!r} is corrupted: its record {info.filename!r} is compressed or larger than the "
+                "file (captum_concepts writes uncompressed records)"
+            )
+
+
+def _check_extents(path: str, tensors: Dict[str, torch.Tensor]) -> None:
+    """Refuse tensors that claim more elements than their storage holds (stride-0 or overlapping
+    views), before anything reads them: the checksum would materialise them."""
+    for name, t in tensors.items():
+        need = t.numel() * t.element_size()
+        have = t.untyped_storage().nbytes()
+        if t.layout != torch.strided or t.is_quantized or need > have:
+            raise ValueError(
+                f"path={path!r} is corrupted: tensor {name!r} of shape {tuple(t.shape)} needs {need} "
+                f"bytes but its storage holds {have} (an overlapping or stride-0 view)"
+            )
 
 
 def load_state(path: PathLike, kind: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
@@ -149,9 +314,10 @@ def load_state(path: PathLike, kind: str) -> Tuple[Dict[str, torch.Tensor], Dict
         raise FileNotFoundError(f"path={path!r} does not exist")
     if os.path.isdir(path):
         raise ValueError(f"path={path!r} is a folder, not a captum_concepts file")
+    _check_records(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, bad pickle opcodes, forbidden globals...
+    except Exception as err:  # truncated zip, bad pickle opcodes, forbidden globals, deep nesting...
         raise ValueError(
             f"path={path!r} is not a readable captum_concepts file (corrupted, truncated or "
             f"not saved by captum_concepts): {type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
@@ -166,8 +332,10 @@ def load_state(path: PathLike, kind: str) -> Tuple[Dict[str, torch.Tensor], Dict
         )
     if version < FORMAT_VERSION:
         raise ValueError(
-            f"path={path!r} has format version {version}, written by an older captum_concepts without "
-            f"checksums; load it with that version and save it again"
+            f"path={path!r} has format version {version}, written by an earlier captum_concepts without "
+            "checksums: its content cannot be verified, so it is not read, and no version converts it (the "
+            "versions that read format 1 also write format 1). Fit the estimator again with this version "
+            "and save it"
         )
     if payload.get("kind") != kind:
         raise ValueError(f"path={path!r} holds a {payload.get('kind')!r}, not a {kind!r}")
@@ -179,6 +347,7 @@ def load_state(path: PathLike, kind: str) -> Tuple[Dict[str, torch.Tensor], Dict
         or not isinstance(meta_json, str)
     ):
         raise ValueError(f"path={path!r} is corrupted: its tensors or metadata are missing")
+    _check_extents(path, tensors)
     if payload.get("checksum") != _checksum(kind, version, meta_json, tensors):
         raise ValueError(
             f"path={path!r} is corrupted: its checksum does not match its content (the file was "
@@ -186,8 +355,10 @@ def load_state(path: PathLike, kind: str) -> Tuple[Dict[str, torch.Tensor], Dict
         )
     try:
         meta = json.loads(meta_json)
-    except ValueError:
-        raise ValueError(f"path={path!r} is corrupted: its metadata is not valid JSON") from None
+    except (ValueError, RecursionError):
+        raise ValueError(
+            f"path={path!r} is corrupted: its metadata is not valid JSON (or nested too deeply)"
+        ) from None
     if not isinstance(meta, dict):
         raise ValueError(f"path={path!r} is corrupted: its metadata is not a mapping")
     meta["package_version"] = payload.get("package_version")
@@ -266,7 +437,17 @@ def _decode(value: Any, where: str) -> Any:
 
 
 def decode_params(encoded: Any, where: str) -> Dict[str, Any]:
-    """Inverse of :func:`encode_params` (unsaved parameters keep the :data:`UNSAVED` marker)."""
+    """Inverse of :func:`encode_params` (unsaved parameters keep the :data:`UNSAVED` marker).
+
+    Raises:
+        ValueError: naming ``where``, for any value that does not decode (an unknown encoding, a
+            device string torch refuses, a number out of its numpy type's range, nesting too deep).
+    """
     if not isinstance(encoded, dict):
         raise ValueError(f"{where} is corrupted: its parameters are not a mapping")
-    return {str(name): _decode(value, where) for name, value in encoded.items()}
+    try:
+        return {str(name): _decode(value, where) for name, value in encoded.items()}
+    except (TypeError, OverflowError, RuntimeError, RecursionError) as err:  # RecursionError: a RuntimeError
+        raise ValueError(
+            f"{where} is corrupted: a parameter does not decode ({type(err).__name__}: {str(err)[:200]})"
+        ) from None

@@ -24,7 +24,7 @@ import inspect
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -49,9 +49,12 @@ __all__ = [
     "AnyOf",
     "LayerList",
     "DeviceSpec",
+    "Indices",
+    "index_tensor",
     "NONE",
     "validate_params",
     "validated",
+    "flag_parameters",
     "check_grad_mode",
 ]
 
@@ -259,6 +262,76 @@ class DeviceSpec(Constraint):
 NONE = Options((None,))
 
 
+_INDICES = "an int, a 1-D sequence, array or tensor of ints, or a 1-D boolean mask"
+
+
+def index_tensor(value: Any, name: str, size: Optional[int] = None) -> torch.Tensor:
+    """``value`` as a 1-D ``long`` tensor of indices into a dimension of ``size`` entries.
+
+    Accepted: an int (numpy ints and integer 0-dim tensors too, never ``bool``); a 1-D sequence,
+    numpy array or tensor of them; a 1-D boolean mask (a list of bools, a bool array or tensor),
+    read as the indices where it is True. Without ``size`` (before the size is known, e.g. before
+    a forward pass) only the form is checked and negative indices refused; a mask is then returned
+    as given.
+
+    Raises:
+        InvalidParameterError: naming ``name``: not of these forms; empty; a mask whose length is
+            not ``size`` or that selects nothing; an index ``< 0`` or ``>= size``.
+    """
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
+        raise InvalidParameterError(f"{name} must be {_INDICES}, {_got(value)}")
+    if _is_int(value):
+        t = torch.tensor([int(value)])
+    else:
+        try:
+            t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            raise InvalidParameterError(f"{name} must be {_INDICES}, got {value!r}") from None
+        t = t.detach().cpu()
+        if t.dim() == 0 and not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+            t = t.reshape(1)
+        if t.dim() != 1 or (t.numel() and (t.is_floating_point() or t.is_complex())):
+            raise InvalidParameterError(f"{name} must be {_INDICES}, got {value!r}")
+    if t.numel() == 0:
+        raise InvalidParameterError(f"{name} is empty (D = 0); select at least one dimension")
+    if t.dtype == torch.bool:
+        if size is None:
+            return t
+        if t.numel() != size:
+            raise InvalidParameterError(
+                f"{name} is a boolean mask of length {t.numel()}; a mask needs one entry per dimension "
+                f"(D = {size})"
+            )
+        t = torch.nonzero(t).flatten()
+        if t.numel() == 0:
+            raise InvalidParameterError(f"{name} selects no dimension (D = 0); select at least one")
+        return t
+    t = t.long()
+    bad = t[(t < 0) | (t >= size)] if size is not None else t[t < 0]
+    if bad.numel():
+        where = f"for D = {size}" if size is not None else "(indices are >= 0)"
+        raise InvalidParameterError(f"{name} {bad.tolist()[:10]} out of range {where}")
+    return t
+
+
+class Indices(Constraint):
+    """Indices into a dimension whose size is not known yet: see :func:`index_tensor`."""
+
+    def describe(self) -> str:
+        return _INDICES
+
+    def holds(self, value: Any) -> bool:
+        try:
+            index_tensor(value, "value")
+        except InvalidParameterError:
+            return False
+        return True
+
+    def check(self, value: Any, name: str) -> None:
+        if value is not None:
+            index_tensor(value, name)  # its own messages (empty, negative, form)
+
+
 def validate_params(est: Any, constraints: Optional[Mapping[str, Constraint]] = None) -> None:
     """Check every parameter of ``est`` listed in its constraint table (``est._parameter_constraints``).
 
@@ -374,6 +447,17 @@ def check_grad_mode(where: str, arguments: Optional[Mapping[str, Any]] = None) -
 
 
 # ---------------------------------------------------------------------- the entry decorator
+def flag_parameters(signature: inspect.Signature) -> List[str]:
+    """The flags of a signature: parameters annotated ``bool`` (or unannotated with a ``bool``
+    default), which :func:`validated` checks with :class:`Bool`."""
+    return [
+        name
+        for name, p in signature.parameters.items()
+        if p.annotation in (bool, "bool")
+        or (p.annotation is inspect.Parameter.empty and isinstance(p.default, bool))
+    ]
+
+
 def validated(
     *,
     params: bool = True,
@@ -387,7 +471,10 @@ def validated(
     — the class's constraint table via :func:`validate_params`, if the class has one (parameters
     may have changed through ``set_params`` since the constructor); ``fitted`` (methods) —
     ``self._check_fitted()``; ``args`` — a constraint per named call argument, as the class table
-    does for parameters. All of this happens before any data is read or any forward pass runs.
+    does for parameters. Every flag (see :func:`flag_parameters`) gets :class:`Bool` unless
+    ``args`` gives it another rule, so ``"False"`` or ``None`` is never read by its truthiness.
+    All of this happens before any data is read or any forward pass runs. The wrapper carries
+    ``__validated__ = True`` (tests find undecorated entries by it).
 
     The wrapper keeps ``__name__``, ``__doc__`` and the signature (``functools.wraps``). It adds a
     frame: warnings raised inside go through :func:`~captum_concepts._utils.warn.warn_user`.
@@ -400,14 +487,14 @@ def validated(
             @validated(args={"max_iter": AnyOf(NONE, Int(1))})
             def fit(self, x, max_iter=None): ...
     """
-    rules = dict(args or {})
 
     def decorate(func: F) -> F:
         signature = inspect.signature(func)
         method = next(iter(signature.parameters), None) == "self"
-        unknown = set(rules) - set(signature.parameters)
+        unknown = set(args or {}) - set(signature.parameters)
         if unknown:
             raise TypeError(f"validated: {func.__qualname__} has no argument(s) {sorted(unknown)}")
+        rules = {**{name: Bool() for name in flag_parameters(signature)}, **(args or {})}
 
         @functools.wraps(func)
         def wrapper(*call_args: Any, **call_kwargs: Any) -> Any:
@@ -431,6 +518,7 @@ def validated(
                     rule.check(bound.arguments[name], name)
             return func(*call_args, **call_kwargs)
 
+        wrapper.__validated__ = True  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .._utils.hooks import ModelGuard
+from .._utils.validation import validated
 from .digits import DigitsData, load_digits_tensors
 from .models import DigitsCNN
 
@@ -37,6 +38,7 @@ class TrainResult:
     epochs: int
 
 
+@validated()
 @torch.no_grad()
 def accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, multilabel: bool = False, batch_size: int = 512
@@ -66,6 +68,7 @@ def accuracy(
         return correct / len(x)
 
 
+@validated()
 def train_classifier(
     model: nn.Module,
     x_train: torch.Tensor,

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .._utils.validation import check_option
+from .._utils.validation import check_option, validated
 from ._common import (
     ArrayLike,
     call_forms,
@@ -32,6 +32,7 @@ _METHODS = ("heat_map", "blended_heat_map")
 
 
 @call_forms(renamed={"row_labels": "labels"})
+@validated()
 def visualize_attribution_grid(
     attributions: ArrayLike,
     original_images: Optional[ArrayLike] = None,
@@ -148,6 +149,7 @@ def visualize_attribution_grid(
 
 
 @call_forms(renamed={"aggregators": "labels", "layers": "col_labels"})
+@validated()
 def visualize_embedding_attributions(
     attributions: Union[ArrayLike, Mapping[str, Any]],
     original_image: Optional[ArrayLike] = None,

@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 from matplotlib.figure import Figure
 
+from .._utils.validation import validated
 from ._common import (
     ArrayLike,
     call_forms,
@@ -40,6 +41,7 @@ def _images_first(reading: dict, kwargs: dict) -> bool:
 
 @call_forms(renamed={"concept_names": "labels"}, old_order=("images", "maps"), looks_old=_images_first)
 @fill_doc
+@validated()
 def visualize_concept_maps(
     maps: ArrayLike,
     images: ArrayLike,
@@ -120,6 +122,7 @@ def visualize_concept_maps(
 
 @call_forms(renamed={"concept_names": "labels", "class_names": "col_labels"})
 @fill_doc
+@validated()
 def visualize_concept_importance(
     importance: ArrayLike,
     residual: Optional[ArrayLike] = None,

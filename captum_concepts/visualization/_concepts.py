@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .._utils.validation import validated
 from ._common import (
     ArrayLike,
     call_forms,
@@ -26,6 +27,7 @@ from ._common import (
 
 @call_forms(renamed={"concept_names": "labels"})
 @fill_doc
+@validated()
 def visualize_concept_grid(
     images: ArrayLike,
     masks: Optional[ArrayLike] = None,
@@ -113,6 +115,7 @@ def visualize_concept_grid(
 
 @call_forms(renamed={"layer_names": "labels"})
 @fill_doc
+@validated()
 def visualize_similarity_matrices(
     matrices: Union[ArrayLike, Sequence[ArrayLike]],
     labels: Optional[Sequence[str]] = None,
@@ -188,6 +191,7 @@ def visualize_similarity_matrices(
 
 @call_forms(renamed={"concept_names": "labels"})
 @fill_doc
+@validated()
 def visualize_relevance_matrix(
     relevance: ArrayLike,
     labels: Optional[Sequence[str]] = None,
@@ -263,6 +267,7 @@ def visualize_relevance_matrix(
 
 @call_forms(renamed={"concept_labels": "labels"})
 @fill_doc
+@validated()
 def visualize_tcav_scores(
     scores: Union[ArrayLike, Mapping[str, ArrayLike]],
     labels: Optional[Sequence[str]] = None,

@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .._utils.validation import validated
 from ._common import ArrayLike, call_forms, fill_doc, finish, labels_or_default, prepare_figure, to_numpy
 
 Curves = Union[ArrayLike, Mapping[str, ArrayLike]]
@@ -47,6 +48,7 @@ def _band(band: Optional[Any], center: Optional[np.ndarray], n: int, argument: s
 
 @call_forms(renamed={"layer_names": "labels"})
 @fill_doc
+@validated()
 def visualize_score_curve(
     scores: Curves,
     labels: Optional[Sequence[str]] = None,
@@ -127,6 +129,7 @@ def visualize_score_curve(
 
 
 @fill_doc
+@validated()
 def visualize_pointing_game_curve(
     energies: ArrayLike,
     accuracies: Curves,

@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import ConnectionPatch
 
-from .._utils.validation import check_int, check_option
+from .._utils.validation import check_int, check_option, validated
 from ._common import (
     ArrayLike,
     call_forms,
@@ -49,6 +49,7 @@ def _images_first_correspondence(reading: dict, kwargs: dict) -> bool:
 
 @call_forms(old_order=("images_a", "images_b", "maps_a", "maps_b"), looks_old=_images_first_pairs)
 @fill_doc
+@validated()
 def visualize_similarity_maps(
     maps_a: ArrayLike,
     maps_b: ArrayLike,
@@ -131,6 +132,7 @@ def _centres(grid: Sequence[int], size: Sequence[int]) -> np.ndarray:
     old_order=("image_a", "image_b", "correspondence"), looks_old=_images_first_correspondence
 )
 @fill_doc
+@validated()
 def visualize_correspondence(
     correspondence: ArrayLike,
     image_a: ArrayLike,

@@ -18,7 +18,7 @@ from ..._utils.finite import check_finite_result
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layer, uncompiled
 from ..._utils.layout import ReshapeTransform, layer_transforms, layout_hint
-from ..._utils.validation import check_int, check_option, validated
+from ..._utils.validation import Indices, check_int, check_option, index_tensor, validated
 from ..._utils.warn import warn_user
 from .aggregators import Aggregator, check_aggregator
 from .costs import WorkProbe
@@ -179,6 +179,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         per_dim = ea.attribute(images, return_per_dim=True)  # (4, 32, 8, 8): one map per component
     """
 
+    @validated(params=False)
     def __init__(
         self,
         model: nn.Module,
@@ -232,7 +233,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
 
     # ------------------------------------------------------------------ public
     @captum_wrappable
-    @validated(grad=True)
+    @validated(grad=True, args={"embedding_dims": Indices()})
     def attribute(
         self,
         inputs: TensorOrTuple,
@@ -250,9 +251,9 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                 batch dimension first).
             additional_forward_args (Any, optional): extra arguments appended to the forward call
                 after the inputs (Captum's convention).
-            embedding_dims (int, sequence of int or 1-D tensor, optional): the embedding
-                dimensions (indices into the flattened ``(N, D)`` embedding) to explain. Default
-                None: all ``D``.
+            embedding_dims (int, sequence of int, 1-D tensor or boolean mask, optional): the
+                embedding dimensions (indices into the flattened ``(N, D)`` embedding, numpy ints
+                too; a mask has length ``D``) to explain. Default None: all ``D``.
             internal_batch_size (int, optional): the number of embedding dimensions whose
                 gradients are computed together (one vmapped backward with ``strategy="batched"``);
                 bounds memory at about ``internal_batch_size x`` (size of the source activations).
@@ -321,7 +322,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             results.append(restore_form(tuple(maps), (_was_tuple and lay is None) or len(maps) > 1))
         return check_finite_result(results if self._multi else results[0], type(self).__name__, inputs_t)
 
-    @validated(grad=True)
+    @validated(grad=True, args={"embedding_dims": Indices()})
     def plan(
         self, inputs: TensorOrTuple, additional_forward_args: Any = None,
         embedding_dims: Union[None, int, Sequence[int], torch.Tensor] = None,
@@ -491,21 +492,6 @@ def _prepare_input(t: torch.Tensor, i: int, layers: List[Optional[nn.Module]]) -
 
 
 def _select_dims(z: torch.Tensor, embedding_dims) -> torch.Tensor:
-    d = z.shape[1]
     if embedding_dims is None:
         return z
-    if isinstance(embedding_dims, bool):
-        raise TypeError("embedding_dims must be an int, a sequence of ints or a 1-D tensor, got a bool")
-    if isinstance(embedding_dims, int):
-        embedding_dims = [embedding_dims]
-    idx = torch.as_tensor(embedding_dims)
-    if idx.dim() != 1 or (idx.numel() > 0 and idx.is_floating_point()):
-        raise TypeError(
-            f"embedding_dims must be an int, a sequence of ints or a 1-D tensor, got {embedding_dims!r}"
-        )
-    if idx.numel() == 0:
-        raise ValueError("embedding_dims is empty (D = 0); select at least one embedding dimension")
-    bad = idx[(idx < 0) | (idx >= d)]
-    if bad.numel():
-        raise ValueError(f"embedding_dims {bad.tolist()} out of range for an embedding with D = {d}")
-    return z[:, idx.to(device=z.device, dtype=torch.long)]
+    return z[:, index_tensor(embedding_dims, "embedding_dims", z.shape[1]).to(z.device)]

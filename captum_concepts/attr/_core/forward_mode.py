@@ -41,6 +41,7 @@ from torch import nn
 
 from ..._utils.common import run_forward
 from ..._utils.hooks import ModelGuard
+from ..._utils.validation import validated
 from .aggregators import Aggregator, aggregate, is_mean
 from .costs import PassCosts
 
@@ -123,6 +124,7 @@ def forward_passes(shape: Sequence[int], method: str, channel_aggregator: Aggreg
     return pixels if kind == "pixel" else channels if kind == "channel" else channels * pixels
 
 
+@validated()
 def choose_strategy(
     strategy: str, n_dims: int, passes: int, device: torch.device,
     create_graph: bool = False, training: bool = False, costs: Optional[PassCosts] = None,

@@ -169,6 +169,7 @@ def _target_classes(target: TargetType, n: int, num_classes: int) -> torch.Tenso
 class _SemanticGradientBase(GradientAttribution):
     _guided = False
 
+    @validated(params=False)
     def __init__(
         self,
         model: nn.Module,

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..._utils.common import TensorOrTuple, check_batch, format_additional_args, format_inputs, restore_form
+from ..._utils.finite import check_finite_result, check_finite_rows, max_scaled
 from ..._utils.layers import LayerSpec, resolve_layer
 from ..._utils.layout import ReshapeTransform, expand_per_layer
 from ..._utils.validation import check_option, validated
@@ -49,9 +50,12 @@ def _inverse(norms: torch.Tensor) -> torch.Tensor:
 
 
 def _similarity(za: torch.Tensor, zb: torch.Tensor, similarity: str) -> torch.Tensor:
-    dot = (za * zb).sum(1)
     if similarity == "dot":
-        return dot
+        return (za * zb).sum(1)
+    # the cosine does not change with the scale of either side: rows brought to a largest |value|
+    # of 1 first, so that |z| cannot overflow (embeddings near 1e20 would give inf / inf)
+    za, zb = max_scaled(za, 1), max_scaled(zb, 1)
+    dot = (za * zb).sum(1)
     norms = za.norm(dim=1) * zb.norm(dim=1)
     return torch.where(norms > 0, dot / norms.clamp_min(1e-30), torch.zeros_like(dot))
 
@@ -341,10 +345,20 @@ class SimilarityAttribution:
         additional_forward_args: Any = None,
         additional_forward_args_b: Any = None,
     ) -> torch.Tensor:
-        """``s(z(a_i), z(b_i))`` for every pair, ``(N,)`` (no gradients)."""
+        """``s(z(a_i), z(b_i))`` for every pair, ``(N,)`` (no gradients).
+
+        Raises:
+            ValueError: an embedding holds NaN or infinite values (NaN/Inf inputs), or a ``"dot"``
+                similarity overflowed (finite inputs, e.g. scaled by ``1e30``); the message names
+                the examples. A NaN pair is never given a finite score; the cosine is computed
+                on rescaled embeddings, so large finite embeddings give their exact cosine.
+        """
         p = self._pair(inputs_a, inputs_b, additional_forward_args, additional_forward_args_b)
         za, zb = self._embeddings(p)
-        return _similarity(za, zb, self.similarity)
+        check_finite_rows(za, "the embedding of inputs_a")
+        check_finite_rows(zb, "the embedding of inputs_b")
+        scores = _similarity(za, zb, self.similarity)
+        return check_finite_result(scores, "SimilarityAttribution.similarity_scores", p.xa + p.xb)
 
     def _embeddings(self, p: _Pair) -> Tuple[torch.Tensor, torch.Tensor]:
         towers = self._towers()

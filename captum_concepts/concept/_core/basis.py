@@ -12,7 +12,7 @@ concept space (concept importance, Sobol indices).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 from captum._utils.typing import TargetType
@@ -28,7 +28,14 @@ from .coupled_nmf import CoupledNMFConcepts
 from .nonnegative_blocks import apply_shift, read_shift
 from .semantic_vector import SemanticVector
 
-__all__ = ["Concepts", "ConceptBasis", "concept_basis", "check_targets", "explained_batch"]
+__all__ = [
+    "Concepts",
+    "ConceptBasis",
+    "concept_basis",
+    "check_targets",
+    "check_target_range",
+    "explained_batch",
+]
 
 Concepts = Union[CoupledNMFConcepts, SemanticVector]
 
@@ -169,19 +176,38 @@ def explained_batch(
     target: TargetType,
     layer: Union[int, str],
     coefficients: Optional[Tensor],
+    first_pass: Optional[Callable[[ConceptBasis, Tuple[Tensor, ...], Tensor], None]] = None,
 ) -> Tuple[ConceptBasis, Tuple[Tensor, ...], int, Tensor, Tensor]:
     """``(basis, inputs, N, targets, coefficients (d, N))`` checked; the coefficients from
-    ``concepts.transform`` unless given."""
+    ``concepts.transform`` unless given. ``first_pass(basis, inputs, targets)``, the caller's
+    first model pass (where the targets meet the number of classes), runs after every check
+    that needs no pass and before ``transform``'s passes."""
     b = concept_basis(concepts, layer)
     x, _ = format_inputs(inputs)
     n = check_batch(x)
     t = check_targets(target, n)
+    if coefficients is None and len(x) > 1:
+        raise ValueError("pass coefficients= for tuple inputs (transform takes one input tensor)")
+    if coefficients is not None:
+        _check_coefficients(coefficients, b.n_concepts, n)
+    if first_pass is not None:
+        first_pass(b, x, t)
     if coefficients is None:
-        if len(x) > 1:
-            raise ValueError("pass coefficients= for tuple inputs (transform takes one input tensor)")
         coefficients = concepts.transform(x[0], samples_first=False)
-    d = b.n_concepts
+        _check_coefficients(coefficients, b.n_concepts, n)
+    return b, x, n, t, coefficients
+
+
+def _check_coefficients(coefficients: Any, d: int, n: int) -> None:
     if not isinstance(coefficients, Tensor) or tuple(coefficients.shape) != (d, n):
         got = tuple(coefficients.shape) if isinstance(coefficients, Tensor) else type(coefficients).__name__
         raise ValueError(f"coefficients must be a ({d}, {n}) tensor (d, N), got {got}")
-    return b, x, n, t, coefficients
+
+
+def check_target_range(logits: Any, target: Tensor) -> None:
+    """Refuse model outputs that are not ``(N, n_classes)`` logits and targets beyond the classes."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"the model output must be (N, n_classes) logits, got {got}")
+    if int(target.max()) >= logits.shape[1] or int(target.min()) < 0:
+        raise ValueError(f"target {target.tolist()[:10]} out of range for {logits.shape[1]} classes")

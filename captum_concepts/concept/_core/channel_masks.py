@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
+import numpy as np
 import torch
+
+from ..._utils.validation import Int, InvalidParameterError
 
 __all__ = ["channel_masks"]
 
@@ -31,6 +35,10 @@ def channel_masks(activation_rates: torch.Tensor, layer_shape: Sequence[int]) ->
     Returns:
         Bool tensor ``(n_concepts, *layer_shape)``.
 
+    Raises:
+        InvalidParameterError: (a ``ValueError`` and ``TypeError``) ``activation_rates`` not 2-D,
+            ``layer_shape`` not ints ``>= 1`` (``bool`` included) or not matching its width.
+
     Example::
 
         from captum_concepts.concept import SemanticVector, channel_masks
@@ -39,7 +47,29 @@ def channel_masks(activation_rates: torch.Tensor, layer_shape: Sequence[int]) ->
         masks = channel_masks(sv.activation_rates_, sv.layer_shape_)  # (10, C, H, W) of 0/1
         assert torch.equal(masks, sv.masks(mode="channel"))
     """
+    if not isinstance(activation_rates, torch.Tensor) or activation_rates.dim() != 2:
+        got = (
+            tuple(activation_rates.shape) if isinstance(activation_rates, torch.Tensor) else activation_rates
+        )
+        raise InvalidParameterError(
+            f"activation_rates must be a (n_concepts, prod(layer_shape)) tensor, got {got!r}"
+        )
+    if (
+        isinstance(layer_shape, (str, bytes))
+        or not isinstance(layer_shape, (Sequence, np.ndarray, torch.Size))
+        or len(layer_shape) == 0
+        or not all(Int(1).holds(s) for s in layer_shape)
+    ):
+        raise InvalidParameterError(
+            "layer_shape must be a non-empty sequence of ints >= 1 (one example's (C, *S)), "
+            f"got {layer_shape!r}"
+        )
     shape = tuple(int(s) for s in layer_shape)
+    if math.prod(shape) != activation_rates.shape[1]:
+        raise InvalidParameterError(
+            f"layer_shape {shape} has {math.prod(shape)} units, but activation_rates has "
+            f"{activation_rates.shape[1]} per concept"
+        )
     rates = activation_rates.reshape(activation_rates.shape[0], *shape)
     per_channel = rates.reshape(rates.shape[0], shape[0], -1).float().mean(dim=2)  # (n, C)
     keep = per_channel > per_channel.mean(dim=0, keepdim=True)

@@ -6,7 +6,7 @@ For fitted :class:`CoupledNMFConcepts` (any fitted layer) and :class:`SemanticVe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -14,13 +14,14 @@ from captum._utils.typing import TargetType
 from torch import Tensor, nn
 
 from ..._utils.common import TensorOrTuple, check_batch, format_additional_args, format_inputs
+from ..._utils.finite import check_finite_rows, max_scaled
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, resolve_layer
 from ..._utils.validation import check_int, validated
 from ...attr._core.embedding_attribution import EmbeddingAttribution
 from ...attr._core.layer_readout import Readouts
-from ...attr._core.upsampling import upsample_maps
-from .basis import ConceptBasis, Concepts, concept_basis, explained_batch
+from ...attr._core.upsampling import check_upsample, upsample_maps
+from .basis import ConceptBasis, Concepts, check_target_range, concept_basis, explained_batch
 from .coupled_nmf import CoupledNMFConcepts
 from .semantic_vector import SemanticVector
 
@@ -119,6 +120,10 @@ def concept_presence_maps(
         ``inputs``, as Captum's layer attributions return the layer's own form (the concepts live
         at one layer with one output tensor); ``S0`` is the spatial size of ``inputs[0]``.
 
+    Raises:
+        ValueError: bad arguments (before any forward pass); the layer output holds NaN or
+            infinite values, naming the examples (a NaN position is never read as cosine 0).
+
     Example::
 
         from captum_concepts.concept import CoupledNMFConcepts, concept_presence_maps
@@ -128,10 +133,12 @@ def concept_presence_maps(
         presence = concept_presence_maps(cnmf, data.x_test[:4])  # (4, 5, 8, 8): where each concept is
     """
     n_iter = check_int(n_iter, "n_iter", low=1)
+    upsample = check_upsample(upsample, "upsample")
     b = concept_basis(concepts, layer)
     x, _ = format_inputs(inputs)
     n = check_batch(x)
-    raw = b.shifted(b.read_outputs(x, format_additional_args(additional_forward_args)).float())
+    outputs = b.read_outputs(x, format_additional_args(additional_forward_args))
+    raw = b.shifted(check_finite_rows(outputs, "the layer output").float())
     if raw.dim() == 2:
         raw = raw.unsqueeze(-1)
     c, spatial = raw.shape[1], tuple(raw.shape[2:])
@@ -140,8 +147,9 @@ def concept_presence_maps(
     d = basis.shape[1]
     if isinstance(concepts, SemanticVector):
         vec = basis.t().reshape(d, c, -1)  # (d, C, P)
-        dots = torch.einsum("npc,dcp->ndp", acts, vec)
-        norms = acts.norm(dim=2)[:, None, :] * vec.norm(dim=1)[None]
+        scaled = max_scaled(acts, 2)  # the cosine is scale-free: no overflow of |phi| for large inputs
+        dots = torch.einsum("npc,dcp->ndp", scaled, vec)
+        norms = scaled.norm(dim=2)[:, None, :] * vec.norm(dim=1)[None]
         maps = torch.where(norms > 0, dots / norms.clamp_min(1e-30), torch.zeros_like(dots))
     else:
         if b.pooled:
@@ -320,8 +328,15 @@ def concept_importance(
     """
     if not isinstance(concepts, CoupledNMFConcepts):
         raise TypeError(f"concepts must be a fitted CoupledNMFConcepts, got {type(concepts).__name__}")
-    b, x, n, t, coefficients = explained_batch(concepts, inputs, target, layer, coefficients)
-    acts, grads = _layer_gradient(b, x, t, format_additional_args(additional_forward_args))
+    extra = format_additional_args(additional_forward_args)
+    first: Dict[str, Tensor] = {}
+
+    def first_pass(b: ConceptBasis, x: Tuple[Tensor, ...], t: Tensor) -> None:
+        # the gradient pass first: the targets meet the classes before transform's passes
+        first["acts"], first["grads"] = _layer_gradient(b, x, t, extra)
+
+    b, x, n, t, coefficients = explained_batch(concepts, inputs, target, layer, coefficients, first_pass)
+    acts, grads = first["acts"], first["grads"]
     o_layer = b.layer_basis(tuple(acts.shape[1:])).to(acts)  # (d, *shape)
     u = coefficients.t().to(acts)
     flat_g = grads.reshape(n, -1)
@@ -340,12 +355,8 @@ def _layer_gradient(
     with ModelGuard(b.model, freeze_parameters=True) as guard, torch.enable_grad():
         captured = guard.capture(b.module, "layer", leaf=True)
         logits = guard.forward(b.model, *x, *extra)
-        if not isinstance(logits, Tensor) or logits.dim() != 2:
-            got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(f"the model output must be (N, n_classes) logits, got {got}")
+        check_target_range(logits, target)
         layer_out = captured.tensor()
-        if int(target.max()) >= logits.shape[1] or int(target.min()) < 0:
-            raise ValueError(f"target {target.tolist()[:10]} out of range for {logits.shape[1]} classes")
         score = logits.gather(1, target.to(logits.device)[:, None]).sum()
         (grad,) = torch.autograd.grad(score, layer_out)
     acts = b.raw(layer_out.detach())

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from captum._utils.typing import TargetType
 from torch import Tensor
 
 from ..._utils.common import TensorOrTuple, format_additional_args
+from ..._utils.finite import check_finite_result, check_finite_rows
 from ..._utils.hooks import ModelGuard
-from ..._utils.validation import check_int
-from .basis import explained_batch
+from ..._utils.validation import NONE, AnyOf, Int, seed_of, validated
+from .basis import ConceptBasis, check_target_range, explained_batch
 from .coupled_nmf import CoupledNMFConcepts
 
 __all__ = ["concept_sobol_indices"]
 
 
+@validated(args={"n_designs": Int(2), "random_state": AnyOf(NONE, Int(0)), "max_batch": Int(1)})
 def concept_sobol_indices(
     concepts: CoupledNMFConcepts,
     inputs: TensorOrTuple,
@@ -54,12 +56,18 @@ def concept_sobol_indices(
         n_designs (int): rows of ``M_A`` (and ``M_B``). Default 32 (CRAFT's default).
         additional_forward_args (Any, optional): extra forward arguments.
         coefficients (Tensor, optional): ``u`` as ``(d, N)`` (default: ``concepts.transform``).
-        random_state (int or None): seed of the Sobol scrambling.
-        max_batch (int): the most rows per forward pass (masks x examples). Default 1024.
+        random_state (int or None): seed of the Sobol scrambling (an int >= 0, numpy ints too).
+        max_batch (int): the most rows per forward pass (masks x examples), >= 1. Default 1024.
 
     Returns:
         Tensor ``(N, d)``, detached, whatever the form of ``inputs`` (one index per example and
         concept of the fitted layer).
+
+    Raises:
+        ValueError: bad arguments (before any forward pass; ``target`` against the number of
+            classes on the first pass, before ``transform`` and the designs); the layer output
+            holds NaN or infinite values (naming the examples); indices overflowed (naming the
+            examples, as :func:`~captum_concepts._utils.finite.check_finite_result`).
 
     Example::
 
@@ -69,15 +77,26 @@ def concept_sobol_indices(
                                   random_state=0).fit(data.x_train[:256])
         indices = concept_sobol_indices(cnmf, data.x_test[:4], target=data.y_test[:4], n_designs=16)
     """
-    n_designs = check_int(n_designs, "n_designs", low=2)
-    b, x, n, t, coefficients = explained_batch(concepts, inputs, target, layer, coefficients)
-    d = b.n_concepts
-    if b.transform is not None:
-        raise ValueError(
-            "Sobol indices rebuild the layer's raw output; layers with a reshape_transform are not supported"
-        )
     extra = format_additional_args(additional_forward_args)
-    engine = torch.quasirandom.SobolEngine(2 * d, scramble=True, seed=random_state)
+    first: Dict[str, Tensor] = {}
+
+    def first_pass(b: ConceptBasis, x: Tuple[Tensor, ...], t: Tensor) -> None:
+        """The layer's activations and the logits, in one pass: targets are checked against the
+        classes before ``transform`` and the designs run."""
+        if b.transform is not None:
+            raise ValueError(
+                "Sobol indices rebuild the layer's raw output; layers with a reshape_transform are not "
+                "supported"
+            )
+        with ModelGuard(b.model) as guard, torch.no_grad():
+            captured = guard.capture(b.module, "layer")
+            check_target_range(guard.forward(b.model, *x, *extra), t)
+            first["acts"] = captured.tensor()
+
+    b, x, n, t, coefficients = explained_batch(concepts, inputs, target, layer, coefficients, first_pass)
+    acts = check_finite_rows(first["acts"], "the layer output")
+    d = b.n_concepts
+    engine = torch.quasirandom.SobolEngine(2 * d, scramble=True, seed=seed_of(random_state))
     draws = engine.draw(n_designs)
     m_a, m_b = draws[:, :d], draws[:, d:]
     designs = [m_a, m_b] + [torch.cat([m_a[:, :k], m_b[:, k : k + 1], m_a[:, k + 1 :]], 1) for k in range(d)]
@@ -86,9 +105,6 @@ def concept_sobol_indices(
     rebuilt_output: List[Tensor] = []
 
     with ModelGuard(b.model) as guard, torch.no_grad():
-        captured = guard.capture(b.module, "layer", stop=True)
-        guard.forward(b.model, *x, *extra)
-        acts = captured.tensor()
         guard.replace(b.module, lambda _out: rebuilt_output[0])
         flat_o = b.layer_basis(tuple(acts.shape[1:])).to(acts).reshape(d, -1)  # (d, features)
         u = coefficients.t().to(acts)  # (N, d)
@@ -104,7 +120,8 @@ def concept_sobol_indices(
     y = torch.cat(ys).reshape(d + 2, n_designs, n)  # (designs, rows, N)
     var = torch.cat([y[0], y[1]]).var(dim=0, unbiased=False)  # (N,)
     jansen = ((y[0][None] - y[2:]) ** 2).mean(dim=1) / 2  # (d, N)
-    return torch.where(var > 0, jansen / var.clamp_min(1e-30), torch.zeros_like(jansen)).t()
+    indices = torch.where(var > 0, jansen / var.clamp_min(1e-30), torch.zeros_like(jansen)).t()
+    return check_finite_result(indices, "concept_sobol_indices", x)
 
 
 def _repeat(value: Any, k: int, n: Optional[int] = None) -> Any:

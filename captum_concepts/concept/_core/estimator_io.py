@@ -318,8 +318,21 @@ def tag_names(names: List[Any]) -> List[List[Any]]:
     return tagged
 
 
-CONCEPT_NAMES = ListOf(_TaggedName())
-"""The saved form of :func:`tag_names`."""
+class _ConceptNames(ListOf):
+    """The saved form of :func:`tag_names`: a list of distinct ``[type, value]`` pairs."""
+
+    def __init__(self) -> None:
+        super().__init__(_TaggedName())
+
+    def describe(self) -> str:
+        return f"{super().describe()}, all different"
+
+    def holds(self, value: Any) -> bool:
+        return super().holds(value) and len({tuple(v) for v in value}) == len(value)
+
+
+CONCEPT_NAMES = _ConceptNames()
+"""The saved form of :func:`tag_names` (distinct names)."""
 
 
 def untag_names(tagged: List[List[Any]]) -> List[Any]:
@@ -382,14 +395,46 @@ def save_estimator(est: Any, path: PathLike) -> None:
 
 
 def load_estimator(cls: type, path: PathLike, model: Optional[nn.Module], overrides: Dict[str, Any]) -> Any:
-    """Read a :func:`save_estimator` file into a new ``cls``; ``overrides`` set (unsaved) parameters."""
-    tensors, meta = load_state(path, cls._persistence_kind)
-    path = str(path)
-    params = decode_params(meta.get("params"), f"path={path!r}")
-    unsaved = meta.get("unsaved_params", [])
+    """Read a :func:`save_estimator` file into a new ``cls``; ``overrides`` set (unsaved) parameters.
+
+    Raises:
+        TypeError: unknown ``overrides``, or a ``model`` for a class that takes none (before the
+            file is read).
+        ValueError: naming ``path``, for anything wrong with the file's content (whatever error
+            the content would raise inside: decoding, the constructor, the fitted-state checks).
+    """
     names = set(cls._get_param_names())
     allowed = names - {"model"}
-    unknown = sorted(set(params) - allowed)
+    bad = sorted(set(overrides) - allowed)
+    if bad:
+        raise TypeError(f"load() got unknown parameters {bad}; {cls.__name__} takes {sorted(allowed)}")
+    if "model" not in names and model is not None:
+        raise TypeError(f"{cls.__name__} takes no model")
+    tensors, meta = load_state(path, cls._persistence_kind)
+    path = str(path)
+    try:
+        return _build(cls, path, model, overrides, tensors, meta, names)
+    except (TypeError, ValueError, OverflowError, RuntimeError, IndexError, KeyError, AttributeError) as err:
+        if isinstance(err, ValueError) and str(err).startswith(f"path={path!r}"):
+            raise
+        raise ValueError(
+            f"path={path!r} is corrupted: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
+        ) from None
+
+
+def _build(
+    cls: type,
+    path: str,
+    model: Optional[nn.Module],
+    overrides: Dict[str, Any],
+    tensors: Dict[str, torch.Tensor],
+    meta: Dict[str, Any],
+    names: set,
+) -> Any:
+    """The estimator of a loaded file's parameters and fitted state (errors are the file's)."""
+    params = decode_params(meta.get("params"), f"path={path!r}")
+    unsaved = meta.get("unsaved_params", [])
+    unknown = sorted(set(params) - (names - {"model"}))
     if unknown:
         raise ValueError(
             f"path={path!r} holds parameters {unknown} that {cls.__name__} does not take "
@@ -397,9 +442,6 @@ def load_estimator(cls: type, path: PathLike, model: Optional[nn.Module], overri
         )
     if not isinstance(unsaved, list) or any(params.get(n, None) != UNSAVED for n in unsaved):
         raise ValueError(f"path={path!r} is corrupted: bad list of unsaved parameters")
-    bad = sorted(set(overrides) - allowed)
-    if bad:
-        raise TypeError(f"load() got unknown parameters {bad}; {cls.__name__} takes {sorted(allowed)}")
     missing = [n for n in unsaved if n not in overrides]
     for name in unsaved:
         params[name] = None
@@ -414,8 +456,6 @@ def load_estimator(cls: type, path: PathLike, model: Optional[nn.Module], overri
     params.update(overrides)
     if "model" in names:
         params["model"] = model
-    elif model is not None:
-        raise TypeError(f"{cls.__name__} takes no model")
     est = cls(**params)
     rules = {k: v for k, v in cls._parameter_constraints.items() if k in saved - set(overrides)}
     try:

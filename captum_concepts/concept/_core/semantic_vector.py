@@ -46,6 +46,7 @@ from ..._utils.validation import (
     Bool,
     Int,
     Options,
+    RealNumber,
     check_real,
     seed_of,
     validated,
@@ -550,7 +551,7 @@ class SemanticVector(_ConceptEstimator):
         return ConceptRanking(names, indices, scores)
 
     # ------------------------------------------------------------------ Table 1
-    @validated(fitted=True)
+    @validated(fitted=True, args={"scale": RealNumber()})
     def perturbation_check(
         self,
         inputs: TensorOrTuple,

@@ -67,6 +67,7 @@ class ScoreCurve:
     def __len__(self) -> int:
         return len(self.layers)
 
+    @validated()
     def plot(
         self,
         label: Optional[str] = None,
