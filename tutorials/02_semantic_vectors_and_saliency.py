@@ -21,7 +21,7 @@
 import matplotlib.pyplot as plt
 import torch
 
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% tags=["remove-cell"]
 # Notebook housekeeping (hidden on the documentation site): small figures, no tqdm, Captum or
@@ -37,6 +37,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel CI: one thread per noteboo
     torch.set_num_threads(1)
 
 # %%
+# Figure: relevance matrix between the ten digit concepts: 1 on the diagonal, 0.75 to 0.96 elsewhere
 from captum_concepts.concept import SemanticVector
 from captum_concepts.data import load_digits_tensors, pretrained_digits_cnn
 from captum_concepts.visualization import visualize_relevance_matrix
@@ -48,7 +49,7 @@ model = pretrained_digits_cnn(seed=0).model
 # binarised features then barely separate the classes
 sv = SemanticVector(model, "block3.relu", random_state=0).fit_from_labels((data.x_train, data.y_train))
 print("vectors", tuple(sv.vectors_.shape), " diversity", sv.diversity_.numpy().round(2))
-fig, ax = visualize_relevance_matrix(sv.relevance(), concept_names=[str(d) for d in range(10)],
+fig, ax = visualize_relevance_matrix(sv.relevance(), labels=[str(d) for d in range(10)],
                                      title="relevance between digit concepts")
 
 # %% [markdown]
@@ -75,7 +76,7 @@ from captum_concepts.data import DigitsCNN, make_two_digit_canvas, train_classif
 
 train = make_two_digit_canvas(2000, canvas_size=(8, 16), split="train", random_state=0)
 test = make_two_digit_canvas(100, canvas_size=(8, 16), split="test", random_state=0)
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 canvas = train_classifier(DigitsCNN(image_size=(8, 16)), train.images, train.multi_hot,
                           test.images, test.multi_hot, epochs=10, multilabel=True)
 canvas_model = canvas.model
@@ -88,6 +89,7 @@ print(f"the two largest logits are the two digits on {both_right:.0%} of the tes
 canvas_sv = SemanticVector(canvas_model, "block3.pool").fit_from_labels((train.images, train.multi_hot))
 
 # %%
+# Figure: two-digit canvases (a row per target) with Guided Backprop and Semantic GBP maps, digit boxes
 from captum.attr import GuidedBackprop
 
 from captum_concepts.attr import SemanticGuidedBackprop
@@ -107,10 +109,11 @@ show = [0, 100, 1, 101]                  # two canvases, each digit as the targe
 fig, axes = visualize_attribution_grid(
     torch.stack([plain[show], semantic[show]], dim=1), images[show], sign="positive",
     col_labels=["Guided Backprop", "Semantic GBP"], boxes=boxes[show],
-    row_labels=[f"target {int(t)}" for t in targets[show]],
+    labels=[f"target {int(t)}" for t in targets[show]],
 )
 
 # %%
+# Figure: pointing accuracy vs energy kept: Guided Backprop and Semantic GBP nearly equal, 0 from 50 %
 from captum_concepts.metrics import pointing_game_curve
 from captum_concepts.visualization import visualize_pointing_game_curve
 

@@ -19,7 +19,7 @@
 import matplotlib.pyplot as plt
 import torch
 
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% tags=["remove-cell"]
 # Notebook housekeeping (hidden on the documentation site): small figures, no tqdm, Captum or
@@ -50,12 +50,13 @@ print("top classes per concept (labels only used to read the result):")
 print(cnmf.top_classes(y, k=3))
 
 # %%
+# Figure: ten concepts (rows): pixel factor image, then six top digits with the factor's mask in red
 from captum_concepts.visualization import visualize_concept_grid
 
 top = cnmf.top_examples(6)                       # (concepts, 6) indices into x
 masks, _ = cnmf.factor_masks(x)                  # median masks of the pixel factors
 fig, axes = visualize_concept_grid(x[top], masks=masks[:, 0], factor_images=cnmf.factor_images()[:, 0],
-                                   concept_names=[f"concept {k}" for k in range(10)])
+                                   labels=[f"concept {k}" for k in range(10)])
 
 # %% [markdown]
 # ## Do concepts use separate neurons?
@@ -65,10 +66,11 @@ fig, axes = visualize_concept_grid(x[top], masks=masks[:, 0], factor_images=cnmf
 # distinct neurons there, while shallow layers share generic edge detectors.
 
 # %%
+# Figure: factor similarity of block2.relu and block3.relu; eigenvalues: one near 5.5, the rest below 1
 from captum_concepts.visualization import visualize_similarity_matrices
 
 sims = [cnmf.neuron_similarity(layer) for layer in range(2)]
-fig, axes = visualize_similarity_matrices(sims, layer_names=["block2.relu", "block3.relu"])
+fig, axes = visualize_similarity_matrices(sims, labels=["block2.relu", "block3.relu"])
 
 # %% [markdown]
 # ## TCAV validation
@@ -98,9 +100,11 @@ with tempfile.TemporaryDirectory() as tmp:
         print(f"concept {k} (top class {cls}): TCAV score {score:.2f}")
 
 # %% [markdown]
-# New examples are projected onto the learned concepts with `cnmf.transform(new_images)` (the other
-# factors stay fixed), and `cnmf.neighbor_concepts(k=30)` gives the concept distribution of each
-# example's nearest neighbours in `F` space.
+# New examples are projected onto the learned concepts with
+# `cnmf.transform(new_images, samples_first=True)`, an `(N, n_concepts)` matrix as in scikit-learn
+# (`samples_first=False` gives the paper's `(n_concepts, N)` orientation of `F`; the other factors
+# stay fixed), and `cnmf.neighbor_concepts(k=30)` gives the concept distribution of each example's
+# nearest neighbours in `F` space.
 #
 # ## What to try on your own model
 #

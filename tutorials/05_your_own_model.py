@@ -47,7 +47,7 @@ import torchvision.models as tv
 from torch import nn
 
 device = "cuda" if torch.cuda.is_available() else "cpu"  # everything below runs on either
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 print("device:", device)
 
 # %% tags=["remove-cell"]
@@ -98,6 +98,7 @@ print(sorted(str(p.relative_to(root)) for p in root.glob("*/*")))
 # checkpoint (for torchvision's own weights, `weights.transforms()` gives the exact pipeline).
 
 # %%
+# Figure: six test tiles with their class: three dark green flower tiles, three pale or textured temple tiles
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
@@ -201,6 +202,7 @@ for name, shape in shapes.items():
 # (`embedding_dims`); with mean aggregation one backward pass suffices for all of them.
 
 # %%
+# Figure: four tiles (rows), their maps at the input and layers 1-3: grainy at the input, coarse blocks deeper
 from captum_concepts.attr import EmbeddingAttribution
 from captum_concepts.visualization import visualize_attribution_grid
 
@@ -220,7 +222,7 @@ fig, axes = visualize_attribution_grid(
     torch.stack([show(t) for t in x]),
     sign="absolute_value",
     col_labels=["input", "layer1", "layer2", "layer3"],
-    row_labels=[test_set.classes[y] for y in y_test[[0, 5, -6, -1]]],
+    labels=[test_set.classes[y] for y in y_test[[0, 5, -6, -1]]],
 )
 
 # %% [markdown]
@@ -244,10 +246,11 @@ fig, axes = visualize_attribution_grid(
 # page). Noise inputs are standard normal in the normalised input space.
 
 # %%
+# Figure: noise score per layer: trained ResNet-18 above the benchmark, untrained below it up to layer2
 from captum_concepts.metrics import score_curve
 from captum_concepts.visualization import visualize_score_curve
 
-torch.manual_seed(1)
+_ = torch.manual_seed(1)
 untrained = tv.resnet18(weights=None, num_classes=2).to(device).eval()  # random weights: the reference
 score_layers = ["conv1", "layer1", "layer2", "layer3", "layer4"]
 x = x_test[torch.randperm(len(test_set), generator=torch.Generator().manual_seed(0))[:16]].to(device)
@@ -260,7 +263,7 @@ for name, network in (("trained", model), ("random weights", untrained)):
 bench = curves["trained"]
 fig, ax = visualize_score_curve(
     {k: c.values.cpu() for k, c in curves.items()},
-    layer_names=score_layers,
+    labels=score_layers,
     benchmark=bench.benchmark.cpu(),
     benchmark_band=bench.benchmark_std.cpu(),
     title="noise score, ResNet-18 on photo tiles",
@@ -286,7 +289,8 @@ print(f"{'benchmark':15s}", [round(v, 3) for v in bench.benchmark.tolist()])
 # **On a GPU** nothing changes but the device: the model and the inputs are moved with `.to(device)`
 # above, and every method computes on the inputs' device. The non-linear aggregators (`var`, `abs`)
 # compute many components' gradients per backward pass there (`strategy="batched"`, bounded by
-# `internal_batch_size`); maps and scores come back on the same device (`.cpu()` before plotting).
+# `internal_batch_size`), which shortens but does not remove their one-gradient-per-component cost;
+# maps and scores come back on the same device (`.cpu()` before plotting).
 
 # %% [markdown]
 # ## 5. Other layouts: token and channels-last layers (random weights)
@@ -297,6 +301,20 @@ print(f"{'benchmark':15s}", [round(v, 3) for v in bench.benchmark.tolist()])
 # `tokens_to_grid(prefix_tokens=1)` drops the class token and lays the patch tokens out as
 # `(N, 768, 4, 4)`. (torchvision initialises the classification head to zero, which would make
 # every logit constant, so we draw it anew; the output logits are the embedding here.)
+#
+# **Cost first.** The embedding is now ViT's 1000 logits. Mean over channels *and* over components
+# (`channel_aggregator="mean", embedding_aggregator="mean"`) is linear: one backward pass explains all
+# 1000 at once. Any non-linear aggregator (`"abs"`, `"var"`, the default `embedding_aggregator="var"`)
+# needs one gradient per explained component: over all 1000 logits, 1000 backward passes through the
+# transformer on top of the layer (or, in forward mode, one product per element of the layer,
+# 768 channels × 16 patches = 12288 here, so the planner keeps reverse mode). That is about 1000 times
+# the backward work of the linear call: many minutes on a CPU even at these 64×64 pixels, far longer
+# at 224×224 (197 tokens). So explain a few components (`embedding_dims=[0, 1, 2]`: three passes),
+# or use the linear setting with its caveat behind a LayerNorm: a LayerNorm ignores a shift of its
+# input, so the gradient's mean over a token's channels is exactly zero (`method="gradient"` with the
+# channel mean gives blank maps), and the channel mean of activation × gradient keeps only the part
+# of the activations that varies across channels. `ea.plan(inputs)` tells, after one forward pass,
+# what a call would run, before running it.
 
 # %%
 import warnings
@@ -308,15 +326,23 @@ vit = tv.vit_b_16(weights=None, image_size=64).eval()
 nn.init.normal_(vit.heads.head.weight, std=0.02)
 vit = vit.to(device)
 vit_layers = ["conv_proj", "encoder.layers.encoder_layer_5"]
+grids = [None, tokens_to_grid(prefix_tokens=1)]
+
+# cheapest: mean over channels and over the 1000 logits, one backward pass for all of them
 ea = EmbeddingAttribution(
-    vit,
-    layer=vit_layers,
-    method="activation_gradient",
-    channel_aggregator="abs",  # a plain channel mean of a gradient cancels behind a LayerNorm
-    reshape_transform=[None, tokens_to_grid(prefix_tokens=1)],
+    vit, layer=vit_layers, method="activation_gradient", embedding_aggregator="mean", reshape_transform=grids
+)
+mean_maps = ea.attribute(images)
+print("mean, mean over all 1000 logits:", ea.strategy_)
+
+# a non-linear aggregator: one backward pass per component, so explain three of them
+ea = EmbeddingAttribution(
+    vit, layer=vit_layers, method="activation_gradient", channel_aggregator="abs", reshape_transform=grids
 )
 vit_maps = ea.attribute(images, embedding_dims=[0, 1, 2])
 print([tuple(m.shape) for m in vit_maps])  # each (N, 64, 64): the 4x4 grid upsampled to the image
+full = ea.plan(images)[1]  # what embedding_dims=None (all 1000 logits) would run, without running it
+print("abs over all 1000 logits:", full.strategy, "-", full.reason)
 
 with warnings.catch_warnings(record=True) as caught:  # without the transform: a warning
     warnings.simplefilter("always")
@@ -332,6 +358,7 @@ print(caught[0].message)
 # integers, so explain the output of the `nn.Embedding`, not the input).
 
 # %%
+# Figure: maps of random-weight models, layouts only: ViT patch grids, Swin stages, text per-token maps
 from captum_concepts.data import TinyTextTransformer
 
 swin = tv.swin_t(weights=None).to(device).eval()
@@ -374,8 +401,10 @@ plt.show()
 # - Compare your checkpoint's noise-score curve with the untrained architecture's and with the
 #   benchmark: a curve on the benchmark says the layer's explanations of real images look like those
 #   of noise.
-# - Explain more components (`embedding_dims=None`: all of them) on a GPU, or keep mean aggregation,
-#   which costs one backward pass whatever the embedding size.
+# - Mind the cost of the aggregators: mean over channels and components costs one backward pass
+#   whatever the embedding size; a non-linear one (`var`, `abs`) one pass per component, so start
+#   with a few (`embedding_dims=[...]`), check `ea.plan(x)`, and explain all of them
+#   (`embedding_dims=None`) on a GPU, for a small embedding, or with time to spare.
 # - From the command line, without writing code: `captum-concepts scores --model resnet18 --weights
 #   my.pt --images my_images/ --layers layer1 layer2 layer3 layer4 --embedding-layer avgpool`
 #   (`--reshape vit` or `--reshape channels-last` for the other layouts).

@@ -20,7 +20,7 @@
 import matplotlib.pyplot as plt
 import torch
 
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% tags=["remove-cell"]
 # Notebook housekeeping (hidden on the documentation site): small figures, no tqdm, Captum or
@@ -63,9 +63,10 @@ print("concepts:", cnmf.n_concepts, " top classes per concept:", cnmf.top_classe
 # first row shows each concept's pixel factor image.
 
 # %%
+# Figure: each concept's pixel factor (top row) and its presence maps over four test digits (green)
 images = data.x_test[:4]
 presence = concept_presence_maps(cnmf, images, layer="block2.pool")
-fig, axes = visualize_concept_maps(images, presence, factor_images=cnmf.factor_images(),
+fig, axes = visualize_concept_maps(presence, images, factor_images=cnmf.factor_images(),
                                    title="concept presence at block2.pool")
 
 # %% [markdown]
@@ -74,8 +75,9 @@ fig, axes = visualize_concept_maps(images, presence, factor_images=cnmf.factor_i
 # once (`return_per_dim`), here as gradient × input.
 
 # %%
+# Figure: signed input attribution of six concepts over four digits: red for, blue against the concept
 attribution = concept_attribution_maps(cnmf, images, layer="block3.pool")
-fig, axes = visualize_concept_maps(images, attribution, sign="all", title="evidence for each concept (input)")
+fig, axes = visualize_concept_maps(attribution, images, sign="all", title="evidence for each concept (input)")
 
 # %% [markdown]
 # **Importance for a class**: `u_k <d logit / dA, o_k>` per concept, and the residual
@@ -83,12 +85,13 @@ fig, axes = visualize_concept_maps(images, attribution, sign="all", title="evide
 # total, at the cost of one backward pass per target for all concepts.
 
 # %%
+# Figure: concept importance bars for digits 0-4: one or two dominant concepts each, residual in grey
 result = concept_importance(cnmf, data.x_test[:200], target=data.y_test[:200], layer="block3.pool")
 gap = (result.importance.sum(1) + result.residual - result.total).abs().max()
 print(f"max |concepts + residual - gradient x activation| = {gap:.2e}")
 imp, res, classes = class_importance(result, data.y_test[:200])
 names = [f"digit {c}" for c in classes[:5].tolist()]
-fig, axes = visualize_concept_importance(imp[:5], res[:5], class_names=names)
+fig, axes = visualize_concept_importance(imp[:5], res[:5], col_labels=names)
 
 # %% [markdown]
 # CRAFT's total Sobol indices rank the same concepts by a perturbation test instead of a gradient:
@@ -121,11 +124,12 @@ print((result.importance[:4] + 0.0).numpy().round(2))  # + 0.0 turns -0.0 into 0
 # concept's vector at that position.
 
 # %%
+# Figure: SemanticVector presence maps of classes 0, 2, 4, 6, 8 over four digits: alike for every class
 from captum_concepts.concept import SemanticVector
 
 sv = SemanticVector(model, "block2.pool").fit_from_labels((x, y))
-fig, axes = visualize_concept_maps(images, concept_presence_maps(sv, images), concepts=range(0, 10, 2),
-                                   concept_names=[f"class {c}" for c in range(0, 10, 2)], sign="all")
+fig, axes = visualize_concept_maps(concept_presence_maps(sv, images), images, concepts=range(0, 10, 2),
+                                   labels=[f"class {c}" for c in range(0, 10, 2)], sign="all")
 
 # %% [markdown]
 # ## 2. Similarity attribution
@@ -137,6 +141,7 @@ fig, axes = visualize_concept_maps(images, concept_presence_maps(sv, images), co
 # `InputXGradient` call on the pair.
 
 # %%
+# Figure: three digit pairs (0-0, 1-1, 2-8) with each side's signed cosine-similarity map and score
 from captum_concepts.attr import SimilarityAttribution
 from captum_concepts.visualization import visualize_correspondence, visualize_similarity_maps
 
@@ -144,7 +149,7 @@ order = torch.argsort(data.y_test)
 a, b = data.x_test[order[[0, 40, 80]]], data.x_test[order[[1, 41, 300]]]  # same, same, different digits
 sa = SimilarityAttribution(model, embedding_layer="embedding_relu", similarity="cosine")
 maps_a, maps_b = sa.attribute(a, b)
-fig, axes = visualize_similarity_maps(a, b, maps_a, maps_b, scores=sa.similarity_scores(a, b))
+fig, axes = visualize_similarity_maps(maps_a, maps_b, a, b, scores=sa.similarity_scores(a, b))
 
 # %% [markdown]
 # **Correspondence maps** `M(p, q) = Σ_d m_d^a(p) m_d^b(q)` (second order, as BiLRP) need the `D`
@@ -152,11 +157,12 @@ fig, axes = visualize_similarity_maps(a, b, maps_a, maps_b, scores=sa.similarity
 # `block2.pool`, 4×4 positions. The lines link the strongest pairs of positions.
 
 # %%
+# Figure: two zeros side by side, red lines linking their most corresponding block2.pool positions
 sa_layer = SimilarityAttribution(model, embedding_layer="embedding_relu", layer="block2.pool", upsample=None)
 corr = sa_layer.correspondence(a[:1], b[:1])
 cosine = sa_layer.similarity_scores(a[:1], b[:1]).item()
 print("M:", tuple(corr.shape), f" sum = {corr.sum():.3f}, cosine = {cosine:.3f}")
-fig, axes = visualize_correspondence(a[0], b[0], corr[0], grid_a=(4, 4), k=8)
+fig, axes = visualize_correspondence(corr[0], a[0], b[0], grid_a=(4, 4), k=8)
 
 # %% [markdown]
 # The same on a torchvision architecture, `resnet18(weights=None)` with `fc` removed (the 512-D
@@ -167,6 +173,7 @@ fig, axes = visualize_correspondence(a[0], b[0], corr[0], grid_a=(4, 4), k=8)
 # size) work the same way but need 512 gradients per side, too slow for this notebook on a CPU.
 
 # %%
+# Figure: two pairs of noise images and their similarity maps, ResNet-18 with random weights: no meaning
 import torchvision
 from torch import nn
 
@@ -176,7 +183,7 @@ resnet.eval()
 ra, rb = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
 rs = SimilarityAttribution(resnet, layer="layer2", similarity="cosine")
 ma, mb = rs.attribute(ra, rb)
-fig, axes = visualize_similarity_maps(ra, rb, ma, mb, scores=rs.similarity_scores(ra, rb),
+fig, axes = visualize_similarity_maps(ma, mb, ra, rb, scores=rs.similarity_scores(ra, rb),
                                       title="resnet18, RANDOM weights: no meaning")
 
 # %% [markdown]
@@ -189,6 +196,7 @@ fig, axes = visualize_similarity_maps(ra, rb, ma, mb, scores=rs.similarity_score
 # position-averaged rate for the class is above the average over classes.
 
 # %%
+# Figure: pointing accuracy vs energy kept: Guided Backprop, the paper's mask rule and channel masks
 from captum.attr import GuidedBackprop
 
 from captum_concepts.attr import SemanticGuidedBackprop
@@ -198,7 +206,7 @@ from captum_concepts.visualization import visualize_pointing_game_curve
 
 train = make_two_digit_canvas(2000, canvas_size=(8, 16), split="train", random_state=0)
 test = make_two_digit_canvas(100, canvas_size=(8, 16), split="test", random_state=0)
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 canvas_model = train_classifier(DigitsCNN(image_size=(8, 16)), train.images, train.multi_hot,
                                 test.images, test.multi_hot, epochs=10, multilabel=True).model
 erased = train.images * (~train.box_masks()[:, 1:2]).float()  # vectors from the first digit only
