@@ -21,7 +21,7 @@ from torch import nn
 
 from ..._utils.common import format_inputs
 from ..._utils.layers import LayerSpec, resolve_layer
-from ..._utils.validation import check_bool, check_int, check_option
+from ..._utils.validation import check_bool, check_int, check_option, validated
 from ...attr._core.captum_interop import as_input_attr
 from ...attr._core.embedding_attribution import EmbeddingAttribution, _select_dims
 from ...attr._core.layer_readout import LayerReadout, Readouts
@@ -48,6 +48,7 @@ class _EmbeddingScalar:
         return z.mean(1) if self.reduction == "mean" else z.sum(1)
 
 
+@validated()
 def embedding_forward_func(
     model: nn.Module,
     embedding_layer: Optional[LayerSpec] = None,
@@ -96,6 +97,7 @@ def embedding_forward_func(
     return _EmbeddingScalar(model, layer, embedding_dims, reduction, check_bool(eval_mode, "eval_mode"))
 
 
+@validated()
 def embedding_infidelity(
     attribution: EmbeddingAttribution,
     perturb_func: Callable,
