@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import _thread
 import random
+import signal
 import threading
 import time
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
 
-from captum_concepts._utils.hooks import ModelGuard
+from captum_concepts._utils.hooks import ModelGuard, model_lock
 from captum_concepts.attr import EmbeddingAttribution
 from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
 from captum_concepts.data import DigitsCNN
@@ -170,3 +172,122 @@ def test_ctrl_c_at_random_times(method):
             _usable(model)
         assert_same_state(before, model)
     assert interrupted > 0
+
+
+# ---------------------------------------------------------------------------- timer SIGINTs
+def _main_thread_only():
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        pytest.skip("needs the main thread (signals) and signal.setitimer")
+
+
+@pytest.fixture
+def sigint_timer():
+    """``arm(delay)``: a SIGINT ``delay`` seconds from now, from a real timer (SIGALRM whose
+    handler raises SIGINT, so it is handled wherever the main thread happens to be); ``settle()``
+    waits for it and swallows a late ``KeyboardInterrupt``, returning whether one arrived."""
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+
+    def arm(delay):
+        signal.setitimer(signal.ITIMER_REAL, max(delay, 1e-6))
+
+    def settle():
+        arrived = False
+        while True:
+            try:
+                while signal.getitimer(signal.ITIMER_REAL)[0] > 0:
+                    pass
+                time.sleep(0)  # a pending interrupt is raised here
+                return arrived
+            except KeyboardInterrupt:
+                arrived = True
+
+    try:
+        yield arm, settle
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _timed(call, repeat=20):
+    durations = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        durations.append(time.perf_counter() - start)
+    return sorted(durations)[len(durations) // 2]
+
+
+def _interrupt_calls(call, n, arm, settle, check, seed=0):
+    """``call`` ``n`` times, each with a SIGINT at a random time over 1.3 x its duration;
+    ``check()`` after each. Returns how many calls were interrupted."""
+    duration = _timed(call)
+    rng = random.Random(seed)
+    interrupted = 0
+    for _ in range(n):
+        try:
+            try:
+                arm(rng.uniform(0, 1.3 * duration))
+                call()
+            finally:
+                late = settle()
+        except KeyboardInterrupt:
+            late = True
+        interrupted += late
+        check()
+    return interrupted
+
+
+def _lock_is_free(model) -> bool:
+    """Another thread gets the model's lock (a leaked hold would make its next call wait forever)."""
+    got = []
+
+    def take():
+        lock = model_lock(model)
+        got.append(lock.acquire(timeout=5))
+        if got[-1]:
+            lock.release()
+
+    t = threading.Thread(target=take)
+    t.start()
+    t.join()
+    return got == [True]
+
+
+def _autograd_works():
+    x = torch.ones(2).requires_grad_()  # fails while a functorch transform is left pushed
+    (grad,) = torch.autograd.grad((3 * x).sum(), x)
+    assert torch.equal(grad, torch.full((2,), 3.0))
+    assert torch._C._functorch.maybe_current_level() is None, "a functorch transform was left pushed"
+    assert fwAD._current_level == -1, "a forward-AD level was left open"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_timer_sigints_never_leave_a_guard_half_restored(sigint_timer):
+    """SIGINTs from a real timer at random times over 1000 short guarded calls (hooks, frozen
+    parameters, eval mode on a mixed model): no call leaves a hook, a flag or the model's lock
+    behind. Before the handler stayed installed for the whole block, an interrupt at the start
+    of the restore (before the deferral was in place) did, within a few dozen interrupted calls."""
+    _main_thread_only()
+    arm, settle = sigint_timer
+    model = _model()
+    before = model_state(model)
+    lock = model_lock(model)
+
+    def call():
+        with ModelGuard(model, freeze_parameters=True, warn_train_mode=False) as guard:
+            guard.register_forward_hook(model.block2, lambda *a: None)
+            guard.capture(model.block3)
+            guard.forward(model, X[:2])
+
+    def check():
+        assert count_hooks(model) == 0
+        assert not lock._is_owned(), "the model's lock is still held"
+        assert [m.training for m in model.modules()] == list(before["training"].values())
+        assert [p.requires_grad for p in model.parameters()] == list(before["requires_grad"].values())
+
+    interrupted = _interrupt_calls(call, 1000, arm, settle, check)
+    assert interrupted > 500
+    assert_same_state(before, model)
+    assert _lock_is_free(model)
+    _usable(model)
+    _autograd_works()
