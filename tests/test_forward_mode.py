@@ -431,7 +431,7 @@ HOOKS = {
         "global module backward hooks",
     ),
     "global pre": (
-        lambda m: torch.nn.modules.module.register_module_backward_pre_hook(lambda mod, go: None),
+        lambda m: torch.nn.modules.module.register_module_full_backward_pre_hook(lambda mod, go: None),
         "global module backward hooks",
     ),
     "parameter": (lambda m: m.embedding.weight.register_hook(lambda g: g), "parameter 'embedding.weight'"),

@@ -217,10 +217,10 @@ def _timed(call, repeat=20):
     return sorted(durations)[len(durations) // 2]
 
 
-def _interrupt_calls(call, n, arm, settle, check, seed=0):
+def _interrupt_calls(call, n, arm, settle, check, seed=0, repeat=20):
     """``call`` ``n`` times, each with a SIGINT at a random time over 1.3 x its duration;
     ``check()`` after each. Returns how many calls were interrupted."""
-    duration = _timed(call)
+    duration = _timed(call, repeat)
     rng = random.Random(seed)
     interrupted = 0
     for _ in range(n):
@@ -291,3 +291,100 @@ def test_timer_sigints_never_leave_a_guard_half_restored(sigint_timer):
     assert _lock_is_free(model)
     _usable(model)
     _autograd_works()
+
+
+# ---------------------------------------------------------------------------- forward mode
+@pytest.fixture
+def clean_transforms():
+    """Leave torch's forward-AD and functorch state clean after the test even if it broke them
+    (so that a failure here does not break every later test)."""
+    yield
+    from torch._functorch import eager_transforms
+
+    if torch._C._functorch.maybe_current_level() is not None:
+        torch._C._functorch.pop_dynamic_layer_stack_and_undo_to_depth(0)
+    fwAD._current_level = -1
+    eager_transforms.JVP_NESTING = 0
+    try:
+        torch._C._exit_dual_level(level=0)
+    except RuntimeError:
+        pass  # no level open: the usual case
+
+
+def _sigint_inside(monkeypatch, module, name, before):
+    """The first call of ``module.name`` gets a real SIGINT (``_thread.interrupt_main``) right
+    before (``before``) or right after its C++ work, i.e. between torch's C++ and Python
+    bookkeeping of a transform level."""
+    original = getattr(module, name)
+    armed = [True]
+
+    def patched(*args, **kwargs):
+        if before and armed[0]:
+            armed[0] = False
+            _thread.interrupt_main()
+        result = original(*args, **kwargs)
+        if armed[0]:
+            armed[0] = False
+            _thread.interrupt_main()
+        return result
+
+    monkeypatch.setattr(module, name, patched)
+
+
+INSIDE_TORCH = {
+    # torch entered the dual level in C++, Python's _current_level is not yet updated: every
+    # later forward-mode call used to fail ("the current level is not valid"), blamed on the model
+    "forward-AD level entered": ("torch._functorch.predispatch", "_enter_dual_level", False),
+    # vmap's level about to be popped: functorch's stack used to stay pushed, every later
+    # requires_grad_() failed
+    "vmap level popped": ("torch._functorch.vmap", "_vmap_decrement_nesting", True),
+}
+
+
+@pytest.mark.parametrize("where", list(INSIDE_TORCH))
+def test_sigint_inside_torchs_transform_bookkeeping_waits_for_the_chunk(monkeypatch, clean_transforms, where):
+    _main_thread_only()
+    import importlib
+
+    torch.manual_seed(0)
+    model = DigitsCNN(width=4, embedding_dim=32).eval()
+    ea = EmbeddingAttribution(model, "embedding", "block3.relu", strategy="forward")
+    reference = ea.attribute(X)
+    assert reference.abs().sum() > 0
+    before = model_state(model)
+    module, name, first = INSIDE_TORCH[where]
+    _sigint_inside(monkeypatch, importlib.import_module(module), name, first)
+    with pytest.raises(KeyboardInterrupt):
+        ea.attribute(X)
+        time.sleep(0)  # (a call that ends before the interrupt is handled)
+    monkeypatch.undo()
+    _autograd_works()
+    assert_same_state(before, model)
+    auto = EmbeddingAttribution(model, "embedding", "block3.relu")
+    torch.testing.assert_close(auto.attribute(X), reference, rtol=1e-5, atol=1e-7)
+    assert auto.strategy_ == "forward"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_timer_sigints_over_forward_mode_calls_leave_autograd_working(sigint_timer, clean_transforms):
+    """Random timer SIGINTs over 50 forward-mode calls: the model, torch's forward-AD level and
+    functorch's transform stack all come back, and forward mode still gives the maps."""
+    _main_thread_only()
+    arm, settle = sigint_timer
+    torch.manual_seed(0)
+    model = DigitsCNN(width=4, embedding_dim=32).eval()
+    ea = EmbeddingAttribution(model, "embedding", "block3.relu", strategy="forward")
+    reference = ea.attribute(X[:2])
+    before = model_state(model)
+
+    def check():
+        assert count_hooks(model) == 0
+        assert torch._C._functorch.maybe_current_level() is None
+        assert fwAD._current_level == -1
+
+    interrupted = _interrupt_calls(lambda: ea.attribute(X[:2]), 50, arm, settle, check, seed=1, repeat=5)
+    assert interrupted > 25
+    assert_same_state(before, model)
+    assert _lock_is_free(model)
+    _autograd_works()
+    torch.testing.assert_close(ea.attribute(X[:2]), reference, rtol=1e-5, atol=1e-7)
