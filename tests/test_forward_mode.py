@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 import torchvision
 from _kernels import kernel_batch
 from _models import no_forward_rule_cnn
@@ -20,7 +21,12 @@ from captum.testing.helpers.basic_models import (
 from torch import nn
 
 from captum_concepts.attr import EmbeddingAttribution, ForwardModeUnsupported, choose_strategy, tokens_to_grid
-from captum_concepts.attr._core.forward_mode import ForwardSource, forward_maps, forward_passes
+from captum_concepts.attr._core.forward_mode import (
+    ForwardModeStateError,
+    ForwardSource,
+    forward_maps,
+    forward_passes,
+)
 from captum_concepts.data import DigitsCNN
 from captum_concepts.metrics import score_curve, variance_score
 from captum_concepts.testing import assert_same_state, count_hooks, model_state
@@ -453,6 +459,43 @@ def test_every_kind_of_backward_hook_rules_out_forward_mode(kind):
     finally:
         handle.remove()
     assert ea.plan(XH).strategy == "forward"
+
+
+def _leave_dual_level_in_cpp_only():
+    """What an interrupt between torch's C++ and Python bookkeeping of a forward-AD level leaves."""
+    torch._C._enter_dual_level()
+    return lambda: torch._C._exit_dual_level(level=0)
+
+
+def _open_dual_level():
+    """The caller holds a forward-AD level open (or another thread does, outside our lock)."""
+    level = fwAD.dual_level()
+    level.__enter__()
+    return lambda: level.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("state", [_leave_dual_level_in_cpp_only, _open_dual_level])
+def test_torchs_broken_forward_ad_state_is_not_blamed_on_the_model(state):
+    """``"forward"`` raises ForwardModeStateError saying the state is torch's, whatever the model,
+    not "failed on this model"; ``"auto"`` warns, runs reverse mode and says why in its plan."""
+    model = _small_cnn()
+    ref = EmbeddingAttribution(model, "embedding", "block3.relu", strategy="loop").attribute(XH)
+    assert ref.abs().sum() > 0
+    cleanup = state()
+    try:
+        with pytest.raises(ForwardModeStateError, match="whatever the model") as info:
+            EmbeddingAttribution(model, "embedding", "block3.relu", strategy="forward").attribute(XH)
+        assert "on this model" not in str(info.value)
+        ea = EmbeddingAttribution(model, "embedding", "block3.relu")
+        with pytest.warns(UserWarning, match="forward-mode AD state"):
+            got = ea.attribute(XH)
+        assert ea.strategy_ == "loop" and "forward-AD state" in ea.plan_.reason
+        close(got, ref)
+    finally:
+        cleanup()
+    ea = EmbeddingAttribution(model, "embedding", "block3.relu")
+    close(ea.attribute(XH), ref)
+    assert ea.strategy_ == "forward"
 
 
 # ---------------------------------------------------------------------------- scores
