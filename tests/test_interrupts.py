@@ -5,6 +5,9 @@
   while a reference to the traceback is kept (what ``sys.last_traceback`` does in a REPL).
 - ``KeyboardInterrupt`` between a hook's registration and the guard's bookkeeping, inside the
   restore loops, and a real SIGINT (``_thread.interrupt_main``) at random times.
+- Real timer SIGINTs over many guarded calls (no hook, flag or lock left) and over forward-mode
+  calls, and a SIGINT inside torch's bookkeeping of its forward-AD and vmap levels (held back
+  until the chunk ends: autograd keeps working).
 """
 
 from __future__ import annotations

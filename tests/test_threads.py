@@ -4,7 +4,9 @@ Several threads call EmbeddingAttribution, SemanticVector, SemanticGradientInput
 CoupledNMFConcepts on the same model, many times; results must equal single-threaded
 references and the model (in a mixed train/eval, frozen/unfrozen state) must come back as
 it was. A plain ``model(x)`` in another thread during our calls must never raise and must
-give the plain output.
+give the plain output. Two different models explained at once in two threads give the
+sequential maps under every strategy (forward mode's torch state is process-global), and the
+attention settings forward mode switches off come back.
 """
 
 from __future__ import annotations
