@@ -5,9 +5,11 @@ strategy="auto" picks forward mode by the pass count; fallback when an op has no
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 import torchvision
 from _kernels import kernel_batch
 from _models import no_forward_rule_cnn
@@ -19,7 +21,13 @@ from captum.testing.helpers.basic_models import (
 from torch import nn
 
 from captum_concepts.attr import EmbeddingAttribution, ForwardModeUnsupported, choose_strategy, tokens_to_grid
-from captum_concepts.attr._core.forward_mode import ForwardSource, forward_maps, forward_passes
+from captum_concepts.attr._core.forward_mode import (
+    ForwardModeStateError,
+    ForwardSource,
+    forward_maps,
+    forward_passes,
+)
+from captum_concepts.data import DigitsCNN
 from captum_concepts.metrics import score_curve, variance_score
 from captum_concepts.testing import assert_same_state, count_hooks, model_state
 
@@ -350,6 +358,144 @@ def test_attention_kernel_settings_restored_after_an_error():
     with pytest.raises(ForwardModeUnsupported):
         EmbeddingAttribution(model, None, "0", strategy="forward").attribute(torch.randn(2, 1, 6, 6))
     assert torch.backends.mha.get_fastpath_enabled() == fast
+
+
+# ---------------------------------------------------------------------------- backward hooks
+def _small_cnn():
+    torch.manual_seed(0)
+    return DigitsCNN(width=4, embedding_dim=32).eval()
+
+
+XH = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+
+
+def test_auto_honours_a_backward_hook_that_scales_the_gradient():
+    """A full backward hook in the head (between the source and the embedding) scales the
+    gradient by 3: reverse mode calls it, forward mode never would. ``auto`` (which picks forward
+    mode without the hook: 16 pixels < 32 dimensions) runs reverse mode and says why; its maps are
+    the reverse maps, 9 x the maps without the hook (the variance over dimensions)."""
+    model = _small_cnn()
+    ea = EmbeddingAttribution(model, "embedding", "block3.relu")
+    plain = ea.attribute(XH)
+    assert ea.strategy_ == "forward" and plain.abs().sum() > 0
+    handle = model.block3.pool.register_full_backward_hook(lambda m, grad_in, grad_out: (3 * grad_in[0],))
+    try:
+        before = model_state(model)
+        plan = ea.plan(XH)
+        assert plan.strategy == "loop"
+        assert "backward hooks" in plan.reason and "block3.pool" in plan.reason
+        got = ea.attribute(XH)
+        assert ea.strategy_ == "loop" and ea.plan_ == plan
+        ref = EmbeddingAttribution(model, "embedding", "block3.relu", strategy="loop").attribute(XH)
+        close(got, ref)
+        close(ref, 9 * plain)  # the hook ran
+        with pytest.raises(ValueError, match="backward hooks.*block3.pool"):
+            EmbeddingAttribution(model, "embedding", "block3.relu", strategy="forward").attribute(XH)
+        assert_same_state(before, model)  # the user's hook stays, ours are gone
+    finally:
+        handle.remove()
+
+
+def test_a_raising_backward_hook_raises_under_auto():
+    model = _small_cnn()
+
+    class HookRan(Exception):
+        pass
+
+    def hook(module, grad_in, grad_out):
+        raise HookRan("the user's backward hook ran")
+
+    handle = model.block3.pool.register_full_backward_hook(hook)
+    try:
+        before = model_state(model)
+        with pytest.raises(HookRan):
+            EmbeddingAttribution(model, "embedding", "block3.relu").attribute(XH)
+        assert_same_state(before, model)
+    finally:
+        handle.remove()
+
+
+def _full(model):
+    return model.embedding.register_full_backward_hook(lambda m, gi, go: None)
+
+
+def _legacy(model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.embedding.register_backward_hook(lambda m, gi, go: None)
+
+
+HOOKS = {
+    "full": (_full, "module 'embedding'"),
+    "legacy": (_legacy, "module 'embedding'"),
+    "pre": (
+        lambda m: m.embedding.register_full_backward_pre_hook(lambda mod, go: None),
+        "module 'embedding'",
+    ),
+    "global": (
+        lambda m: torch.nn.modules.module.register_module_full_backward_hook(lambda mod, gi, go: None),
+        "global module backward hooks",
+    ),
+    "global pre": (
+        lambda m: torch.nn.modules.module.register_module_full_backward_pre_hook(lambda mod, go: None),
+        "global module backward hooks",
+    ),
+    "parameter": (lambda m: m.embedding.weight.register_hook(lambda g: g), "parameter 'embedding.weight'"),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOOKS))
+def test_every_kind_of_backward_hook_rules_out_forward_mode(kind):
+    model = _small_cnn()
+    ea = EmbeddingAttribution(model, "embedding", "block3.relu")
+    assert ea.plan(XH).strategy == "forward"
+    register, where = HOOKS[kind]
+    handle = register(model)
+    try:
+        plan = ea.plan(XH)
+        assert plan.strategy == "loop" and where in plan.reason, plan.reason
+        with pytest.raises(ValueError, match=f"strategy=\"forward\" cannot honour .*{where}"):
+            EmbeddingAttribution(model, "embedding", "block3.relu", strategy="forward").attribute(XH)
+    finally:
+        handle.remove()
+    assert ea.plan(XH).strategy == "forward"
+
+
+def _leave_dual_level_in_cpp_only():
+    """What an interrupt between torch's C++ and Python bookkeeping of a forward-AD level leaves."""
+    torch._C._enter_dual_level()
+    return lambda: torch._C._exit_dual_level(level=0)
+
+
+def _open_dual_level():
+    """The caller holds a forward-AD level open (or another thread does, outside our lock)."""
+    level = fwAD.dual_level()
+    level.__enter__()
+    return lambda: level.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("state", [_leave_dual_level_in_cpp_only, _open_dual_level])
+def test_torchs_broken_forward_ad_state_is_not_blamed_on_the_model(state):
+    """``"forward"`` raises ForwardModeStateError saying the state is torch's, whatever the model,
+    not "failed on this model"; ``"auto"`` warns, runs reverse mode and says why in its plan."""
+    model = _small_cnn()
+    ref = EmbeddingAttribution(model, "embedding", "block3.relu", strategy="loop").attribute(XH)
+    assert ref.abs().sum() > 0
+    cleanup = state()
+    try:
+        with pytest.raises(ForwardModeStateError, match="whatever the model") as info:
+            EmbeddingAttribution(model, "embedding", "block3.relu", strategy="forward").attribute(XH)
+        assert "on this model" not in str(info.value)
+        ea = EmbeddingAttribution(model, "embedding", "block3.relu")
+        with pytest.warns(UserWarning, match="forward-mode AD state"):
+            got = ea.attribute(XH)
+        assert ea.strategy_ == "loop" and "forward-AD state" in ea.plan_.reason
+        close(got, ref)
+    finally:
+        cleanup()
+    ea = EmbeddingAttribution(model, "embedding", "block3.relu")
+    close(ea.attribute(XH), ref)
+    assert ea.strategy_ == "forward"
 
 
 # ---------------------------------------------------------------------------- scores

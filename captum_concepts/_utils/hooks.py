@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import functools
 import signal
+import sys
 import threading
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from types import CodeType
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import nn
@@ -23,7 +25,7 @@ from torch.utils.hooks import RemovableHandle
 from .capture import LayerCapture, forward_once
 from .warn import warn_user
 
-__all__ = ["ModelGuard", "model_lock"]
+__all__ = ["ModelGuard", "model_lock", "run_uninterrupted"]
 
 _MISSING = object()
 _MODULE_HOOK_DICTS = (
@@ -51,49 +53,133 @@ def model_lock(model: nn.Module) -> threading.RLock:
         return lock
 
 
-class _DeferredInterrupt:
-    """Hold back SIGINT (Ctrl-C) while a model is being changed or restored.
+# ---------------------------------------------------------------------- Ctrl-C
+# Python runs signal handlers in the main thread only, between bytecodes. A handler installed for
+# a whole guarded block (not just around the restore) makes the unguarded window empty: it looks
+# at the frame the interrupt landed in and holds SIGINT back while any frame of the main thread's
+# stack runs code marked with _uninterruptible (the guard's entry and exit, the restore, forward
+# mode's transforms); elsewhere (the user's code in the block) it passes the signal on at once.
+_HELD_BACK: Set[CodeType] = set()
 
-    Only in the main thread (where Python runs signal handlers) and only when the
-    current handler was installed from Python; the signal is re-delivered to that
-    handler on exit, so a ``KeyboardInterrupt`` still arrives, just not half-way
-    through a restore.
-    """
 
-    def __init__(self) -> None:
-        self.previous: Any = None
-        self.received: List[Tuple[int, Any]] = []
+def _uninterruptible(fn: Callable) -> Callable:
+    """Mark ``fn``: a SIGINT arriving while it runs is held back (see :func:`_hold`)."""
+    _HELD_BACK.add(fn.__code__)
+    return fn
 
-    def __enter__(self) -> _DeferredInterrupt:
-        if threading.current_thread() is not threading.main_thread():
-            return self
+
+class _Sigint:
+    """The main thread's SIGINT state: the handler we replaced, how many holds are open and the
+    signals held back. Only the main thread changes it (only it can install handlers)."""
+
+    depth = 0
+    previous: Any = None
+    pending = 0
+
+
+def _held_back(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_code in _HELD_BACK:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    if _held_back(frame):
+        _Sigint.pending += 1
+        return
+    _pass_on(_Sigint.previous, frame)
+
+
+def _pass_on(handler: Any, frame: Any) -> None:
+    """Do what ``handler`` (the one we replaced) does with a SIGINT (the default raises
+    ``KeyboardInterrupt``)."""
+    if handler is None or handler is _on_sigint:
+        handler = signal.default_int_handler
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    elif handler == signal.SIG_DFL:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGINT)
+
+
+@_uninterruptible
+def _hold() -> bool:
+    """Start holding SIGINT back in the calling (marked) function; returns whether a hold was
+    opened (the main thread, with a handler installed from Python), to pass to :func:`_release`.
+
+    Nothing changes before the handler is installed: an interrupt arriving earlier is raised
+    here with no state taken."""
+    if threading.get_ident() != threading.main_thread().ident:
+        return False
+    if _Sigint.depth == 0:
         try:
-            previous = signal.getsignal(signal.SIGINT)
-            if previous is None:
-                return self
-            signal.signal(signal.SIGINT, lambda signum, frame: self.received.append((signum, frame)))
-            self.previous = previous
+            current = signal.getsignal(signal.SIGINT)
+            if current is None or current == signal.SIG_IGN:
+                return False  # a handler set outside Python, or ignored: nothing to hold back
+            if current is not _on_sigint:  # else left installed by a hold closed in another thread
+                signal.signal(signal.SIGINT, _on_sigint)  # delivers earlier signals first
+                _Sigint.previous = current
         except (ValueError, OSError, TypeError):  # no signal support (embedded interpreters)
-            self.previous = None
-        return self
+            return False
+        _Sigint.pending = 0
+    _Sigint.depth += 1
+    return True
 
-    def deliver(self) -> None:
-        """Deliver a held-back SIGINT now (raises ``KeyboardInterrupt`` with the default handler)."""
-        if self.received:
-            self.__exit__()
 
-    def __exit__(self, *exc: Any) -> None:
-        previous, self.previous = self.previous, None
-        if previous is None:
-            return
-        signal.signal(signal.SIGINT, previous)
-        if self.received:
-            signum, frame = self.received[0]
-            self.received = []
-            if callable(previous):
-                previous(signum, frame)  # the default handler raises KeyboardInterrupt here
-            elif previous == signal.SIG_DFL:
-                signal.raise_signal(signal.SIGINT)
+@_uninterruptible
+def _release(held: bool) -> None:
+    """Close a hold of :func:`_hold`, called by the marked function that opened it; a SIGINT
+    held back is delivered now (``KeyboardInterrupt`` with the default handler) unless an outer
+    marked function is still running (it delivers it when it returns)."""
+    if not held:
+        return
+    _Sigint.depth -= 1
+    previous = _Sigint.previous
+    if _Sigint.depth == 0:
+        try:
+            if signal.getsignal(signal.SIGINT) is _on_sigint:  # not replaced by the user meanwhile
+                signal.signal(signal.SIGINT, previous)
+            _Sigint.previous = None
+        except (ValueError, OSError, TypeError):  # another thread: the handler stays, passing on
+            pass
+    elif _held_back(sys._getframe(2)):
+        return
+    if _Sigint.pending:
+        _Sigint.pending = 0
+        _pass_on(previous, sys._getframe(1))
+
+
+@_uninterruptible
+def _deliver_pending() -> None:
+    """Deliver a SIGINT held back so far (from a marked function that is about to wait)."""
+    if _Sigint.pending and _Sigint.depth:
+        _Sigint.pending = 0
+        _pass_on(_Sigint.previous, sys._getframe(1))
+
+
+@_uninterruptible
+def run_uninterrupted(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with Ctrl-C (SIGINT) held back until it returns, then delivered.
+
+    For sections that must not be cut half-way (torch's forward-AD and functorch transform
+    stacks are process- and thread-global state: an interrupt between their push and pop leaves
+    them broken for the rest of the process). Acts in the main thread, where Python runs signal
+    handlers; elsewhere it just calls ``fn``."""
+    held = _hold()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _release(held)
+
+
+@_uninterruptible
+def acquire(lock: Any) -> None:
+    """``lock.acquire()`` from a marked function: a Ctrl-C while waiting for another thread
+    raises ``KeyboardInterrupt`` (the caller then holds nothing of ``lock``)."""
+    while not lock.acquire(timeout=0.05):
+        _deliver_pending()
 
 
 class _Hook:
@@ -145,8 +231,11 @@ class ModelGuard:
     then assigned. Every step of the restore runs even if an earlier one raised;
     the first error is re-raised afterwards. Each hook is recorded before it is
     registered, and Ctrl-C (SIGINT) is held back while the model is changed or
-    restored and delivered right after, so an interrupt never leaves a hook or a
-    half-restored model behind.
+    restored and delivered right after, so an interrupt never leaves a hook, a
+    half-restored model or the model's lock behind. The handler that holds it
+    back is installed at the start of entering and stays until the end of
+    leaving (inside the block it passes an interrupt on at once): no interrupt
+    can land between the block's end and the start of the restore.
 
     Threads. Our calls on one model are serialised by a per-model re-entrant lock
     (:func:`model_lock`), held from entering to leaving the block: concurrent
@@ -192,77 +281,88 @@ class ModelGuard:
         self._active = False
         self._lock: Optional[threading.RLock] = None
         self._owner: Optional[int] = None
+        self._held = False
 
     # ------------------------------------------------------------------ entry/exit
+    @_uninterruptible
     def __enter__(self) -> ModelGuard:
         if self._active:
             raise RuntimeError("a ModelGuard cannot be entered twice")
+        # held from here to the end of __exit__ (the block itself passes Ctrl-C on at once)
+        held = _hold()
         try:
-            with _DeferredInterrupt() as deferred:
-                lock = model_lock(self.model)
-                while not lock.acquire(timeout=0.05):
-                    deferred.deliver()  # Ctrl-C while another thread's call runs: nothing is held yet
-                self._lock = lock
-                self._active = True
-                self._owner = threading.get_ident()
-                self._training = [(m, m.training) for m in self.model.modules()]
-                self._requires_grad = {p: p.requires_grad for p in self.model.parameters()}
-                if self.eval_mode and any(flag for _, flag in self._training):
-                    if self.warn_train_mode and self.model.training:
-                        warn_user(
-                            "model is in training mode; captum_concepts computes explanations "
-                            "in eval mode and restores training mode afterwards "
-                            "(pass eval_mode=False to keep the mode as it is)"
-                        )
-                    self.model.eval()
-                if self.freeze_parameters:
-                    for p in self._requires_grad:
-                        p.requires_grad_(False)
-        except BaseException:  # including an interrupt delivered when the deferral ends
-            if self._active or self._lock is not None:
-                self._restore()
+            lock = model_lock(self.model)
+            acquire(lock)  # Ctrl-C while another thread's call runs: nothing is held yet
+            self._lock = lock
+            self._active = True
+            self._owner = threading.get_ident()
+            self._training = [(m, m.training) for m in self.model.modules()]
+            self._requires_grad = {p: p.requires_grad for p in self.model.parameters()}
+            if self.eval_mode and any(flag for _, flag in self._training):
+                if self.warn_train_mode and self.model.training:
+                    warn_user(
+                        "model is in training mode; captum_concepts computes explanations "
+                        "in eval mode and restores training mode afterwards "
+                        "(pass eval_mode=False to keep the mode as it is)"
+                    )
+                self.model.eval()
+            if self.freeze_parameters:
+                for p in self._requires_grad:
+                    p.requires_grad_(False)
+        except BaseException:
+            try:
+                if self._active or self._lock is not None:
+                    self._restore()
+            finally:
+                _release(held)
             raise
+        self._held = held
         return self
 
+    @_uninterruptible
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._restore()
+        held, self._held = self._held, False
+        try:
+            self._restore()
+        finally:
+            _release(held)  # a Ctrl-C held back during the restore arrives here
 
+    @_uninterruptible
     def _restore(self) -> None:
         errors: List[BaseException] = []
-        with _DeferredInterrupt():
-            try:
-                while self._hooks:
-                    hook = self._hooks.pop()
-                    try:
-                        hook.remove()
-                    except BaseException as err:  # keep restoring the rest
-                        errors.append(err)
-                self._captures = []
-                while self._attributes:
-                    obj, name, old = self._attributes.pop()
-                    try:
-                        if old is _MISSING:
-                            delattr(obj, name)
-                        else:
-                            setattr(obj, name, old)
-                    except BaseException as err:
-                        errors.append(err)
-                self._restore_modes(errors)
-                for _attempt in range(2):  # a second chance for a flag whose restore was interrupted
-                    for param, flag in self._requires_grad.items():
-                        if param.requires_grad != flag:
-                            try:
-                                param.requires_grad_(flag)
-                            except BaseException as err:
-                                errors.append(err)
-                self._training = []
-                self._requires_grad = {}
-            finally:
-                self._active = False
-                self._owner = None
-                lock, self._lock = self._lock, None
-                if lock is not None:
-                    lock.release()
+        try:
+            while self._hooks:
+                hook = self._hooks.pop()
+                try:
+                    hook.remove()
+                except BaseException as err:  # keep restoring the rest
+                    errors.append(err)
+            self._captures = []
+            while self._attributes:
+                obj, name, old = self._attributes.pop()
+                try:
+                    if old is _MISSING:
+                        delattr(obj, name)
+                    else:
+                        setattr(obj, name, old)
+                except BaseException as err:
+                    errors.append(err)
+            self._restore_modes(errors)
+            for _attempt in range(2):  # a second chance for a flag whose restore was interrupted
+                for param, flag in self._requires_grad.items():
+                    if param.requires_grad != flag:
+                        try:
+                            param.requires_grad_(flag)
+                        except BaseException as err:
+                            errors.append(err)
+            self._training = []
+            self._requires_grad = {}
+        finally:
+            self._active = False
+            self._owner = None
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                lock.release()
         if errors:
             raise errors[0]
 

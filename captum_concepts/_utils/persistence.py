@@ -47,16 +47,7 @@ from typing import Any, BinaryIO, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-try:  # the guard's hold on Ctrl-C (hooks.run_uninterrupted, from issue 28's guard work)
-    from .hooks import run_uninterrupted
-except ImportError:  # pragma: no cover - until that work is merged
-    from .hooks import _DeferredInterrupt
-
-    def run_uninterrupted(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` with Ctrl-C held back until it returns, then delivered."""
-        with _DeferredInterrupt():
-            return fn(*args, **kwargs)
-
+from .hooks import run_uninterrupted
 
 __all__ = [
     "FORMAT_VERSION",

@@ -22,7 +22,7 @@ from ..._utils.validation import Indices, check_int, check_option, index_tensor,
 from ..._utils.warn import warn_user
 from .aggregators import Aggregator, check_aggregator
 from .costs import WorkProbe
-from .forward_mode import ForwardModeUnsupported, ForwardSource, reverse_strategy
+from .forward_mode import ForwardModeStateError, ForwardModeUnsupported, ForwardSource, reverse_strategy
 from .strategies import Job, Plan, plan_sources, reverse_chunk, run_forward_mode, run_linear, run_reverse
 from .upsampling import check_upsample, upsample_maps
 
@@ -109,13 +109,20 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
       source and the embedding), a forward chunk costs a pass of the layers below plus one
       tangent through the head per product (the rule is stated in
       :func:`~captum_concepts.attr._core.forward_mode.choose_strategy`); never with
-      ``create_graph`` or a model in training mode. Otherwise ``"batched"`` when the embedding
-      lives on a CUDA device and ``"loop"`` elsewhere. So a deep layer whose head is a pooling
-      layer runs reverse mode (each reverse product is nearly free), a middle layer with few
+      ``create_graph``, a model in training mode or a model carrying backward hooks (forward
+      mode would never call them; ``"forward"`` refuses such a model). Otherwise ``"batched"``
+      when the embedding lives on a CUDA device and ``"loop"`` elsewhere. So a deep layer whose
+      head is a pooling layer runs reverse mode (each reverse product is nearly free), a middle layer with few
       pixels and a deep head forward mode. Several layers may mix: forward mode for some, one
       reverse sweep for the others. When an operation has no forward-mode (or vmap) rule,
       ``"auto"`` silently reruns those layers in reverse mode on the graph of the first pass
-      (``"forward"`` raises :class:`~captum_concepts.attr._core.forward_mode.ForwardModeUnsupported`).
+      (``"forward"`` raises :class:`~captum_concepts.attr._core.forward_mode.ForwardModeUnsupported`);
+      when torch's forward-AD state is unusable whatever the model (another thread using it
+      outside this package, a call made inside ``torch.func.jvp``) it says so, as
+      :class:`~captum_concepts.attr._core.forward_mode.ForwardModeStateError`, and ``"auto"``
+      warns and runs reverse mode. One forward-mode computation runs at a time in the process
+      (torch's forward-AD levels are process-global): threads explaining different models wait
+      for each other there.
 
     Several source layers (``layer`` a list) share the same forward pass and the same backward
     pass(es): a list of ``L`` layers costs what the lowest one costs, not ``L`` times.
@@ -383,7 +390,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             for lay, group in zip(self._layers, sources)
         ]
         plans = plan_sources(
-            job, self.strategy, z.shape[1], z.device, sources, self._transforms, training, costs
+            job, self.strategy, z.shape[1], z.device, sources, self._transforms, training, costs, model
         )
         return x, z, sources, plans
 
@@ -416,7 +423,9 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             reverse = reverse_strategy("auto", z.device)
             subset = [flat[j] for j in fwd]
             chunk = reverse_chunk(subset, z.shape[1], job.internal_batch_size)
-            why = f"forward mode unsupported ({type(err.__cause__ or err).__name__})"
+            why = f"{err.reason} ({type(err.__cause__ or err).__name__})"
+            if isinstance(err, ForwardModeStateError):
+                warn_user(f"{err}; running reverse mode")
             plans = [p.fallback(reverse, why, chunk) if p.strategy == "forward" else p for p in plans]
             maps = run_reverse(job, reverse, chunk, z, subset, [fns[j] for j in fwd], False, False)
         per_source.update(zip(fwd, maps))

@@ -33,21 +33,24 @@ permutations, reshapes, selections such as dropping class tokens), because then
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+import threading
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
 
 from ..._utils.common import run_forward
-from ..._utils.hooks import ModelGuard
+from ..._utils.hooks import ModelGuard, _hold, _release, _uninterruptible, acquire, run_uninterrupted
 from ..._utils.validation import validated
 from .aggregators import Aggregator, aggregate, is_mean
 from .costs import PassCosts
 
 __all__ = [
+    "ForwardModeStateError",
     "ForwardModeUnsupported",
     "ForwardSource",
+    "backward_hooks",
     "choose_strategy",
     "forward_maps",
     "forward_chunk",
@@ -71,7 +74,9 @@ Transform = Optional[Callable[[torch.Tensor], torch.Tensor]]
 
 
 class ForwardModeUnsupported(RuntimeError):
-    """An operation of the model has no forward-mode (or vmap) rule; use a reverse strategy.
+    """Forward mode cannot run: an operation of the model has no forward-mode (or vmap) rule
+    (or, as :class:`ForwardModeStateError`, torch's forward-AD state is unusable); use a reverse
+    strategy. ``reason`` says which, in a few words (``strategy="auto"`` puts it in the plan).
 
     Example::
 
@@ -80,10 +85,22 @@ class ForwardModeUnsupported(RuntimeError):
         ea = EmbeddingAttribution(model, embedding_layer="embedding_relu", strategy="forward")
         try:
             maps = ea.attribute(data.x_test[:2])
-        except ForwardModeUnsupported:  # a layer without a forward-mode rule
+        except ForwardModeUnsupported as err:  # a layer without a forward-mode rule
+            print(err.reason)
             maps = EmbeddingAttribution(model, embedding_layer="embedding_relu", strategy="loop").attribute(
                 data.x_test[:2])
     """
+
+    reason = "forward mode unsupported"
+
+
+class ForwardModeStateError(ForwardModeUnsupported):
+    """Torch's forward-mode AD or functorch state of this process is unusable, whatever the
+    model: another thread runs ``torch.autograd.forward_ad`` / ``torch.func.jvp`` outside
+    captum_concepts, the call is made inside such a transform, or an earlier interruption outside
+    captum_concepts left it broken."""
+
+    reason = "forward mode unavailable: torch's forward-AD state of this process is unusable (not the model)"
 
 
 class ForwardSource(NamedTuple):
@@ -128,6 +145,7 @@ def forward_passes(shape: Sequence[int], method: str, channel_aggregator: Aggreg
 def choose_strategy(
     strategy: str, n_dims: int, passes: int, device: torch.device,
     create_graph: bool = False, training: bool = False, costs: Optional[PassCosts] = None,
+    hooks: Optional[str] = None,
 ) -> str:  # fmt: skip
     """The strategy :class:`EmbeddingAttribution` runs for one source layer.
 
@@ -154,11 +172,13 @@ def choose_strategy(
        A deep source whose head is only a pooling layer thus runs reverse mode once forward
        mode's repeated passes of the layers below outweigh ``D`` nearly free reverse products;
 
-    and neither ``create_graph`` (maps that stay differentiable need reverse mode) nor a model in
+    and neither ``create_graph`` (maps that stay differentiable need reverse mode), a model in
     training mode (each extra forward pass would update batch-norm statistics and redraw
-    dropout) rules it out. Otherwise the reverse strategy of the device: ``"batched"`` on CUDA,
-    ``"loop"`` elsewhere. An explicit ``"forward"`` falls back to ``"loop"``/``"batched"`` with
-    ``create_graph`` and raises ``ValueError`` for a model in training mode; explicit
+    dropout) nor backward hooks on the model (``hooks``, where they are in words, see
+    :func:`backward_hooks`: forward mode never runs them, reverse mode does) rules it out.
+    Otherwise the reverse strategy of the device: ``"batched"`` on CUDA, ``"loop"`` elsewhere.
+    An explicit ``"forward"`` falls back to ``"loop"``/``"batched"`` with ``create_graph`` and
+    raises ``ValueError`` for a model in training mode or with backward hooks; explicit
     ``"loop"``/``"batched"`` are returned unchanged.
 
     Example::
@@ -169,7 +189,8 @@ def choose_strategy(
         choose_strategy("auto", n_dims=512, passes=49, device=torch.device("cpu"))  # 'forward'
         choose_strategy("auto", n_dims=16, passes=49, device=torch.device("cpu"))  # 'loop'
     """
-    return strategy_and_reason(strategy, n_dims, passes, device, create_graph, training, costs)[0]
+    chosen = strategy_and_reason(strategy, n_dims, passes, device, create_graph, training, costs, hooks=hooks)
+    return chosen[0]
 
 
 def strategy_and_reason(
@@ -182,10 +203,12 @@ def strategy_and_reason(
     costs: Optional[PassCosts] = None,
     forward_chunk: Optional[int] = None,
     reverse_chunk: Optional[int] = None,
+    hooks: Optional[str] = None,
 ) -> Tuple[str, str]:
     """:func:`choose_strategy` and why, in words; ``forward_chunk`` / ``reverse_chunk`` are the
     chunks the cost model assumes (default: ``min(passes, 64)``; 1 for ``"loop"``,
-    ``min(n_dims, 64)`` for ``"batched"``)."""
+    ``min(n_dims, 64)`` for ``"batched"``); ``hooks``: the model's backward hooks in words
+    (:func:`backward_hooks`), None when it has none."""
     reverse = reverse_strategy(strategy, device)
     if strategy in ("loop", "batched"):
         return strategy, f"strategy={strategy!r} requested"
@@ -197,11 +220,19 @@ def strategy_and_reason(
             )
         if create_graph:
             return reverse, "create_graph=True needs reverse mode"
+        if hooks:
+            raise ValueError(
+                f'strategy="forward" cannot honour the model\'s backward hooks ({hooks}): forward mode '
+                'never calls them, reverse mode does; use strategy="auto", "loop" or "batched", or '
+                "remove the hooks"
+            )
         return "forward", "strategy='forward' requested"
     if create_graph:
         return reverse, "create_graph=True needs reverse mode"
     if training:
         return reverse, "the model runs in training mode (forward mode's extra passes would change it)"
+    if hooks:
+        return reverse, f"the model has backward hooks ({hooks}), which forward mode would never call"
     margin = _PASS_COST.get(device.type, 1.0)
     if margin * passes >= n_dims:
         return reverse, f"{passes} forward products x {margin} >= {n_dims} reverse products"
@@ -223,20 +254,159 @@ def reverse_strategy(strategy: str, device: torch.device) -> str:
     return "batched" if device.type == "cuda" else "loop"
 
 
-@contextlib.contextmanager
-def forward_mode_kernels() -> Iterator[None]:
-    """Turn off the fused attention kernels that have no forward-mode rule on CPU (the
-    ``nn.MultiheadAttention`` fast path, and the non-math ``scaled_dot_product_attention``
-    backends); the previous settings come back on exit, also after an exception."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+def backward_hooks(model: nn.Module) -> Optional[str]:
+    """Where ``model`` carries hooks that reverse mode runs and forward mode never would, in
+    words (None: none): module backward hooks (full and legacy) and backward pre-hooks, the global
+    module backward hooks (``torch.nn.modules.module.register_module_full_backward_hook`` and
+    friends) and hooks on parameters (``Parameter.register_hook``,
+    ``register_post_accumulate_grad_hook``). Hooks a forward pass registers on intermediate
+    tensors cannot be seen before the pass."""
+    from torch.nn.modules import module as torch_module
 
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
+    found = []
+    if getattr(torch_module, "_global_backward_hooks", None) or getattr(
+        torch_module, "_global_backward_pre_hooks", None
+    ):
+        found.append("global module backward hooks")
+    for name, module in model.named_modules():
+        if getattr(module, "_backward_hooks", None) or getattr(module, "_backward_pre_hooks", None):
+            found.append(f"module {name or type(module).__name__!r}")
+    for name, param in model.named_parameters():
+        if getattr(param, "_backward_hooks", None) or getattr(param, "_post_accumulate_grad_hooks", None):
+            found.append(f"parameter {name!r}")
+    if not found:
+        return None
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return ", ".join(found[:3]) + more
+
+
+class _ForwardModeKernels:
+    """Fused attention kernels without a forward-mode rule on CPU (the ``nn.MultiheadAttention``
+    fast path, the non-math ``scaled_dot_product_attention`` backends) are off while any thread
+    is inside: the flags are process-global, so the first thread to enter saves them and the last
+    to leave restores them (under a lock, with Ctrl-C held back)."""
+
+    _lock = threading.Lock()
+    _users = 0
+    _saved: Any = None
+
+    @_uninterruptible
+    def __enter__(self) -> None:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        held = _hold()
+        try:
+            with _ForwardModeKernels._lock:
+                if _ForwardModeKernels._users == 0:
+                    kernels = sdpa_kernel(SDPBackend.MATH)
+                    fastpath = torch.backends.mha.get_fastpath_enabled()
+                    kernels.__enter__()
+                    _ForwardModeKernels._saved = (fastpath, kernels)
+                    torch.backends.mha.set_fastpath_enabled(False)
+                _ForwardModeKernels._users += 1
+        finally:
+            _release(held)
+
+    @_uninterruptible
+    def __exit__(self, *exc: Any) -> None:
+        held = _hold()
+        try:
+            with _ForwardModeKernels._lock:
+                _ForwardModeKernels._users -= 1
+                if _ForwardModeKernels._users == 0:
+                    (fastpath, kernels), _ForwardModeKernels._saved = _ForwardModeKernels._saved, None
+                    try:
+                        kernels.__exit__(None, None, None)
+                    finally:
+                        torch.backends.mha.set_fastpath_enabled(fastpath)
+        finally:
+            _release(held)
+
+
+def forward_mode_kernels() -> _ForwardModeKernels:
+    """Context manager: turn off the fused attention kernels that have no forward-mode rule on
+    CPU (the ``nn.MultiheadAttention`` fast path, and the non-math ``scaled_dot_product_attention``
+    backends); the settings from before the first of concurrent users come back when the last
+    leaves, also after an exception."""
+    return _ForwardModeKernels()
+
+
+# torch.autograd.forward_ad's dual levels (and torch.func.jvp's nesting count) are process-global:
+# two threads in forward mode at once see each other's level (all-zero products, "no level
+# exists"). One forward-mode section at a time in the process; re-entrant for nested calls.
+_FORWARD_AD_LOCK = threading.RLock()
+
+
+def _transform_state_problem() -> Optional[str]:
+    """None when a vmapped Jacobian-vector product of ``v -> 2 v`` gives ``2 t``, else what went
+    wrong: whether forward mode can run at all in this process now, whatever the model."""
     try:
-        with sdpa_kernel(SDPBackend.MATH):
-            yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+        tangents = torch.eye(2)
+        product = lambda t: torch.func.jvp(lambda v: 2.0 * v, (torch.ones(2),), (t,))[1]  # noqa: E731
+        out = torch.func.vmap(product)(tangents)
+    except Exception as err:  # noqa: BLE001 -- any failure here is torch's state, reported as such
+        return f"{type(err).__name__}: {err}"
+    if not torch.equal(out, 2.0 * tangents):
+        return f"a test product of v -> 2v gave {out.tolist()}, not 2t"
+    return None
+
+
+def _forward_ad_in_use() -> Optional[str]:
+    """What holds torch's forward-AD state when no forward-mode section of ours runs (None:
+    nothing): a dual level or a ``torch.func.jvp`` left open."""
+    from torch._functorch import eager_transforms
+
+    level = getattr(fwAD, "_current_level", -1)
+    nesting = getattr(eager_transforms, "JVP_NESTING", 0)
+    if level != -1 or nesting != 0:
+        return f"a forward-AD level is open: level {level}, torch.func.jvp nesting {nesting}"
+    return None
+
+
+def _state_error(problem: str) -> ForwardModeStateError:
+    return ForwardModeStateError(
+        f"forward mode cannot run in this process now, whatever the model: torch's forward-mode AD "
+        f"state is unusable ({problem}). Another thread may be using torch.autograd.forward_ad or "
+        "torch.func.jvp outside captum_concepts, the call may be made inside such a transform, or an "
+        'interruption outside captum_concepts left it broken; use strategy="loop" or "batched"'
+    )
+
+
+class _ForwardModeSection:
+    """One forward-mode computation at a time in the process (:data:`_FORWARD_AD_LOCK`), with
+    the fused attention kernels off; entering checks that no forward-AD level is open (one left
+    by code outside this package) and raises :class:`ForwardModeStateError` if one is. Ctrl-C
+    is held back while entering and leaving; waiting for another thread's section stays
+    interruptible."""
+
+    @_uninterruptible
+    def __enter__(self) -> None:
+        held = _hold()
+        try:
+            outermost = not _FORWARD_AD_LOCK._is_owned()
+            acquire(_FORWARD_AD_LOCK)
+            try:
+                problem = _forward_ad_in_use() if outermost else None
+                if problem is not None:
+                    raise _state_error(problem)
+                _ForwardModeKernels().__enter__()
+            except BaseException:
+                _FORWARD_AD_LOCK.release()
+                raise
+        except BaseException:
+            _release(held)
+            raise
+        self._held = held
+
+    @_uninterruptible
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            try:
+                _ForwardModeKernels().__exit__(*exc)
+            finally:
+                _FORWARD_AD_LOCK.release()
+        finally:
+            _release(self._held)
 
 
 def _replace(value: Any, position: int, new: torch.Tensor) -> Any:
@@ -369,12 +539,18 @@ def forward_maps(
     embedding to the explained ``(N, D)``; ``input_side`` says the layer sources are layer
     inputs. At most ``internal_batch_size`` tangents (each of the size of the source) are
     propagated together. Raises :class:`ForwardModeUnsupported` when an operation has no
-    forward-mode or vmap rule. The model is left as it was (hooks, flags), also on errors.
+    forward-mode or vmap rule, :class:`ForwardModeStateError` when torch's forward-AD state is
+    unusable whatever the model. The model is left as it was (hooks, flags), also on errors.
+
+    One forward-mode computation runs at a time in the process (torch's forward-AD levels are
+    process-global): concurrent calls, on one model or several, wait for each other. Ctrl-C
+    during a chunk of products is delivered when the chunk ends, so an interrupt never leaves
+    torch's forward-AD or functorch state half-changed.
     """
     out: List[torch.Tensor] = []
     with (
         ModelGuard(model, eval_mode=eval_mode, freeze_parameters=True, warn_train_mode=False) as guard,
-        forward_mode_kernels(),
+        _ForwardModeSection(),
     ):
         run = _Runner(
             model, inputs, additional_forward_args, embedding_layer, select, guard, sources, input_side
@@ -385,7 +561,7 @@ def forward_maps(
                 shaped = raw
                 adjoint = None
             else:
-                shaped, adjoint = torch.func.vjp(src.transform, raw)
+                shaped, adjoint = run_uninterrupted(torch.func.vjp, src.transform, raw)
             act = _channels(shaped)
             spatial = tuple(act.shape[2:])
             act = act.reshape(act.shape[0], act.shape[1], -1)
@@ -400,10 +576,18 @@ def forward_maps(
             for a in range(0, passes, chunk):
                 b = min(a + chunk, passes)
                 t = _tangents(kind, method, act, a, b).reshape(b - a, *shaped.shape)
-                t = t.reshape(b - a, *raw.shape) if adjoint is None else torch.func.vmap(adjoint)(t)[0]
+                if adjoint is None:
+                    t = t.reshape(b - a, *raw.shape)
+                else:
+                    t = run_uninterrupted(torch.func.vmap(adjoint), t)[0]
                 try:
-                    products.append(torch.func.vmap(jvp_one)(t))  # (k, N, D)
+                    # Ctrl-C waits for the chunk: an interrupt inside torch's bookkeeping of the
+                    # forward-AD level or the vmap level would break them for the whole process
+                    products.append(run_uninterrupted(torch.func.vmap(jvp_one), t))  # (k, N, D)
                 except (NotImplementedError, RuntimeError) as err:
+                    problem = _transform_state_problem()
+                    if problem is not None:
+                        raise _state_error(problem) from err
                     raise ForwardModeUnsupported(
                         f"forward mode failed on this model ({type(err).__name__}: {err}); an operation "
                         'probably has no forward-mode or vmap rule: use strategy="loop" or "batched"'

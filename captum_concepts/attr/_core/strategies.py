@@ -28,6 +28,7 @@ from .aggregators import Aggregator, aggregate, is_mean
 from .costs import PassCosts
 from .forward_mode import (
     ForwardSource,
+    backward_hooks,
     forward_chunk,
     forward_maps,
     forward_passes,
@@ -118,11 +119,15 @@ def plan_sources(
     transforms: Sequence[Optional[ReshapeTransform]],
     training: bool,
     costs: Sequence[Optional[PassCosts]],
+    model: Optional[torch.nn.Module] = None,
 ) -> List[Plan]:
-    """One :class:`Plan` per source layer (``groups``: the tensors of each layer)."""
+    """One :class:`Plan` per source layer (``groups``: the tensors of each layer); ``model``'s
+    backward hooks (:func:`~captum_concepts.attr._core.forward_mode.backward_hooks`) rule out
+    forward mode."""
     if job.linear:
         why = "mean over dimensions and channels: one backward pass of mean_d z_d"
         return [Plan("linear", why, None, tf) for tf in transforms]
+    hooks = backward_hooks(model) if model is not None and strategy in ("auto", "forward") else None
     decided = []
     for group, tf, cost in zip(groups, transforms, costs):
         with torch.no_grad():
@@ -131,7 +136,7 @@ def plan_sources(
         fchunk = min(forward_chunk(t, passes, job.internal_batch_size) for t in group)
         rchunk = 1 if reverse_strategy(strategy, device) == "loop" else None
         chosen, why = strategy_and_reason(
-            strategy, n_dims, passes, device, job.create_graph, training, cost, fchunk, rchunk
+            strategy, n_dims, passes, device, job.create_graph, training, cost, fchunk, rchunk, hooks
         )
         decided.append((chosen, why, fchunk, tf, passes, cost))
     reverse = [t for (chosen, *_), group in zip(decided, groups) if chosen != "forward" for t in group]
