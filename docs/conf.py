@@ -431,11 +431,15 @@ def resolve_reference(app, env, node, contnode):
 T = "/tutorials/"
 SEE_ALSO_GROUPS = [
     (["attr.EmbeddingAttribution", "attr.aggregate", "attr.upsample_maps", "attr.choose_strategy",
-      "attr.ForwardModeUnsupported", "visualization.visualize_embedding_attributions",
+      "attr.ForwardModeUnsupported", "attr.Plan", "attr.PassCosts", "visualization.visualize_embedding_attributions",
       "visualization.visualize_attribution_grid", "metrics.score_curve"],
      [":ref:`methods-embedding`", f":doc:`{T}01_embedding_attributions_and_scores`"]),
     (["attr.tokens_to_grid", "attr.channels_last", "attr.EmbeddingAttribution"],
      [":ref:`methods-layouts`", f":doc:`{T}05_your_own_model`"]),
+    (["attr.as_captum_layer_attr", "attr.as_image_attr", "attr.as_captum_image", "attr.as_input_attr",
+      "metrics.embedding_forward_func", "metrics.embedding_infidelity",
+      "visualization.overlay_attribution", "attr.EmbeddingAttribution"],
+     [":ref:`methods-embedding`", f":doc:`{T}05_your_own_model`"]),
     (["attr.SimilarityAttribution", "visualization.visualize_similarity_maps",
       "visualization.visualize_correspondence", "attr.EmbeddingAttribution"],
      [":ref:`methods-similarity`", f":doc:`{T}06_concept_maps_and_similarity`"]),

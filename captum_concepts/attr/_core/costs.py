@@ -55,6 +55,15 @@ class PassCosts:
         below (tuple): ``(flops, elements)`` from the model inputs to the source layer.
         head (tuple): ``(flops, elements)`` from the source layer to the embedding.
         source_elements (int): elements of the source tensor(s), whole batch.
+
+    Example::
+
+        from captum_concepts.attr import EmbeddingAttribution
+
+        ea = EmbeddingAttribution(model, embedding_layer="embedding_relu", layer="block2.relu")
+        costs = ea.plan(data.x_test[:4]).costs  # counted during the first forward pass
+        if costs is not None:
+            costs.reverse(n_dims=32), costs.forward(passes=16, chunk=16)  # predicted FLOP equivalents
     """
 
     below: Tuple[float, float]

@@ -60,6 +60,14 @@ class Plan:
         passes (int or None): Jacobian-vector products forward mode would need.
         costs (PassCosts or None): the work of the first forward pass split at this layer, when
             it was counted (``strategy="auto"``).
+
+    Example::
+
+        from captum_concepts.attr import EmbeddingAttribution
+
+        ea = EmbeddingAttribution(model, embedding_layer="embedding_relu", layer="block2.relu")
+        plan = ea.plan(data.x_test[:4])  # a Plan per source layer (a list for a list), nothing run
+        print(plan.strategy, "-", plan.reason)
     """
 
     strategy: str
