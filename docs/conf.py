@@ -431,7 +431,8 @@ def resolve_reference(app, env, node, contnode):
 T = "/tutorials/"
 SEE_ALSO_GROUPS = [
     (["attr.EmbeddingAttribution", "attr.aggregate", "attr.upsample_maps", "attr.choose_strategy",
-      "attr.ForwardModeUnsupported", "attr.Plan", "attr.PassCosts", "visualization.visualize_embedding_attributions",
+      "attr.ForwardModeUnsupported", "attr.Plan", "attr.PassCosts",
+      "visualization.visualize_embedding_attributions",
       "visualization.visualize_attribution_grid", "metrics.score_curve"],
      [":ref:`methods-embedding`", f":doc:`{T}01_embedding_attributions_and_scores`"]),
     (["attr.tokens_to_grid", "attr.channels_last", "attr.EmbeddingAttribution"],
