@@ -15,13 +15,14 @@ from ..._utils.captum_compat import captum_wrappable
 from ..._utils.capture import LayerCapture
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_form, run_forward
 from ..._utils.finite import check_finite_result
+from ..._utils.first_pass import first_forward, first_layer, integer_input_hint
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layer, uncompiled
 from ..._utils.layout import ReshapeTransform, layer_transforms, layout_hint
 from ..._utils.validation import check_int, check_option, validated
 from ..._utils.warn import warn_user
 from .aggregators import Aggregator, check_aggregator
-from .costs import WorkProbe
+from .costs import WorkProbe, warn_if_costly
 from .forward_mode import ForwardModeUnsupported, ForwardSource, reverse_strategy
 from .strategies import Job, Plan, plan_sources, reverse_chunk, run_forward_mode, run_linear, run_reverse
 from .upsampling import check_upsample, upsample_maps
@@ -237,7 +238,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         embedding_dims: Union[None, int, Sequence[int], torch.Tensor] = None,
         internal_batch_size: Optional[int] = None,
         return_per_dim: bool = False,
-        show_progress: bool = False,
+        show_progress: bool = True,
         create_graph: bool = False,
     ) -> Union[Maps, List[Maps]]:
         r"""Compute the embedding attribution maps.
@@ -256,11 +257,17 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                 Default None: as many as fit a 512 MiB budget, at most 64. With ``strategy="loop"``
                 each gradient is reduced at once and this only sets the progress-bar steps. With
                 ``strategy="forward"`` it is the number of tangents propagated together (default:
-                a 1 GiB budget, at most 64); no progress bar is shown there.
+                a 1 GiB budget, at most 64), one progress-bar step per chunk.
             return_per_dim (bool): if True return the channel-aggregated per-dimension maps
                 ``U(rho_C(A_d))`` of shape ``(N, D, *S0)`` (the variance score needs them) instead
                 of the embedding-aggregated maps. Default False.
-            show_progress (bool): show a tqdm bar over the chunks of embedding dimensions.
+            show_progress (bool): a tqdm bar over the chunks of embedding dimensions (reverse
+                mode) or of tangents (forward mode). Default True: shown on a terminal, silent
+                when output is not one (:func:`~captum_concepts._utils.progress.progress_bar`);
+                False silences it. A call whose plan needs more than
+                :data:`~captum_concepts.attr._core.costs.MANY_PASSES` gradient passes (a
+                non-linear aggregator over hundreds of dimensions) warns before it starts,
+                naming the cheaper choices.
             create_graph (bool): if True the maps stay differentiable w.r.t. the model parameters
                 (for score constraints in training; piecewise-linear activations have zero second
                 derivatives, use e.g. softplus). Default False: detached maps.
@@ -278,6 +285,9 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         with self._guard(create_graph) as guard, torch.enable_grad():
             x, z, sources, plans = self._first_pass(
                 guard, inputs_t, additional_forward_args, embedding_dims, job
+            )
+            warn_if_costly(
+                plans, z.shape[1], self.embedding_aggregator, self.channel_aggregator, job.return_per_dim
             )
             flat = [t for group in sources for t in group]
             # one entry per flat source: (layer index, position in the layer's tuple)
@@ -361,14 +371,15 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         prepared inputs, the selected embedding ``(N, D)``, the sources per layer and the plans."""
         model = self.forward_func
         n = check_batch(inputs_t)
-        x = tuple(_prepare_input(t, i, self._layers) for i, t in enumerate(inputs_t))
+        x = tuple(_prepare_input(model, t, i, self._layers) for i, t in enumerate(inputs_t))
         captured, embedded = self._register_hooks(guard, model)
         training = any(m.training for m in model.modules())
         probe = None
         if self.strategy == "auto" and not (job.linear or job.create_graph or training):
             of = "input" if self.attribute_to_layer_input else "output"
             probe = WorkProbe(guard, self._layers, self.embedding_layer, of)
-        with probe if probe is not None else contextlib.nullcontext():
+        counting = probe if probe is not None else contextlib.nullcontext()
+        with counting, first_forward(model, x, type(self).__name__):
             output = guard.forward(run_forward, model, x, additional_forward_args)
         z = self._embedding(model, output, embedded, n)
         z = _select_dims(z, embedding_dims)
@@ -474,17 +485,25 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         return [x if lay is None else captured[lay].tensors() for lay in self._layers]
 
 
-def _prepare_input(t: torch.Tensor, i: int, layers: List[Optional[nn.Module]]) -> torch.Tensor:
+def _prepare_input(
+    model: nn.Module, t: torch.Tensor, i: int, layers: List[Optional[nn.Module]]
+) -> torch.Tensor:
     if t.is_floating_point() or t.is_complex():
         return t.detach().requires_grad_(True)
-    if any(lay is None for lay in layers):
+    if not any(lay is None for lay in layers):
+        return t
+    found = first_layer(model)
+    if found is None or not isinstance(found[1], nn.Embedding):  # not token ids: images or features
         raise TypeError(
+            f"inputs[{i}] has dtype {t.dtype}; attributing to the inputs (layer=None) needs "
+            f"floating-point inputs: {integer_input_hint(t.dtype)}"
+        )
+    raise TypeError(
             f"inputs[{i}] has dtype {t.dtype}; attributing to the inputs (layer=None) needs floating-point "
             "inputs. For token ids, attribute to the embedding lookup with the sequence transform, e.g. "
             "EmbeddingAttribution(model, layer='embedding', reshape_transform=channels_last) "
             "(from captum_concepts.attr import channels_last): one value per token, maps (N, L)"
         )
-    return t
 
 
 def _select_dims(z: torch.Tensor, embedding_dims) -> torch.Tensor:

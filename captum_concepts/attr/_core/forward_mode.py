@@ -41,6 +41,7 @@ from torch import nn
 
 from ..._utils.common import run_forward
 from ..._utils.hooks import ModelGuard
+from ..._utils.progress import progress_bar
 from .aggregators import Aggregator, aggregate, is_mean
 from .costs import PassCosts
 
@@ -340,6 +341,7 @@ def forward_maps(
     internal_batch_size: Optional[int],
     eval_mode: bool,
     input_side: bool = False,
+    show_progress: bool = False,
 ) -> List[torch.Tensor]:
     """Channel-aggregated per-dimension maps ``(N, D, *S)`` of each source, by forward mode.
 
@@ -348,6 +350,7 @@ def forward_maps(
     inputs. At most ``internal_batch_size`` tangents (each of the size of the source) are
     propagated together. Raises :class:`ForwardModeUnsupported` when an operation has no
     forward-mode or vmap rule. The model is left as it was (hooks, flags), also on errors.
+    ``show_progress``: a bar over the chunks of tangents (one forward pass each).
     """
     out: List[torch.Tensor] = []
     with (
@@ -375,7 +378,10 @@ def forward_maps(
                 return torch.func.jvp(lambda v: run(src, v), (raw,), (tangent,))[1]
 
             products = []
-            for a in range(0, passes, chunk):
+            steps = progress_bar(
+                range(0, passes, chunk), show=show_progress, desc="forward mode", unit="chunk"
+            )
+            for a in steps:
                 b = min(a + chunk, passes)
                 t = _tangents(kind, method, act, a, b).reshape(b - a, *shaped.shape)
                 t = t.reshape(b - a, *raw.shape) if adjoint is None else torch.func.vmap(adjoint)(t)[0]

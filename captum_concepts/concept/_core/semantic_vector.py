@@ -40,6 +40,7 @@ from ..._utils.common import TensorOrTuple, check_batch, format_inputs, run_forw
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, resolve_layer, uncompiled
 from ..._utils.persistence import PathLike
+from ..._utils.progress import progress_bar
 from ..._utils.validation import (
     NONE,
     AnyOf,
@@ -139,9 +140,12 @@ class SemanticVector(_ConceptEstimator):
 
     Fitting streams over data: each batch is forwarded up to ``layer``, binarised
     (``a = 1[φ(x) > 0]``) and added into per-concept sums, so memory depends on the
-    layer size and the number of concepts, never on the number of examples. The
-    forward pass stops as soon as ``layer`` has run (the layer's first call in a
-    forward; a module reused later in ``forward`` is captured at its first use).
+    layer size and the number of concepts, never on the number of examples. After
+    the first batch, the forward pass stops as soon as ``layer`` has run; the first
+    batch runs the whole model, so that a module reused in ``forward`` (run twice in
+    one pass) raises ``ValueError``, as in :class:`~captum_concepts.attr.EmbeddingAttribution`
+    and :class:`~captum_concepts.concept.CoupledNMFConcepts`, instead of being read at
+    its first use.
 
     Layers whose activations can be negative (a convolution before its ReLU, tanh,
     batch-norm outputs): binarisation at 0 is still defined -- a unit counts as
@@ -245,6 +249,7 @@ class SemanticVector(_ConceptEstimator):
             self._target_device(),
             ["layer"],
             stop=True,
+            where="SemanticVector",
         )
         for batch, (out,) in stream:
             yield out.reshape(out.shape[0], -1), tuple(out.shape[1:]), batch.labels
@@ -254,15 +259,20 @@ class SemanticVector(_ConceptEstimator):
         names: Optional[List[ConceptKey]],
         stream: Iterable[Tuple[torch.Tensor, Tuple[int, ...], Any]],
         n_classes: Optional[int] = None,
+        show_progress: bool = False,
+        desc: str = "SemanticVector.fit",
     ) -> SemanticVector:
         """Accumulate ``Σ a`` and ``Σ â`` per concept from ``(features, shape, labels)``.
 
         ``C`` may grow while streaming (classes discovered from labels); ``names=None``
-        names the concepts ``0..C-1``.
+        names the concepts ``0..C-1``. ``show_progress``: a bar over the batches.
         """
         sums = _ConceptSums()
-        for feats, shape, labels in stream:
-            sums.add(feats, shape, _membership(labels, n_classes))
+        # a manual bar: iterating the stream inside tqdm would attribute its warnings to tqdm
+        with progress_bar(show=show_progress, desc=desc, unit="batch") as bar:
+            for feats, shape, labels in stream:
+                sums.add(feats, shape, _membership(labels, n_classes))
+                bar.update(1)
         if self.distributed:
             sums.all_reduce(self._target_device())
         if sums.counts is None:
@@ -283,8 +293,13 @@ class SemanticVector(_ConceptEstimator):
 
     # ------------------------------------------------------------------ fitting
     @dist_utils.synchronized
-    @validated()
-    def fit(self, concepts: Mapping[ConceptKey, Any], additional_forward_args: Any = None) -> SemanticVector:
+    @validated(args={"show_progress": Bool()})
+    def fit(
+        self,
+        concepts: Mapping[ConceptKey, Any],
+        additional_forward_args: Any = None,
+        show_progress: bool = True,
+    ) -> SemanticVector:
         """Fit one semantic vector per named concept.
 
         Args:
@@ -295,6 +310,8 @@ class SemanticVector(_ConceptEstimator):
                 ``DataLoader(TensorDataset(x))`` yields ``[x]``: fine). Labels must
                 not be part of the batches here (see :meth:`fit_from_labels`).
             additional_forward_args: appended to every forward call, as in Captum.
+            show_progress (bool): a bar over the batches, shown on a terminal only; False
+                silences it. Default True.
 
         Returns:
             self
@@ -314,12 +331,17 @@ class SemanticVector(_ConceptEstimator):
                 for batch in iter_batches(concepts[name], int(self.batch_size), f"concepts[{name!r}]"):
                     yield batch._replace(labels=torch.full((batch.size,), index, dtype=torch.long))
 
-        return self._fit_stream(names, self._features(batches(), layer, additional_forward_args), n)
+        stream = self._features(batches(), layer, additional_forward_args)
+        return self._fit_stream(names, stream, n, bool(show_progress), "SemanticVector.fit")
 
     @dist_utils.synchronized
-    @validated(args={"n_classes": AnyOf(NONE, Int(1))})
+    @validated(args={"n_classes": AnyOf(NONE, Int(1)), "show_progress": Bool()})
     def fit_from_labels(
-        self, data: Any, n_classes: Optional[int] = None, additional_forward_args: Any = None
+        self,
+        data: Any,
+        n_classes: Optional[int] = None,
+        additional_forward_args: Any = None,
+        show_progress: bool = True,
     ) -> SemanticVector:
         """Fit one semantic vector per class from labelled data: concept ``i`` is class ``i``.
 
@@ -332,6 +354,8 @@ class SemanticVector(_ConceptEstimator):
             n_classes (int, optional): number of classes ``C``; default: the largest
                 label + 1 (integer labels) or the width of the multi-hot labels.
             additional_forward_args: appended to every forward call.
+            show_progress (bool): a bar over the batches, shown on a terminal only; False
+                silences it. Default True.
 
         Returns:
             self, with ``concept_names_ == [0, 1, ..., C-1]``.
@@ -344,7 +368,8 @@ class SemanticVector(_ConceptEstimator):
         dist_utils.declare(n_classes=n_classes)
 
         batches = iter_batches(data, int(self.batch_size), "data", labels=True)
-        self._fit_stream(None, self._features(batches, layer, additional_forward_args), n_classes)
+        stream = self._features(batches, layer, additional_forward_args)
+        self._fit_stream(None, stream, n_classes, bool(show_progress), "SemanticVector.fit_from_labels")
         if n_classes is not None and len(self.concept_names_) < n_classes:
             missing = list(range(len(self.concept_names_), n_classes))
             raise ValueError(f"concepts with no examples: {missing}; each class needs at least one example")
