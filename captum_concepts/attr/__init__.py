@@ -2,6 +2,7 @@
 upsampling) and class-discriminative semantic saliency (:class:`SemanticGuidedBackprop`,
 :class:`SemanticGradientInput`)."""
 
+from .._utils.init_docs import document_inits
 from .._utils.layout import channels_last, tokens_to_grid
 from ._core.aggregators import aggregate
 from ._core.embedding_attribution import EmbeddingAttribution
@@ -16,3 +17,6 @@ __all__ += ["SemanticGuidedBackprop", "SemanticGradientInput", "SemanticMaskSour
 __all__ += ["tokens_to_grid", "channels_last"]
 __all__ += ["SimilarityAttribution"]
 __all__ += ["ForwardModeUnsupported", "choose_strategy"]
+
+document_inits(globals(), __all__)  # help(Class.__init__) shows the class's own Args
+del document_inits

@@ -358,6 +358,17 @@ class SemanticGradientInput(_SemanticGradientBase):
     and one backward pass. With an all-ones mask it equals Captum's
     :class:`~captum.attr.InputXGradient` exactly.
 
-    Arguments, targets and the class-to-concept map are as in
-    :class:`SemanticGuidedBackprop`.
+    Targets and the class-to-concept map are as in :class:`SemanticGuidedBackprop`.
+
+    Args:
+        model (nn.Module): the model (Captum's ``forward_func``).
+        layer (str or nn.Module): the layer whose gradient is masked; must be the layer
+            the semantic vectors were fitted at.
+        semantic_vectors (SemanticVector, SemanticMaskSource or Tensor): a fitted SemanticVector,
+            another :class:`SemanticMaskSource` or a mask tensor ``(num_classes, *layer_shape)``,
+            as in :class:`SemanticGuidedBackprop`.
+        threshold (float): activation-rate threshold of the masks. Default: 0.5.
+        concepts (sequence, optional): class-to-concept map (SemanticVector or mask source only).
+        eval_mode (bool): run the model in eval mode inside :meth:`attribute` (default True), as
+            in :class:`SemanticGuidedBackprop`.
     """
