@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..._utils import distributed as dist_utils
+from ..._utils.array_inputs import as_inputs, check_concept_names, labelled_data
 from ..._utils.batches import Batch, iter_batches
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, run_forward
 from ..._utils.hooks import ModelGuard
@@ -328,7 +329,8 @@ class SemanticVector(_ConceptEstimator):
 
         def batches():
             for index, name in enumerate(names):
-                for batch in iter_batches(concepts[name], int(self.batch_size), f"concepts[{name!r}]"):
+                data = as_inputs(concepts[name])
+                for batch in iter_batches(data, int(self.batch_size), f"concepts[{name!r}]"):
                     yield batch._replace(labels=torch.full((batch.size,), index, dtype=torch.long))
 
         stream = self._features(batches(), layer, additional_forward_args)
@@ -342,34 +344,51 @@ class SemanticVector(_ConceptEstimator):
         n_classes: Optional[int] = None,
         additional_forward_args: Any = None,
         show_progress: bool = True,
+        concept_names: Optional[Sequence[ConceptKey]] = None,
     ) -> SemanticVector:
         """Fit one semantic vector per class from labelled data: concept ``i`` is class ``i``.
 
         Args:
-            data: a tuple ``(inputs..., labels)`` of tensors, or an iterable of such
-                batches (``DataLoader(TensorDataset(x, y))``). Labels are integer
-                class indices ``(B,)`` (or a ``(B, 1)`` column of them) or multi-hot
-                ``(B, C)`` with ``C >= 2`` (an example belongs to every class whose
-                entry is > 0: multi-label data).
+            data: a tuple ``(inputs..., labels)`` of tensors or numpy arrays (a list
+                ``[x, y]`` is refused: pass a tuple), or an iterable of such batches
+                (``DataLoader(TensorDataset(x, y))``). Labels are integer class indices
+                ``(B,)`` (or a ``(B, 1)`` column of them; a tensor, numpy array or list) or
+                multi-hot ``(B, C)`` with ``C >= 2`` (an example belongs to every class whose
+                entry is > 0: multi-label data); in a tuple they may also be class names
+                (strings, a list or numpy array), as scikit-learn's classifiers take them:
+                concept ``i`` is then the ``i``-th name in ``concept_names``, by default the
+                names sorted (scikit-learn's ``classes_`` order). Floating numpy inputs take
+                PyTorch's default dtype (float32).
             n_classes (int, optional): number of classes ``C``; default: the largest
-                label + 1 (integer labels) or the width of the multi-hot labels.
+                label + 1 (integer labels), the width of the multi-hot labels or the number of
+                ``concept_names``.
             additional_forward_args: appended to every forward call.
             show_progress (bool): a bar over the batches, shown on a terminal only; False
                 silences it. Default True.
+            concept_names (list of str or int, optional): the name of class ``i`` at position
+                ``i`` (``concept_names_``; :meth:`concept_index`, :meth:`rank` and
+                :meth:`explain` then take the names); with string labels, the order of the
+                classes.
 
         Returns:
-            self, with ``concept_names_ == [0, 1, ..., C-1]``.
+            self, with ``concept_names_ == concept_names`` (default ``[0, 1, ..., C-1]``, or
+            the sorted class names for string labels).
 
         Raises:
             ValueError: a class in ``0..C-1`` has no example, or a label is out of range.
         """
         layer = self._layer()
         n_classes = None if n_classes is None else int(n_classes)
+        data, names = labelled_data(data, check_concept_names(concept_names))
+        if names is not None:
+            if n_classes is not None and n_classes != len(names):
+                raise ValueError(f"n_classes={n_classes} but {len(names)} concept_names (class names)")
+            n_classes = len(names)
         dist_utils.declare(n_classes=n_classes)
 
         batches = iter_batches(data, int(self.batch_size), "data", labels=True)
         stream = self._features(batches, layer, additional_forward_args)
-        self._fit_stream(None, stream, n_classes, bool(show_progress), "SemanticVector.fit_from_labels")
+        self._fit_stream(names, stream, n_classes, bool(show_progress), "SemanticVector.fit_from_labels")
         if n_classes is not None and len(self.concept_names_) < n_classes:
             missing = list(range(len(self.concept_names_), n_classes))
             raise ValueError(f"concepts with no examples: {missing}; each class needs at least one example")
@@ -481,7 +500,7 @@ class SemanticVector(_ConceptEstimator):
     def transform(self, inputs: TensorOrTuple, additional_forward_args: Any = None) -> torch.Tensor:
         """The flattened layer features ``φ(x)`` of ``inputs``: ``(N, D)``."""
         layer = self._layer()
-        batches = iter_batches(format_inputs(inputs)[0], int(self.batch_size), "inputs")
+        batches = iter_batches(format_inputs(as_inputs(inputs))[0], int(self.batch_size), "inputs")
         feats = []
         for f, shape, _ in self._features(batches, layer, additional_forward_args):
             self._check_layer_shape(shape)
