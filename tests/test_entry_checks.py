@@ -241,3 +241,22 @@ def test_semantic_vector_refuses_a_layer_run_twice_like_every_entry():
         SemanticVector(Twice().eval(), "act", batch_size=4).fit_from_labels((x, y), show_progress=False)
     with pytest.raises(ValueError, match="run 2 times"):
         SemanticVector(Twice().eval(), "act").fit({"a": x}, show_progress=False)
+
+
+def test_an_error_of_the_users_own_forward_code_passes_through_unchanged():
+    from captum_concepts.attr import EmbeddingAttribution
+
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            raise RuntimeError("the user's own failure")
+
+    error = None
+    try:
+        EmbeddingAttribution(Broken().eval()).attribute(torch.randn(2, 3), show_progress=False)
+    except RuntimeError as err:
+        error = err
+    assert type(error) is RuntimeError and str(error) == "the user's own failure"

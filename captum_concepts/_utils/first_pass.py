@@ -6,10 +6,12 @@ RGB into a one-channel model, ``uint8`` images, ``float64`` inputs or a ``float6
 model on another device than the inputs. PyTorch reports these many frames deep in its own
 words. :func:`first_forward` wraps the first forward pass of every entry that runs the model
 (:class:`~captum_concepts.attr.EmbeddingAttribution`, the estimators' streaming loop, the
-semantic saliency methods): a ``RuntimeError`` raised by PyTorch there is re-raised as a
-:class:`ForwardPassError` that names the inputs' shape, dtype and device, what the model's
-first layer expects where it can be read, and the likely fix, chained to the original error.
-Errors raised by this package itself (they already speak its words) pass through unchanged.
+semantic saliency methods): a ``RuntimeError`` raised by PyTorch's own code there (a layer's
+``forward``, a functional) is re-raised as a :class:`ForwardPassError` that names the inputs'
+shape, dtype and device, what the model's first layer expects where it can be read, and the
+likely fix, chained to the original error and quoting its first line. Errors raised by the
+user's code or by this package (they already speak its words) and out-of-memory errors pass
+through unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import nn
 
 __all__ = ["ForwardPassError", "first_forward", "describe_inputs", "first_layer", "integer_input_hint"]
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 
 class ForwardPassError(ValueError, RuntimeError):
@@ -133,13 +135,15 @@ def _fixes(
     return fixes
 
 
-def _raised_by_package(err: BaseException) -> bool:
+def _raised_by_torch(err: BaseException) -> bool:
+    """True when the innermost frame is PyTorch's own code (a layer's ``forward``, a functional):
+    errors of the user's code or of this package pass through unchanged."""
     tb = err.__traceback__
     last = None
     while tb is not None:
         last = tb
         tb = tb.tb_next
-    return last is not None and os.path.abspath(last.tb_frame.f_code.co_filename).startswith(_PACKAGE_DIR)
+    return last is not None and os.path.abspath(last.tb_frame.f_code.co_filename).startswith(_TORCH_DIR)
 
 
 def forward_failure(
@@ -177,6 +181,6 @@ def first_forward(
     try:
         yield
     except RuntimeError as err:
-        if isinstance(err, ForwardPassError) or _raised_by_package(err):
+        if isinstance(err, (ForwardPassError, torch.OutOfMemoryError)) or not _raised_by_torch(err):
             raise
         raise forward_failure(err, model, inputs, where, argument) from err
