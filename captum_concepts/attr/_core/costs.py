@@ -204,8 +204,9 @@ class WorkProbe:
 def gradient_passes(plans: Sequence[Any], n_dims: int) -> int:
     """The gradient passes a call with these plans runs: one backward pass for the linear case,
     ``n_dims`` vector-Jacobian products for the reverse sweep (shared by every reverse layer) and
-    each forward plan's Jacobian-vector products (``plan.passes``)."""
-    total = sum(int(p.passes or 0) for p in plans if p.strategy == "forward")
+    each forward plan's passes of the model (its ``plan.passes`` Jacobian-vector products, ``chunk``
+    tangents vmapped per pass)."""
+    total = sum(math.ceil((p.passes or 0) / max(p.chunk or 1, 1)) for p in plans if p.strategy == "forward")
     if any(p.strategy in ("loop", "batched") for p in plans):
         total += n_dims
     if any(p.strategy == "linear" for p in plans):
@@ -234,7 +235,8 @@ def warn_if_costly(
         why = "return_per_dim=True" if return_per_dim else "the plan"
     warn_user(
         f"{where} will run {total} gradient passes over D = {n_dims} embedding dimensions ({why}: one "
-        "pass per dimension, or per source position in forward mode); this can take minutes. Cheaper: "
+        "pass per dimension in reverse mode, one per chunk of source positions in forward mode); this can "
+        "take minutes. Cheaper: "
         "embedding_dims=[...] to explain fewer dimensions, embedding_aggregator='mean' with "
         "channel_aggregator='mean' (one backward pass), or fewer layers"
     )
