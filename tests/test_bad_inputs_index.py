@@ -1,8 +1,9 @@
 """Bad-input matrix: every public class and function against what users throw at it.
 
 Each case either raises a clear ``TypeError``/``ValueError``/``RuntimeError`` whose message names the
-argument (or, for inputs the *model* cannot take -- wrong channel count, wrong dtype, a missing
-forward argument, a model on another device -- the model's own PyTorch error, unchanged), or
+argument (or, for inputs the *model* cannot take -- wrong channel count, wrong dtype, a model on
+another device -- a ``ForwardPassError``, a ``RuntimeError`` that quotes PyTorch's error, names the
+inputs and the fix and chains the original; a missing forward argument: PyTorch's error), or
 returns a documented correct result that the case checks. After every case the models involved
 have no hooks left and the same modes, ``requires_grad`` flags and parameters.
 
@@ -11,13 +12,13 @@ The cases live by subject in ``test_bad_inputs_attr.py``, ``test_bad_inputs_conc
 inputs in ``_bad_inputs_common.py``. Case counts (kept equal to those files by
 ``test_case_counts_match_the_docstring``):
 
-- ERROR_CASES: 201 cases that must raise a clear error: EmbeddingAttribution 32,
+- ERROR_CASES: 202 cases that must raise a clear error: EmbeddingAttribution 32,
   SemanticGuidedBackprop and SemanticGradientInput 17 each (34), SimilarityAttribution 6,
-  SemanticVector 25,
+  SemanticVector 26,
   CoupledNMFConcepts 46, its out-of-core mode (OutOfCore, ActivationStore, fit_store) 13,
   noise/benchmark/variance/drift scores and score_curve 27, pointing game 13,
   visualization 5.
-- RESULT_CASES: 33 cases with a documented correct result (D = 1 equals Captum, in-place and reused
+- RESULT_CASES: 32 cases with a documented correct result (D = 1 equals Captum, in-place and reused
   ReLUs equal the plain model, train-mode models explained in eval mode and left in train mode,
   extra forward arguments, constant/zero maps and layers, zero rows/columns, rank > data, NaN
   confined to its example, empty boxes -> NaN, never a hit).

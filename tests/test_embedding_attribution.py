@@ -407,3 +407,64 @@ def test_eval_mode_false_keeps_training_mode_without_warning(recwarn):
     assert not torch.equal(train_maps[0], train_maps[1])
     model.eval()
     assert torch.allclose(EmbeddingAttribution(model, **kwargs).attribute(x), in_eval)
+
+
+# ---------------------------------------------------------------------- issue 27.5: Captum's target
+def _logit_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.Softplus(), nn.Conv2d(4, 6, 3, padding=1), nn.Softplus(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 5),
+    ).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", ["loop", "forward"])
+def test_target_has_captums_meaning_for_the_model_output(strategy):
+    """target=t (one per example) explains logit t_n of example n: Captum's
+    LayerGradientXActivation with the same target, averaged over channels (the layer has the
+    input's resolution, so no upsampling)."""
+    model = _logit_cnn()
+    torch.manual_seed(1)
+    x = torch.randn(4, 1, 6, 6)
+    target = [3, 0, 4, 3]
+    ea = EmbeddingAttribution(model, layer="1", method="activation_gradient", strategy=strategy)
+    got = ea.attribute(x, target=target, show_progress=False)
+    want = LayerGradientXActivation(model, model[1]).attribute(x, target=target).mean(1)
+    assert want.abs().min() > 0
+    close(got, want)
+    for t in (torch.tensor(target), target):
+        close(ea.attribute(x, target=t, show_progress=False), want)
+    # one int for the batch: embedding_dims=[t] under a mean (embedding_aggregator is not used)
+    mean = EmbeddingAttribution(model, layer="1", method="activation_gradient", embedding_aggregator="mean")
+    close(ea.attribute(x, target=3, show_progress=False), mean.attribute(x, embedding_dims=[3]))
+    per_dim = ea.attribute(x, target=target, return_per_dim=True, show_progress=False)
+    assert per_dim.shape == (4, 1, 6, 6)
+    close(per_dim[:, 0], want)
+
+
+def test_target_on_the_inputs_is_the_plain_gradient():
+    model = _logit_cnn()
+    torch.manual_seed(2)
+    x = torch.randn(3, 1, 6, 6)
+    target = torch.tensor([1, 2, 0])
+    got = EmbeddingAttribution(model).attribute(x, target=target, show_progress=False)
+    xr = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xr).gather(1, target[:, None]).sum(), xr)
+    assert grad.abs().sum() > 0
+    close(got, grad[:, 0])
+    close(got, Saliency(model).attribute(x, target=target, abs=False)[:, 0])
+
+
+def test_target_misuse_says_what_to_pass():
+    model = _logit_cnn()
+    x = torch.randn(2, 1, 6, 6)
+    with pytest.raises(ValueError, match=r"needs embedding_layer=None.*embedding_dims="):
+        EmbeddingAttribution(model, embedding_layer="5", layer="1").attribute(x, target=1)
+    with pytest.raises(ValueError, match="not both"):
+        EmbeddingAttribution(model).attribute(x, target=1, embedding_dims=[1])
+    with pytest.raises(TypeError, match="tuple targets"):
+        EmbeddingAttribution(model).attribute(x, target=(1, 2))
+    with pytest.raises(ValueError, match=r"expected one index per example, \(2,\)"):
+        EmbeddingAttribution(model).attribute(x, target=[1, 2, 3])
+    with pytest.raises(ValueError, match=r"target \[7\] out of range .* D = 5"):
+        EmbeddingAttribution(model).attribute(x, target=7, show_progress=False)

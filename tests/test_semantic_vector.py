@@ -232,3 +232,65 @@ def test_fit_does_not_change_predictions(digits, digits_cnn):
     before = accuracy(digits_cnn, digits.x_test, digits.y_test)
     SemanticVector(digits_cnn, "block2.relu").fit_from_labels((digits.x_train, digits.y_train))
     assert accuracy(digits_cnn, digits.x_test, digits.y_test) == before
+
+
+# ---------------------------------------------------------------------- issue 27.4: scikit-learn inputs
+def _sk_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)).eval()
+
+
+def test_numpy_inputs_numpy_and_list_labels_fit_like_tensors():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 5))  # float64, numpy's default
+    y = np.arange(12) % 3
+    model = _sk_model()
+    ref = SemanticVector(model, "1").fit_from_labels(
+        (torch.tensor(x, dtype=torch.float32), torch.tensor(y)), show_progress=False
+    )
+    assert ref.activation_rates_.sum() > 0
+    for labels in (y, y.tolist()):
+        sv = SemanticVector(model, "1").fit_from_labels((x, labels), show_progress=False)
+        assert sv.concept_names_ == [0, 1, 2]
+        torch.testing.assert_close(sv.vectors_, ref.vectors_)
+        torch.testing.assert_close(sv.activation_rates_, ref.activation_rates_)
+    torch.testing.assert_close(sv.transform(x[:4]), ref.transform(torch.tensor(x[:4], dtype=torch.float32)))
+    by_dict = SemanticVector(model, "1").fit({c: x[y == c] for c in range(3)}, show_progress=False)
+    torch.testing.assert_close(by_dict.vectors_, ref.vectors_)
+
+
+def test_string_labels_and_concept_names():
+    """Class names as labels: concepts in sorted order (scikit-learn's classes_), or in the order
+    concept_names gives; the vectors are those of the integer classes."""
+    import numpy as np
+
+    torch.manual_seed(1)
+    x = torch.randn(12, 5)
+    y = torch.arange(12) % 3
+    words = np.array(["cat", "dog", "ant"])[y.numpy()]  # class 0 = cat, 1 = dog, 2 = ant
+    model = _sk_model()
+    ref = SemanticVector(model, "1").fit_from_labels((x, y), show_progress=False)
+    sv = SemanticVector(model, "1").fit_from_labels((x, list(words)), show_progress=False)
+    assert sv.concept_names_ == ["ant", "cat", "dog"]
+    torch.testing.assert_close(sv.vectors_, ref.vectors_[[2, 0, 1]])
+    named = SemanticVector(model, "1").fit_from_labels(
+        (x, words), concept_names=["cat", "dog", "ant"], show_progress=False
+    )
+    assert named.concept_names_ == ["cat", "dog", "ant"] and named.concept_index("dog") == 1
+    torch.testing.assert_close(named.vectors_, ref.vectors_)
+    names = ["cat", "dog", "ant"]
+    ints = SemanticVector(model, "1").fit_from_labels((x, y), concept_names=names, show_progress=False)
+    assert ints.concept_names_ == ["cat", "dog", "ant"]
+    torch.testing.assert_close(ints.vectors_, ref.vectors_)
+    with pytest.raises(ValueError, match=r"labels \['ant'\] are not in concept_names"):
+        SemanticVector(model, "1").fit_from_labels((x, words), concept_names=["cat", "dog", "cow"])
+    with pytest.raises(ValueError, match="n_classes=4 but 3 concept_names"):
+        SemanticVector(model, "1").fit_from_labels((x, y), n_classes=4, concept_names=["a", "b", "c"])
+
+
+def test_a_list_of_inputs_and_labels_says_pass_a_tuple():
+    x, y = torch.randn(6, 5), torch.arange(6) % 2
+    with pytest.raises(TypeError, match=r"pass a tuple \(inputs\.\.\., labels\)"):
+        SemanticVector(_sk_model(), "1").fit_from_labels([x, y])

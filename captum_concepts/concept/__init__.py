@@ -2,6 +2,7 @@
 discovered without labels by coupled NMF (:class:`CoupledNMFConcepts`, with out-of-core
 fitting through :class:`OutOfCore` and :class:`ActivationStore`)."""
 
+from .._utils.init_docs import document_inits
 from ._core.channel_masks import channel_masks
 from ._core.concept_maps import (
     ConceptImportance,
@@ -23,3 +24,6 @@ __all__ += ["concept_presence_maps", "concept_attribution_maps", "concept_import
 __all__ += ["ConceptImportance"]
 __all__ += ["channel_masks"]
 __all__ += ["concept_sobol_indices"]
+
+document_inits(globals(), __all__)  # help(Class.__init__) shows the class's own Args
+del document_inits

@@ -22,7 +22,10 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["PassCosts", "WorkProbe"]
+from ..._utils.warn import warn_user
+from .aggregators import is_mean
+
+__all__ = ["MANY_PASSES", "PassCosts", "WorkProbe", "gradient_passes", "warn_if_costly"]
 
 # The prices, in FLOP equivalents, were fitted on CPU (one and two threads) to the timings of
 # benchmarks/embedding_attribution_real.py (torchvision ResNets and ViT-B/16); the same relative
@@ -45,6 +48,13 @@ JVP_PRICE = 0.55
 # handed on).
 REVERSE_SOURCE_PASSES = 4.0
 FORWARD_SOURCE_PASSES = 2.0
+
+# A call whose plans need more gradient passes than this (vector-Jacobian products of reverse mode
+# plus Jacobian-vector products of forward mode) warns before it starts, naming the cheaper choices.
+# A pass through a ResNet-18-sized head takes about a tenth of a second for a small batch on two
+# CPU cores, so a few hundred passes is where a call starts to take minutes, and the default
+# "var" over ResNet-18's 512 dimensions (or "abs" over 1000 logits) is above it.
+MANY_PASSES = 256
 
 
 @dataclass(frozen=True)
@@ -198,3 +208,44 @@ class WorkProbe:
         end = self.end or self.read()
         head = (end[0] - below[0], end[1] - below[1])
         return PassCosts(below=below, head=head, source_elements=float(source_elements))
+
+
+def gradient_passes(plans: Sequence[Any], n_dims: int) -> int:
+    """The gradient passes a call with these plans runs: one backward pass for the linear case,
+    ``n_dims`` vector-Jacobian products for the reverse sweep (shared by every reverse layer) and
+    each forward plan's passes of the model (its ``plan.passes`` Jacobian-vector products, ``chunk``
+    tangents vmapped per pass)."""
+    total = sum(math.ceil((p.passes or 0) / max(p.chunk or 1, 1)) for p in plans if p.strategy == "forward")
+    if any(p.strategy in ("loop", "batched") for p in plans):
+        total += n_dims
+    if any(p.strategy == "linear" for p in plans):
+        total += 1
+    return total
+
+
+def _name(how: Any) -> str:
+    return repr(how) if isinstance(how, str) else getattr(how, "__name__", type(how).__name__)
+
+
+def warn_if_costly(
+    plans: Sequence[Any], n_dims: int, embedding_aggregator: Any, channel_aggregator: Any,
+    return_per_dim: bool, where: str = "EmbeddingAttribution.attribute",
+) -> None:  # fmt: skip
+    """One ``UserWarning`` when ``plans`` need more than :data:`MANY_PASSES` gradient passes,
+    saying why so many and what is cheaper."""
+    total = gradient_passes(plans, n_dims)
+    if total <= MANY_PASSES:
+        return
+    if not is_mean(embedding_aggregator):
+        why = f"embedding_aggregator={_name(embedding_aggregator)} is not linear"
+    elif not is_mean(channel_aggregator):
+        why = f"channel_aggregator={_name(channel_aggregator)} is not linear"
+    else:
+        why = "return_per_dim=True" if return_per_dim else "the plan"
+    warn_user(
+        f"{where} will run {total} gradient passes over D = {n_dims} embedding dimensions ({why}: one "
+        "pass per dimension in reverse mode, one per chunk of source positions in forward mode); this can "
+        "take minutes. Cheaper: "
+        "embedding_dims=[...] to explain fewer dimensions, embedding_aggregator='mean' with "
+        "channel_aggregator='mean' (one backward pass), or fewer layers"
+    )

@@ -5,9 +5,11 @@ earlier layer, aggregated over channels and embedding dimensions (Bertolini et a
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
+from captum._utils.typing import TargetType
 from captum.attr import GradientAttribution, LayerAttribution
 from torch import nn
 
@@ -15,13 +17,14 @@ from ..._utils.captum_compat import captum_wrappable
 from ..._utils.capture import LayerCapture
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_form, run_forward
 from ..._utils.finite import check_finite_result
+from ..._utils.first_pass import first_forward, first_layer, integer_input_hint
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layer, uncompiled
 from ..._utils.layout import ReshapeTransform, layer_transforms, layout_hint
 from ..._utils.validation import Indices, check_int, check_option, index_tensor, validated
 from ..._utils.warn import warn_user
 from .aggregators import Aggregator, check_aggregator
-from .costs import WorkProbe
+from .costs import WorkProbe, warn_if_costly
 from .forward_mode import ForwardModeStateError, ForwardModeUnsupported, ForwardSource, reverse_strategy
 from .strategies import Job, Plan, plan_sources, reverse_chunk, run_forward_mode, run_linear, run_reverse
 from .upsampling import check_upsample, upsample_maps
@@ -248,8 +251,10 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         embedding_dims: Union[None, int, Sequence[int], torch.Tensor] = None,
         internal_batch_size: Optional[int] = None,
         return_per_dim: bool = False,
-        show_progress: bool = False,
+        show_progress: bool = True,
         create_graph: bool = False,
+        *,
+        target: TargetType = None,
     ) -> Union[Maps, List[Maps]]:
         r"""Compute the embedding attribution maps.
 
@@ -267,14 +272,32 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                 Default None: as many as fit a 512 MiB budget, at most 64. With ``strategy="loop"``
                 each gradient is reduced at once and this only sets the progress-bar steps. With
                 ``strategy="forward"`` it is the number of tangents propagated together (default:
-                a 1 GiB budget, at most 64); no progress bar is shown there.
+                a 1 GiB budget, at most 64), one progress-bar step per chunk.
             return_per_dim (bool): if True return the channel-aggregated per-dimension maps
                 ``U(rho_C(A_d))`` of shape ``(N, D, *S0)`` (the variance score needs them) instead
                 of the embedding-aggregated maps. Default False.
-            show_progress (bool): show a tqdm bar over the chunks of embedding dimensions.
+            show_progress (bool): a tqdm bar over the chunks of embedding dimensions (reverse
+                mode) or of tangents (forward mode). Default True: shown on a terminal, silent
+                when output is not one (:func:`~captum_concepts._utils.progress.progress_bar`);
+                False silences it. A call whose plan needs more than
+                :data:`~captum_concepts.attr._core.costs.MANY_PASSES` gradient passes (a
+                non-linear aggregator over hundreds of dimensions) warns before it starts,
+                naming the cheaper choices.
             create_graph (bool): if True the maps stay differentiable w.r.t. the model parameters
                 (for score constraints in training; piecewise-linear activations have zero second
                 derivatives, use e.g. softplus). Default False: detached maps.
+            target (int, list of int or tensor, optional; keyword only): Captum's ``target`` for a
+                model whose output is the embedding (``embedding_layer=None``, e.g. logits
+                ``(N, K)``): the output index to explain, one for the batch or one per example
+                (a list or an ``(N,)`` tensor), an index into the flattened output. The map of
+                example ``n`` is then ``U(rho_C(A_{target_n}))``: the one selected component, no
+                aggregation over dimensions (``embedding_aggregator`` is not used; the result
+                is what ``embedding_dims=[t]`` with ``embedding_aggregator="mean"`` gives for
+                every example with target ``t``, and Captum's layer method with ``target``
+                gives before ``rho_C``). Refused with
+                ``embedding_dims`` (pass one of them) and with an ``embedding_layer`` (Captum's
+                ``target`` indexes the model output; use ``embedding_dims`` for components of an
+                inner embedding). Tuple targets (multi-dimensional outputs) are refused.
 
         Returns:
             Captum's rule. A layer source gives what the layer outputs (its inputs with
@@ -285,10 +308,12 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             list of such results, in the same order.
         """
         inputs_t, _was_tuple = format_inputs(inputs)
-        job = self._job(internal_batch_size, return_per_dim, show_progress, create_graph)
+        select = self._selector(embedding_dims, target, check_batch(inputs_t))
+        job = self._job(internal_batch_size, return_per_dim, show_progress, create_graph, target is not None)
         with self._guard(create_graph) as guard, torch.enable_grad():
-            x, z, sources, plans = self._first_pass(
-                guard, inputs_t, additional_forward_args, embedding_dims, job
+            x, z, sources, plans = self._first_pass(guard, inputs_t, additional_forward_args, select, job)
+            warn_if_costly(
+                plans, z.shape[1], self.embedding_aggregator, self.channel_aggregator, job.return_per_dim
             )
             flat = [t for group in sources for t in group]
             # one entry per flat source: (layer index, position in the layer's tuple)
@@ -309,7 +334,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         fwd = [j for j, (i, _) in enumerate(where) if plans[i].strategy == "forward"]
         if fwd:
             plans = self._run_forward(
-                job, plans, fwd, where, z, flat, sources, x, additional_forward_args, embedding_dims,
+                job, plans, fwd, where, z, flat, sources, x, additional_forward_args, select,
                 fns, per_source,
             )  # fmt: skip
         self.plan_ = plans if self._multi else plans[0]
@@ -334,6 +359,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         self, inputs: TensorOrTuple, additional_forward_args: Any = None,
         embedding_dims: Union[None, int, Sequence[int], torch.Tensor] = None,
         internal_batch_size: Optional[int] = None, return_per_dim: bool = False, create_graph: bool = False,
+        *, target: TargetType = None,
     ) -> Union[Plan, List[Plan]]:  # fmt: skip
         """What :meth:`attribute` would run with these arguments, and why, after one forward pass.
 
@@ -347,42 +373,62 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             fall back to reverse mode in :meth:`attribute` (an operation without a forward rule).
         """
         inputs_t, _ = format_inputs(inputs)
-        job = self._job(internal_batch_size, return_per_dim, False, create_graph)
+        select = self._selector(embedding_dims, target, check_batch(inputs_t))
+        job = self._job(internal_batch_size, return_per_dim, False, create_graph, target is not None)
         with self._guard(create_graph) as guard, torch.enable_grad():
-            plans = self._first_pass(guard, inputs_t, additional_forward_args, embedding_dims, job)[3]
+            plans = self._first_pass(guard, inputs_t, additional_forward_args, select, job)[3]
         return plans if self._multi else plans[0]
 
     def _guard(self, create_graph: bool) -> ModelGuard:
         return ModelGuard(self.forward_func, eval_mode=self.eval_mode, freeze_parameters=not create_graph)
 
-    def _job(self, internal_batch_size, return_per_dim, show_progress, create_graph) -> Job:
+    def _job(self, internal_batch_size, return_per_dim, show_progress, create_graph, single=False) -> Job:
         internal_batch_size = check_int(internal_batch_size, "internal_batch_size", low=1, allow_none=True)
         return Job(
             self.method,
             self.channel_aggregator,
-            self.embedding_aggregator,
+            "mean" if single else self.embedding_aggregator,  # one component per example: its map
             bool(return_per_dim),
             bool(create_graph),
             bool(show_progress),
             internal_batch_size,
         )
 
-    def _first_pass(self, guard: ModelGuard, inputs_t, additional_forward_args, embedding_dims, job: Job):
+    def _selector(self, embedding_dims, target, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``(N, D_all) -> (N, D)``: the explained components (``embedding_dims``, or per example
+        Captum's ``target``), checked before the forward pass where the forward pass is not needed."""
+        if target is None:
+            return lambda z: _select_dims(z, embedding_dims)
+        if embedding_dims is not None:
+            raise ValueError(
+                "pass target (Captum's: the output index per example) or embedding_dims (components "
+                "explained for every example), not both"
+            )
+        if self.embedding_layer is not None:
+            raise ValueError(
+                "target indexes the model output (Captum's meaning) and needs embedding_layer=None; to "
+                "explain components of embedding_layer pass embedding_dims=[...] instead"
+            )
+        index = _target_index(target, n)
+        return lambda z: _select_target(z, index)
+
+    def _first_pass(self, guard: ModelGuard, inputs_t, additional_forward_args, select, job: Job):
         """The one forward pass (counting its work under ``"auto"``) and the plans: returns the
         prepared inputs, the selected embedding ``(N, D)``, the sources per layer and the plans."""
         model = self.forward_func
         n = check_batch(inputs_t)
-        x = tuple(_prepare_input(t, i, self._layers) for i, t in enumerate(inputs_t))
+        x = tuple(_prepare_input(model, t, i, self._layers) for i, t in enumerate(inputs_t))
         captured, embedded = self._register_hooks(guard, model)
         training = any(m.training for m in model.modules())
         probe = None
         if self.strategy == "auto" and not (job.linear or job.create_graph or training):
             of = "input" if self.attribute_to_layer_input else "output"
             probe = WorkProbe(guard, self._layers, self.embedding_layer, of)
-        with probe if probe is not None else contextlib.nullcontext():
+        counting = probe if probe is not None else contextlib.nullcontext()
+        with counting, first_forward(model, x, type(self).__name__):
             output = guard.forward(run_forward, model, x, additional_forward_args)
         z = self._embedding(model, output, embedded, n)
-        z = _select_dims(z, embedding_dims)
+        z = select(z)
         sources = self._sources(model, captured, x)
         self._warn_layouts(model, sources)
         costs = [
@@ -395,7 +441,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         return x, z, sources, plans
 
     def _run_forward(
-        self, job, plans, fwd, where, z, flat, sources, x, forward_args, embedding_dims, fns, per_source
+        self, job, plans, fwd, where, z, flat, sources, x, forward_args, select, fns, per_source
     ) -> List[Plan]:
         """Run the forward plans (the flat sources ``fwd``) into ``per_source``; return the plans
         that ran. Under ``strategy="auto"`` an operation without a forward-mode rule gives new
@@ -411,7 +457,6 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             )
             for j in fwd
         ]
-        select = lambda e: _select_dims(e, embedding_dims)  # noqa: E731
         try:
             maps = run_forward_mode(
                 job, self.forward_func, x, forward_args, self.embedding_layer, select, specs,
@@ -487,17 +532,58 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         return [x if lay is None else captured[lay].tensors() for lay in self._layers]
 
 
-def _prepare_input(t: torch.Tensor, i: int, layers: List[Optional[nn.Module]]) -> torch.Tensor:
+def _prepare_input(
+    model: nn.Module, t: torch.Tensor, i: int, layers: List[Optional[nn.Module]]
+) -> torch.Tensor:
     if t.is_floating_point() or t.is_complex():
         return t.detach().requires_grad_(True)
-    if any(lay is None for lay in layers):
+    if not any(lay is None for lay in layers):
+        return t
+    found = first_layer(model)
+    if found is None or not isinstance(found[1], nn.Embedding):  # not token ids: images or features
         raise TypeError(
+            f"inputs[{i}] has dtype {t.dtype}; attributing to the inputs (layer=None) needs "
+            f"floating-point inputs: {integer_input_hint(t.dtype)}"
+        )
+    raise TypeError(
             f"inputs[{i}] has dtype {t.dtype}; attributing to the inputs (layer=None) needs floating-point "
             "inputs. For token ids, attribute to the embedding lookup with the sequence transform, e.g. "
             "EmbeddingAttribution(model, layer='embedding', reshape_transform=channels_last) "
             "(from captum_concepts.attr import channels_last): one value per token, maps (N, L)"
         )
-    return t
+
+
+def _target_index(target: Any, n: int) -> torch.Tensor:
+    """Captum's ``target`` (an int, a list of ints, a 0-d or ``(N,)`` integer tensor) as ``(N,)``."""
+    bad = TypeError(
+        "target must be an int, a list of N ints or an integer tensor of shape () or (N,) (Captum's "
+        f"meaning: an index into the model output, flattened to (N, D)), got {target!r:.80}; tuple targets "
+        "of multi-dimensional outputs are not supported: pass the flattened index"
+    )
+    if isinstance(target, (bool, tuple)) or (isinstance(target, list) and any(
+        isinstance(t, (bool, tuple)) or not isinstance(t, (int, np.integer)) for t in target
+    )):  # fmt: skip
+        raise bad
+    if isinstance(target, (int, np.integer)):
+        return torch.full((n,), int(target), dtype=torch.long)
+    index = torch.as_tensor(target) if isinstance(target, (list, np.ndarray, torch.Tensor)) else None
+    if index is None or index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise bad
+    if index.dim() == 0:
+        return index.long().expand(n).clone()
+    if index.dim() != 1 or index.shape[0] != n:
+        raise ValueError(f"target has shape {tuple(index.shape)}; expected one index per example, ({n},)")
+    return index.long()
+
+
+def _select_target(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Component ``index[n]`` of row ``n``: ``(N, D_all) -> (N, 1)``."""
+    d = z.shape[-1]
+    out = index[(index < 0) | (index >= d)]
+    if out.numel():
+        bad = sorted(set(out.tolist()))[:10]
+        raise ValueError(f"target {bad} out of range for a model output of D = {d} components")
+    return z.gather(-1, index.to(z.device).unsqueeze(-1))
 
 
 def _select_dims(z: torch.Tensor, embedding_dims) -> torch.Tensor:

@@ -42,6 +42,7 @@ from torch import nn
 
 from ..._utils.common import run_forward
 from ..._utils.hooks import ModelGuard, _hold, _release, _uninterruptible, acquire, run_uninterrupted
+from ..._utils.progress import progress_bar
 from ..._utils.validation import validated
 from .aggregators import Aggregator, aggregate, is_mean
 from .costs import PassCosts
@@ -532,6 +533,7 @@ def forward_maps(
     internal_batch_size: Optional[int],
     eval_mode: bool,
     input_side: bool = False,
+    show_progress: bool = False,
 ) -> List[torch.Tensor]:
     """Channel-aggregated per-dimension maps ``(N, D, *S)`` of each source, by forward mode.
 
@@ -546,6 +548,7 @@ def forward_maps(
     process-global): concurrent calls, on one model or several, wait for each other. Ctrl-C
     during a chunk of products is delivered when the chunk ends, so an interrupt never leaves
     torch's forward-AD or functorch state half-changed.
+    ``show_progress``: a bar over the chunks of tangents (one forward pass each).
     """
     out: List[torch.Tensor] = []
     with (
@@ -573,7 +576,10 @@ def forward_maps(
                 return torch.func.jvp(lambda v: run(src, v), (raw,), (tangent,))[1]
 
             products = []
-            for a in range(0, passes, chunk):
+            steps = progress_bar(
+                range(0, passes, chunk), show=show_progress, desc="forward mode", unit="chunk"
+            )
+            for a in steps:
                 b = min(a + chunk, passes)
                 t = _tangents(kind, method, act, a, b).reshape(b - a, *shaped.shape)
                 if adjoint is None:

@@ -17,6 +17,7 @@ from torch import nn
 from ..._utils.captum_compat import captum_wrappable
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, restore_form
 from ..._utils.finite import check_finite_result
+from ..._utils.first_pass import first_forward, integer_input_hint
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layer, uncompiled
 from ..._utils.validation import validated
@@ -217,11 +218,13 @@ class _SemanticGradientBase(GradientAttribution):
     def has_convergence_delta(self) -> bool:
         return False
 
-    def _checked_forward(self, classes: torch.Tensor):
-        """The model, with a clear error for a target class beyond its outputs."""
+    def _checked_forward(self, classes: torch.Tensor, inputs: Tuple[torch.Tensor, ...]):
+        """The model, with a clear error for a target class beyond its outputs and for inputs that
+        do not fit it (:func:`~captum_concepts._utils.first_pass.first_forward`)."""
 
         def forward(*args):
-            out = self.forward_func(*args)
+            with first_forward(self.forward_func, inputs, f"{type(self).__name__}.attribute"):
+                out = self.forward_func(*args)
             if isinstance(out, torch.Tensor) and out.dim() == 2 and int(classes.max()) >= out.shape[1]:
                 raise ValueError(
                     f"target out of range: class {int(classes.max())} for a model with {out.shape[1]} outputs"
@@ -255,7 +258,10 @@ class _SemanticGradientBase(GradientAttribution):
         layer_shape = tuple(self.masks.shape[1:])
         for i, x in enumerate(inputs_t):
             if not x.is_floating_point():
-                raise TypeError(f"inputs[{i}] has dtype {x.dtype}; gradients need floating-point inputs")
+                raise TypeError(
+                    f"inputs[{i}] has dtype {x.dtype}; gradients need floating-point inputs "
+                    f"({integer_input_hint(x.dtype)})"
+                )
         calls = []
 
         def mask_layer_gradient(_module, _args, out):
@@ -282,7 +288,7 @@ class _SemanticGradientBase(GradientAttribution):
                     if isinstance(module, nn.ReLU):
                         guard.register_forward_pre_hook(module, _guide_relu_input)
             guard.register_forward_hook(self.layer, mask_layer_gradient)
-            forward = self._checked_forward(classes)
+            forward = self._checked_forward(classes, inputs_t)
             gradients = self.gradient_func(forward, grad_inputs, target, additional_forward_args)
         if not calls:
             raise ValueError(
@@ -371,8 +377,19 @@ class SemanticGradientInput(_SemanticGradientBase):
     and one backward pass. With an all-ones mask it equals Captum's
     :class:`~captum.attr.InputXGradient` exactly.
 
-    Arguments, targets and the class-to-concept map are as in
-    :class:`SemanticGuidedBackprop`.
+    Targets and the class-to-concept map are as in :class:`SemanticGuidedBackprop`.
+
+    Args:
+        model (nn.Module): the model (Captum's ``forward_func``).
+        layer (str or nn.Module): the layer whose gradient is masked; must be the layer
+            the semantic vectors were fitted at.
+        semantic_vectors (SemanticVector, SemanticMaskSource or Tensor): a fitted SemanticVector,
+            another :class:`SemanticMaskSource` or a mask tensor ``(num_classes, *layer_shape)``,
+            as in :class:`SemanticGuidedBackprop`.
+        threshold (float): activation-rate threshold of the masks. Default: 0.5.
+        concepts (sequence, optional): class-to-concept map (SemanticVector or mask source only).
+        eval_mode (bool): run the model in eval mode inside :meth:`attribute` (default True), as
+            in :class:`SemanticGuidedBackprop`.
 
     Example::
 

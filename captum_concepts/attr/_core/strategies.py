@@ -21,9 +21,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
-from tqdm.auto import tqdm
 
 from ..._utils.layout import ReshapeTransform, apply_reshape
+from ..._utils.progress import progress_bar
 from .aggregators import Aggregator, aggregate, is_mean
 from .costs import PassCosts
 from .forward_mode import (
@@ -272,7 +272,7 @@ def run_reverse(
     pieces: List[List[torch.Tensor]] = [[] for _ in flat]
     scratch: List[Optional[torch.Tensor]] = [None for _ in flat]
     starts = range(0, d_total, chunk)
-    for a in tqdm(starts, disable=not show, desc="EmbeddingAttribution", unit="chunk"):
+    for a in progress_bar(starts, show=show, desc="EmbeddingAttribution (reverse)", unit="chunk"):
         step(job, z, flat, acts, fns, a, min(a + chunk, d_total), graph, pieces, scratch)
     return [job.finish(torch.cat(piece).movedim(0, 1)) for piece in pieces]  # (N, D, *S) first
 
@@ -301,5 +301,6 @@ def run_forward_mode(
         job.internal_batch_size,
         eval_mode,
         input_side,
+        job.show_progress,
     )
     return [job.finish(m) for m in per_dim]

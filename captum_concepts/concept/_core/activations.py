@@ -9,6 +9,7 @@ user's loader) runs between batches.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..._utils.batches import Batch, iter_batches
+from ..._utils.first_pass import first_forward
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layers, uncompiled
 from ..._utils.layout import apply_reshape, expand_per_layer, layout_hint
@@ -47,21 +49,31 @@ def stream_layer_outputs(
     device: Optional[torch.device] = None,
     arguments: Optional[Sequence[str]] = None,
     stop: bool = False,
+    where: str = "fit",
 ) -> Iterator[Tuple[Batch, List[Tensor]]]:
     """For each batch yield ``(batch, [output of each layer])``, without autograd.
 
-    Each layer must run exactly once per forward pass and output one tensor;
-    ``stop=True`` (one layer only) ends the forward pass at its first call. The
-    batch is moved to ``device`` (None: left where it is) before the forward pass.
-    The returned outputs are safe from in-place operations later in the model.
+    Each layer must run exactly once per forward pass and output one tensor
+    (a ``ValueError`` otherwise, the rule of every entry that reads a layer).
+    ``stop=True`` (one layer only) ends the forward passes after the first at the
+    layer's call: the first batch runs the whole model, so that a layer reused in
+    ``forward`` is refused rather than read at its first use. The batch is moved to
+    ``device`` (None: left where it is) before the forward pass; a PyTorch error in
+    the first pass names the inputs and the fix
+    (:func:`~captum_concepts._utils.first_pass.first_forward`, ``where`` names the
+    entry). The returned outputs are safe from in-place operations later in the model.
     """
     if stop and len(layers) != 1:
         raise ValueError("stop=True needs exactly one layer")
     arguments = list(arguments) if arguments is not None else [f"layers[{j}]" for j in range(len(layers))]
     for i, batch in enumerate(batches):
+        moved = batch.to(device)
+        inputs = moved.inputs + tuple(moved.kwargs.values())
+        check = first_forward(model, inputs, where) if i == 0 else contextlib.nullcontext()
         with ModelGuard(model, warn_train_mode=i == 0) as guard, torch.no_grad():
-            captures = [guard.capture(m, argument, stop=stop) for m, argument in zip(layers, arguments)]
-            guard.forward(batch.to(device).forward, model, additional_forward_args)
+            captures = [guard.capture(m, a, stop=stop and i > 0) for m, a in zip(layers, arguments)]
+            with check:
+                guard.forward(moved.forward, model, additional_forward_args)
             outputs = [c.tensor() for c in captures]
         yield batch, outputs
 

@@ -35,11 +35,13 @@ import torch
 from torch import nn
 
 from ..._utils import distributed as dist_utils
+from ..._utils.array_inputs import as_inputs, check_concept_names, labelled_data
 from ..._utils.batches import Batch, iter_batches
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs, run_forward
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, resolve_layer, uncompiled
 from ..._utils.persistence import PathLike
+from ..._utils.progress import progress_bar
 from ..._utils.validation import (
     NONE,
     AnyOf,
@@ -156,9 +158,12 @@ class SemanticVector(_ConceptEstimator):
 
     Fitting streams over data: each batch is forwarded up to ``layer``, binarised
     (``a = 1[φ(x) > 0]``) and added into per-concept sums, so memory depends on the
-    layer size and the number of concepts, never on the number of examples. The
-    forward pass stops as soon as ``layer`` has run (the layer's first call in a
-    forward; a module reused later in ``forward`` is captured at its first use).
+    layer size and the number of concepts, never on the number of examples. After
+    the first batch, the forward pass stops as soon as ``layer`` has run; the first
+    batch runs the whole model, so that a module reused in ``forward`` (run twice in
+    one pass) raises ``ValueError``, as in :class:`~captum_concepts.attr.EmbeddingAttribution`
+    and :class:`~captum_concepts.concept.CoupledNMFConcepts`, instead of being read at
+    its first use.
 
     Layers whose activations can be negative (a convolution before its ReLU, tanh,
     batch-norm outputs): binarisation at 0 is still defined -- a unit counts as
@@ -264,6 +269,7 @@ class SemanticVector(_ConceptEstimator):
             self._target_device(),
             ["layer"],
             stop=True,
+            where="SemanticVector",
         )
         for batch, (out,) in stream:
             yield out.reshape(out.shape[0], -1), tuple(out.shape[1:]), batch.labels
@@ -273,15 +279,20 @@ class SemanticVector(_ConceptEstimator):
         names: Optional[List[ConceptKey]],
         stream: Iterable[Tuple[torch.Tensor, Tuple[int, ...], Any]],
         n_classes: Optional[int] = None,
+        show_progress: bool = False,
+        desc: str = "SemanticVector.fit",
     ) -> SemanticVector:
         """Accumulate ``Σ a`` and ``Σ â`` per concept from ``(features, shape, labels)``.
 
         ``C`` may grow while streaming (classes discovered from labels); ``names=None``
-        names the concepts ``0..C-1``.
+        names the concepts ``0..C-1``. ``show_progress``: a bar over the batches.
         """
         sums = _ConceptSums()
-        for feats, shape, labels in stream:
-            sums.add(feats, shape, _membership(labels, n_classes))
+        # a manual bar: iterating the stream inside tqdm would attribute its warnings to tqdm
+        with progress_bar(show=show_progress, desc=desc, unit="batch") as bar:
+            for feats, shape, labels in stream:
+                sums.add(feats, shape, _membership(labels, n_classes))
+                bar.update(1)
         if self.distributed:
             sums.all_reduce(self._target_device())
         if sums.counts is None:
@@ -302,8 +313,13 @@ class SemanticVector(_ConceptEstimator):
 
     # ------------------------------------------------------------------ fitting
     @dist_utils.synchronized
-    @validated()
-    def fit(self, concepts: Mapping[ConceptKey, Any], additional_forward_args: Any = None) -> SemanticVector:
+    @validated(args={"show_progress": Bool()})
+    def fit(
+        self,
+        concepts: Mapping[ConceptKey, Any],
+        additional_forward_args: Any = None,
+        show_progress: bool = True,
+    ) -> SemanticVector:
         """Fit one semantic vector per named concept.
 
         Args:
@@ -314,6 +330,8 @@ class SemanticVector(_ConceptEstimator):
                 ``DataLoader(TensorDataset(x))`` yields ``[x]``: fine). Labels must
                 not be part of the batches here (see :meth:`fit_from_labels`).
             additional_forward_args: appended to every forward call, as in Captum.
+            show_progress (bool): a bar over the batches, shown on a terminal only; False
+                silences it. Default True.
 
         Returns:
             self
@@ -330,40 +348,66 @@ class SemanticVector(_ConceptEstimator):
 
         def batches():
             for index, name in enumerate(names):
-                for batch in iter_batches(concepts[name], int(self.batch_size), f"concepts[{name!r}]"):
+                data = as_inputs(concepts[name])
+                for batch in iter_batches(data, int(self.batch_size), f"concepts[{name!r}]"):
                     yield batch._replace(labels=torch.full((batch.size,), index, dtype=torch.long))
 
-        return self._fit_stream(names, self._features(batches(), layer, additional_forward_args), n)
+        stream = self._features(batches(), layer, additional_forward_args)
+        return self._fit_stream(names, stream, n, bool(show_progress), "SemanticVector.fit")
 
     @dist_utils.synchronized
-    @validated(args={"n_classes": AnyOf(NONE, Int(1))})
+    @validated(args={"n_classes": AnyOf(NONE, Int(1)), "show_progress": Bool()})
     def fit_from_labels(
-        self, data: Any, n_classes: Optional[int] = None, additional_forward_args: Any = None
+        self,
+        data: Any,
+        n_classes: Optional[int] = None,
+        additional_forward_args: Any = None,
+        show_progress: bool = True,
+        concept_names: Optional[Sequence[ConceptKey]] = None,
     ) -> SemanticVector:
         """Fit one semantic vector per class from labelled data: concept ``i`` is class ``i``.
 
         Args:
-            data: a tuple ``(inputs..., labels)`` of tensors, or an iterable of such
-                batches (``DataLoader(TensorDataset(x, y))``). Labels are integer
-                class indices ``(B,)`` (or a ``(B, 1)`` column of them) or multi-hot
-                ``(B, C)`` with ``C >= 2`` (an example belongs to every class whose
-                entry is > 0: multi-label data).
+            data: a tuple ``(inputs..., labels)`` of tensors or numpy arrays (a list
+                ``[x, y]`` is refused: pass a tuple), or an iterable of such batches
+                (``DataLoader(TensorDataset(x, y))``). Labels are integer class indices
+                ``(B,)`` (or a ``(B, 1)`` column of them; a tensor, numpy array or list) or
+                multi-hot ``(B, C)`` with ``C >= 2`` (an example belongs to every class whose
+                entry is > 0: multi-label data); in a tuple they may also be class names
+                (strings, a list or numpy array), as scikit-learn's classifiers take them:
+                concept ``i`` is then the ``i``-th name in ``concept_names``, by default the
+                names sorted (scikit-learn's ``classes_`` order). Floating numpy inputs take
+                PyTorch's default dtype (float32).
             n_classes (int, optional): number of classes ``C``; default: the largest
-                label + 1 (integer labels) or the width of the multi-hot labels.
+                label + 1 (integer labels), the width of the multi-hot labels or the number of
+                ``concept_names``.
             additional_forward_args: appended to every forward call.
+            show_progress (bool): a bar over the batches, shown on a terminal only; False
+                silences it. Default True.
+            concept_names (list of str or int, optional): the name of class ``i`` at position
+                ``i`` (``concept_names_``; :meth:`concept_index`, :meth:`rank` and
+                :meth:`explain` then take the names); with string labels, the order of the
+                classes.
 
         Returns:
-            self, with ``concept_names_ == [0, 1, ..., C-1]``.
+            self, with ``concept_names_ == concept_names`` (default ``[0, 1, ..., C-1]``, or
+            the sorted class names for string labels).
 
         Raises:
             ValueError: a class in ``0..C-1`` has no example, or a label is out of range.
         """
         layer = self._layer()
         n_classes = None if n_classes is None else int(n_classes)
+        data, names = labelled_data(data, check_concept_names(concept_names))
+        if names is not None:
+            if n_classes is not None and n_classes != len(names):
+                raise ValueError(f"n_classes={n_classes} but {len(names)} concept_names (class names)")
+            n_classes = len(names)
         dist_utils.declare(n_classes=n_classes)
 
         batches = iter_batches(data, int(self.batch_size), "data", labels=True)
-        self._fit_stream(None, self._features(batches, layer, additional_forward_args), n_classes)
+        stream = self._features(batches, layer, additional_forward_args)
+        self._fit_stream(names, stream, n_classes, bool(show_progress), "SemanticVector.fit_from_labels")
         if n_classes is not None and len(self.concept_names_) < n_classes:
             missing = list(range(len(self.concept_names_), n_classes))
             raise ValueError(f"concepts with no examples: {missing}; each class needs at least one example")
@@ -475,7 +519,7 @@ class SemanticVector(_ConceptEstimator):
     def transform(self, inputs: TensorOrTuple, additional_forward_args: Any = None) -> torch.Tensor:
         """The flattened layer features ``φ(x)`` of ``inputs``: ``(N, D)``."""
         layer = self._layer()
-        batches = iter_batches(format_inputs(inputs)[0], int(self.batch_size), "inputs")
+        batches = iter_batches(format_inputs(as_inputs(inputs))[0], int(self.batch_size), "inputs")
         feats = []
         for f, shape, _ in self._features(batches, layer, additional_forward_args):
             self._check_layer_shape(shape)
