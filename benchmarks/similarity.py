@@ -103,7 +103,7 @@ def importance_section(args) -> None:
     model = DigitsCNN().eval()
     x = data.x_train[: args.examples]
     cnmf = CoupledNMFConcepts(args.concepts, model, layers=["block3.pool"], max_iter=50).fit(x)
-    coefficients = cnmf.transform(x)
+    coefficients = cnmf.transform(x, samples_first=False)
     calls = []
     handle = model.classifier.register_full_backward_hook(lambda m, gi, go: calls.append(1))
     try:

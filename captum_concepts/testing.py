@@ -1,8 +1,8 @@
 """Helpers for testing code that uses captum_concepts (as Captum's ``captum.testing``).
 
 Not needed to use the package; imported only by tests, benchmarks and examples.
-:func:`model_state` snapshots what :class:`~captum_concepts._utils.hooks.ModelGuard`
-promises to restore; :func:`assert_same_state` compares a model with such a snapshot;
+:func:`model_state` snapshots what every call of the package promises to restore (hooks,
+train/eval flags, ``requires_grad``, buffers); :func:`assert_same_state` compares a model with such a snapshot;
 :func:`count_hooks` counts the module hooks registered anywhere in a model;
 :func:`run_local_ranks` runs a function on local gloo ranks.
 """
@@ -44,7 +44,7 @@ def count_hooks(model: nn.Module) -> int:
 
 
 def model_state(model: nn.Module) -> Dict[str, Any]:
-    """A snapshot of what :class:`ModelGuard` promises to restore.
+    """A snapshot of what every call of the package promises to restore.
 
     Example::
 

@@ -535,7 +535,7 @@ def check_user_pages(app, exception) -> None:
         raise RuntimeError("user pages show maintainer material:\n  " + "\n  ".join(problems))
 
 
-CHECK_EXAMPLES = False
+CHECK_EXAMPLES = True
 
 
 def setup(app):

@@ -70,7 +70,7 @@ def table1(cnmf: CoupledNMFConcepts, x: torch.Tensor, y: torch.Tensor, title: st
     names = [f"{k}: {','.join(str(int(c)) for c in top_cls[k])}" for k in range(cnmf.n_concepts)]
     factor_imgs = cnmf.factor_images() if cnmf.pixel_factors_ else None
     fig, _ = visualize_concept_grid(
-        x[top], factor_images=factor_imgs, concept_names=names, title=title, use_pyplot=False
+        x[top], factor_images=factor_imgs, labels=names, title=title, use_pyplot=False
     )
     fig.savefig(path, dpi=60)
     plt.close(fig)
@@ -108,7 +108,7 @@ def main() -> None:
     off_diag = [float((s.sum() - s.diagonal().sum()) / (D * (D - 1))) for s in sims]
     fig, _ = visualize_similarity_matrices(
         [s.numpy() for s in sims],
-        layer_names=LAYERS,
+        labels=LAYERS,
         title="cosine similarity of O_j columns",
         use_pyplot=False,
     )

@@ -171,7 +171,7 @@ class SimilarityAttribution:
     towers still means ``tower_reshape_transforms=(for_a, for_b)``, with a ``DeprecationWarning``.
 
     ``multiplies_by_inputs`` is True except for ``"gradient"``. The model is never modified:
-    hooks and flags go through :class:`~captum_concepts._utils.hooks.ModelGuard`.
+    every hook and flag is restored after each call, also after an exception or Ctrl-C.
 
     Example::
 

@@ -397,8 +397,8 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
                 tensors, tuples or dicts. Every input goes to the model
                 (``model(*inputs, *additional_forward_args, **keyword_inputs)``);
                 the pixel blocks are the first input's channels. Streamed through
-                ``model`` in one pass (forward hooks only, via ``ModelGuard``; the
-                model is left as it was).
+                ``model`` in one pass (forward hooks only; the model is left as it
+                was).
             groups (array-like, optional): ``(N,)`` group id per example for
                 ``group_sparsity`` (e.g. class labels).
             additional_forward_args: appended to every forward call, as in Captum.
