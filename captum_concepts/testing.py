@@ -2,7 +2,8 @@
 
 Not needed to use the package; imported only by tests, benchmarks and examples.
 :func:`model_state` snapshots what every call of the package promises to restore (hooks,
-train/eval flags, ``requires_grad``, buffers); :func:`assert_same_state` compares a model with such a snapshot;
+train/eval flags, ``requires_grad``, buffers); :func:`assert_same_state` compares a model with
+such a snapshot;
 :func:`count_hooks` counts the module hooks registered anywhere in a model;
 :func:`run_local_ranks` runs a function on local gloo ranks.
 """

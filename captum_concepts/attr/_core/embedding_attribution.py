@@ -163,7 +163,8 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
     Layers must run exactly once per forward pass (a reused module raises ``ValueError``).
     With ``eval_mode=True`` the model runs in eval mode inside :meth:`attribute`; every hook and
     flag is restored afterwards, also after an exception or Ctrl-C.
-    Captured layer tensors are kept and a clone is handed to the rest of the model, so in-place operations downstream cannot corrupt them and the
+    Captured layer tensors are kept and a clone is handed to the rest of the model, so in-place
+    operations downstream cannot corrupt them and the
     gradients are w.r.t. the values the downstream layers consume.
 
     ``multiplies_by_inputs`` is True for ``"activation_gradient"`` and ``"gradcam"`` (both multiply
