@@ -171,7 +171,12 @@ RESNET_RANDOMISABLE = [
 
 # ------------------------------------------------------------------------------ training
 def train_autoencoder(
-    model: SIAutoencoder, data: FashionMNISTData, epochs: int, seed: int, lr: float = 1e-3, batch_size: int = 64
+    model: SIAutoencoder,
+    data: FashionMNISTData,
+    epochs: int,
+    seed: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
 ) -> Dict[str, float]:
     """MSE reconstruction, Adam with a fixed learning rate (SI 0.B.1). Returns test MSE and seconds."""
     torch.manual_seed(seed)
@@ -190,9 +195,10 @@ def train_autoencoder(
     seconds = time.perf_counter() - start
     model.eval()
     with torch.no_grad():
-        mse = sum(
-            nn.functional.mse_loss(model(x), x, reduction="sum").item() for x in data.x_test.split(1000)
-        ) / data.x_test.numel()
+        mse = (
+            sum(nn.functional.mse_loss(model(x), x, reduction="sum").item() for x in data.x_test.split(1000))
+            / data.x_test.numel()
+        )
     return {"test_mse": mse, "seconds": seconds}
 
 
@@ -226,14 +232,15 @@ def train_resnet(
 @torch.no_grad()
 def test_accuracy(model: nn.Module, data: FashionMNISTData) -> float:
     correct = sum(
-        (model(x).argmax(1) == y).sum().item() for x, y in zip(data.x_test.split(1000), data.y_test.split(1000))
+        (model(x).argmax(1) == y).sum().item()
+        for x, y in zip(data.x_test.split(1000), data.y_test.split(1000))
     )
     return correct / len(data.y_test)
 
 
 # ------------------------------------------------------------------------------ statistics
 def t_interval(values: Sequence[float], level: float = 0.95) -> Tuple[float, float, float]:
-    """Mean and the Student-t ``level`` interval over seeds ``(mean, lo, hi)``; one value: ``(v, nan, nan)``."""
+    """Mean and Student-t ``level`` interval over seeds ``(mean, lo, hi)``; one value: ``(v, nan, nan)``."""
     from scipy import stats
 
     v = torch.as_tensor(list(values), dtype=torch.float64)
@@ -252,7 +259,7 @@ def fmt_ci(values: Sequence[float], digits: int = 3) -> str:
 
 
 def verdict(values: Sequence[float], sign: int) -> str:
-    """"reproduced" when the 95 % t-interval lies on the paper's side of 0 (``sign`` = +1 or -1),
+    """ "reproduced" when the 95 % t-interval lies on the paper's side of 0 (``sign`` = +1 or -1),
     "not" when it lies on the other side, "partly" when it covers 0 (or one seed only)."""
     m, lo, hi = t_interval(values)
     if math.isnan(lo):
@@ -265,5 +272,7 @@ def verdict(values: Sequence[float], sign: int) -> str:
 
 
 def header(args: argparse.Namespace, what: str) -> List[str]:
-    return [f"{what}: seeds 0..{args.seeds - 1}, device {args.device}, torch threads {torch.get_num_threads()}"
-            + (" [--quick: smoke test, not a result]" if args.quick else "")]
+    return [
+        f"{what}: seeds 0..{args.seeds - 1}, device {args.device}, torch threads {torch.get_num_threads()}"
+        + (" [--quick: smoke test, not a result]" if args.quick else "")
+    ]

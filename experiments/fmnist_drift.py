@@ -33,7 +33,9 @@ def _extra(p) -> None:
     p.add_argument("--width", type=int, default=8, help="encoder channels w, 2w (default 8)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs (SI: 5)")
     p.add_argument("--n-examples", type=int, default=256, help="test images per drift curve")
-    p.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "captum_concepts_fmnist"))
+    p.add_argument(
+        "--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "captum_concepts_fmnist")
+    )
 
 
 def main() -> None:
@@ -82,7 +84,9 @@ def main() -> None:
                     torch.manual_seed(seed)  # same drift direction and noise inputs for every setting
                     c = drift_score(ea, x, EPSILONS, n_noise=4, clip_range=clip).cpu()
                     curves.setdefault((net_name, clip_name, f"{method}, rho_D={emb_agg}"), []).append(c)
-    print_table("Autoencoders (test MSE on 2,000 test images)", ["seed", "test MSE", "training s"], train_rows)
+    print_table(
+        "Autoencoders (test MSE on 2,000 test images)", ["seed", "test MSE", "training s"], train_rows
+    )
     configs = [f"{m}, rho_D={e}" for m, _, e in ATTRIBUTION_CONFIGS]
     for clip_name in CLIPS:
         rows = []
@@ -116,7 +120,14 @@ def main() -> None:
     print_table(
         f"paper vs ours: Spearman(eps, relative NS) per seed ({args.seeds} seeds, {n} test images, "
         f"{len(EPSILONS)} eps values incl. 0)",
-        ["network, drift, setting", "paper (MNIST)", "per seed", "mean [95 % CI]", "rel. NS at eps=1", "verdict"],
+        [
+            "network, drift, setting",
+            "paper (MNIST)",
+            "per seed",
+            "mean [95 % CI]",
+            "rel. NS at eps=1",
+            "verdict",
+        ],
         paper_rows,
     )
     _plot(curves, configs, args, os.path.join(args.out, "fmnist_drift.png"))
@@ -137,7 +148,9 @@ def _plot(curves, configs, args, path: str) -> None:
                 c = torch.stack(curves[(net_name, clip_name, cfg)])
                 mean = c.mean(0).numpy()
                 label = f"{cfg} ({net_name})"
-                ax.plot(EPSILONS, mean, style, marker="o" if style == "-" else None, color=colours[k], label=label)
+                ax.plot(
+                    EPSILONS, mean, style, marker="o" if style == "-" else None, color=colours[k], label=label
+                )
                 if net_name == "trained" and len(c) > 1:
                     sd = c.std(0).numpy()
                     ax.fill_between(EPSILONS, mean - sd, mean + sd, color=colours[k], alpha=0.15)
