@@ -34,6 +34,7 @@ def parse_args(description: str, default_seeds: int, extra=None) -> argparse.Nam
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     p.add_argument("--quick", action="store_true", help="tiny settings: a smoke test, not a result")
     p.add_argument("--out", default=FIGURES, help="folder for the figure (experiments/figures)")
+    p.add_argument("--n-train", type=int, default=None, help="first N training images (default: all 60,000)")
     if extra is not None:
         extra(p)
     args = p.parse_args()
@@ -43,9 +44,11 @@ def parse_args(description: str, default_seeds: int, extra=None) -> argparse.Nam
     return args
 
 
-def load(args: argparse.Namespace, n_train: Optional[int] = None, n_test: Optional[int] = None):
-    """Fashion-MNIST on ``args.device``; ``--quick`` keeps 2,000 / 500 images."""
+def load(args: argparse.Namespace, n_test: Optional[int] = None):
+    """Fashion-MNIST on ``args.device``: the first ``--n-train`` training images (all by default;
+    the files' order is roughly class-balanced), the whole test set; ``--quick`` keeps 2,000 / 500."""
     data = load_fashion_mnist(args.data)
+    n_train = args.n_train
     if args.quick:
         n_train, n_test = min(n_train or 2000, 2000), min(n_test or 500, 500)
     xtr, ytr = data.x_train[:n_train], data.y_train[:n_train]
