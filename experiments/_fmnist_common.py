@@ -17,7 +17,7 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from _scores_common import FIGURES
+from _scores_common import ATTRIBUTION_CONFIGS, FIGURES
 from torch import nn
 
 from captum_concepts.data import FashionMNISTData, load_fashion_mnist
@@ -31,9 +31,15 @@ def parse_args(description: str, default_seeds: int, extra=None) -> argparse.Nam
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", default=None, help="folder of the four Fashion-MNIST IDX files")
     p.add_argument("--seeds", type=int, default=default_seeds, help="number of seeds (0..N-1)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds are first..first+N-1 (to split runs)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     p.add_argument("--quick", action="store_true", help="tiny settings: a smoke test, not a result")
     p.add_argument("--out", default=FIGURES, help="folder for the figure (experiments/figures)")
+    p.add_argument(
+        "--all-configs",
+        action="store_true",
+        help="also the rho_D=var settings (one backward pass per embedding dimension: ~D times the cost)",
+    )
     p.add_argument("--n-train", type=int, default=None, help="first N training images (default: all 60,000)")
     if extra is not None:
         extra(p)
@@ -41,7 +47,14 @@ def parse_args(description: str, default_seeds: int, extra=None) -> argparse.Nam
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
     os.makedirs(args.out, exist_ok=True)
+    args.seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
     return args
+
+
+def attribution_configs(args: argparse.Namespace) -> List[Tuple[str, str, str]]:
+    """The (method, rho_C, rho_D) settings to run: the mean-aggregated ones (one backward pass
+    each), and with ``--all-configs`` also the variance-aggregated ones of the digits scripts."""
+    return [c for c in ATTRIBUTION_CONFIGS if args.all_configs or c[2] == "mean"]
 
 
 def load(args: argparse.Namespace, n_test: Optional[int] = None):
@@ -232,6 +245,28 @@ def train_resnet(
     return {"accuracy": test_accuracy(model.eval(), data), "seconds": seconds}
 
 
+def cached_resnet(
+    args: argparse.Namespace, data: FashionMNISTData, seed: int, epochs: int, width: int = 8
+) -> Tuple[FMNISTResNet, float]:
+    """The ResNet of ``fmnist_scores_resnet.py`` for ``seed``: loaded from ``args.cache`` when a run
+    with the same settings saved it, else trained (and saved unless ``--quick``). Returns the model
+    in eval mode and its training seconds (0 when loaded)."""
+    torch.manual_seed(seed)
+    model = FMNISTResNet(width=width).to(args.device)
+    path = os.path.join(args.cache, f"resnet_w{width}_e{epochs}_n{len(data.x_train)}_s{seed}.pt")
+    if os.path.exists(path) and not args.quick:
+        model.load_state_dict(torch.load(path, map_location=args.device))
+        return model.eval(), 0.0
+    seconds = train_resnet(model, data, epochs=epochs, seed=seed)["seconds"]
+    if not args.quick:
+        os.makedirs(args.cache, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    return model.eval(), seconds
+
+
+CACHE = os.path.join(os.path.expanduser("~"), ".cache", "captum_concepts_fmnist")
+
+
 @torch.no_grad()
 def test_accuracy(model: nn.Module, data: FashionMNISTData) -> float:
     correct = sum(
@@ -276,6 +311,7 @@ def verdict(values: Sequence[float], sign: int) -> str:
 
 def header(args: argparse.Namespace, what: str) -> List[str]:
     return [
-        f"{what}: seeds 0..{args.seeds - 1}, device {args.device}, torch threads {torch.get_num_threads()}"
+        f"{what}: seeds {args.seed_list[0]}..{args.seed_list[-1]}, device {args.device}, "
+        f"torch threads {torch.get_num_threads()}"
         + (" [--quick: smoke test, not a result]" if args.quick else "")
     ]

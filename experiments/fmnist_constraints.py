@@ -58,7 +58,7 @@ def main() -> None:
     acc = {}
     for d in sizes:
         for cfg in configs:
-            for seed in range(args.seeds):
+            for seed in args.seed_list:
                 torch.manual_seed(seed)
                 model = DigitsAutoencoder(
                     bottleneck=d, activation="softplus", image_size=28, width=args.width
@@ -78,7 +78,7 @@ def main() -> None:
                     f"D={d} {cfg} seed {seed}: accuracy {r['accuracy']:.4f} ({r['seconds']:.0f} s)",
                     flush=True,
                 )
-    seeds = range(args.seeds)
+    seeds = args.seed_list
     rows = [
         [c[0], c[1], c[2], *[fmt_ci([100 * acc[(c, d, s)] for s in seeds], 2) for d in sizes]]
         for c in configs

@@ -19,8 +19,17 @@ import os
 import time
 
 import torch
-from _fmnist_common import SIAutoencoder, fmt_ci, header, load, parse_args, train_autoencoder, verdict
-from _scores_common import ATTRIBUTION_CONFIGS, print_table, spearman
+from _fmnist_common import (
+    SIAutoencoder,
+    attribution_configs,
+    fmt_ci,
+    header,
+    load,
+    parse_args,
+    train_autoencoder,
+    verdict,
+)
+from _scores_common import print_table, spearman
 
 from captum_concepts.attr import EmbeddingAttribution
 from captum_concepts.metrics import drift_score
@@ -51,7 +60,7 @@ def main() -> None:
     curves: dict = {}
     train_rows = []
     os.makedirs(args.cache, exist_ok=True)
-    for seed in range(args.seeds):
+    for seed in args.seed_list:
         torch.manual_seed(seed)
         model = SIAutoencoder(width=args.width).to(args.device)
         tag = f"ae_w{args.width}_e{epochs}_n{len(data.x_train)}_s{seed}.pt"
@@ -71,7 +80,7 @@ def main() -> None:
         torch.manual_seed(100 + seed)
         untrained = SIAutoencoder(width=args.width).to(args.device).eval()
         for net_name, net in (("trained", model), ("untrained", untrained)):
-            for method, ch_agg, emb_agg in ATTRIBUTION_CONFIGS:
+            for method, ch_agg, emb_agg in attribution_configs(args):
                 ea = EmbeddingAttribution(
                     net,
                     "encoder.bottleneck",
@@ -87,7 +96,7 @@ def main() -> None:
     print_table(
         "Autoencoders (test MSE on 2,000 test images)", ["seed", "test MSE", "training s"], train_rows
     )
-    configs = [f"{m}, rho_D={e}" for m, _, e in ATTRIBUTION_CONFIGS]
+    configs = [f"{m}, rho_D={e}" for m, _, e in attribution_configs(args)]
     for clip_name in CLIPS:
         rows = []
         for i, eps in enumerate(EPSILONS):

@@ -28,15 +28,16 @@ from _fmnist_common import (
     RESNET_LAYERS,
     RESNET_RANDOMISABLE,
     FMNISTResNet,
+    attribution_configs,
+    cached_resnet,
     fmt_ci,
     header,
     load,
     parse_args,
     test_accuracy,
-    train_resnet,
     verdict,
 )
-from _scores_common import ATTRIBUTION_CONFIGS, print_table, spearman
+from _scores_common import print_table, spearman
 
 from captum_concepts.metrics import score_curve
 
@@ -70,19 +71,9 @@ def main() -> None:
     x = data.x_test[:n]
     print("\n".join(header(args, "fmnist_scores_resnet")))
     print(f"train {len(data.x_train)} images, {epochs} epochs, width {args.width}; curves on {n} test images")
-    os.makedirs(args.cache, exist_ok=True)
     trained_models, accs, train_rows = [], [], []
-    for seed in range(args.seeds):
-        torch.manual_seed(seed)
-        model = FMNISTResNet(width=args.width).to(args.device)
-        path = os.path.join(args.cache, f"resnet_w{args.width}_e{epochs}_n{len(data.x_train)}_s{seed}.pt")
-        if os.path.exists(path) and not args.quick:
-            model.load_state_dict(torch.load(path, map_location=args.device))
-            seconds = 0.0
-        else:
-            seconds = train_resnet(model, data, epochs=epochs, seed=seed)["seconds"]
-            if not args.quick:
-                torch.save(model.state_dict(), path)
+    for seed in args.seed_list:
+        model, seconds = cached_resnet(args, data, seed, epochs, args.width)
         acc = test_accuracy(model.eval(), data)
         trained_models.append(model)
         accs.append(acc)
@@ -96,11 +87,11 @@ def main() -> None:
     # ---------------------------------------------------------------- §4.1 trained vs random
     panels = {}
     claim_rows = []
-    for method, ch_agg, emb_agg in ATTRIBUTION_CONFIGS:
+    for method, ch_agg, emb_agg in attribution_configs(args):
         agg = dict(channel_aggregator=ch_agg, embedding_aggregator=emb_agg)
         key = f"{method}, rho_D={emb_agg}"
         tr, rd, bm = [], [], []
-        for seed, model in enumerate(trained_models):
+        for seed, model in zip(args.seed_list, trained_models):
             torch.manual_seed(100 + seed)
             untrained = FMNISTResNet(width=args.width).to(args.device).eval()
             torch.manual_seed(seed)
@@ -148,9 +139,9 @@ def main() -> None:
     settings = [("activation_gradient", "mean"), ("gradient", "mean")]
     rhos = {f"{m}, rho_D={e}": [] for m, e in settings}
     scatter = {k: ([], []) for k in rhos}
-    rand_seeds = (1,) if args.quick else (1, 2)
+    rand_seeds = (1,)
     layers_to_randomise = RESNET_RANDOMISABLE[:3] if args.quick else RESNET_RANDOMISABLE
-    for seed, model in enumerate(trained_models):
+    for seed, model in zip(args.seed_list, trained_models):
         variants = [("none", model)]
         for name in layers_to_randomise:
             for s in rand_seeds:
@@ -204,7 +195,7 @@ def main() -> None:
     xv = x[: max(8, n // 2)]
     for thr in (None, 0.5):
         tr_v, rd_v = [], []
-        for seed, model in enumerate(trained_models):
+        for seed, model in zip(args.seed_list, trained_models):
             torch.manual_seed(100 + seed)
             untrained = FMNISTResNet(width=args.width).to(args.device).eval()
             kw = dict(score="variance", method="activation_gradient", threshold=thr)
