@@ -113,19 +113,31 @@ def main() -> None:
     paper_rows = []
     for clip_name in CLIPS:
         for cfg in configs:
+            rho = {}
             for net_name in ("trained", "untrained"):
-                rhos = [spearman(EPSILONS, c.tolist()) for c in curves[(net_name, clip_name, cfg)]]
+                rho[net_name] = [spearman(EPSILONS, c.tolist()) for c in curves[(net_name, clip_name, cfg)]]
                 at1 = [c[EPSILONS.index(1.0)].item() for c in curves[(net_name, clip_name, cfg)]]
                 paper_rows.append(
                     [
                         f"{net_name}, {clip_name}, {cfg}",
                         "negative" if net_name == "trained" else "(control)",
-                        " ".join(f"{r:+.2f}" for r in rhos),
-                        fmt_ci(rhos, 2),
+                        " ".join(f"{r:+.2f}" for r in rho[net_name]),
+                        fmt_ci(rho[net_name], 2),
                         fmt_ci(at1, 3),
-                        verdict(rhos, -1) if net_name == "trained" else "-",
+                        verdict(rho[net_name], -1) if net_name == "trained" else "-",
                     ]
                 )
+            diff = [a - b for a, b in zip(rho["trained"], rho["untrained"])]
+            paper_rows.append(
+                [
+                    f"trained - untrained (paired), {clip_name}, {cfg}",
+                    "(not in paper)",
+                    "",
+                    fmt_ci(diff, 2),
+                    "",
+                    "-",
+                ]
+            )
     print_table(
         f"paper vs ours: Spearman(eps, relative NS) per seed ({args.seeds} seeds, {n} test images, "
         f"{len(EPSILONS)} eps values incl. 0)",
