@@ -38,6 +38,7 @@ from _fmnist_common import (
     verdict,
 )
 from _scores_common import print_table, spearman
+from scipy.stats import spearmanr
 
 from captum_concepts.metrics import score_curve
 
@@ -139,6 +140,7 @@ def main() -> None:
     settings = [("activation_gradient", "mean"), ("gradient", "mean")]
     rhos = {f"{m}, rho_D={e}": [] for m, e in settings}
     scatter = {k: ([], []) for k in rhos}
+    pvals = {k: [] for k in rhos}  # one test per trained network (its randomised copies)
     rand_seeds = (1,)
     layers_to_randomise = RESNET_RANDOMISABLE[:3] if args.quick else RESNET_RANDOMISABLE
     for seed, model in zip(args.seed_list, trained_models):
@@ -167,6 +169,7 @@ def main() -> None:
             for r, s in zip(rows, scores):
                 r.append(f"{s:.3f}")
             rhos[key].append(spearman(scores, v_accs))
+            pvals[key].append(float(spearmanr(scores, v_accs).pvalue))
             scatter[key][0].extend(v_accs)
             scatter[key][1].extend(scores)
         print_table(
@@ -185,7 +188,13 @@ def main() -> None:
             "verdict",
         ],
         [
-            [k, "0.9 (top-1 and top-5)", " ".join(f"{r:+.2f}" for r in v), fmt_ci(v, 2), verdict(v, +1)]
+            [
+                k,
+                "0.9 (top-1 and top-5)",
+                " ".join(f"{r:+.2f} (p {q:.3f})" for r, q in zip(v, pvals[k])),
+                fmt_ci(v, 2),
+                verdict(v, +1),
+            ]
             for k, v in rhos.items()
         ],
     )
