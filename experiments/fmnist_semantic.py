@@ -73,6 +73,7 @@ def _extra(p) -> None:
     p.add_argument("--canvases", type=int, default=6000, help="training canvases of the pointing game")
     p.add_argument("--canvas-epochs", type=int, default=4)
     p.add_argument("--skip-pointing", action="store_true", help="parts 1-2 only")
+    p.add_argument("--pointing-only", action="store_true", help="part 3 only")
     p.add_argument("--cache", default=CACHE)
 
 
@@ -116,6 +117,10 @@ def main() -> None:
     n_fit = min(args.n_fit, len(data.x_train))
     n_eval = min(100 if args.quick else args.n_eval, len(data.x_test))
     print("\n".join(header(args, "fmnist_semantic")))
+    if args.pointing_only:
+        pointing(args, data)
+        print(f"\ntotal time {time.perf_counter() - t0:.0f} s (device {args.device})")
+        return
     xf, yf = data.x_train[:n_fit], data.y_train[:n_fit]
     xe, ye = data.x_test[:n_eval], data.y_test[:n_eval]
     results = {layer: {c: [] for c in COLUMNS} for layer in LAYERS}
