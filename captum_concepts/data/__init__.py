@@ -2,6 +2,7 @@
 
 from .canvas import TwoDigitCanvas, make_two_digit_canvas
 from .digits import DigitsData, load_digits_tensors
+from .fashion_mnist import FASHION_MNIST_CLASSES, FashionMNISTData, load_fashion_mnist
 from .models import DigitsCNN
 from .text_models import TinyTextTransformer
 from .training import TrainResult, accuracy, pretrained_digits_cnn, train_classifier, train_digits_cnn
@@ -9,6 +10,9 @@ from .training import TrainResult, accuracy, pretrained_digits_cnn, train_classi
 __all__ = [
     "DigitsData",
     "load_digits_tensors",
+    "FASHION_MNIST_CLASSES",
+    "FashionMNISTData",
+    "load_fashion_mnist",
     "DigitsCNN",
     "TinyTextTransformer",
     "TrainResult",
