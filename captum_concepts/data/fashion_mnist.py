@@ -54,7 +54,18 @@ _UBYTE = 0x08
 @dataclass
 class FashionMNISTData(DigitsData):
     """Train/test split of Fashion-MNIST: ``x_*`` float32 ``(N, 1, 28, 28)`` in ``[0, 1]``,
-    ``y_*`` int64 ``(N,)`` in ``0..9``; ``class_names[k]`` names label ``k``."""
+    ``y_*`` int64 ``(N,)`` in ``0..9``; ``class_names[k]`` names label ``k``.
+
+    Example::
+
+        from captum_concepts.data import FashionMNISTData, load_fashion_mnist
+
+        try:
+            fmnist = load_fashion_mnist()
+            assert isinstance(fmnist, FashionMNISTData) and len(fmnist.class_names) == 10
+        except FileNotFoundError:
+            pass  # the files are not on this machine
+    """
 
     class_names: Tuple[str, ...] = field(default=FASHION_MNIST_CLASSES)
 
@@ -128,6 +139,16 @@ def load_fashion_mnist(root: Optional[Union[str, os.PathLike[str]]] = None) -> F
         FileNotFoundError: no searched folder holds all four files; the message lists the
             folders and how to get the files.
         ValueError: a file is not a valid IDX file, or images and labels disagree in count.
+
+    Example::
+
+        from captum_concepts.data import load_fashion_mnist
+
+        try:  # root=, $FASHION_MNIST_DIR, torchvision's layout or Debian's dataset-fashion-mnist
+            fmnist = load_fashion_mnist()
+            print(fmnist.x_train.shape, fmnist.class_names[:2])  # (60000, 1, 28, 28) ('T-shirt/top', 'Trouser')
+        except FileNotFoundError as err:  # says where it looked and how to get the files
+            print(err)
     """
     AnyOf(InstanceOf((str, os.PathLike), "a path (str or os.PathLike)"), NONE).check(root, "root")
     root_str = None if root is None else os.fspath(root)
