@@ -146,7 +146,7 @@ def load_fashion_mnist(root: Optional[Union[str, os.PathLike[str]]] = None) -> F
 
         try:  # root=, $FASHION_MNIST_DIR, torchvision's layout or Debian's dataset-fashion-mnist
             fmnist = load_fashion_mnist()
-            print(fmnist.x_train.shape, fmnist.class_names[:2])  # (60000, 1, 28, 28) ('T-shirt/top', 'Trouser')
+            print(fmnist.x_train.shape, fmnist.class_names[:2])  # (60000, 1, 28, 28), two names
         except FileNotFoundError as err:  # says where it looked and how to get the files
             print(err)
     """

@@ -220,10 +220,10 @@ def noise_benchmark(
             (standard normal).
         n_draws (int, optional): independent pairs. Default: 8.
         max_examples_per_batch (int, optional): as in :func:`noise_score`.
-        embedding_layer, layer, method, channel_aggregator, embedding_aggregator,
-            reshape_transform, eval_mode, show_progress (keyword only): as in
+        **kwargs: forwarded to ``explanation_func``; the keyword-only ``embedding_layer``,
+            ``layer``, ``method``, ``channel_aggregator``, ``embedding_aggregator``,
+            ``reshape_transform``, ``eval_mode`` and ``show_progress`` are as in
             :func:`noise_score` (with a model: :func:`score_curve`'s setting by default).
-        **kwargs: forwarded to ``explanation_func``.
 
     Returns:
         Tensor: ``(N,)`` per-slot benchmark values in ``[0, 1]``; the benchmark value
@@ -308,10 +308,10 @@ def variance_score(
         max_examples_per_batch (int, optional): as in :func:`noise_score`.
         differentiable (bool, optional): keep the autograd graph (see
             :func:`noise_score`). Default: False.
-        embedding_layer, layer, method, channel_aggregator, reshape_transform, eval_mode,
-            show_progress (keyword only): as in :func:`noise_score` (``rho_D`` does not enter the
+        **kwargs: forwarded to ``explanation_func``; the keyword-only ``embedding_layer``,
+            ``layer``, ``method``, ``channel_aggregator``, ``reshape_transform``, ``eval_mode``
+            and ``show_progress`` are as in :func:`noise_score` (``rho_D`` does not enter the
             variance score).
-        **kwargs: forwarded to ``explanation_func``.
 
     Returns:
         Tensor: ``(N,)`` scores in ``[0, 1/4]`` (``(L, N)`` for a list of ``L`` maps).
@@ -429,10 +429,10 @@ def drift_score(
             ``[lo, hi]``; ``"data"`` uses each input tensor's own min and max
             (default, see "Clipping" above); None does not clip.
         max_examples_per_batch (int, optional): as in :func:`noise_score`.
-        embedding_layer, layer, method, channel_aggregator, embedding_aggregator,
-            reshape_transform, eval_mode, show_progress (keyword only): as in
+        **kwargs: forwarded to ``explanation_func``; the keyword-only ``embedding_layer``,
+            ``layer``, ``method``, ``channel_aggregator``, ``embedding_aggregator``,
+            ``reshape_transform``, ``eval_mode`` and ``show_progress`` are as in
             :func:`noise_score` (with a model: :func:`score_curve`'s setting by default).
-        **kwargs: forwarded to ``explanation_func``.
 
     Returns:
         Tensor: ``(len(epsilons),)`` relative changes (``(L, E)`` for a list of ``L`` maps).
