@@ -1,0 +1,110 @@
+"""The command line's report captions and terminal lines say only what is true of the run: the
+embedding components a map aggregates (``--embedding-dims``), "held-out" only for images that were
+kept out of a fit, no two-object wording for one-object images, and the normalisation applied."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from captum_concepts.cli import main
+
+MODELS = textwrap.dedent(
+    """
+    from collections import OrderedDict
+    from torch import nn
+
+    def gap_net():
+        return nn.Sequential(OrderedDict(
+            conv1=nn.Conv2d(3, 4, 3, padding=1), relu1=nn.ReLU(),
+            gap=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), head=nn.Linear(4, 3),
+        ))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A 3-class model (its 4-channel ``gap`` is the embedding) and 3 class folders of 4 images."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("captions")
+    (root / "cli_captions_models.py").write_text(MODELS)
+    sys.path.insert(0, str(root))
+    sys.modules.pop("cli_captions_models", None)
+    import cli_captions_models
+
+    torch.manual_seed(0)
+    torch.save(cli_captions_models.gap_net().state_dict(), root / "gap.pt")
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["a", "b", "c"]):
+        (root / "images" / name).mkdir(parents=True)
+        for i in range(4):
+            arr = (rng.random((16, 16, 3)) * 80).astype(np.uint8)
+            arr[3 + c : 9 + c, 3:12, c] = 255
+            Image.fromarray(arr).save(root / "images" / name / f"{i}.png")
+    yield root
+    sys.path.remove(str(root))
+    sys.modules.pop("cli_captions_models", None)
+
+
+def _argv(command: str, root: Path, out: Path, *extra: str):
+    return [
+        command,
+        "--model",
+        "cli_captions_models:gap_net",
+        "--weights",
+        str(root / "gap.pt"),
+        "--images",
+        str(root / "images"),
+        "--image-size",
+        "16",
+        "--layers",
+        "relu1",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_scores_captions_name_the_explained_components_and_claim_no_held_out_set(setup, tmp_path, capsys):
+    argv = _argv(
+        "scores",
+        setup,
+        tmp_path / "out",
+        *("--embedding-layer", "gap", "--embedding-dims", "2", "--n-examples", "4", "--benchmark-draws", "2"),
+    )
+    assert main(argv) == 0
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    # 2 of the 4 components were explained: the grid's caption must not say all 4
+    assert "2 of the 4 embedding components (drawn at random)" in html
+    assert "over the 4 embedding components" not in html
+    # scores fits nothing on the folder: its images are not "held-out"
+    assert "held-out" not in html
+    # the normalisation is said in the terminal too, with the hint when it was a default
+    out = capsys.readouterr().out
+    assert "normalisation: none (--normalize auto: a module:factory model)" in out
+    assert "pass --mean / --std" in out
+
+
+def test_saliency_caption_without_boxes_and_help_without_sorted_order(setup, tmp_path, capsys):
+    argv = _argv("saliency", setup, tmp_path / "out", "--mean", "0.5", "--std", "0.25")
+    assert main(argv) == 0
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    # one object per image, no boxes: the two-object wording of the demo's canvases is wrong here
+    assert "the other one" not in html and "boxes, when drawn" not in html and "(its label)" in html
+    assert "held-out examples" in html  # saliency does keep a quarter of the images out of the fit
+    out = capsys.readouterr().out
+    assert "normalisation: (x - mean) / std with mean (0.5, 0.5, 0.5), std (0.25, 0.25, 0.25)" in out
+    assert "pass --mean / --std" not in out
+    with pytest.raises(SystemExit):
+        main(["saliency", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "in sorted order, are taken as the model's output classes" not in help_text
+    assert "--classes" in help_text
