@@ -108,3 +108,28 @@ def test_saliency_caption_without_boxes_and_help_without_sorted_order(setup, tmp
     help_text = " ".join(capsys.readouterr().out.split())
     assert "in sorted order, are taken as the model's output classes" not in help_text
     assert "--classes" in help_text
+
+
+def test_a_checkpoint_with_another_stem_says_what_to_do(tmp_path):
+    """A torchvision architecture saved with a 1-channel stem cannot load into the 3-channel one
+    the name builds: the error says so and points to a module:factory, not only the shapes."""
+    from torchvision import models
+
+    from captum_concepts.cli._errors import CLIError
+    from captum_concepts.cli._loading import load_model, load_weights, read_checkpoint
+
+    tuned = models.resnet18(num_classes=10)
+    tuned.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    torch.save({f"module.{k}": v for k, v in tuned.state_dict().items()}, tmp_path / "gray.pt")
+    with pytest.raises(CLIError) as err:
+        load_weights(load_model("resnet18", num_classes=10), read_checkpoint(str(tmp_path / "gray.pt")))
+    message = str(err.value)
+    assert "conv1.weight (64, 1, 7, 7) vs (64, 3, 7, 7)" in message
+    assert "takes 1 input channel(s), the model built here 3" in message
+    assert "module:factory" in message and "--channels 1" in message
+    # same stem, another head: no stem hint
+    other = models.resnet18(num_classes=4)
+    torch.save(other.state_dict(), tmp_path / "head.pt")
+    with pytest.raises(CLIError) as err:
+        load_weights(load_model("resnet18", num_classes=10), read_checkpoint(str(tmp_path / "head.pt")))
+    assert "fc.weight (4, 512) vs (10, 512)" in str(err.value) and "input channel" not in str(err.value)
