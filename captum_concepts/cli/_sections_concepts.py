@@ -173,7 +173,8 @@ def _tcav_section(
     caption = (
         f"TCAV (Kim et al., 2018) at {layer} on held-out images. {how} Each concept's CAV separates its "
         f"{k} top examples from a random set of {k} fitting images; this is repeated with {r_sets} random "
-        f"sets, and each class's null distribution is random set 0 vs the same {r_sets} random sets. "
+        f"sets, and each class's null distribution is one more random set (set 0) vs the same {r_sets} "
+        "random sets. "
         "Score: the share of a class's held-out images whose class logit increases along the CAV "
         f"(sign count), mean ± std over the {r_sets} random sets (in brackets: the mean of the random "
         f"sets' own scores, the null); 0.5 is no relation. p: two-sided "
