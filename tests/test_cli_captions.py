@@ -83,7 +83,7 @@ def test_scores_captions_name_the_explained_components_and_claim_no_held_out_set
     assert main(argv) == 0
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     # 2 of the 4 components were explained: the grid's caption must not say all 4
-    assert "2 of the 4 embedding components (drawn at random)" in html
+    assert "2 of the 4 embedding components, drawn at random" in html
     assert "over the 4 embedding components" not in html
     # scores fits nothing on the folder: its images are not "held-out"
     assert "held-out" not in html

@@ -72,7 +72,7 @@ def _explained_components(ctx: Context) -> str:
     where = "output" if ctx.embedding_layer is None else "embedding"
     if ctx.embedding_dims is None:
         return f"the {total} {where} components"
-    return f"{len(ctx.embedding_dims)} of the {total} {where} components (drawn at random)"
+    return f"{len(ctx.embedding_dims)} of the {total} {where} components, drawn at random"
 
 
 def embedding_size(model: nn.Module, layer: Optional[str], x: torch.Tensor) -> int:
