@@ -133,3 +133,59 @@ def test_a_checkpoint_with_another_stem_says_what_to_do(tmp_path):
     with pytest.raises(CLIError) as err:
         load_weights(load_model("resnet18", num_classes=10), read_checkpoint(str(tmp_path / "head.pt")))
     assert "fc.weight (4, 512) vs (10, 512)" in str(err.value) and "input channel" not in str(err.value)
+
+
+def test_tcav_at_a_layer_before_a_linear_head_is_flagged():
+    """After global average pooling and a linear head, d(logit)/d(layer) = W_c / (H W) for every
+    image, so TCAV's sign count is 0 or 1 whatever the images: the check is detected (and only then)."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    from captum_concepts.cli._context import Context
+    from captum_concepts.cli._sections_tcav import gradient_is_image_independent
+
+    torch.manual_seed(4)  # a seed whose relu2 is on for some images and off for others (checked below)
+    model = nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(3, 4, 3, padding=1),
+            relu=nn.ReLU(),
+            gap=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(4, 5),
+            relu2=nn.ReLU(),
+            head=nn.Linear(5, 3),
+        )
+    ).eval()
+    images = torch.randn(6, 3, 8, 8) * 3
+    with torch.no_grad():
+        on = model.fc(model.flatten(model.gap(model.relu(model.conv(images))))) > 0
+    assert (on != on[:1]).any()  # relu2's pattern differs between images
+
+    def ctx(layer: str) -> Context:
+        return Context(
+            model=model,
+            report=None,
+            fit_images=images,
+            fit_labels=torch.zeros(6),
+            eval_images=images,
+            eval_labels=torch.zeros(6),
+            class_names=["a", "b", "c"],
+            layers=[layer],
+            embedding_layer=None,
+            concept_layer=layer,
+            random_model=lambda: None,
+            device=torch.device("cpu"),
+            seed=0,
+        )
+
+    # "fc" reaches the output through relu2 (image-dependent); "relu2" only through the linear head;
+    # "relu" through gap + flatten + fc + relu2: relu2 makes the gradient image-dependent again
+    assert gradient_is_image_independent(ctx("relu2"), images, target=1)
+    assert not gradient_is_image_independent(ctx("fc"), images, target=1)
+    assert not gradient_is_image_independent(ctx("relu"), images, target=1)
+    # plain autograd: at relu2 the gradient of logit 1 is head.weight[1] for every image
+    feats = torch.relu(model.fc(model.flatten(model.gap(model.relu(model.conv(images)))))).requires_grad_()
+    (grad,) = torch.autograd.grad(model.head(feats)[:, 1].sum(), feats)
+    assert torch.allclose(grad, model.head.weight[1].detach().expand_as(grad))
+    assert not gradient_is_image_independent(ctx("relu2"), images[:1], target=1)  # one image: no claim
