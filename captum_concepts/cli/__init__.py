@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         "saliency",
         help="semantic vectors per class and semantic vs plain saliency maps",
         description="Semantic vectors of the image classes at the last of LAYERS, their relevance matrix, "
-        "and Semantic Guided Backprop / Gradient x Input next to the plain methods. The image folder's "
-        "class sub-folders, in sorted order, are taken as the model's output classes 0, 1, 2, ...",
+        "and Semantic Guided Backprop / Gradient x Input next to the plain methods. Each class sub-folder "
+        "of the image folder is one of the model's outputs (see --classes for which).",
     )
     _user_model_args(saliency)
     _common(saliency, "saliency_out")

@@ -104,6 +104,11 @@ def run_user_command(args: argparse.Namespace) -> Path:
         load_weights(model, checkpoint)
         for note in checkpoint.notes if checkpoint else []:
             _say(f"--weights: {note}")
+        guessed = "--normalize auto" in norm.source  # a default, not the model's known statistics
+        _say(
+            f"normalisation: {norm.describe()}"
+            + ("; if the model was trained with other statistics, pass --mean / --std" if guessed else "")
+        )
         model.eval()
         if norm.mean is not None:
             model = Normalized(model, norm.mean, norm.std).eval()
@@ -193,6 +198,7 @@ def run_user_command(args: argparse.Namespace) -> Path:
         upsample=None if args.upsample == "none" else args.upsample,
         shift=None if getattr(args, "shift", "none") == "none" else args.shift,
         weights_tag="trained" if args.weights else "untrained",
+        eval_held_out=n_fit < n,
     )
     if args.command == "scores":
         ctx.n_score_examples = args.n_examples

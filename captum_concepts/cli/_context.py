@@ -30,7 +30,7 @@ class Context:
     report: Report
     fit_images: torch.Tensor  # examples to fit concepts on
     fit_labels: torch.Tensor
-    eval_images: torch.Tensor  # held-out examples to explain / score
+    eval_images: torch.Tensor  # examples to explain / score (held out from fit_images if eval_held_out)
     eval_labels: torch.Tensor
     class_names: List[str]
     layers: List[str]  # source layers for attributions, scores and concepts
@@ -49,6 +49,7 @@ class Context:
     upsample: Optional[str] = "nearest"
     shift: Optional[str] = None  # CoupledNMFConcepts(shift=...)
     weights_tag: str = "trained"  # "untrained" when no weights were given
+    eval_held_out: bool = True  # False: eval_images are fit_images (nothing was held out of the folder)
 
     def label(self, layer: Optional[str]) -> str:
         if layer is None:
@@ -56,6 +57,12 @@ class Context:
         if self.layer_labels and layer in self.layers:
             return self.layer_labels[self.layers.index(layer)]
         return layer[len("model.") :] if layer.startswith("model.") else layer
+
+
+def eval_words(ctx: Context) -> str:
+    """``"held-out "`` when the evaluation images were kept out of the fitting, else ``""``: a caption
+    says "held-out" only when it is true."""
+    return "held-out " if ctx.eval_held_out else ""
 
 
 def pick_examples(labels: torch.Tensor, k: int) -> torch.Tensor:

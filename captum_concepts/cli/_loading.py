@@ -219,6 +219,22 @@ def head_classes(state: Dict[str, torch.Tensor]) -> Optional[Tuple[str, int]]:
     return key, n
 
 
+def _stem_hint(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]) -> str:
+    """When the first convolution's input channels differ (a 1-channel stem on a torchvision
+    architecture, say), what to do about it; else ``""``."""
+    first = next((k for k, v in own.items() if v.dim() >= 3), None)
+    if first is None or first not in state or state[first].dim() != own[first].dim():
+        return ""
+    theirs, ours = int(state[first].shape[1]), int(own[first].shape[1])
+    if theirs == ours:
+        return ""
+    return (
+        f". The checkpoint's first layer {first} takes {theirs} input channel(s), the model built here "
+        f"{ours}: a model with a changed stem needs a module:factory that builds it "
+        f"(with --channels {theirs})"
+    )
+
+
 def load_weights(model: nn.Module, checkpoint: Optional[Checkpoint]) -> None:
     """Load ``checkpoint`` into ``model``; a mismatch names the missing, unexpected and
     wrong-shaped entries."""
@@ -241,7 +257,9 @@ def load_weights(model: nn.Module, checkpoint: Optional[Checkpoint]) -> None:
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         if wrong:
             parts.append(f"{len(wrong)} with another shape (e.g. {'; '.join(wrong[:2])})")
-        raise CLIError(f"weights in {path!r} do not match the model: " + ", ".join(parts))
+        raise CLIError(
+            f"weights in {path!r} do not match the model: " + ", ".join(parts) + _stem_hint(own, state)
+        )
     model.load_state_dict(state)
 
 

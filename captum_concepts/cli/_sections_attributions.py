@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .. import visualization as viz
-from ._context import AGGREGATORS, Context, pick_examples, source_transforms
+from ._context import AGGREGATORS, Context, eval_words, pick_examples, source_transforms
 from ._sections_labels import plot_label, plot_labels
 
 
@@ -52,24 +52,27 @@ def embedding_attributions(ctx: Context, n_examples: int = 2, method: str = "act
         labels=row_labels,
         use_pyplot=False,
     )
-    dim = _embedding_dim(ctx)
+    dims = _explained_components(ctx)
     rep.add_figure(
         fig,
         "embedding_attributions",
         "Embedding attribution grid (aggregator x layer)",
-        f"Each row is one held-out example (its class, then the aggregator over the {dim} embedding "
-        f"components); each column a source layer, from the input to deeper layers. Maps are activations "
-        f"x gradients of every embedding component, averaged over channels, then aggregated over the "
+        f"Each row is one {eval_words(ctx)}example (its class, then the aggregator over {dims}); each "
+        f"column a source layer, from the input to deeper layers. Maps are activations x gradients of each "
+        f"of these embedding components, averaged over channels, then aggregated over the "
         f"components and copied back onto the image (nearest upsampling). Red is positive, blue negative; "
         f"each map is scaled on its own. The variance aggregator gives the sparsest maps: it lights up "
         f"where embedding components disagree, i.e. the features that distinguish this example.",
     )
 
 
-def _embedding_dim(ctx: Context) -> str:
-    if ctx.embedding_layer is None:
-        return "output"
-    return str(embedding_size(ctx.model, ctx.embedding_layer, ctx.eval_images[:1].to(ctx.device)))
+def _explained_components(ctx: Context) -> str:
+    """The embedding components the maps aggregate: all of them, or the ``--embedding-dims`` subset."""
+    total = embedding_size(ctx.model, ctx.embedding_layer, ctx.eval_images[:1].to(ctx.device))
+    where = "output" if ctx.embedding_layer is None else "embedding"
+    if ctx.embedding_dims is None:
+        return f"the {total} {where} components"
+    return f"{len(ctx.embedding_dims)} of the {total} {where} components, drawn at random"
 
 
 def embedding_size(model: nn.Module, layer: Optional[str], x: torch.Tensor) -> int:

@@ -17,6 +17,7 @@ from ._sections_tcav import (
     HeldOutSplit,
     TcavTest,
     format_p,
+    gradient_is_image_independent,
     held_out_split,
     inputs_per_class,
     n_random_sets,
@@ -140,12 +141,22 @@ def _tcav_section(
             + ", ".join(f"{names[c]} ({counts[c]} held out)" for c in short)
             + ".",
         )
+    layer = text_label(ctx.label(ctx.concept_layer))
+    probe = int(top_classes[0, 0])
+    if gradient_is_image_independent(ctx, split.test_images[:8], probe):
+        _warn(
+            ctx,
+            f"TCAV at {layer} does not depend on the images: the gradient of a class output there is the "
+            "same for every image (the layer reaches the output through linear operations only, such as "
+            "global average pooling and a linear head), so every image gets the same sign and each score "
+            "is 0 or 1. The scores below test the CAVs' directions, not the images; put an earlier layer "
+            "last in --layers for a TCAV that reads the images.",
+        )
     pairs = [(j, int(top_classes[j, 0])) for j in range(n_concepts)]
     pairs += [(j, int(control[j])) for j in range(n_concepts) if int(control[j]) != int(top_classes[j, 0])]
     tests = tcav_tests(ctx, cnmf, x, split, pairs, k)
     level, sig = significant(tests)
     r_sets = n_random_sets(ctx)
-    layer = text_label(ctx.label(ctx.concept_layer))
 
     def cells(j: int, c: int) -> List[object]:
         test = tests.get((j, c))
@@ -173,7 +184,8 @@ def _tcav_section(
     caption = (
         f"TCAV (Kim et al., 2018) at {layer} on held-out images. {how} Each concept's CAV separates its "
         f"{k} top examples from a random set of {k} fitting images; this is repeated with {r_sets} random "
-        f"sets, and each class's null distribution is random set 0 vs the same {r_sets} random sets. "
+        f"sets, and each class's null distribution is one more random set (set 0) vs the same {r_sets} "
+        "random sets. "
         "Score: the share of a class's held-out images whose class logit increases along the CAV "
         f"(sign count), mean ± std over the {r_sets} random sets (in brackets: the mean of the random "
         f"sets' own scores, the null); 0.5 is no relation. p: two-sided "

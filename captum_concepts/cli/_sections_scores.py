@@ -9,7 +9,7 @@ from torch import nn
 
 from .. import visualization as viz
 from .._utils.progress import progress_bar
-from ._context import Context, source_transforms
+from ._context import Context, eval_words, source_transforms
 from ._sections_labels import plot_labels, text_label
 
 READING_GUIDE = (
@@ -107,8 +107,8 @@ def score_curves(ctx: Context) -> None:
         fig,
         "noise_score_curve",
         f"Noise score curve: {ctx.weights_tag} vs random weights",
-        f"Mean noise score over {len(x)} held-out images at each source layer, for the {ctx.weights_tag} "
-        "network and "
+        f"Mean noise score over {len(x)} {eval_words(ctx)}images at each source layer, for the "
+        f"{ctx.weights_tag} network and "
         "for the same architecture with random weights; the dashed line and grey band are the noise "
         f"benchmark (two noise inputs through the {ctx.weights_tag} network, mean +/- std over draws). "
         "The paper's "

@@ -111,9 +111,15 @@ def saliency_comparison(
         fig,
         "semantic_saliency",
         "Plain vs semantic saliency",
-        "Each row explains one target class of one image (boxes, when drawn, mark the objects: green is the "
-        "target's). Positive evidence only, each map scaled on its own. The semantic variants should "
-        "concentrate on the target object and drop evidence for the other one.",
+        "Each row explains one target class of one image"
+        + (
+            " (its label); positive evidence only, each map scaled on its own. The semantic variants should "
+            "keep the evidence specific to the target class and drop what it shares with other classes."
+            if boxes is None
+            else " (boxes mark the objects: green is the target's). Positive evidence only, each map scaled "
+            "on its own. The semantic variants should concentrate on the target object and drop evidence "
+            "for the other one."
+        ),
     )
     if masks is None:
         rep.add_note("No object boxes or masks for these images: the pointing-game curve is skipped.")

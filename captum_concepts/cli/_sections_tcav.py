@@ -180,6 +180,27 @@ def _run_tcav(
     return results
 
 
+def gradient_is_image_independent(ctx: Context, images: torch.Tensor, target: int) -> bool:
+    """True when the gradient of output ``target`` w.r.t. ``ctx.concept_layer`` is the same for every
+    one of ``images`` (N >= 2), as when the layer reaches the output through linear operations only
+    (global average pooling and a linear head): every image's directional derivative along a CAV then
+    has the same sign, and each TCAV score is 0 or 1 whatever the images."""
+    from captum._utils.gradient import compute_layer_gradients_and_eval
+
+    from .._utils.layers import resolve_layer
+
+    if len(images) < 2:
+        return False
+    module = resolve_layer(ctx.model, ctx.concept_layer)
+    with torch.enable_grad():
+        grads, _ = compute_layer_gradients_and_eval(
+            ctx.model, module, images.to(ctx.device), target_ind=target
+        )
+    g = grads[0].detach().flatten(1)
+    scale = float(g.abs().max())
+    return scale > 0 and float((g - g[:1]).abs().max()) <= 1e-5 * scale
+
+
 def t_test_p_value(a: Sequence[float], b: Sequence[float], equal_var: bool = True) -> float:
     """Two-sided p-value of the two-sample t-test of ``a`` against ``b`` (each at least 2 values).
 
