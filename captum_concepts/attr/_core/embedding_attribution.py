@@ -43,9 +43,11 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
     Every embedding component ``z_d`` (``d = 1..D``) is treated as its own output node. A base
     saliency method gives per-channel maps ``A_d`` at the source layer ``l``; they are aggregated
     over channels (``rho_C``), then over embedding dimensions (``rho_D``), then upsampled to the
-    input's resolution (``U``)::
+    input's resolution (``U``):
 
-        E(x) = U( rho_D( { rho_C(A_d(x)) }_{d=1..D} ) )
+    .. math::
+
+        E(x) = U\Big(\rho_D\big(\{\rho_C(A_d(x))\}_{d=1}^{D}\big)\Big)
 
     ============================  =========================================  ==========================
     ``method``                    ``A_d``                                    Captum when ``D = 1``

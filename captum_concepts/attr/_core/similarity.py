@@ -116,10 +116,16 @@ class SimilarityAttribution:
     ``"dot"``, ``s = sum_d z_d(a) z_d(b)``, or ``"cosine"``, ``s = z(a).z(b) / (|z(a)| |z(b)|)``.
     The map of side ``a`` at source position ``p`` (a pixel, or a position of ``layer``) is the
     base method of :class:`EmbeddingAttribution` applied to ``s`` as a function of ``a`` with
-    ``b`` fixed, summed over channels::
+    ``b`` fixed, summed over channels:
 
-        m^a(p) = sum_c A_c(p),   A = F * ds/dF  ("activation_gradient"),  ds/dF  ("gradient"),
-                                 alpha_c F_c with alpha_c the spatial mean of ds/dF_c  ("gradcam")
+    .. math::
+
+        m^a(p) = \sum_c A_c(p), \qquad
+        A = F \odot \frac{\partial s}{\partial F} \ (\texttt{activation_gradient}), \quad
+        \frac{\partial s}{\partial F} \ (\texttt{gradient}), \quad
+        \alpha_c F_c \ (\texttt{gradcam})
+
+    with :math:`\alpha_c` the spatial mean of :math:`\partial s / \partial F_c`,
 
     and ``ds/dF = sum_d w_d dz_d(a)/dF`` with ``w = ds/dz(a)``: ``w = z(b)`` for ``dot`` (the
     embedding aggregation of ``a``'s per-dimension maps weighted by ``z(b)``) and, for ``cosine``,
@@ -413,9 +419,12 @@ class SimilarityAttribution:
         r"""Correspondence maps ``M(p, q)``: how much positions ``p`` of ``a`` and ``q`` of ``b`` make
         the similarity.
 
-        A second-order explanation, as BiLRP (Eberle et al. 2022)::
+        A second-order explanation, as BiLRP (Eberle et al. 2022):
 
-            M(p, q) = c * sum_d m_d^a(p) m_d^b(q),   c = 1 (dot),  1 / (|z(a)| |z(b)|) (cosine)
+        .. math::
+
+            M(p, q) = c \sum_d m_d^a(p)\, m_d^b(q), \qquad
+            c = 1 \ (\texttt{dot}), \quad c = \frac{1}{\|z(a)\|\,\|z(b)\|} \ (\texttt{cosine})
 
         with the per-dimension maps of :meth:`per_dim_maps`. For ``"activation_gradient"`` on a
         positively homogeneous encoder (ReLU, no biases, source layer or inputs), Euler's theorem

@@ -19,9 +19,11 @@ def channel_masks(activation_rates: torch.Tensor, layer_shape: Sequence[int]) ->
     **[our extension]** Gu & Tresp mask a layer's units with ``1[r_c > 0.5]``, per unit, i.e. per
     (channel, position) of a convolutional layer, so the mask depends on *where* the class's
     evidence used to be. With ``rbar_c[ch]`` the activation rate ``r_c`` averaged over the
-    channel's positions, the channel mask is::
+    channel's positions, the channel mask is, for every position :math:`p`:
 
-        mask_c[ch, p] = 1[ rbar_c[ch] > mean_{c'} rbar_{c'}[ch] ]    for every position p
+    .. math::
+
+        \mathrm{mask}_c[ch, p] = \mathbb{1}\Big[\bar r_c[ch] > \operatorname{mean}_{c'} \bar r_{c'}[ch]\Big]
 
     (class-relative: a channel is kept for the concepts that use it more than average; there is
     no absolute threshold). For a dense layer (``layer_shape = (D,)``) each unit is its own

@@ -293,10 +293,15 @@ def concept_importance(
     With ``A`` the activations of the fitted ``layer`` (the layer's output, channels first),
     ``g = d logit_t / dA``, ``u`` the concept coefficients of the example (a column of
     :meth:`CoupledNMFConcepts.transform`) and ``o_k`` concept ``k``'s neuron factor in the
-    layer's space (``O_j[:, k]`` reshaped, or broadcast over positions for pooled fits)::
+    layer's space (``O_j[:, k]`` reshaped, or broadcast over positions for pooled fits):
 
-        importance_k = u_k <g, o_k>,    residual = <g, A - sum_k u_k o_k>,
-        sum_k importance_k + residual = <g, A>   (the layer's gradient x activation total)
+    .. math::
+
+        \mathrm{importance}_k = u_k \langle g, o_k \rangle, \qquad
+        \mathrm{residual} = \Big\langle g, A - \sum_k u_k o_k \Big\rangle, \qquad
+        \sum_k \mathrm{importance}_k + \mathrm{residual} = \langle g, A \rangle
+
+    (the layer's gradient × activation total)
 
     exactly, for any ``u``. All ``d`` concepts cost ONE forward and ONE backward pass (stopping
     at ``layer``) per target, plus the forward passes of ``transform`` unless ``coefficients``

@@ -40,9 +40,13 @@ def concept_sobol_indices(
     with ``R = A - sum_k u_k o_k`` (so ``m = 1`` gives back ``A``), and the rest of the model runs
     on ``A(m)``. With masks ``m`` uniform on ``[0, 1]^d`` from a scrambled Sobol sequence and
     Jansen's estimator on Saltelli's design (matrices ``M_A``, ``M_B`` and ``M_C^k`` = ``M_A``
-    with column ``k`` from ``M_B``)::
+    with column ``k`` from ``M_B``):
 
-        S_T,k = mean((y(M_A) - y(M_C^k))^2) / (2 Var(y)),    Var over y(M_A) and y(M_B)
+    .. math::
+
+        S_{T,k} = \frac{\operatorname{mean}\big((y(M_A) - y(M_C^k))^2\big)}{2 \operatorname{Var}(y)},
+
+    the variance taken over :math:`y(M_A)` and :math:`y(M_B)`.
 
     Costs ``n_designs * (d + 2) * N`` rows of forward passes, run ``max_batch`` rows at a time
     (the inputs repeated; no backward pass). An example whose

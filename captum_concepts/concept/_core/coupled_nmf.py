@@ -133,11 +133,15 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
 
     Factorises pixel blocks ``D_i`` (channel ``i`` of every input, ``S_i x N``) and
     activation blocks ``A_j`` (layer ``j``, ``a_j x N``) with a shared example
-    factor ``F`` (``d x N``)::
+    factor ``F`` (``d x N``):
 
-        J = sum_i w_i ||D_i - P_i F||^2 + sum_j w_j ||A_j - O_j F||^2
-            + lambda_p sum_i ||P_i||^2 + lambda_o sum_j ||O_j||^2 + lambda_f ||F||^2
-            + group_sparsity * sum_{k, g} ||F[k, I_g]||_2
+    .. math::
+
+        J = \sum_i w_i \|D_i - P_i F\|^2 + \sum_j w_j \|A_j - O_j F\|^2
+            + \lambda_p \sum_i \|P_i\|^2 + \lambda_o \sum_j \|O_j\|^2 + \lambda_f \|F\|^2
+            + \beta \sum_{k, g} \|F_{k, I_g}\|_2
+
+    (:math:`\beta` is ``group_sparsity``)
 
     with all factors non-negative (Saini & Papalexakis, Equation 3.1; the ``w`` are 1 unless
     ``block_weights`` says otherwise). Row ``k`` of ``F`` is concept ``k``'s

@@ -64,8 +64,12 @@ def noise_score(
 ) -> torch.Tensor:
     r"""Noise score (informativeness): how far the attributions of an input are from those of noise.
 
-    Bertolini et al., Equation 1: ``NS(x) = mean_pixels |Nrm(E(x)) - Nrm(E(x̃))|``, ``x̃`` a
-    noise input.
+    Bertolini et al., Equation 1, with :math:`\tilde x` a noise input:
+
+    .. math::
+
+        \mathrm{NS}(x) = \operatorname{mean}_{\text{pixels}}
+        \big|\operatorname{Nrm}(E(x)) - \operatorname{Nrm}(E(\tilde x))\big|
 
     ``Nrm`` rescales each example's map to ``[0, 1]`` (min–max; a constant map
     becomes all zeros **[choice]**), so ``0 <= NS <= 1``. With
@@ -204,8 +208,13 @@ def noise_benchmark(
     r"""Noise benchmark: the noise score between two independent noise inputs, the score of an
     uninformative model.
 
-    Bertolini et al., Equation 2: ``NS0 = mean |Nrm(E(x̃1)) - Nrm(E(x̃2))|`` for two
-    independent noise inputs, averaged over ``n_draws`` pairs.
+    Bertolini et al., Equation 2, for two independent noise inputs, averaged over ``n_draws``
+    pairs:
+
+    .. math::
+
+        \mathrm{NS}_0 = \operatorname{mean}
+        \big|\operatorname{Nrm}(E(\tilde x_1)) - \operatorname{Nrm}(E(\tilde x_2))\big|
 
     ``inputs`` only fix the shape, dtype and device of the noise (and the batch the
     per-example ``kwargs`` such as ``target`` refer to); the result is the noise
@@ -283,8 +292,13 @@ def variance_score(
 ) -> torch.Tensor:
     r"""Variance score (conciseness): how much the embedding's dimensions differ in where they look.
 
-    Bertolini et al., Equation 3: ``VS(x) = mean_pixels Var_d[Nrm(M_d(x))]`` over the
-    channel-aggregated, per-embedding-dimension maps ``M_d`` (not aggregated over ``d``).
+    Bertolini et al., Equation 3, over the channel-aggregated, per-embedding-dimension maps
+    :math:`M_d` (not aggregated over :math:`d`):
+
+    .. math::
+
+        \mathrm{VS}(x) = \operatorname{mean}_{\text{pixels}}
+        \operatorname{Var}_d\big[\operatorname{Nrm}(M_d(x))\big]
 
     Each map ``M_d`` of each example is min–max normalised on its own (constant →
     zeros); the population variance over ``d`` is then at most ``1/4``
@@ -398,9 +412,16 @@ def drift_score(
 ) -> torch.Tensor:
     r"""Relative change of the noise score under dataset drift (Bertolini, Clevert & Montanari, §4.4).
 
-    For each ``ε``: ``x_ε = clip(x + ε·n, lo, hi)`` with a drift direction ``n``
-    (standard normal by default) and the relative change of the batch-mean noise
-    score ``(mean NS(x_ε) - mean NS(x)) / mean NS(x)``. The paper reports that it
+    For each :math:`\varepsilon`, with a drift direction :math:`n` (standard normal by default),
+    :math:`x_\varepsilon = \operatorname{clip}(x + \varepsilon n, lo, hi)` and the relative change
+    of the batch-mean noise score
+
+    .. math::
+
+        \frac{\operatorname{mean} \mathrm{NS}(x_\varepsilon) - \operatorname{mean} \mathrm{NS}(x)}
+        {\operatorname{mean} \mathrm{NS}(x)}.
+
+    The paper reports that it
     falls as ``ε`` grows (negative Spearman correlation); that shows with mean channel and mean
     embedding aggregation (see :func:`noise_score`), the default when the model itself is passed.
 
