@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from _kernels import kernel_batch
+from _kernels import assert_matches, kernel_batch
 from captum.concept import TCAV
 from sklearn.base import clone
 from sklearn.decomposition import NMF
@@ -197,7 +197,10 @@ def test_fit_leaves_model_untouched_and_loader_matches_tensor(digits, digits_cnn
     assert_same_state(before, digits_cnn)
     loader = DataLoader(TensorDataset(x, digits.y_test), batch_size=kernel_batch(50))
     b = CoupledNMFConcepts(6, digits_cnn, **kwargs).fit(loader, has_labels=True)
-    assert torch.allclose(a.example_factors_, b.example_factors_, rtol=1e-3, atol=1e-5)
+    # 20 HALS sweeps carry the rounding of another batch composition: compared to a fraction of the
+    # factors' scale (near-zero entries differ by more than 1e-5 on some kernel paths)
+    scale = float(a.example_factors_.abs().max())
+    assert_matches(b.example_factors_, a.example_factors_, rtol=1e-3, atol=1e-4 * scale)
     pooled = CoupledNMFConcepts(6, digits_cnn, layers=["block2.relu", "block3.pool"], pool="mean", max_iter=5)
     pooled.fit(x)
     assert [o.shape[0] for o in pooled.neuron_factors_] == [32, 64]
