@@ -24,7 +24,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["LayerCapture", "StopForward", "current_forward"]
+__all__ = ["LayerCapture", "StopForward"]
 
 _local = threading.local()
 
@@ -32,12 +32,6 @@ _local = threading.local()
 def running_forwards() -> Tuple[Any, ...]:
     """The guards whose :meth:`forward` runs in this thread, outermost first."""
     return getattr(_local, "guards", ())
-
-
-def current_forward() -> Any:
-    """The guard whose :meth:`forward` runs innermost in this thread (None if none)."""
-    guards = running_forwards()
-    return guards[-1] if guards else None
 
 
 def set_current_forward(guard: Any) -> Tuple[Any, ...]:
