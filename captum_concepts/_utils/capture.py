@@ -34,13 +34,6 @@ def running_forwards() -> Tuple[Any, ...]:
     return getattr(_local, "guards", ())
 
 
-def set_current_forward(guard: Any) -> Tuple[Any, ...]:
-    """Make ``guard`` the innermost running forward of this thread; return the previous stack."""
-    previous = running_forwards()
-    _local.guards = previous + (guard,)
-    return previous
-
-
 class StopForward(Exception):
     """Ends a forward pass once a ``stop=True`` capture has its value (never leaves ``forward``)."""
 
@@ -174,7 +167,8 @@ def forward_once(guard: Any, captures: List[LayerCapture], fn, *args, **kwargs) 
     """Run ``fn(*args, **kwargs)`` with ``captures`` recording; None if a capture stopped it."""
     for capture in captures:
         capture.clear()
-    previous = set_current_forward(guard)
+    previous = running_forwards()
+    _local.guards = previous + (guard,)  # the innermost running forward of this thread
     try:
         return fn(*args, **kwargs)
     except StopForward as stop:

@@ -122,11 +122,7 @@ class BasisSource(Protocol):
     """Fitted concepts that answer "your basis at this layer" (both :data:`Concepts` are ones)."""
 
     def _concept_basis(self, layer: Union[int, str], argument: str) -> ConceptBasis:
-        """The :class:`ConceptBasis` at ``layer``; ``argument`` names the concepts in errors.
-
-        Raises:
-            NotFittedError: the concepts are not fitted.
-        """
+        """The :class:`ConceptBasis` at ``layer`` (NotFittedError before a fit; ``argument``: their name)."""
 
 
 def concept_basis(concepts: Concepts, layer: Union[int, str] = 0, argument: str = "concepts") -> ConceptBasis:
