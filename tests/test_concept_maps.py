@@ -296,3 +296,24 @@ def test_gradient_entries_refuse_inference_mode_naming_it(setup, call):
         call(fits["mean"], made_inside, y[:2])
     with torch.no_grad():  # no_grad is fine: gradients are switched on where needed
         assert call(fits["mean"], x[:2], y[:2]) is not None
+
+
+def test_concept_basis_asks_the_estimator_through_its_protocol(setup):
+    from captum_concepts.concept._core.basis import BasisSource, ConceptBasis, concept_basis
+
+    model, _, _, fits = setup
+    expected = ConceptBasis(model, model.block3.pool, torch.eye(3))
+
+    class OwnConcepts:  # any object answering "your basis at this layer" is read as one
+        def _concept_basis(self, layer, argument):
+            assert (layer, argument) == (1, "cc")
+            return expected
+
+    assert isinstance(OwnConcepts(), BasisSource) and concept_basis(OwnConcepts(), 1, "cc") is expected
+    cnmf = fits["mean"]
+    for layer in (1, "block3.pool", -1):
+        b = concept_basis(cnmf, layer)
+        assert b.module is model.block3.pool and b.pool == "mean"
+        torch.testing.assert_close(b.basis, cnmf.neuron_factors_[1].float())
+    with pytest.raises(TypeError, match="cc must be a fitted CoupledNMFConcepts or SemanticVector"):
+        concept_basis(object(), 0, "cc")

@@ -24,7 +24,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["LayerCapture", "StopForward", "current_forward"]
+__all__ = ["LayerCapture", "StopForward"]
 
 _local = threading.local()
 
@@ -32,19 +32,6 @@ _local = threading.local()
 def running_forwards() -> Tuple[Any, ...]:
     """The guards whose :meth:`forward` runs in this thread, outermost first."""
     return getattr(_local, "guards", ())
-
-
-def current_forward() -> Any:
-    """The guard whose :meth:`forward` runs innermost in this thread (None if none)."""
-    guards = running_forwards()
-    return guards[-1] if guards else None
-
-
-def set_current_forward(guard: Any) -> Tuple[Any, ...]:
-    """Make ``guard`` the innermost running forward of this thread; return the previous stack."""
-    previous = running_forwards()
-    _local.guards = previous + (guard,)
-    return previous
 
 
 class StopForward(Exception):
@@ -180,7 +167,8 @@ def forward_once(guard: Any, captures: List[LayerCapture], fn, *args, **kwargs) 
     """Run ``fn(*args, **kwargs)`` with ``captures`` recording; None if a capture stopped it."""
     for capture in captures:
         capture.clear()
-    previous = set_current_forward(guard)
+    previous = running_forwards()
+    _local.guards = previous + (guard,)  # the innermost running forward of this thread
     try:
         return fn(*args, **kwargs)
     except StopForward as stop:

@@ -173,5 +173,5 @@ def _close(fig: Any) -> None:
 
 
 def referenced_figures(report_html: str) -> List[str]:
-    """The ``src`` of every ``<img>`` in a report (used by the tests and by ``--check``)."""
+    """The ``src`` of every ``<img>`` in a report (the figures ``--overwrite`` removes)."""
     return re.findall(r'<img[^>]*\ssrc="([^"]+)"', report_html)

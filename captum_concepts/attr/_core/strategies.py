@@ -38,8 +38,6 @@ from .forward_mode import (
 
 __all__ = ["Job", "Plan", "plan_sources", "run_forward_mode", "run_linear", "run_reverse"]
 
-PLANNED = ("linear", "loop", "batched", "forward")
-
 # Rough budget for the gradients of one chunk of embedding dimensions when
 # internal_batch_size is None (the intermediate gradients of the head scale alike).
 _CHUNK_BUDGET_BYTES = 512 * 2**20

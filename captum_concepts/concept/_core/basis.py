@@ -1,43 +1,44 @@
 """Concepts as linear read-outs of one layer: the one basis every concept map uses (private).
 
 A fitted :class:`CoupledNMFConcepts` (at one of its layers) or :class:`SemanticVector` is read
-as a :class:`ConceptBasis`: the layer, the rows its fit reads from the layer's output
-(:func:`~.activations.pool_rows`, then the fitted shift through
-:func:`~.nonnegative_blocks.apply_shift`, clipped at 0 exactly as in the fit) and the basis ``O``
-``(a, d)`` whose ``d`` columns are the concepts in that row space. :func:`concept_basis` builds
-it; :func:`explained_batch` checks the inputs, targets and coefficients of an explanation in
-concept space (concept importance, Sobol indices).
+as a :class:`ConceptBasis`, which each estimator builds itself (:class:`BasisSource`): the layer,
+the rows its fit reads from the layer's output (:func:`~.activations.pool_rows`, then the
+fitted shift through :func:`~.nonnegative_blocks.apply_shift`, clipped at 0 exactly as in the
+fit) and the basis ``O`` ``(a, d)`` whose ``d`` columns are the concepts in that row space.
+:func:`concept_basis` asks for it; :func:`explained_batch` checks the inputs, targets and
+coefficients of an explanation in concept space (concept importance, Sobol indices).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Tuple, Union, runtime_checkable
 
 import torch
 from captum._utils.typing import TargetType
 from torch import Tensor, nn
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
-from ..._utils.layers import resolve_layer
-from ..._utils.layout import ReshapeTransform, apply_reshape, expand_per_layer
-from ..._utils.validation import check_fitted
+from ..._utils.layout import ReshapeTransform, apply_reshape
 from ...attr._core.layer_readout import LayerReadout, Readouts
 from .activations import pool_rows
-from .coupled_nmf import CoupledNMFConcepts
-from .nonnegative_blocks import apply_shift, read_shift
-from .semantic_vector import SemanticVector
+from .nonnegative_blocks import apply_shift
+
+if TYPE_CHECKING:
+    from .coupled_nmf import CoupledNMFConcepts
+    from .semantic_vector import SemanticVector
 
 __all__ = [
     "Concepts",
     "ConceptBasis",
+    "BasisSource",
     "concept_basis",
     "check_targets",
     "check_target_range",
     "explained_batch",
 ]
 
-Concepts = Union[CoupledNMFConcepts, SemanticVector]
+Concepts = Union["CoupledNMFConcepts", "SemanticVector"]
 
 
 @dataclass
@@ -116,6 +117,14 @@ class ConceptBasis:
             return self.raw(readout.read(inputs, extra, flatten=False))
 
 
+@runtime_checkable
+class BasisSource(Protocol):
+    """Fitted concepts that answer "your basis at this layer" (both :data:`Concepts` are ones)."""
+
+    def _concept_basis(self, layer: Union[int, str], argument: str) -> ConceptBasis:
+        """The :class:`ConceptBasis` at ``layer`` (NotFittedError before a fit; ``argument``: their name)."""
+
+
 def concept_basis(concepts: Concepts, layer: Union[int, str] = 0, argument: str = "concepts") -> ConceptBasis:
     """The :class:`ConceptBasis` of fitted ``concepts`` at ``layer``.
 
@@ -130,27 +139,11 @@ def concept_basis(concepts: Concepts, layer: Union[int, str] = 0, argument: str 
         NotFittedError: ``concepts`` is not fitted.
         TypeError: ``concepts`` is neither estimator.
     """
-    if isinstance(concepts, SemanticVector):
-        check_fitted(concepts, "vectors_", "fit or fit_from_labels")
-        module = resolve_layer(concepts.model, concepts.layer, f"{argument}.layer")
-        return ConceptBasis(concepts.model, module, concepts.vectors_.float().t())
-    if not isinstance(concepts, CoupledNMFConcepts):
+    if not isinstance(concepts, BasisSource):
         raise TypeError(
             f"{argument} must be a fitted CoupledNMFConcepts or SemanticVector, got {type(concepts).__name__}"
         )
-    check_fitted(concepts, "neuron_factors_", "fit")
-    if not isinstance(concepts.model, nn.Module) or concepts.input_shape_ is None:
-        raise ValueError(f"{argument} must be fitted with fit() on a model (fit_matrices has no layers)")
-    layers = list(concepts.layers) if isinstance(concepts.layers, (list, tuple)) else [concepts.layers]
-    j = concepts._layer_index(layer)
-    module = resolve_layer(concepts.model, layers[j], f"layers[{j}]")
-    basis = concepts.neuron_factors_[j].float()
-    fitted = concepts.shift_[len(concepts.pixel_factors_) + j] if concepts.shift_ else None
-    shift = read_shift(fitted, concepts.shift, basis.shape[0])
-    transform = expand_per_layer(
-        getattr(concepts, "reshape_transform", None), len(layers), "concepts.reshape_transform"
-    )[j]
-    return ConceptBasis(concepts.model, module, basis, concepts.pool, shift, transform)
+    return concepts._concept_basis(layer, argument)
 
 
 def check_targets(target: TargetType, n: int) -> Tensor:

@@ -4,7 +4,7 @@ Saini & Papalexakis, "Analyzing Representations inside Convolutional Neural Netw
 top examples and classes of each concept (Table 1), the similarity of the concepts' neurons, the
 pixel factors as images and their median masks, and the concept distribution of each example's
 neighbours. They read the fitted factors only (no model, no data pass) and are methods of the
-estimator through :class:`_CoupledNMFAnalyses`.
+estimator through :class:`_CoupledNMFAnalyses`, as is the basis of one layer that concept maps read.
 """
 
 from __future__ import annotations
@@ -13,9 +13,13 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..._utils.validation import Bool, InstanceOf, Int, RealNumber, check_int, validated
+from ..._utils.layers import resolve_layer
+from ..._utils.layout import expand_per_layer
+from ..._utils.validation import Bool, InstanceOf, Int, RealNumber, check_fitted, check_int, validated
+from .basis import ConceptBasis
+from .nonnegative_blocks import read_shift
 
 __all__ = ["_CoupledNMFAnalyses", "FITTED_INPUTS"]
 
@@ -154,6 +158,20 @@ class _CoupledNMFAnalyses:
                 1, best[nearest], torch.full(nearest.shape, 1.0 / k, dtype=F.dtype, device=F.device)
             )
         return out
+
+    def _concept_basis(self, layer: Union[int, str], argument: str) -> ConceptBasis:
+        """The basis at fitted ``layer``: ``neuron_factors_[j]``, with the layer's shift and transform."""
+        check_fitted(self, "neuron_factors_", "fit")
+        if not isinstance(self.model, nn.Module) or self.input_shape_ is None:
+            raise ValueError(f"{argument} must be fitted with fit() on a model (fit_matrices has no layers)")
+        layers = list(self.layers) if isinstance(self.layers, (list, tuple)) else [self.layers]
+        j = self._layer_index(layer)
+        module = resolve_layer(self.model, layers[j], f"layers[{j}]")
+        basis = self.neuron_factors_[j].float()
+        fitted = self.shift_[len(self.pixel_factors_) + j] if self.shift_ else None
+        transform = expand_per_layer(self.reshape_transform, len(layers), "concepts.reshape_transform")[j]
+        shift = read_shift(fitted, self.shift, basis.shape[0])
+        return ConceptBasis(self.model, module, basis, self.pool, shift, transform)
 
     def _layer_index(self, layer: Union[int, str]) -> int:
         n = len(self.neuron_factors_)

@@ -55,14 +55,8 @@ from ..._utils.validation import (
 )
 from .activations import stream_layer_outputs
 from .base import COMMON_CONSTRAINTS, LAYER, MODEL, _ConceptEstimator
-from .estimator_io import (
-    CONCEPT_NAMES,
-    Fitted,
-    FittedTensor,
-    ListOf,
-    tag_names,
-    untag_names,
-)
+from .basis import ConceptBasis
+from .estimator_io import CONCEPT_NAMES, Fitted, FittedTensor, ListOf, tag_names, untag_names
 from .semantic_sums import _ConceptSums, _membership
 
 __all__ = ["SemanticVector", "ConceptRanking", "PerturbationResult"]
@@ -479,6 +473,12 @@ class SemanticVector(_ConceptEstimator):
         ``masks(threshold)`` with row ``t`` for class ``t`` (:meth:`class_rows`)."""
         rows = self.class_rows(concepts)
         return resolve_layer(self.model, self.layer), self.masks(threshold)[rows]
+
+    def _concept_basis(self, layer: Union[int, str], argument: str) -> ConceptBasis:
+        """``vectors_`` transposed, at the fitted layer (``layer`` ignored: there is one)."""
+        self._check_fitted()
+        module = resolve_layer(self.model, self.layer, f"{argument}.layer")
+        return ConceptBasis(self.model, module, self.vectors_.float().t())
 
     @validated(params=False, fitted=True)
     def relevance(self) -> torch.Tensor:

@@ -55,10 +55,8 @@ _PER_EXAMPLE_KWARGS = ("target", "additional_forward_args", "baselines")
 
 
 def _is_embedding_attribution(obj: Any) -> bool:
-    try:
-        from ...attr import EmbeddingAttribution
-    except ImportError:  # pragma: no cover - only while attr is being built
-        return False
+    from ...attr import EmbeddingAttribution
+
     return isinstance(obj, EmbeddingAttribution)
 
 
