@@ -532,6 +532,8 @@ def check_user_pages(app, exception) -> None:
         problems += [f"{rel}: {m.group(0)!r}" for m in NOT_ON_USER_PAGES.finditer(text)]
         if CHECK_EXAMPLES and rel.startswith("api/generated/") and "Example" not in text:
             problems.append(f"{rel}: no example")
+        if rel.startswith("api/generated/") and rel.endswith(".html") and "See also" not in text:
+            problems.append(f"{rel}: no See also (add the name to SEE_ALSO_GROUPS)")
     if problems:
         raise RuntimeError("user pages show maintainer material:\n  " + "\n  ".join(problems))
 
