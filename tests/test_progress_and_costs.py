@@ -113,3 +113,32 @@ def test_channel_aggregator_named_when_it_is_the_cause():
     )
     with pytest.warns(UserWarning, match=r"channel_aggregator='abs' is not linear"):
         ea.attribute(torch.randn(2, 6), show_progress=False)
+
+
+def test_a_hidden_bar_never_takes_tqdms_process_wide_lock():
+    """Every tqdm bar, shown or not, takes tqdm's write lock; a Ctrl-C between its acquire and release
+    (the timer SIGINTs of test_interrupts hit it) left it held and deadlocked every later call of
+    the process that made a bar, in any thread. A bar that is not shown must not touch tqdm."""
+    import threading
+
+    from tqdm import tqdm
+
+    from captum_concepts._utils.progress import progress_bar
+
+    lock = tqdm.get_lock()
+    lock.acquire()  # as an interrupted bar of another call leaves it
+    try:
+        done = threading.Event()
+
+        def run() -> None:
+            for _ in progress_bar(range(3), show=False):
+                pass
+            with progress_bar(total=2) as bar:  # not a terminal here: hidden as well
+                bar.update(2)
+            done.set()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        assert done.wait(10), "a hidden progress bar waited for tqdm's lock"
+    finally:
+        lock.release()
