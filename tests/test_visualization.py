@@ -207,3 +207,15 @@ def test_relevance_matrix():
     assert not ax.texts
     with pytest.raises(ValueError, match="labels must have 3 entries"):
         viz.visualize_relevance_matrix(rel, labels=["a"])
+
+
+def test_similarity_matrices_eigenvalue_ranks_are_whole_numbers():
+    """The spectrum's x-axis counts ranks: its ticks were 2.5, 5.0, 7.5 for ten concepts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from captum_concepts.visualization import visualize_similarity_matrices
+
+    fig, axes = visualize_similarity_matrices([np.eye(10)], use_pyplot=False)
+    ticks = [t for t in axes[-1].get_xticks() if 1 <= t <= 10]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -132,8 +132,8 @@ def score_curves(ctx: Context) -> None:
         "Variance score curve",
         "Mean variance score per layer (at most 1/4, Popoviciu's bound: the y-axis spans it). Higher means "
         "the embedding components attend to different regions (more disentangled, concise); the paper "
-        "uses it, with the noise score, as a training constraint (see the tutorial "
-        "tutorials/04_training_with_score_constraints.ipynb).",
+        "uses it, with the noise score, as a training constraint (see the documentation's tutorial "
+        "'Training with score constraints').",
     )
     rep.add_table(
         ["layer"] + [f"{s} ({t})" for s, t in curves],

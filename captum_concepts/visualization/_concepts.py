@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .._utils.validation import validated
 from ._common import (
@@ -181,6 +182,7 @@ def visualize_similarity_matrices(
         spec.plot(np.arange(1, len(eig) + 1), eig, "o-", markersize=3, label=name)
     spec.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="identity")
     spec.set_xlabel("rank", fontsize=8)
+    spec.xaxis.set_major_locator(MaxNLocator(integer=True))  # ranks are whole numbers
     spec.set_ylabel("eigenvalue", fontsize=8)
     spec.set_title("eigenvalues", fontsize=9)
     spec.legend(fontsize=7)
