@@ -315,3 +315,13 @@ def header(args: argparse.Namespace, what: str) -> List[str]:
         f"torch threads {torch.get_num_threads()}"
         + (" [--quick: smoke test, not a result]" if args.quick else "")
     ]
+
+
+def save_figure(fig, path) -> None:
+    """Lay out ``fig``, write it to ``path`` (80 dpi, as every figure of these scripts) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    print(f"figure: {path}")

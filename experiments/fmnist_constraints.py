@@ -25,7 +25,7 @@ import os
 import time
 
 import torch
-from _fmnist_common import fmt_ci, header, load, parse_args, t_interval, verdict
+from _fmnist_common import fmt_ci, header, load, parse_args, save_figure, t_interval, verdict
 from _scores_common import DigitsAutoencoder, print_table, train_autoencoder
 
 CONFIGS = [  # (label, gamma_ns, gamma_vs)
@@ -128,10 +128,7 @@ def _plot(diffs, configs, sizes, args, path: str) -> None:
         f"Fashion-MNIST score constraints: paired differences, 95 % CI over {args.seeds} seeds", fontsize=11
     )
     ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    print(f"figure: {path}")
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,17 @@ import warnings
 
 import numpy as np
 import torch
-from _fmnist_common import CACHE, cached_resnet, fmt_ci, header, load, parse_args, test_accuracy, verdict
+from _fmnist_common import (
+    CACHE,
+    cached_resnet,
+    fmt_ci,
+    header,
+    load,
+    parse_args,
+    save_figure,
+    test_accuracy,
+    verdict,
+)
 from _scores_common import print_table
 from captum.concept import TCAV, Concept
 from coupled_nmf_digits import chance_purity, table1
@@ -145,10 +155,7 @@ def _plot_tcav(mat, path: str) -> None:
     ax.set_ylabel("concept (its top class)", fontsize=11)
     ax.set_title("TCAV sign count, concept vs random, ResNet layer3", fontsize=11)
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    print(f"figure: {path}")
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

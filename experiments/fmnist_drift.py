@@ -26,6 +26,7 @@ from _fmnist_common import (
     header,
     load,
     parse_args,
+    save_figure,
     train_autoencoder,
     verdict,
 )
@@ -184,10 +185,7 @@ def _plot(curves, configs, args, path: str) -> None:
         f"Fashion-MNIST drift at encoder.conv2: {args.seeds} SI autoencoders (mean ± std), dotted: untrained",
         fontsize=11,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    print(f"figure: {path}")
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

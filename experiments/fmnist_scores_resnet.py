@@ -34,6 +34,7 @@ from _fmnist_common import (
     header,
     load,
     parse_args,
+    save_figure,
     test_accuracy,
     verdict,
 )
@@ -281,10 +282,7 @@ def _plot(panels, scatter, vs_curves, accs, args, path: str) -> None:
         f"Fashion-MNIST ResNet (w={args.width}, test acc. {acc:.3f}), {args.seeds} seeds, mean ± std",
         fontsize=12,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    print(f"figure: {path}")
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from _fmnist_common import (
     header,
     load,
     parse_args,
+    save_figure,
     test_accuracy,
     verdict,
 )
@@ -280,10 +281,7 @@ def _plot_relevance(relevance, path: str) -> None:
         ax.set_yticks(range(10), SHORT, fontsize=10)
         ax.set_title(f"relevance cos(v_a, v_b), ResNet {layer}", fontsize=11)
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    print(f"figure: {path}")
+    save_figure(fig, path)
 
 
 def _plot_pointing(curves, args, path: str) -> None:
@@ -304,10 +302,7 @@ def _plot_pointing(curves, args, path: str) -> None:
         "Fashion-MNIST two-item canvases: semantic saliency minus baseline (95 % bootstrap)", fontsize=11
     )
     ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    print(f"figure: {path}")
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
