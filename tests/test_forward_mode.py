@@ -240,10 +240,11 @@ def test_forward_vit_with_a_linear_reshape_transform():
     to_grid = lambda t: t[:, 1:].transpose(1, 2)  # noqa: E731
     dims = [3, 17, 400]
     ref, out = _act_grad_reference(model, layer, x, dims, to_grid)  # (N, 3, 4)
-    src = ForwardSource(layer, 0, out, to_grid)
-    (got,) = forward_maps(
-        model, (x,), None, None, lambda e: e[:, dims], [src], "activation_gradient", "mean", 2, True
-    )
+    passes = forward_passes(to_grid(out).shape, "activation_gradient", "mean")
+    src = ForwardSource(layer, 0, out, to_grid, passes, chunk=2)
+    select = lambda e: e[:, dims]  # noqa: E731
+    (got,) = forward_maps(model, (x,), [src], select=select, method="activation_gradient",
+                          channel_aggregator="mean")  # fmt: skip
     close(got, ref, 1e-4)
 
 

@@ -8,10 +8,10 @@ from ._core.aggregators import aggregate
 from ._core.captum_interop import as_captum_image, as_captum_layer_attr, as_image_attr, as_input_attr
 from ._core.costs import PassCosts
 from ._core.embedding_attribution import EmbeddingAttribution
-from ._core.forward_mode import ForwardModeUnsupported, choose_strategy
+from ._core.forward_mode import ForwardModeUnsupported
 from ._core.semantic_saliency import SemanticGradientInput, SemanticGuidedBackprop, SemanticMaskSource
 from ._core.similarity import SimilarityAttribution
-from ._core.strategies import Plan
+from ._core.strategies import Plan, choose_strategy
 from ._core.upsampling import upsample_maps
 
 __all__: list = []

@@ -25,8 +25,8 @@ from ..._utils.validation import Indices, check_int, check_option, index_tensor,
 from ..._utils.warn import warn_user
 from .aggregators import Aggregator, check_aggregator
 from .costs import WorkProbe, warn_if_costly
-from .forward_mode import ForwardModeStateError, ForwardModeUnsupported, ForwardSource, reverse_strategy
-from .strategies import Job, Plan, plan_sources, reverse_chunk, run_forward_mode, run_linear, run_reverse
+from .forward_mode import ForwardModeStateError, ForwardModeUnsupported, forward_maps
+from .strategies import Job, Plan, Program, plan_sources, run_sweep
 from .upsampling import check_upsample, upsample_maps
 
 __all__ = ["EmbeddingAttribution", "METHODS", "STRATEGIES"]
@@ -113,7 +113,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
       the source layer, a reverse product costs a pass through the head (the layers between the
       source and the embedding), a forward chunk costs a pass of the layers below plus one
       tangent through the head per product (the rule is stated in
-      :func:`~captum_concepts.attr._core.forward_mode.choose_strategy`); never with
+      :func:`~captum_concepts.attr._core.strategies.choose_strategy`); never with
       ``create_graph``, a model in training mode or a model carrying backward hooks (forward
       mode would never call them; ``"forward"`` refuses such a model). Otherwise ``"batched"``
       when the embedding lives on a CUDA device and ``"loop"`` elsewhere. So a deep layer whose
@@ -313,40 +313,26 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         select = self._selector(embedding_dims, target, check_batch(inputs_t))
         job = self._job(internal_batch_size, return_per_dim, show_progress, create_graph, target is not None)
         with self._guard(create_graph) as guard, torch.enable_grad():
-            x, z, sources, plans = self._first_pass(guard, inputs_t, additional_forward_args, select, job)
+            x, z, sources, program = self._first_pass(guard, inputs_t, additional_forward_args, select, job)
+            plans = program.plans
             warn_if_costly(
                 plans, z.shape[1], self.embedding_aggregator, self.channel_aggregator, job.return_per_dim
             )
             flat = [t for group in sources for t in group]
-            # one entry per flat source: (layer index, position in the layer's tuple)
-            where = [(i, k) for i, group in enumerate(sources) for k in range(len(group))]
-            fns = [self._transforms[i] for i, _ in where]  # checked: they name their layer in errors
             per_source: Dict[int, torch.Tensor] = {}
-            for strategy in ("linear", "loop", "batched"):
-                idx = [j for j, (i, _) in enumerate(where) if plans[i].strategy == strategy]
-                if not idx:
-                    continue
-                subset, sub_fns = [flat[j] for j in idx], [fns[j] for j in idx]
-                if strategy == "linear":
-                    maps = run_linear(job, z, subset, sub_fns)
-                else:
-                    chunk = plans[where[idx[0]][0]].chunk
-                    maps = run_reverse(job, strategy, chunk, z, subset, sub_fns)
-                per_source.update(zip(idx, maps))
-        fwd = [j for j, (i, _) in enumerate(where) if plans[i].strategy == "forward"]
-        if fwd:
+            for sweep in program.sweeps:
+                per_source.update(zip(sweep.index, run_sweep(job, sweep, z, flat)))
+        if program.forward:
             plans = self._run_forward(
-                job, plans, fwd, where, z, flat, sources, x, additional_forward_args, select,
-                fns, per_source,
-            )  # fmt: skip
+                job, program, per_source, x=x, z=z, flat=flat, args=additional_forward_args, select=select
+            )
         self.plan_ = plans if self._multi else plans[0]
         self.strategy_ = [p.strategy for p in plans] if self._multi else plans[0].strategy
         size = tuple(inputs_t[0].shape[2:]) if inputs_t[0].dim() > 2 else ()
-        results = []
-        for i, lay in enumerate(self._layers):
+        results, ran = [], iter(per_source[j] for j in range(len(flat)))
+        for lay, group in zip(self._layers, sources):
             maps = []
-            for j in [j for j, (li, _) in enumerate(where) if li == i]:
-                m = per_source[j]
+            for m in (next(ran) for _ in group):
                 if lay is not None:
                     spatial = m.dim() - (2 if return_per_dim else 1)
                     m = upsample_maps(m, size, self.upsample, spatial_dims=spatial)
@@ -378,7 +364,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         select = self._selector(embedding_dims, target, check_batch(inputs_t))
         job = self._job(internal_batch_size, return_per_dim, False, create_graph, target is not None)
         with self._guard(create_graph) as guard, torch.enable_grad():
-            plans = self._first_pass(guard, inputs_t, additional_forward_args, select, job)[3]
+            plans = self._first_pass(guard, inputs_t, additional_forward_args, select, job)[3].plans
         return plans if self._multi else plans[0]
 
     def _guard(self, create_graph: bool) -> ModelGuard:
@@ -416,7 +402,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
 
     def _first_pass(self, guard: ModelGuard, inputs_t, additional_forward_args, select, job: Job):
         """The one forward pass (counting its work under ``"auto"``) and the plans: returns the
-        prepared inputs, the selected embedding ``(N, D)``, the sources per layer and the plans."""
+        prepared inputs, the selected embedding ``(N, D)``, the sources per layer and the program."""
         model = self.forward_func
         n = check_batch(inputs_t)
         x = tuple(_prepare_input(model, t, i, self._layers) for i, t in enumerate(inputs_t))
@@ -437,46 +423,39 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             None if probe is None else probe.costs(lay, sum(t.numel() for t in group))
             for lay, group in zip(self._layers, sources)
         ]
-        plans = plan_sources(
-            job, self.strategy, z.shape[1], z.device, sources, self._transforms, training, costs, model
-        )
-        return x, z, sources, plans
+        program = plan_sources(
+            job, strategy=self.strategy, z=z, layers=self._layers, groups=sources,
+            transforms=self._transforms, costs=costs, training=training, model=model,
+        )  # fmt: skip
+        return x, z, sources, program
 
     def _run_forward(
-        self, job, plans, fwd, where, z, flat, sources, x, forward_args, select, fns, per_source
+        self, job: Job, program: Program, per_source: Dict[int, torch.Tensor], *, x, z, flat, args, select
     ) -> List[Plan]:
-        """Run the forward plans (the flat sources ``fwd``) into ``per_source``; return the plans
-        that ran. Under ``strategy="auto"`` an operation without a forward-mode rule gives new
-        reverse plans for those layers, run as one reverse sweep on the (still alive) graph of the
-        first pass."""
-        specs = [
-            ForwardSource(
-                self._layers[where[j][0]],
-                where[j][1],
-                flat[j].detach(),
-                self._transforms[where[j][0]],
-                plans[where[j][0]].chunk if len(sources[where[j][0]]) == 1 else None,
-            )
-            for j in fwd
-        ]
+        """Run the forward sources of ``program`` into ``per_source``; return the plans that ran.
+        When forward mode fails, the program's fallback (under ``strategy="auto"``) runs as one
+        reverse sweep on the (still alive) graph of the first pass, under new reverse plans."""
+        index, specs = zip(*program.forward)
         try:
-            maps = run_forward_mode(
-                job, self.forward_func, x, forward_args, self.embedding_layer, select, specs,
-                self.eval_mode, self.attribute_to_layer_input,
+            maps = forward_maps(
+                self.forward_func, tuple(t.detach() for t in x), specs, select=select, method=job.method,
+                channel_aggregator=job.channel_aggregator, additional_forward_args=args,
+                embedding_layer=self.embedding_layer, eval_mode=self.eval_mode,
+                input_side=self.attribute_to_layer_input, show_progress=job.show_progress,
             )  # fmt: skip
         except ForwardModeUnsupported as err:
-            if self.strategy == "forward":
+            back = program.fallback
+            if back is None:
                 raise
-            reverse = reverse_strategy("auto", z.device)
-            subset = [flat[j] for j in fwd]
-            chunk = reverse_chunk(subset, z.shape[1], job.internal_batch_size)
             why = f"{err.reason} ({type(err.__cause__ or err).__name__})"
             if isinstance(err, ForwardModeStateError):
                 warn_user(f"{err}; running reverse mode")
-            plans = [p.fallback(reverse, why, chunk) if p.strategy == "forward" else p for p in plans]
-            maps = run_reverse(job, reverse, chunk, z, subset, [fns[j] for j in fwd], False, False)
-        per_source.update(zip(fwd, maps))
-        return plans
+            maps = run_sweep(job, back, z, flat, show_progress=False, create_graph=False)
+            per_source.update(zip(back.index, maps))
+            return [p if p.strategy != "forward" else p.fallback(back.strategy, why, back.chunk)
+                    for p in program.plans]  # fmt: skip
+        per_source.update(zip(index, [job.finish(m) for m in maps]))
+        return program.plans
 
     def _warn_layouts(self, model: nn.Module, sources: List[Tuple[torch.Tensor, ...]]) -> None:
         for i, (lay, fn, group) in enumerate(zip(self._layers, self._transforms, sources)):

@@ -34,7 +34,7 @@ permutations, reshapes, selections such as dropping class tokens), because then
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -43,31 +43,11 @@ from torch import nn
 from ..._utils.common import run_forward
 from ..._utils.hooks import ModelGuard, _hold, _release, _uninterruptible, acquire, run_uninterrupted
 from ..._utils.progress import progress_bar
-from ..._utils.validation import validated
 from .aggregators import Aggregator, aggregate, is_mean
-from .costs import PassCosts
 
-__all__ = [
-    "ForwardModeStateError",
-    "ForwardModeUnsupported",
-    "ForwardSource",
-    "backward_hooks",
-    "choose_strategy",
-    "forward_maps",
-    "forward_chunk",
-    "forward_passes",
-    "reverse_strategy",
-    "strategy_and_reason",
-]
+__all__ = ["ForwardModeStateError", "ForwardModeUnsupported", "ForwardSource", "forward_maps"]
+__all__ += ["forward_passes"]
 
-# Margin on the pass count, per device type: forward mode is considered only when
-# margin * (its products) < (the vector-Jacobian products of reverse mode). On CPU a product
-# costs 0.65-0.7 reverse passes through the same head, but forward mode also recomputes the
-# layers below the source once per chunk; 1.5 is a conservative margin. Not measured on CUDA.
-_PASS_COST = {"cpu": 1.5, "cuda": 1.0}
-# Every chunk recomputes the layers below the source once: large chunks amortise it.
-_MAX_AUTO_CHUNK = 64
-_CHUNK_BUDGET_BYTES = 1024 * 2**20
 # Elements of one chunk of (N, d, C, |S|) channel-resolved maps in the channel/element bases.
 _COMBINE_ELEMENTS = 2**24
 
@@ -105,17 +85,18 @@ class ForwardModeStateError(ForwardModeUnsupported):
 
 
 class ForwardSource(NamedTuple):
-    """Where one source tensor lives: ``layer`` (None: the model inputs), ``position`` (the
-    index among the tensors of the layer's output -- or input -- tuple, or among the inputs),
-    ``value`` (the raw tensor of the first forward pass, detached), its ``transform`` and
-    ``chunk``, the tangents propagated together (None: ``internal_batch_size`` or
-    :func:`forward_chunk`)."""
+    """One source tensor as the plan runs it: ``layer`` (None: the model inputs), ``position``
+    (the index among the tensors of the layer's output -- or input -- tuple, or among the
+    inputs), ``value`` (the raw tensor of the first forward pass, detached), its ``transform``,
+    ``passes`` (its Jacobian-vector products, :func:`forward_passes`) and ``chunk`` (the
+    tangents propagated together)."""
 
     layer: Optional[nn.Module]
     position: int
     value: torch.Tensor
-    transform: Transform = None
-    chunk: Optional[int] = None
+    transform: Transform
+    passes: int
+    chunk: int
 
 
 def _tangent_kind(method: str, channel_aggregator: Aggregator) -> str:
@@ -140,145 +121,6 @@ def forward_passes(shape: Sequence[int], method: str, channel_aggregator: Aggreg
         pixels *= s
     kind = _tangent_kind(method, channel_aggregator)
     return pixels if kind == "pixel" else channels if kind == "channel" else channels * pixels
-
-
-@validated()
-def choose_strategy(
-    strategy: str, n_dims: int, passes: int, device: torch.device,
-    create_graph: bool = False, training: bool = False, costs: Optional[PassCosts] = None,
-    hooks: Optional[str] = None,
-) -> str:  # fmt: skip
-    """The strategy :class:`EmbeddingAttribution` runs for one source layer.
-
-    ``"auto"`` runs forward mode when both hold:
-
-    1. it needs fewer passes: ``margin * passes < n_dims`` (``passes`` Jacobian-vector
-       products, see :func:`forward_passes`, against ``n_dims`` vector-Jacobian products;
-       ``margin`` covers forward mode's fixed costs: 1.5 on CPU, 1.0 elsewhere);
-    2. its passes cost less, when ``costs`` (the work of the first forward pass split at the
-       source layer, :class:`~captum_concepts.attr._core.costs.PassCosts`) is known. With
-       ``W(part)`` = FLOPs of its matrix products and convolutions + ``e`` x elements written by
-       its other operations, ``head`` the layers between the source and the embedding,
-       ``below`` the layers before the source, ``E`` the elements of the source and ``k`` the
-       chunk (tangents per forward pass; dimensions per backward call, 1 for ``"loop"``)::
-
-           reverse = D (v W(head) + r e E) + ceil(D / k) o
-           forward = P (j W(head) + f e E) + ceil(P / k) (W(below) + W(head) + o)
-
-       with ``D = n_dims``, ``P = passes``, the price of a vector-Jacobian product ``v`` and of
-       a tangent ``j < v`` relative to the head's forward work (a chunk of tangents runs as one
-       vmapped pass), ``r``, ``f`` element-wise passes over the source per product and ``o``
-       the fixed price of one pass (the constants of
-       :mod:`~captum_concepts.attr._core.costs`). Forward mode runs when ``forward < reverse``.
-       A deep source whose head is only a pooling layer thus runs reverse mode once forward
-       mode's repeated passes of the layers below outweigh ``D`` nearly free reverse products;
-
-    and neither ``create_graph`` (maps that stay differentiable need reverse mode), a model in
-    training mode (each extra forward pass would update batch-norm statistics and redraw
-    dropout) nor backward hooks on the model (``hooks``, where they are in words, see
-    :func:`backward_hooks`: forward mode never runs them, reverse mode does) rules it out.
-    Otherwise the reverse strategy of the device: ``"batched"`` on CUDA, ``"loop"`` elsewhere.
-    An explicit ``"forward"`` falls back to ``"loop"``/``"batched"`` with ``create_graph`` and
-    raises ``ValueError`` for a model in training mode or with backward hooks; explicit
-    ``"loop"``/``"batched"`` are returned unchanged.
-
-    Example::
-
-        from captum_concepts.attr import choose_strategy
-
-        # 512 embedding components, 49 Jacobian-vector products: forward mode needs fewer passes
-        choose_strategy("auto", n_dims=512, passes=49, device=torch.device("cpu"))  # 'forward'
-        choose_strategy("auto", n_dims=16, passes=49, device=torch.device("cpu"))  # 'loop'
-    """
-    chosen = strategy_and_reason(strategy, n_dims, passes, device, create_graph, training, costs, hooks=hooks)
-    return chosen[0]
-
-
-def strategy_and_reason(
-    strategy: str,
-    n_dims: int,
-    passes: int,
-    device: torch.device,
-    create_graph: bool = False,
-    training: bool = False,
-    costs: Optional[PassCosts] = None,
-    forward_chunk: Optional[int] = None,
-    reverse_chunk: Optional[int] = None,
-    hooks: Optional[str] = None,
-) -> Tuple[str, str]:
-    """:func:`choose_strategy` and why, in words; ``forward_chunk`` / ``reverse_chunk`` are the
-    chunks the cost model assumes (default: ``min(passes, 64)``; 1 for ``"loop"``,
-    ``min(n_dims, 64)`` for ``"batched"``); ``hooks``: the model's backward hooks in words
-    (:func:`backward_hooks`), None when it has none."""
-    reverse = reverse_strategy(strategy, device)
-    if strategy in ("loop", "batched"):
-        return strategy, f"strategy={strategy!r} requested"
-    if strategy == "forward":
-        if training and not create_graph:
-            raise ValueError(
-                'strategy="forward" runs several forward passes and needs the model in eval mode '
-                '(eval_mode=True, or a model already in eval mode); use strategy="auto", "loop" or "batched"'
-            )
-        if create_graph:
-            return reverse, "create_graph=True needs reverse mode"
-        if hooks:
-            raise ValueError(
-                f'strategy="forward" cannot honour the model\'s backward hooks ({hooks}): forward mode '
-                'never calls them, reverse mode does; use strategy="auto", "loop" or "batched", or '
-                "remove the hooks"
-            )
-        return "forward", "strategy='forward' requested"
-    if create_graph:
-        return reverse, "create_graph=True needs reverse mode"
-    if training:
-        return reverse, "the model runs in training mode (forward mode's extra passes would change it)"
-    if hooks:
-        return reverse, f"the model has backward hooks ({hooks}), which forward mode would never call"
-    margin = _PASS_COST.get(device.type, 1.0)
-    if margin * passes >= n_dims:
-        return reverse, f"{passes} forward products x {margin} >= {n_dims} reverse products"
-    if costs is not None:
-        fchunk = forward_chunk or min(passes, _MAX_AUTO_CHUNK)
-        rchunk = reverse_chunk or (1 if reverse == "loop" else min(n_dims, _MAX_AUTO_CHUNK))
-        fwd, rev = costs.forward(passes, fchunk), costs.reverse(n_dims, rchunk)
-        if fwd >= rev:
-            return reverse, f"predicted cost forward {fwd:.3g} >= {reverse} {rev:.3g} (FLOP equivalents)"
-        return "forward", f"predicted cost forward {fwd:.3g} < {reverse} {rev:.3g} (FLOP equivalents)"
-    return "forward", f"{passes} forward products x {margin} < {n_dims} reverse products"
-
-
-def reverse_strategy(strategy: str, device: torch.device) -> str:
-    """``strategy`` if it is a reverse one (``"loop"``, ``"batched"``), else the device's:
-    ``"batched"`` on CUDA, ``"loop"`` elsewhere."""
-    if strategy in ("loop", "batched"):
-        return strategy
-    return "batched" if device.type == "cuda" else "loop"
-
-
-def backward_hooks(model: nn.Module) -> Optional[str]:
-    """Where ``model`` carries hooks that reverse mode runs and forward mode never would, in
-    words (None: none): module backward hooks (full and legacy) and backward pre-hooks, the global
-    module backward hooks (``torch.nn.modules.module.register_module_full_backward_hook`` and
-    friends) and hooks on parameters (``Parameter.register_hook``,
-    ``register_post_accumulate_grad_hook``). Hooks a forward pass registers on intermediate
-    tensors cannot be seen before the pass."""
-    from torch.nn.modules import module as torch_module
-
-    found = []
-    if getattr(torch_module, "_global_backward_hooks", None) or getattr(
-        torch_module, "_global_backward_pre_hooks", None
-    ):
-        found.append("global module backward hooks")
-    for name, module in model.named_modules():
-        if getattr(module, "_backward_hooks", None) or getattr(module, "_backward_pre_hooks", None):
-            found.append(f"module {name or type(module).__name__!r}")
-    for name, param in model.named_parameters():
-        if getattr(param, "_backward_hooks", None) or getattr(param, "_post_accumulate_grad_hooks", None):
-            found.append(f"parameter {name!r}")
-    if not found:
-        return None
-    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    return ", ".join(found[:3]) + more
 
 
 class _ForwardModeKernels:
@@ -430,10 +272,8 @@ class _Runner:
     The replacement goes through :meth:`ModelGuard.replace`, the embedding is read through a
     ``stop=True`` capture (nothing after it runs)."""
 
-    def __init__(
-        self, model, inputs, additional_forward_args, embedding_layer, select, guard, sources, input_side
-    ):
-        self.model, self.inputs, self.args = model, inputs, additional_forward_args
+    def __init__(self, guard, inputs, sources, select, *, args, embedding, input_side) -> None:
+        self.model, self.inputs, self.args = guard.model, inputs, args
         self.guard, self.select = guard, select
         self.current: Optional[ForwardSource] = None
         self.value: Optional[torch.Tensor] = None
@@ -442,8 +282,8 @@ class _Runner:
         for module in {s.layer for s in sources if s.layer is not None}:
             guard.replace(module, lambda value, module=module: self._substitute(module, value), of=of)
         self.embedded = None
-        if embedding_layer is not None:
-            self.embedded = guard.capture(embedding_layer, "embedding_layer", stop=True)
+        if embedding is not None:
+            self.embedded = guard.capture(embedding, "embedding_layer", stop=True)
 
     def _substitute(self, module: nn.Module, value: Any) -> Any:
         if self.current is None or self.current.layer is not module:
@@ -470,15 +310,6 @@ class _Runner:
         if self.embedded is not None:
             out = self.embedded.tensor()
         return self.select(out.reshape(out.shape[0], -1))
-
-
-def forward_chunk(value: torch.Tensor, passes: int, internal_batch_size: Optional[int] = None) -> int:
-    """Tangents propagated together for a source ``value``: ``internal_batch_size`` if given,
-    else as many as fit a 1 GiB budget for the tangents of the layers above, at most 64."""
-    if internal_batch_size:
-        return int(internal_batch_size)
-    per_tangent = value.numel() * value.element_size() * 8  # the tangents of the layers above
-    return int(max(1, min(passes, _MAX_AUTO_CHUNK, _CHUNK_BUDGET_BYTES // max(per_tangent, 1))))
 
 
 def _tangents(kind: str, method: str, act: torch.Tensor, a: int, b: int) -> torch.Tensor:
@@ -524,14 +355,14 @@ def _combine(
 def forward_maps(
     model: nn.Module,
     inputs: tuple,
-    additional_forward_args: Any,
-    embedding_layer: Optional[nn.Module],
-    select: Callable[[torch.Tensor], torch.Tensor],
     sources: Sequence[ForwardSource],
+    *,
+    select: Callable[[torch.Tensor], torch.Tensor],
     method: str,
     channel_aggregator: Aggregator,
-    internal_batch_size: Optional[int],
-    eval_mode: bool,
+    additional_forward_args: Any = None,
+    embedding_layer: Optional[nn.Module] = None,
+    eval_mode: bool = True,
     input_side: bool = False,
     show_progress: bool = False,
 ) -> List[torch.Tensor]:
@@ -539,8 +370,8 @@ def forward_maps(
 
     ``inputs`` are the model inputs (detached), ``select`` maps the flattened ``(N, D_all)``
     embedding to the explained ``(N, D)``; ``input_side`` says the layer sources are layer
-    inputs. At most ``internal_batch_size`` tangents (each of the size of the source) are
-    propagated together. Raises :class:`ForwardModeUnsupported` when an operation has no
+    inputs. Each source's ``passes`` products run in chunks of its ``chunk`` tangents (each of
+    the size of the source). Raises :class:`ForwardModeUnsupported` when an operation has no
     forward-mode or vmap rule, :class:`ForwardModeStateError` when torch's forward-AD state is
     unusable whatever the model. The model is left as it was (hooks, flags), also on errors.
 
@@ -555,9 +386,8 @@ def forward_maps(
         ModelGuard(model, eval_mode=eval_mode, freeze_parameters=True, warn_train_mode=False) as guard,
         _ForwardModeSection(),
     ):
-        run = _Runner(
-            model, inputs, additional_forward_args, embedding_layer, select, guard, sources, input_side
-        )
+        run = _Runner(guard, inputs, sources, select, args=additional_forward_args, embedding=embedding_layer,
+                      input_side=input_side)  # fmt: skip
         for src in sources:
             raw = src.value
             if src.transform is None:
@@ -568,9 +398,7 @@ def forward_maps(
             act = _channels(shaped)
             spatial = tuple(act.shape[2:])
             act = act.reshape(act.shape[0], act.shape[1], -1)
-            kind = _tangent_kind(method, channel_aggregator)
-            passes = forward_passes(tuple(act.shape), method, channel_aggregator)
-            chunk = src.chunk or forward_chunk(raw, passes, internal_batch_size)
+            kind, passes, chunk = _tangent_kind(method, channel_aggregator), src.passes, src.chunk
 
             def jvp_one(tangent, src=src, raw=raw):
                 return torch.func.jvp(lambda v: run(src, v), (raw,), (tangent,))[1]
