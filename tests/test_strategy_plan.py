@@ -4,12 +4,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from unittest import mock
+
 import pytest
 import torch
 from _models import no_forward_rule_cnn
 from torch import nn
 
 from captum_concepts.attr import EmbeddingAttribution
+from captum_concepts.attr._core import forward_mode, strategies
 from captum_concepts.attr._core.strategies import Plan
 from captum_concepts.testing import count_hooks
 
@@ -123,3 +127,73 @@ def test_plan_refuses_inference_mode(digits_cnn, digits, strategy):
     ea = EmbeddingAttribution(digits_cnn, "embedding", "block3.relu", strategy=strategy)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         ea.plan(digits.x_test[:2])
+
+
+_DECISIONS = ("reverse_strategy", "strategy_and_reason", "forward_passes", "forward_chunk", "reverse_chunk")
+
+
+def _decisions_of(call):
+    """How often each decision function runs during ``call()``, wherever it is called from (the
+    planner's module or the forward-mode module)."""
+    with contextlib.ExitStack() as stack:
+        mocks = {name: [] for name in _DECISIONS}
+        for module in (strategies, forward_mode):
+            for name in _DECISIONS:
+                if hasattr(module, name):
+                    wrapped = mock.patch.object(module, name, wraps=getattr(module, name))
+                    mocks[name].append(stack.enter_context(wrapped))
+        call()
+        return {name: sum(m.call_count for m in found) for name, found in mocks.items()}
+
+
+def test_each_decision_is_made_once_per_call(digits_cnn, digits):
+    """A call with a reverse and a forward source layer: the reverse strategy is decided once, the
+    strategy once per layer, the passes and the forward chunk once per source tensor, the reverse
+    chunk once per reverse sweep (the shared sweep and the fallback that would replace the forward
+    source); the executors run what the plan holds."""
+    x = digits.x_test[:5]
+    ea = EmbeddingAttribution(digits_cnn, "embedding", ["block1.relu", "block3.relu"])
+    counts = _decisions_of(lambda: ea.attribute(x, show_progress=False))
+    assert ea.strategy_ == ["loop", "forward"]
+    once = {"reverse_strategy": 1, "strategy_and_reason": 2, "forward_passes": 2, "forward_chunk": 2}
+    assert counts == {**once, "reverse_chunk": 2}
+
+
+def test_fallback_runs_the_planned_sweep():
+    """Forward mode fails on both layers: the fallback sweep the planner emitted runs, nothing is
+    decided again (one reverse strategy, one reverse chunk: no reverse sweep was planned)."""
+    torch.manual_seed(0)
+    model = no_forward_rule_cnn()
+    x = torch.randn(2, 1, 6, 6)
+    ea = EmbeddingAttribution(model, None, ["0", "1"], "activation_gradient", "mean", "var")
+    counts = _decisions_of(lambda: ea.attribute(x, show_progress=False))
+    assert ea.strategy_ == ["loop", "loop"]
+    assert counts["reverse_strategy"] == 1 and counts["reverse_chunk"] == 1
+    assert counts["strategy_and_reason"] == counts["forward_passes"] == counts["forward_chunk"] == 2
+
+
+def test_program_holds_the_units_that_run(digits_cnn, digits):
+    """The planner's program: one reverse sweep with the reverse plan's strategy, chunk and
+    transform; one forward source with the forward plan's passes, chunk and transform; under
+    ``"auto"`` a fallback sweep over the forward source."""
+    x = digits.x_test[:5]
+    ea = EmbeddingAttribution(digits_cnn, "embedding", ["block1.relu", "block3.relu"])
+    seen = {}
+    run_sweep, forward_maps = strategies.run_sweep, forward_mode.forward_maps
+
+    def sweep_spy(job, sweep, *args, **kwargs):
+        seen["sweep"] = sweep
+        return run_sweep(job, sweep, *args, **kwargs)
+
+    def forward_spy(model, inputs, sources, **kwargs):
+        seen["forward"] = list(sources)
+        return forward_maps(model, inputs, sources, **kwargs)
+
+    where = "captum_concepts.attr._core.embedding_attribution"
+    with mock.patch(f"{where}.run_sweep", sweep_spy), mock.patch(f"{where}.forward_maps", forward_spy):
+        ea.attribute(x, show_progress=False)
+    reverse, forward = ea.plan_
+    assert seen["sweep"] == strategies.Sweep("loop", reverse.chunk, (0,), (reverse.transform,))
+    (src,) = seen["forward"]
+    assert src.layer is digits_cnn.block3.relu and src.position == 0 and src.transform is forward.transform
+    assert src.passes == forward.passes == 16 and src.chunk == forward.chunk
