@@ -45,8 +45,9 @@ from ..._utils.hooks import ModelGuard, _hold, _release, _uninterruptible, acqui
 from ..._utils.progress import progress_bar
 from .aggregators import Aggregator, aggregate, is_mean
 
-__all__ = ["ForwardModeStateError", "ForwardModeUnsupported", "ForwardSource", "forward_maps"]
-__all__ += ["forward_passes"]
+__all__ = [
+    "ForwardModeStateError", "ForwardModeUnsupported", "ForwardSource", "forward_maps", "forward_passes",
+]  # fmt: skip
 
 # Elements of one chunk of (N, d, C, |S|) channel-resolved maps in the channel/element bases.
 _COMBINE_ELEMENTS = 2**24
