@@ -373,14 +373,11 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
     def _job(self, internal_batch_size, return_per_dim, show_progress, create_graph, single=False) -> Job:
         internal_batch_size = check_int(internal_batch_size, "internal_batch_size", low=1, allow_none=True)
         return Job(
-            self.method,
-            self.channel_aggregator,
-            "mean" if single else self.embedding_aggregator,  # one component per example: its map
-            bool(return_per_dim),
-            bool(create_graph),
-            bool(show_progress),
-            internal_batch_size,
-        )
+            method=self.method, channel_aggregator=self.channel_aggregator,
+            embedding_aggregator="mean" if single else self.embedding_aggregator,  # one component: its map
+            return_per_dim=bool(return_per_dim), create_graph=bool(create_graph),
+            show_progress=bool(show_progress), internal_batch_size=internal_batch_size,
+        )  # fmt: skip
 
     def _selector(self, embedding_dims, target, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """``(N, D_all) -> (N, D)``: the explained components (``embedding_dims``, or per example

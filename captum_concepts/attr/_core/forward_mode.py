@@ -108,6 +108,7 @@ def _tangent_kind(method: str, channel_aggregator: Aggregator) -> str:
 
 
 def _channels(t: torch.Tensor) -> torch.Tensor:
+    """A dense ``(N,)`` source as one channel ``(N, 1)``; others unchanged."""
     return t.unsqueeze(1) if t.dim() == 1 else t
 
 

@@ -29,7 +29,7 @@ from ..._utils.progress import progress_bar
 from ..._utils.validation import validated
 from .aggregators import Aggregator, aggregate, is_mean
 from .costs import PassCosts
-from .forward_mode import ForwardSource, forward_passes
+from .forward_mode import ForwardSource, _channels, forward_passes
 
 __all__ = [
     "Job", "Plan", "Program", "Sweep", "backward_hooks", "choose_strategy", "forward_chunk", "plan_sources",
@@ -334,7 +334,7 @@ def plan_sources(
             shapes = [t.shape if tf is None else tf(t.detach()).shape for t in group]
         counts = [forward_passes(s, job.method, job.channel_aggregator) for s in shapes]
         chunks = [forward_chunk(t, p, ibs) for t, p in zip(group, counts)]
-        passes = sum(counts)  # the cost model prices a layer's tensors as one run of products
+        passes = sum(counts)  # the plan prices a layer's tensors as one run; each runs its own chunks
         fchunk = chunks[0] if len(group) == 1 else min(forward_chunk(t, passes, ibs) for t in group)
         chosen, why = strategy_and_reason(
             strategy, n_dims, passes, device, create_graph=job.create_graph, training=training, costs=cost,
@@ -346,15 +346,15 @@ def plan_sources(
             ForwardSource(lay, k, t.detach(), tf, p, c)
             for k, (t, p, c) in enumerate(zip(group, counts, chunks))
         ]
-    fwd = [j for j in range(len(flat)) if plans[where[j]].strategy == "forward"]
-    rev = [j for j in range(len(flat)) if plans[where[j]].strategy != "forward"]
+    fwd = [j for j, i in enumerate(where) if plans[i].strategy == "forward"]
+    rev = [j for j, i in enumerate(where) if plans[i].strategy != "forward"]
+    sweeps, fallback = [], None
     if rev:
         rchunk = reverse_chunk([flat[j] for j in rev], n_dims, ibs)
         plans = [p if p.strategy == "forward" else replace(p, chunk=rchunk) for p in plans]
-    fallback = None
-    if fwd and strategy == "auto":
+        sweeps.append(sweep(reverse, rchunk, rev))
+    if fwd and strategy == "auto":  # the sweep that replaces forward mode if it fails
         fallback = sweep(reverse, reverse_chunk([flat[j] for j in fwd], n_dims, ibs), fwd)
-    sweeps = [sweep(reverse, rchunk, rev)] if rev else []
     return Program(plans, sweeps, tuple((j, units[j]) for j in fwd), fallback)
 
 
@@ -382,10 +382,6 @@ def _grad(
                 "comes after every entry of layer in the forward pass"
             )
     return list(grads)
-
-
-def _as_channels(t: torch.Tensor) -> torch.Tensor:
-    return t.unsqueeze(1) if t.dim() == 1 else t
 
 
 def channel_maps(
@@ -421,7 +417,7 @@ def run_sweep(
     the layer in errors). ``show_progress`` / ``create_graph``: None for the job's."""
     sources, fns = [flat[j] for j in sweep.index], sweep.transforms
     graph = job.create_graph if create_graph is None else create_graph
-    acts = [_as_channels(apply_reshape(fn, t if graph else t.detach())) for t, fn in zip(sources, fns)]
+    acts = [_channels(apply_reshape(fn, t if graph else t.detach())) for t, fn in zip(sources, fns)]
     if sweep.strategy == "linear":
         grads = _grad(z.mean(1).sum(), sources, None, False, graph)
         return [
