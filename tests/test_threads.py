@@ -184,7 +184,7 @@ def test_attention_kernel_flags_come_back_after_overlapping_forward_sections():
     """Thread A enters, thread B enters, A leaves, B leaves: the kernels stay off while B is still
     inside, and the settings of before A entered come back at the end (the first entrant saves,
     the last restores)."""
-    from captum_concepts.attr._core.forward_mode import forward_mode_kernels
+    from captum_concepts.attr._core.forward_mode import _ForwardModeKernels
 
     flags = _kernel_flags()
     assert flags[0], "the MHA fast path is on by default"
@@ -193,13 +193,13 @@ def test_attention_kernel_flags_come_back_after_overlapping_forward_sections():
 
     def work(i):
         if i == 0:
-            with forward_mode_kernels():
+            with _ForwardModeKernels():
                 a_in.set()
                 assert b_in.wait(10)
             a_out.set()
         else:
             assert a_in.wait(10)
-            with forward_mode_kernels():
+            with _ForwardModeKernels():
                 b_in.set()
                 assert a_out.wait(10)
                 inside_b.append(_kernel_flags())

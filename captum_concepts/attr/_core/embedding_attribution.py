@@ -414,7 +414,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
             output = guard.forward(run_forward, model, x, additional_forward_args)
         z = self._embedding(model, output, embedded, n)
         z = select(z)
-        sources = self._sources(model, captured, x)
+        sources = [x if lay is None else captured[lay].tensors() for lay in self._layers]
         self._warn_layouts(model, sources)
         costs = [
             None if probe is None else probe.costs(lay, sum(t.numel() for t in group))
@@ -503,11 +503,6 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                 "(their gradients would be meaningless)"
             )
         return z
-
-    def _sources(
-        self, model: nn.Module, captured, x: Tuple[torch.Tensor, ...]
-    ) -> List[Tuple[torch.Tensor, ...]]:
-        return [x if lay is None else captured[lay].tensors() for lay in self._layers]
 
 
 def _prepare_input(

@@ -168,14 +168,6 @@ class _ForwardModeKernels:
             _release(held)
 
 
-def forward_mode_kernels() -> _ForwardModeKernels:
-    """Context manager: turn off the fused attention kernels that have no forward-mode rule on
-    CPU (the ``nn.MultiheadAttention`` fast path, and the non-math ``scaled_dot_product_attention``
-    backends); the settings from before the first of concurrent users come back when the last
-    leaves, also after an exception."""
-    return _ForwardModeKernels()
-
-
 # torch.autograd.forward_ad's dual levels (and torch.func.jvp's nesting count) are process-global:
 # two threads in forward mode at once see each other's level (all-zero products, "no level
 # exists"). One forward-mode section at a time in the process; re-entrant for nested calls.
