@@ -89,7 +89,8 @@ class Plan:
 
 @dataclass(frozen=True)
 class Job:
-    """What every executor needs of the call: the method, the aggregators and the options."""
+    """What the planner and the executors need of the call: the method, the aggregators and the
+    options."""
 
     method: str
     channel_aggregator: Aggregator
