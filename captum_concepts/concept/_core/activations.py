@@ -20,11 +20,19 @@ from ..._utils.batches import Batch, iter_batches
 from ..._utils.first_pass import first_forward
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layers, uncompiled
-from ..._utils.layout import apply_reshape, expand_per_layer, layout_hint
-from ..._utils.validation import check_option
+from ..._utils.layout import apply_reshape, layout_hint
 from ..._utils.warn import warn_user
 
-__all__ = ["POOLS", "CollectedBlocks", "stream_layer_outputs", "pool_rows", "collect_blocks"]
+__all__ = [
+    "POOLS",
+    "BlockSpec",
+    "CollectedBlocks",
+    "collect_blocks",
+    "pool_rows",
+    "resolve_blocks",
+    "stream_blocks",
+    "stream_layer_outputs",
+]
 
 POOLS = ("none", "mean", "max")
 InputsOrLoader = Union[Tensor, Iterable[Any]]
@@ -36,7 +44,7 @@ class CollectedBlocks:
 
     pixel_blocks: List[Tensor] = field(default_factory=list)
     activation_blocks: List[Tensor] = field(default_factory=list)
-    input_shape: Tuple[int, ...] = ()
+    input_shape: Optional[Tuple[int, ...]] = ()
     layer_names: List[str] = field(default_factory=list)
     layer_shapes: List[Tuple[int, ...]] = field(default_factory=list)
 
@@ -119,32 +127,146 @@ def _warn_layout(model: nn.Module, module: nn.Module, name: str, act: Tensor) ->
         warn_user(f"layers: {name!r} is pooled per channel, but {hint}")
 
 
-def collect_blocks(
+@dataclass(frozen=True)
+class BlockSpec:
+    """What a coupled-NMF fit reads from its inputs, resolved once (:func:`resolve_blocks`).
+
+    ``modules`` are the layers of ``model`` (uncompiled) with their ``names`` and per-layer
+    ``transforms``; the rows are read on ``device`` (inputs are moved there before the forward
+    pass) in ``dtype``, ``batch_size`` examples at a time.
+    """
+
+    model: Optional[nn.Module]
+    modules: Tuple[nn.Module, ...]
+    names: Tuple[str, ...]
+    transforms: Tuple[Any, ...]
+    include_pixels: bool
+    pool: str
+    batch_size: int
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_blocks(
     model: Optional[nn.Module],
     layers: Sequence[LayerSpec],
-    inputs: InputsOrLoader,
+    transforms: Optional[Sequence[Any]] = None,
     include_pixels: bool = True,
     pool: str = "none",
     batch_size: int = 256,
     device: Optional[torch.device] = None,
     dtype: torch.dtype = torch.float32,
+    inputs: Any = None,
+) -> BlockSpec:
+    """The rules that tie the layers to the model and the data, applied once, before any data is read.
+
+    ``transforms`` holds one reshape transform (or None) per layer (None: none at all).
+    ``device`` None: the model's (its first parameter's), else that of ``inputs`` when it is a
+    tensor, else the CPU.
+
+    Raises:
+        ValueError: nothing to read (no pixels, no layers), layers without a model, or layers
+            that are not distinct modules of ``model``.
+    """
+    if not include_pixels and not layers:
+        raise ValueError("nothing to factorise: include_pixels=False and no layers")
+    modules: List[nn.Module] = []
+    names: List[str] = []
+    if layers:
+        if model is None:
+            raise ValueError("layers were given but model is None; pass the model whose layers to read")
+        model = uncompiled(model)
+        modules = resolve_layers(model, list(layers), argument="layers")
+        names = [layer_name(model, m) or f"layer{j}" for j, m in enumerate(modules)]
+        if len({id(m) for m in modules}) != len(modules):
+            raise ValueError(f"layers must be distinct modules, got {names}")
+    if device is None:
+        param = next(model.parameters(), None) if model is not None else None
+        device = param.device if param is not None else getattr(inputs, "device", torch.device("cpu"))
+    return BlockSpec(
+        model,
+        tuple(modules),
+        tuple(names),
+        tuple(transforms) if transforms is not None else (None,) * len(modules),
+        bool(include_pixels),
+        pool,
+        int(batch_size),
+        torch.device(device),
+        dtype,
+    )
+
+
+def stream_blocks(
+    spec: BlockSpec,
+    inputs: InputsOrLoader,
+    out: CollectedBlocks,
     additional_forward_args: Any = None,
     has_labels: bool = False,
-    reshape_transform: Any = None,
-) -> CollectedBlocks:
-    """One pass over ``inputs``: pixel channels and (pooled) layer outputs as blocks.
+    pixels: bool = True,
+) -> Iterator[Tuple[Batch, List[Tensor]]]:
+    """The one pass over ``inputs``: for each batch, the rows ``(B, r_b)`` of every block (pixel
+    channels first, unless ``pixels`` is False, then layers) on ``spec.device`` in ``spec.dtype``.
 
     ``inputs`` is a tensor, a tuple or dict of tensors, or an iterable of batches
-    (:func:`~captum_concepts._utils.batches.iter_batches`); every input of a batch
-    goes to the model (``model(*inputs, *additional_forward_args, **keyword_inputs)``),
-    the labels of ``(inputs..., labels)`` batches (``has_labels=True``) do not.
+    (:func:`~captum_concepts._utils.batches.iter_batches`); every input of a batch goes to the
+    model (``model(*inputs, *additional_forward_args, **keyword_inputs)``), the labels of
+    ``(inputs..., labels)`` batches (``has_labels=True``) do not. Pixel block ``i`` is channel
+    ``i`` of the first input, flattened; layer ``j``'s output is brought to ``(B, C, *S)`` by its
+    transform, then flattened or, with ``pool="mean"|"max"``, pooled per channel
+    (:func:`pool_rows`). ``out.input_shape`` and ``out.layer_shapes`` are set at the first batch.
 
-    Pixel block ``i`` is channel ``i`` of every example's first input, flattened
-    (``(H*W, N)``); activation block ``j`` is layer ``j``'s output, flattened or, with
-    ``pool="mean"|"max"``, pooled over its spatial dimensions per channel
-    (``(C_j, N)``). Every returned block is the transpose view of an
-    ``(N, features)`` tensor, so nothing is copied to get the paper's
-    orientation.
+    Raises:
+        ValueError: batches of different example shapes, a layer that changes the batch size,
+            or no examples at all.
+    """
+    batches: Iterable[Batch] = iter_batches(inputs, spec.batch_size, "inputs", labels=has_labels)
+    if spec.modules:
+        stream: Iterable[Tuple[Batch, List[Tensor]]] = stream_layer_outputs(
+            spec.model, spec.modules, batches, additional_forward_args, spec.device
+        )
+    else:
+        stream = ((batch, []) for batch in batches)
+    n_seen = 0
+    for i, (batch, acts) in enumerate(stream):
+        first, to = batch.first, {"device": spec.device, "dtype": spec.dtype}
+        if i == 0:
+            out.input_shape = tuple(first.shape[1:])
+        elif tuple(first.shape[1:]) != out.input_shape:
+            raise ValueError(
+                f"inputs: every batch must have example shape {out.input_shape}, got {tuple(first.shape[1:])}"
+            )
+        rows: List[Tensor] = []
+        if spec.include_pixels and pixels:
+            per_channel = first.reshape(first.shape[0], first.shape[1] if first.dim() > 2 else 1, -1)
+            rows += [per_channel[:, i].to(**to) for i in range(per_channel.shape[1])]
+        for j, (module, name, transform, act) in enumerate(
+            zip(spec.modules, spec.names, spec.transforms, acts)
+        ):
+            if act.dim() == 0 or act.shape[0] != batch.size:
+                raise ValueError(
+                    f"layers[{j}]={name!r} changed the batch size: {batch.size} inputs, output of "
+                    f"shape {tuple(act.shape)}"
+                )
+            if spec.pool != "none" and transform is None and i == 0:
+                _warn_layout(spec.model, module, name, act)
+            act = apply_reshape(transform, act, 1, f"layer {name!r}")
+            pooled = pool_rows(act, spec.pool)
+            if i == 0:
+                out.layer_shapes.append(tuple(act.shape[1:]) if spec.pool == "none" else (pooled.shape[1],))
+            rows.append(pooled.to(**to))
+        n_seen += batch.size
+        yield batch, rows
+    if n_seen == 0:
+        raise ValueError("inputs yielded no examples")
+
+
+def collect_blocks(
+    spec: BlockSpec, inputs: InputsOrLoader, additional_forward_args: Any = None, has_labels: bool = False
+) -> CollectedBlocks:
+    """One pass over ``inputs`` (:func:`stream_blocks`): pixel channels and (pooled) layer outputs
+    as blocks, pixel block ``i`` ``(H*W, N)``, activation block ``j`` ``(a_j, N)``. Every returned
+    block is the transpose view of an ``(N, features)`` tensor, so nothing is copied to get the
+    paper's orientation.
 
     Memory: the blocks hold ``4 * N * (sum_i S_i + sum_j a_j)`` bytes in float32.
     When ``inputs`` is a tensor the storage is allocated once and filled batch
@@ -152,82 +274,27 @@ def collect_blocks(
     has the right dtype and device). For a loader ``N`` is unknown in advance:
     batches are kept in a list and concatenated block by block, so the peak is
     the blocks plus the largest block.
-
-    ``reshape_transform`` (None, a callable or a list aligned with ``layers``) brings each layer's
-    output to ``(N, C, *S)`` before it is pooled (see ``captum_concepts.attr.channels_last``).
     """
-    check_option(pool, "pool", POOLS)
-    modules: List[nn.Module] = []
-    names: List[str] = []
-    if layers:
-        if model is None:
-            raise ValueError("layers were given but model is None; pass the model whose layers to read")
-        model = uncompiled(model)
-        transforms = expand_per_layer(reshape_transform, len(layers), "reshape_transform")
-        modules = resolve_layers(model, list(layers), argument="layers")
-        names = [layer_name(model, m) or f"layer{j}" for j, m in enumerate(modules)]
-        if len({id(m) for m in modules}) != len(modules):
-            raise ValueError(f"layers must be distinct modules, got {names}")
     n_total = inputs.shape[0] if isinstance(inputs, Tensor) else None
-    if device is None:
-        if model is not None and next(model.parameters(), None) is not None:
-            device = next(model.parameters()).device
-        elif isinstance(inputs, Tensor):
-            device = inputs.device
-        else:
-            device = torch.device("cpu")
-    device = torch.device(device)
     # pixel blocks straight from a tensor that already has the right dtype/device: views, no copy
     pixel_views = (
-        include_pixels and isinstance(inputs, Tensor) and inputs.dtype == dtype and inputs.device == device
+        spec.include_pixels
+        and isinstance(inputs, Tensor)
+        and inputs.dtype == spec.dtype
+        and inputs.device == spec.device
     )
-    out = CollectedBlocks(layer_names=names)
-    pixel_sinks: List[_Sink] = []
-    layer_sinks = [_Sink(n_total) for _ in modules]
-    batches: Iterable[Batch] = iter_batches(inputs, batch_size, "inputs", labels=has_labels)
-    if modules:
-        arguments = [f"layers[{j}]" for j in range(len(modules))]
-        stream: Iterable[Tuple[Batch, List[Tensor]]] = stream_layer_outputs(
-            model, modules, batches, additional_forward_args, device, arguments
-        )
-    else:
-        stream = ((batch, []) for batch in batches)
-    n_seen = 0
-    for batch, acts in stream:
-        first = batch.first
-        if not out.input_shape:
-            out.input_shape = tuple(first.shape[1:])
-        elif tuple(first.shape[1:]) != out.input_shape:
-            raise ValueError(
-                f"inputs: every batch must have example shape {out.input_shape}, got {tuple(first.shape[1:])}"
-            )
-        if include_pixels and not pixel_views:
-            channels = first.shape[1] if first.dim() > 2 else 1
-            if not pixel_sinks:
-                pixel_sinks = [_Sink(n_total) for _ in range(channels)]
-            per_channel = first.reshape(first.shape[0], channels, -1)
-            for i, sink in enumerate(pixel_sinks):
-                sink.add(per_channel[:, i].to(device=device, dtype=dtype))
-        for j, (sink, act) in enumerate(zip(layer_sinks, acts)):
-            if act.dim() == 0 or act.shape[0] != batch.size:
-                raise ValueError(
-                    f"layers[{j}]={names[j]!r} changed the batch size: {batch.size} inputs, output of "
-                    f"shape {tuple(act.shape)}"
-                )
-            if pool != "none" and transforms[j] is None and len(out.layer_shapes) <= j:
-                _warn_layout(model, modules[j], names[j], act)
-            act = apply_reshape(transforms[j], act, 1, f"layer {names[j]!r}")
-            pooled = pool_rows(act, pool)
-            if len(out.layer_shapes) <= j:
-                out.layer_shapes.append(tuple(act.shape[1:]) if pool == "none" else (pooled.shape[1],))
-            sink.add(pooled.to(device=device, dtype=dtype))
-        n_seen += batch.size
-    if n_seen == 0:
-        raise ValueError("inputs yielded no examples")
+    out = CollectedBlocks(layer_names=list(spec.names))
+    sinks: List[_Sink] = []
+    for _, rows in stream_blocks(spec, inputs, out, additional_forward_args, has_labels, not pixel_views):
+        sinks = sinks or [_Sink(n_total) for _ in rows]
+        for sink, x in zip(sinks, rows):
+            sink.add(x)
+    blocks = [sink.finish().t() for sink in sinks]
+    n_pixel = len(blocks) - len(spec.modules)
     if pixel_views:
-        flat = inputs.reshape(n_seen, inputs.shape[1] if inputs.dim() > 2 else 1, -1)
+        flat = inputs.reshape(n_total, inputs.shape[1] if inputs.dim() > 2 else 1, -1)
         out.pixel_blocks = [flat[:, i].t() for i in range(flat.shape[1])]
     else:
-        out.pixel_blocks = [sink.finish().t() for sink in pixel_sinks]
-    out.activation_blocks = [sink.finish().t() for sink in layer_sinks]
+        out.pixel_blocks = blocks[:n_pixel]
+    out.activation_blocks = blocks[n_pixel:]
     return out
