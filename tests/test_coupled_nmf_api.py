@@ -72,8 +72,9 @@ def test_transform_orientation_samples_first_and_the_future_warning(random_digit
 def test_transform_of_matrices_takes_samples_first_too():
     pix, act = _blocks()
     est = CoupledNMFConcepts(3, solver="hals", max_iter=10).fit_matrices(pix, act, show_progress=False)
-    rows = est.transform(pixel_blocks=[p[:, :4] for p in pix], activation_blocks=[a[:, :4] for a in act],
-                         samples_first=True)
+    rows = est.transform(
+        pixel_blocks=[p[:, :4] for p in pix], activation_blocks=[a[:, :4] for a in act], samples_first=True
+    )
     assert rows.shape == (4, 3) and rows.abs().max() > 0
 
 
@@ -141,3 +142,40 @@ def test_every_fit_shows_a_progress_bar_with_the_loss(monkeypatch, entry, random
     assert _Recorder.made[0].show is False
     with pytest.raises(ValueError, match="show_progress must be"):
         est.fit_matrices(pix, act, show_progress="no")
+
+
+@pytest.mark.parametrize("out_of_core", [False, True])
+def test_a_fit_resolves_its_layers_once_and_transform_reuses_them(out_of_core, tmp_path):
+    """One resolution per fit, whatever the number of batches (in memory and on disk), none in
+    ``transform``; a loaded estimator resolves its layers once, at its first ``transform``."""
+    from unittest import mock
+
+    from captum_concepts._utils import layers
+    from captum_concepts.concept import OutOfCore
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(108, 5),
+        torch.nn.ReLU(),
+    ).eval()
+    x = torch.rand(30, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    settings = OutOfCore("4MB", directory=str(tmp_path)) if out_of_core else None
+    est = CoupledNMFConcepts(2, model, layers=["1", "4"], batch_size=8, max_iter=3, out_of_core=settings)
+    with mock.patch.object(layers, "resolve_layer", wraps=layers.resolve_layer) as resolve:
+        est.fit(x)  # 4 batches
+        assert resolve.call_count == 2  # one call per layer
+        got = est.transform(x[:5], samples_first=True)
+        est.fit_transform(x)
+        assert resolve.call_count == 4
+        est.transform(x[:5], samples_first=True)
+        est.save(tmp_path / "cnmf.pt")
+        loaded = CoupledNMFConcepts.load(tmp_path / "cnmf.pt", model=model)
+        assert resolve.call_count == 4
+        torch.testing.assert_close(
+            loaded.transform(x[:5], samples_first=True), est.transform(x[:5], samples_first=True)
+        )
+        loaded.transform(x[:5], samples_first=True)
+        assert resolve.call_count == 6
+    torch.testing.assert_close(got, est.fit(x).transform(x[:5], samples_first=True))
