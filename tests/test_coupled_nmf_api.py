@@ -72,9 +72,8 @@ def test_transform_orientation_samples_first_and_the_future_warning(random_digit
 def test_transform_of_matrices_takes_samples_first_too():
     pix, act = _blocks()
     est = CoupledNMFConcepts(3, solver="hals", max_iter=10).fit_matrices(pix, act, show_progress=False)
-    rows = est.transform(
-        pixel_blocks=[p[:, :4] for p in pix], activation_blocks=[a[:, :4] for a in act], samples_first=True
-    )
+    rows = est.transform(pixel_blocks=[p[:, :4] for p in pix], activation_blocks=[a[:, :4] for a in act],
+                         samples_first=True)
     assert rows.shape == (4, 3) and rows.abs().max() > 0
 
 

@@ -95,38 +95,6 @@ def pool_rows(act: Tensor, pool: str) -> Tensor:
     return act.mean(dim=dims) if pool == "mean" else act.amax(dim=dims)
 
 
-class _Sink:
-    """Rows ``(N, features)`` for one block, preallocated when ``N`` is known."""
-
-    def __init__(self, n_total: Optional[int]) -> None:
-        self.n_total = n_total
-        self.chunks: List[Tensor] = []
-        self.buffer: Optional[Tensor] = None
-        self.n = 0
-
-    def add(self, rows: Tensor) -> None:
-        if self.n_total is not None:
-            if self.buffer is None:
-                self.buffer = rows.new_empty((self.n_total, rows.shape[1]))
-            self.buffer[self.n : self.n + rows.shape[0]] = rows
-        else:
-            self.chunks.append(rows)
-        self.n += rows.shape[0]
-
-    def finish(self) -> Tensor:
-        if self.buffer is not None:
-            return self.buffer
-        out = torch.cat(self.chunks, dim=0)
-        self.chunks = []
-        return out
-
-
-def _warn_layout(model: nn.Module, module: nn.Module, name: str, act: Tensor) -> None:
-    hint = layout_hint(model, module, tuple(act.shape))
-    if hint is not None:
-        warn_user(f"layers: {name!r} is pooled per channel, but {hint}")
-
-
 @dataclass(frozen=True)
 class BlockSpec:
     """What a coupled-NMF fit reads from its inputs, resolved once (:func:`resolve_blocks`).
@@ -160,9 +128,8 @@ def resolve_blocks(
 ) -> BlockSpec:
     """The rules that tie the layers to the model and the data, applied once, before any data is read.
 
-    ``transforms`` holds one reshape transform (or None) per layer (None: none at all).
-    ``device`` None: the model's (its first parameter's), else that of ``inputs`` when it is a
-    tensor, else the CPU.
+    ``transforms``: one reshape transform (or None) per layer (None: none at all). ``device``
+    None: the model's, else that of ``inputs`` when it is a tensor, else the CPU.
 
     Raises:
         ValueError: nothing to read (no pixels, no layers), layers without a model, or layers
@@ -170,29 +137,22 @@ def resolve_blocks(
     """
     if not include_pixels and not layers:
         raise ValueError("nothing to factorise: include_pixels=False and no layers")
-    modules: List[nn.Module] = []
-    names: List[str] = []
+    modules: Tuple[nn.Module, ...] = ()
+    names: Tuple[str, ...] = ()
     if layers:
         if model is None:
             raise ValueError("layers were given but model is None; pass the model whose layers to read")
         model = uncompiled(model)
-        modules = resolve_layers(model, list(layers), argument="layers")
-        names = [layer_name(model, m) or f"layer{j}" for j, m in enumerate(modules)]
+        modules = tuple(resolve_layers(model, list(layers), argument="layers"))
+        names = tuple(layer_name(model, m) or f"layer{j}" for j, m in enumerate(modules))
         if len({id(m) for m in modules}) != len(modules):
-            raise ValueError(f"layers must be distinct modules, got {names}")
-    if device is None:
-        param = next(model.parameters(), None) if model is not None else None
-        device = param.device if param is not None else getattr(inputs, "device", torch.device("cpu"))
+            raise ValueError(f"layers must be distinct modules, got {list(names)}")
+    if device is None:  # the model's (its first parameter's), else the input tensor's
+        sources = (next(model.parameters(), None) if model is not None else None, inputs)
+        device = next((t.device for t in sources if isinstance(t, Tensor)), "cpu")
+    transforms = tuple(transforms or (None,) * len(modules))
     return BlockSpec(
-        model,
-        tuple(modules),
-        tuple(names),
-        tuple(transforms) if transforms is not None else (None,) * len(modules),
-        bool(include_pixels),
-        pool,
-        int(batch_size),
-        torch.device(device),
-        dtype,
+        model, modules, names, transforms, include_pixels, pool, int(batch_size), torch.device(device), dtype
     )
 
 
@@ -238,7 +198,7 @@ def stream_blocks(
         rows: List[Tensor] = []
         if spec.include_pixels and pixels:
             per_channel = first.reshape(first.shape[0], first.shape[1] if first.dim() > 2 else 1, -1)
-            rows += [per_channel[:, i].to(**to) for i in range(per_channel.shape[1])]
+            rows += [per_channel[:, c].to(**to) for c in range(per_channel.shape[1])]
         for j, (module, name, transform, act) in enumerate(
             zip(spec.modules, spec.names, spec.transforms, acts)
         ):
@@ -247,8 +207,11 @@ def stream_blocks(
                     f"layers[{j}]={name!r} changed the batch size: {batch.size} inputs, output of "
                     f"shape {tuple(act.shape)}"
                 )
+            hint = None
             if spec.pool != "none" and transform is None and i == 0:
-                _warn_layout(spec.model, module, name, act)
+                hint = layout_hint(spec.model, module, tuple(act.shape))
+            if hint is not None:
+                warn_user(f"layers: {name!r} is pooled per channel, but {hint}")
             act = apply_reshape(transform, act, 1, f"layer {name!r}")
             pooled = pool_rows(act, spec.pool)
             if i == 0:
@@ -263,33 +226,39 @@ def stream_blocks(
 def collect_blocks(
     spec: BlockSpec, inputs: InputsOrLoader, additional_forward_args: Any = None, has_labels: bool = False
 ) -> CollectedBlocks:
-    """One pass over ``inputs`` (:func:`stream_blocks`): pixel channels and (pooled) layer outputs
-    as blocks, pixel block ``i`` ``(H*W, N)``, activation block ``j`` ``(a_j, N)``. Every returned
-    block is the transpose view of an ``(N, features)`` tensor, so nothing is copied to get the
-    paper's orientation.
+    """The blocks of :func:`stream_blocks`, pixel block ``i`` ``(H*W, N)`` then activation block
+    ``j`` ``(a_j, N)``, each the transpose view of ``(N, features)`` storage (no copy).
 
-    Memory: the blocks hold ``4 * N * (sum_i S_i + sum_j a_j)`` bytes in float32.
-    When ``inputs`` is a tensor the storage is allocated once and filled batch
-    by batch (and pixel blocks are views of ``inputs`` itself when it already
-    has the right dtype and device). For a loader ``N`` is unknown in advance:
-    batches are kept in a list and concatenated block by block, so the peak is
-    the blocks plus the largest block.
+    Memory: the blocks hold ``4 * N * (sum_i S_i + sum_j a_j)`` bytes in float32. When ``inputs``
+    is a tensor the storage is allocated once and filled batch by batch (and pixel blocks are
+    views of ``inputs`` itself when it already has the right dtype and device). For a loader ``N``
+    is unknown in advance: batches are kept in a list and concatenated block by block, so the
+    peak is the blocks plus the largest block.
     """
     n_total = inputs.shape[0] if isinstance(inputs, Tensor) else None
     # pixel blocks straight from a tensor that already has the right dtype/device: views, no copy
     pixel_views = (
         spec.include_pixels
-        and isinstance(inputs, Tensor)
-        and inputs.dtype == spec.dtype
-        and inputs.device == spec.device
+        and n_total is not None
+        and (inputs.dtype, inputs.device) == (spec.dtype, spec.device)
     )
     out = CollectedBlocks(layer_names=list(spec.names))
-    sinks: List[_Sink] = []
-    for _, rows in stream_blocks(spec, inputs, out, additional_forward_args, has_labels, not pixel_views):
-        sinks = sinks or [_Sink(n_total) for _ in rows]
-        for sink, x in zip(sinks, rows):
-            sink.add(x)
-    blocks = [sink.finish().t() for sink in sinks]
+    parts: List[List[Tensor]] = []  # per block: one buffer of N rows, or a loader's batches
+    n = 0
+    for batch, rows in stream_blocks(spec, inputs, out, additional_forward_args, has_labels, not pixel_views):
+        if n_total is None:
+            parts = parts or [[] for _ in rows]
+            for part, x in zip(parts, rows):
+                part.append(x)
+        else:
+            parts = parts or [[x.new_empty((n_total, x.shape[1]))] for x in rows]
+            for (buffer,), x in zip(parts, rows):
+                buffer[n : n + batch.size] = x
+        n += batch.size
+    blocks = []
+    while parts:  # a block's batches are released once it is joined
+        part = parts.pop(0)
+        blocks.append((part[0] if len(part) == 1 else torch.cat(part)).t())
     n_pixel = len(blocks) - len(spec.modules)
     if pixel_views:
         flat = inputs.reshape(n_total, inputs.shape[1] if inputs.dim() > 2 else 1, -1)

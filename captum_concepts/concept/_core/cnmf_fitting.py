@@ -43,14 +43,10 @@ def matrix_lists(
 
 @dataclass
 class FitResult:
-    """What one fit found: its blocks, their shifts and the solver's factors (``solution``).
+    """What one fit found, assigned to the estimator's fitted attributes in one place: the blocks
+    (``n_pixel_blocks`` pixel blocks, then the layers described by ``layer_names`` and
+    ``layer_shapes``), their shifts, weights and offsets, and the solver's factors."""
 
-    The estimator assigns it to its fitted attributes in one place; ``layer_names`` and
-    ``layer_shapes`` describe the activation blocks (``activation_blocks[j]``, ``(a_j,)`` for
-    matrices that came without names).
-    """
-
-    block_names: List[str]
     n_pixel_blocks: int
     input_shape: Optional[Tuple[int, ...]]
     layer_names: List[str]
@@ -62,13 +58,15 @@ class FitResult:
 
     @classmethod
     def of_blocks(
-        cls, n_pixel: int, rows: Sequence[int], input_shape: Any, names: Sequence[str], shapes: Sequence[Any]
+        cls, n_pixel: int, rows: Sequence[int], input_shape: Any, names: list, shapes: list
     ) -> FitResult:
-        """The description of blocks of ``rows`` rows, ``n_pixel`` pixel blocks first."""
+        """Activation blocks that came without names (matrices) are ``activation_blocks[j]``, ``(a_j,)``."""
         names = list(names) or [f"activation_blocks[{j}]" for j in range(len(rows) - n_pixel)]
-        shapes = list(shapes) or [(int(r),) for r in rows[n_pixel:]]
-        pixels = [f"pixels[{i}]" for i in range(n_pixel)]
-        return cls(pixels + names, n_pixel, input_shape, names, shapes)
+        return cls(n_pixel, input_shape, names, list(shapes) or [(int(r),) for r in rows[n_pixel:]])
+
+    @property
+    def block_names(self) -> List[str]:
+        return [f"pixels[{i}]" for i in range(self.n_pixel_blocks)] + self.layer_names
 
 
 class _CoupledNMFFitting:
@@ -214,14 +212,12 @@ class _CoupledNMFFitting:
             reduce_min=self._reduce_min,
         )
         shift = None
-        if any(s is not None for s in result.shifts):
-            shift = torch.cat(
-                [
-                    torch.zeros(c - a, dtype=torch.float64) if s is None else s.cpu()
-                    for (a, c), s in zip(bounds, result.shifts)
-                ]
-            )
-            shift = shift.to(device=device, dtype=self.dtype)
+        if any(s is not None for s in result.shifts):  # then shift="min": a zero shift for the others
+            parts = [
+                nonnegative_blocks.read_shift(s, self.shift, c - a)
+                for (a, c), s in zip(bounds, result.shifts)
+            ]
+            shift = torch.cat(parts).to(device=device, dtype=self.dtype)
         settings = self.out_of_core or OutOfCore()
         chunk_rows = plan_chunk_rows(
             settings.budget_bytes(),

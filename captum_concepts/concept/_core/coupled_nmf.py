@@ -49,6 +49,7 @@ __all__ = ["CoupledNMFConcepts"]
 SOLVERS = ("mu", "hals")
 SHIFTS = (None, "min")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_READ_PARAMS = ("model", "layers", "include_pixels", "pool", "batch_size", "dtype")  # resolve_blocks'
 State = Dict[str, Any]
 
 
@@ -387,24 +388,13 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
             raise ValueError(f"groups must be 1-D with one entry per example ({expected}), got shape {shape}")
 
     def _block_spec(self, transforms: List[Any], device: Any = None, inputs: Any = None) -> BlockSpec:
-        """The blocks that :meth:`fit` and :meth:`transform` read, resolved from the parameters."""
-        return resolve_blocks(
-            self.model,
-            list(self.layers),
-            transforms,
-            self.include_pixels,
-            self.pool,
-            int(self.batch_size),
-            device,
-            self.dtype,
-            inputs,
-        )
+        """The blocks that :meth:`fit` and :meth:`transform` read (:func:`resolve_blocks`)."""
+        params = {name: getattr(self, name) for name in _READ_PARAMS}
+        return resolve_blocks(transforms=transforms, device=device, inputs=inputs, **params)
 
     def _spec_source(self) -> tuple:
-        """The parameters a block specification is resolved from (a cached one is reused while
-        they are the same objects)."""
-        params = ("model", "layers", "reshape_transform", "include_pixels", "pool", "batch_size", "dtype")
-        return tuple(getattr(self, name) for name in params)
+        """The parameters a block specification comes from: the fit's is reused while they are the same."""
+        return tuple(getattr(self, name) for name in _READ_PARAMS + ("reshape_transform",))
 
     def _set_fitted(self, result: FitResult, spec: Optional[BlockSpec]) -> CoupledNMFConcepts:
         """The one place a fit's result becomes the fitted attributes (``spec``: that of :meth:`fit`,
@@ -424,8 +414,8 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         return self
 
     def _transform_spec(self, device: torch.device) -> BlockSpec:
-        """The fit's block specification; resolved here only for an estimator loaded from a file,
-        or whose model, layers or reading parameters changed since (then kept for the next call)."""
+        """The fit's block specification; resolved here (once) only for an estimator loaded from a
+        file, or whose model, layers or reading parameters changed since."""
         cached = getattr(self, "_fitted_spec", None)
         if cached is None or cached[1].device != device or cached[0] != self._spec_source():
             transforms = expand_per_layer(self.reshape_transform, len(self.layers), "reshape_transform")
