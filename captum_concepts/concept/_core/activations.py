@@ -28,6 +28,7 @@ __all__ = [
     "BlockSpec",
     "CollectedBlocks",
     "collect_blocks",
+    "pick_device",
     "pool_rows",
     "resolve_blocks",
     "stream_blocks",
@@ -97,12 +98,9 @@ def pool_rows(act: Tensor, pool: str) -> Tensor:
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """What a coupled-NMF fit reads from its inputs, resolved once (:func:`resolve_blocks`).
-
-    ``modules`` are the layers of ``model`` (uncompiled) with their ``names`` and per-layer
-    ``transforms``; the rows are read on ``device`` (inputs are moved there before the forward
-    pass) in ``dtype``, ``batch_size`` examples at a time.
-    """
+    """What a coupled-NMF fit reads from its inputs, resolved once (:func:`resolve_blocks`): the
+    ``modules`` of ``model`` (uncompiled), their ``names`` and ``transforms``; rows are read on
+    ``device`` (inputs are moved there) in ``dtype``, ``batch_size`` examples at a time."""
 
     model: Optional[nn.Module]
     modules: Tuple[nn.Module, ...]
@@ -113,6 +111,13 @@ class BlockSpec:
     batch_size: int
     device: torch.device
     dtype: torch.dtype
+
+
+def pick_device(device: Any, *sources: Any) -> torch.device:
+    """``device``; if None, that of the first tensor among ``sources``, else the CPU."""
+    if device is None:
+        device = next((t.device for t in sources if isinstance(t, Tensor)), "cpu")
+    return torch.device(device)
 
 
 def resolve_blocks(
@@ -147,13 +152,9 @@ def resolve_blocks(
         names = tuple(layer_name(model, m) or f"layer{j}" for j, m in enumerate(modules))
         if len({id(m) for m in modules}) != len(modules):
             raise ValueError(f"layers must be distinct modules, got {list(names)}")
-    if device is None:  # the model's (its first parameter's), else the input tensor's
-        sources = (next(model.parameters(), None) if model is not None else None, inputs)
-        device = next((t.device for t in sources if isinstance(t, Tensor)), "cpu")
+    device = pick_device(device, next(model.parameters(), None) if model is not None else None, inputs)
     transforms = tuple(transforms or (None,) * len(modules))
-    return BlockSpec(
-        model, modules, names, transforms, include_pixels, pool, int(batch_size), torch.device(device), dtype
-    )
+    return BlockSpec(model, modules, names, transforms, include_pixels, pool, int(batch_size), device, dtype)
 
 
 def stream_blocks(
@@ -164,16 +165,14 @@ def stream_blocks(
     has_labels: bool = False,
     pixels: bool = True,
 ) -> Iterator[Tuple[Batch, List[Tensor]]]:
-    """The one pass over ``inputs``: for each batch, the rows ``(B, r_b)`` of every block (pixel
-    channels first, unless ``pixels`` is False, then layers) on ``spec.device`` in ``spec.dtype``.
-
-    ``inputs`` is a tensor, a tuple or dict of tensors, or an iterable of batches
-    (:func:`~captum_concepts._utils.batches.iter_batches`); every input of a batch goes to the
-    model (``model(*inputs, *additional_forward_args, **keyword_inputs)``), the labels of
-    ``(inputs..., labels)`` batches (``has_labels=True``) do not. Pixel block ``i`` is channel
-    ``i`` of the first input, flattened; layer ``j``'s output is brought to ``(B, C, *S)`` by its
-    transform, then flattened or, with ``pool="mean"|"max"``, pooled per channel
-    (:func:`pool_rows`). ``out.input_shape`` and ``out.layer_shapes`` are set at the first batch.
+    """The one pass over ``inputs``: for each batch, the rows ``(B, r_b)`` of every block on
+    ``spec.device`` in ``spec.dtype``: the first input's channels (unless ``pixels`` is False),
+    then each layer's output brought to ``(B, C, *S)`` by its transform, flattened or pooled per
+    channel (:func:`pool_rows`). ``out.input_shape`` and ``out.layer_shapes`` are set at the first
+    batch. ``inputs``: a tensor, a tuple or dict of tensors, or an iterable of batches
+    (:func:`~captum_concepts._utils.batches.iter_batches`), all sent to the model
+    (``model(*inputs, *additional_forward_args, **keyword_inputs)``) but the labels of
+    ``(inputs..., labels)`` batches with ``has_labels``.
 
     Raises:
         ValueError: batches of different example shapes, a layer that changes the batch size,
@@ -207,11 +206,10 @@ def stream_blocks(
                     f"layers[{j}]={name!r} changed the batch size: {batch.size} inputs, output of "
                     f"shape {tuple(act.shape)}"
                 )
-            hint = None
             if spec.pool != "none" and transform is None and i == 0:
                 hint = layout_hint(spec.model, module, tuple(act.shape))
-            if hint is not None:
-                warn_user(f"layers: {name!r} is pooled per channel, but {hint}")
+                if hint is not None:
+                    warn_user(f"layers: {name!r} is pooled per channel, but {hint}")
             act = apply_reshape(transform, act, 1, f"layer {name!r}")
             pooled = pool_rows(act, spec.pool)
             if i == 0:
@@ -237,11 +235,8 @@ def collect_blocks(
     """
     n_total = inputs.shape[0] if isinstance(inputs, Tensor) else None
     # pixel blocks straight from a tensor that already has the right dtype/device: views, no copy
-    pixel_views = (
-        spec.include_pixels
-        and n_total is not None
-        and (inputs.dtype, inputs.device) == (spec.dtype, spec.device)
-    )
+    as_read = n_total is not None and (inputs.dtype, inputs.device) == (spec.dtype, spec.device)
+    pixel_views = spec.include_pixels and as_read
     out = CollectedBlocks(layer_names=list(spec.names))
     parts: List[List[Tensor]] = []  # per block: one buffer of N rows, or a loader's batches
     n = 0

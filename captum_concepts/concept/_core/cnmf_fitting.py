@@ -57,12 +57,13 @@ class FitResult:
     solution: Optional[solvers.SolverResult] = None
 
     @classmethod
-    def of_blocks(
-        cls, n_pixel: int, rows: Sequence[int], input_shape: Any, names: list, shapes: list
-    ) -> FitResult:
-        """Activation blocks that came without names (matrices) are ``activation_blocks[j]``, ``(a_j,)``."""
-        names = list(names) or [f"activation_blocks[{j}]" for j in range(len(rows) - n_pixel)]
-        return cls(n_pixel, input_shape, names, list(shapes) or [(int(r),) for r in rows[n_pixel:]])
+    def of_blocks(cls, n_pixel: int, rows: Sequence[int], layout: Any) -> FitResult:
+        """Blocks of ``rows`` rows described by ``layout`` (a :class:`CollectedBlocks` or an
+        :class:`ActivationStore`); activation blocks without names are ``activation_blocks[j]``,
+        of shape ``(a_j,)``."""
+        names = list(layout.layer_names) or [f"activation_blocks[{j}]" for j in range(len(rows) - n_pixel)]
+        shapes = list(layout.layer_shapes) or [(int(r),) for r in rows[n_pixel:]]
+        return cls(n_pixel, layout.input_shape, names, shapes)
 
     @property
     def block_names(self) -> List[str]:
@@ -150,9 +151,6 @@ class _CoupledNMFFitting:
     def _reduce_min(self, t: Tensor) -> Tensor:
         return dist_utils.all_reduce_min(t) if self.distributed else t
 
-    def _resolve_device(self, fallback: torch.device) -> torch.device:
-        return torch.device(self.device) if self.device is not None else fallback
-
     @contextlib.contextmanager
     def _monitor(self, show_progress: bool) -> Iterator[Callable[[int, float], None]]:
         """The solver's per-iteration callback: a progress bar over ``max_iter`` iterations with
@@ -190,9 +188,7 @@ class _CoupledNMFFitting:
             raise ValueError("store holds no examples; append at least one batch before fitting")
         dist_utils.declare(block_rows=list(store.block_rows))
         n_pixel = store.n_pixel_blocks
-        result = FitResult.of_blocks(
-            n_pixel, store.block_rows, store.input_shape, store.layer_names, store.layer_shapes
-        )
+        result = FitResult.of_blocks(n_pixel, store.block_rows, store)
         names = result.block_names
         overflow = self._reduce_min(-torch.tensor(store.overflow, dtype=torch.int32)).neg()
         if bool(overflow.any()):
@@ -240,25 +236,14 @@ class _CoupledNMFFitting:
     ) -> FitResult:
         n_pixel = len(collected.pixel_blocks)
         blocks = self._as_blocks(collected.pixel_blocks, collected.activation_blocks, device)
-        result = FitResult.of_blocks(
-            n_pixel,
-            [x.shape[0] for x in blocks],
-            collected.input_shape,
-            collected.layer_names,
-            collected.layer_shapes,
-        )
+        result = FitResult.of_blocks(n_pixel, [x.shape[0] for x in blocks], collected)
         blocks, result.shifts = self._shifted(blocks, result.block_names, n_pixel, fitting=True)
         return self._solve(
             result, functools.partial(solvers.CoupledProblem, blocks), groups, device, show_progress
         )
 
     def _solve(
-        self,
-        result: FitResult,
-        new_problem: Callable[..., Any],
-        groups: Any,
-        device: torch.device,
-        show_progress: bool,
+        self, result: FitResult, new_problem: Callable, groups: Any, device: torch.device, show_progress: bool
     ) -> FitResult:
         """Random start and solve; ``result`` gets the block weights, offsets and solution.
 

@@ -30,7 +30,7 @@ from ..._utils.validation import (
 )
 from ..._utils.warn import warn_user
 from . import cnmf_solvers as solvers
-from .activations import POOLS, BlockSpec, CollectedBlocks, collect_blocks, resolve_blocks
+from .activations import POOLS, BlockSpec, CollectedBlocks, collect_blocks, pick_device, resolve_blocks
 from .base import COMMON_CONSTRAINTS, MODEL, _ConceptEstimator
 from .cnmf_analyses import _CoupledNMFAnalyses
 from .cnmf_fitting import FitResult, Matrix, _CoupledNMFFitting, matrix_lists
@@ -49,7 +49,8 @@ __all__ = ["CoupledNMFConcepts"]
 SOLVERS = ("mu", "hals")
 SHIFTS = (None, "min")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_READ_PARAMS = ("model", "layers", "include_pixels", "pool", "batch_size", "dtype")  # resolve_blocks'
+# what resolve_blocks reads, and the reshape transform: transform reuses the fit's blocks while they stay
+_SPEC_PARAMS = ("model", "layers", "include_pixels", "pool", "batch_size", "dtype", "reshape_transform")
 State = Dict[str, Any]
 
 
@@ -387,18 +388,24 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
             expected = f"N={n_examples}" if n_examples is not None else "N"
             raise ValueError(f"groups must be 1-D with one entry per example ({expected}), got shape {shape}")
 
-    def _block_spec(self, transforms: List[Any], device: Any = None, inputs: Any = None) -> BlockSpec:
-        """The blocks that :meth:`fit` and :meth:`transform` read (:func:`resolve_blocks`)."""
-        params = {name: getattr(self, name) for name in _READ_PARAMS}
-        return resolve_blocks(transforms=transforms, device=device, inputs=inputs, **params)
+    def _block_spec(
+        self, transforms: Any = None, device: Any = None, inputs: Any = None, reuse: bool = False
+    ) -> BlockSpec:
+        """The blocks that :meth:`fit` and :meth:`transform` read (:func:`resolve_blocks` of the
+        parameters); with ``reuse``, the last one while the parameters and ``device`` are the same."""
+        source = tuple(getattr(self, name) for name in _SPEC_PARAMS)
+        cached = getattr(self, "_spec_cache", None)
+        if reuse and cached is not None and cached[0] == source and cached[1].device == device:
+            return cached[1]
+        if transforms is None:
+            transforms = expand_per_layer(self.reshape_transform, len(self.layers), "reshape_transform")
+        params = dict(zip(_SPEC_PARAMS[:-1], source))  # reshape_transform comes as transforms
+        spec = resolve_blocks(transforms=transforms, device=device, inputs=inputs, **params)
+        self._spec_cache = (source, spec)
+        return spec
 
-    def _spec_source(self) -> tuple:
-        """The parameters a block specification comes from: the fit's is reused while they are the same."""
-        return tuple(getattr(self, name) for name in _READ_PARAMS + ("reshape_transform",))
-
-    def _set_fitted(self, result: FitResult, spec: Optional[BlockSpec]) -> CoupledNMFConcepts:
-        """The one place a fit's result becomes the fitted attributes (``spec``: that of :meth:`fit`,
-        None for matrices and stores)."""
+    def _set_fitted(self, result: FitResult, on_inputs: bool) -> CoupledNMFConcepts:
+        """The one place a fit's result becomes the fitted attributes (``on_inputs``: by :meth:`fit`)."""
         solution, n_pixel = result.solution, result.n_pixel_blocks
         self._components, self._offsets, self._n_pixel_blocks = solution.Wt, result.offsets, n_pixel
         factors = _factors({"_offsets": result.offsets, "_components": solution.Wt})
@@ -409,18 +416,8 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         self.shift_ = [None if s is None else s.to(solution.Wt.device, self.dtype) for s in result.shifts]
         self.input_shape_, self.layer_names_ = result.input_shape, result.layer_names
         self.layer_shapes_ = result.layer_shapes
-        self._fitted_on_inputs = spec is not None
-        self._fitted_spec = None if spec is None else (self._spec_source(), spec)
+        self._fitted_on_inputs = on_inputs
         return self
-
-    def _transform_spec(self, device: torch.device) -> BlockSpec:
-        """The fit's block specification; resolved here (once) only for an estimator loaded from a
-        file, or whose model, layers or reading parameters changed since."""
-        cached = getattr(self, "_fitted_spec", None)
-        if cached is None or cached[1].device != device or cached[0] != self._spec_source():
-            transforms = expand_per_layer(self.reshape_transform, len(self.layers), "reshape_transform")
-            cached = self._fitted_spec = (self._spec_source(), self._block_spec(transforms, device))
-        return cached[1]
 
     # ------------------------------------------------------------------ fitting
     @dist_utils.synchronized
@@ -472,14 +469,14 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
             blocks = collected.pixel_blocks + collected.activation_blocks
             if not tensor_input:  # a loader's counts are known only now
                 self._check_counts(len(blocks), groups, blocks[0].shape[1])
-            return self._set_fitted(self._fit_blocks(collected, groups, spec.device, show_progress), spec)
+            return self._set_fitted(self._fit_blocks(collected, groups, spec.device, show_progress), True)
         store = collect_to_store(
             spec, inputs_or_loader, self.out_of_core, additional_forward_args, has_labels
         )
         try:
             if not tensor_input:
                 self._check_counts(len(store.block_rows), groups, store.n_examples)
-            return self._set_fitted(self._fit_store(store, groups, spec.device, show_progress), spec)
+            return self._set_fitted(self._fit_store(store, groups, spec.device, show_progress), True)
         finally:
             store.delete()
 
@@ -527,11 +524,9 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
             groups=groups,
             n_examples=int(np.shape(first[0])[1]) if first and len(np.shape(first[0])) == 2 else None,
         )
-        fallback = first[0].device if first and isinstance(first[0], Tensor) else torch.device("cpu")
-        collected = CollectedBlocks(pixel_blocks, activation_blocks, None)
-        return self._set_fitted(
-            self._fit_blocks(collected, groups, self._resolve_device(fallback), show_progress), None
-        )
+        collected = CollectedBlocks(pixel_blocks, activation_blocks, input_shape=None)
+        device = pick_device(self.device, *first)
+        return self._set_fitted(self._fit_blocks(collected, groups, device, show_progress), False)
 
     @dist_utils.synchronized
     @validated(args={"show_progress": Bool()})
@@ -548,8 +543,8 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         if not isinstance(store, ActivationStore):
             raise TypeError(f"store must be an ActivationStore, got {type(store).__name__}")
         self._check_params(n_blocks=len(store.block_rows), groups=groups, n_examples=store.n_examples)
-        device = self._resolve_device(torch.device("cpu"))
-        return self._set_fitted(self._fit_store(store, groups, device, show_progress), None)
+        device = pick_device(self.device)
+        return self._set_fitted(self._fit_store(store, groups, device, show_progress), False)
 
     # ------------------------------------------------------------------ projection
     @dist_utils.synchronized
@@ -629,7 +624,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
             )
         else:
             collected = collect_blocks(
-                self._transform_spec(device), inputs, additional_forward_args, has_labels
+                self._block_spec(device=device, reuse=True), inputs, additional_forward_args, has_labels
             )
             pixel_blocks, activation_blocks = collected.pixel_blocks, collected.activation_blocks
         n_act = len(self._offsets) - 1 - self._n_pixel_blocks
