@@ -4,7 +4,9 @@
 captures layer outputs, for :class:`CoupledNMFConcepts` and :class:`SemanticVector`
 alike: one :class:`~captum_concepts._utils.hooks.ModelGuard` per batch, so that
 neither the guard nor ``torch.no_grad`` is held while the caller's code (or the
-user's loader) runs between batches.
+user's loader) runs between batches. A coupled-NMF fit resolves what it reads once
+(:func:`resolve_blocks`) and makes one pass over the batches (:func:`stream_blocks`), into memory
+(:func:`collect_blocks`) or to disk (:func:`~.out_of_core.collect_to_store`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ Saini & Papalexakis, §3.2, Equations 3.1 and 3.2. The estimator's public entrie
 the data to :class:`_CoupledNMFFitting`: blocks are checked and shifted
 (:mod:`.nonnegative_blocks`), block weights and groups resolved, and one in-memory
 (:class:`~.cnmf_solvers.CoupledProblem`) or streamed (:class:`~.out_of_core.StreamedProblem`)
-problem solved from a random start; the results become the fitted attributes.
+problem solved from a random start, into a :class:`FitResult` that the estimator assigns to its
+fitted attributes in one place. The blocks themselves come from one pass over the inputs with a
+block specification resolved once per fit (:func:`~.activations.resolve_blocks`).
 """
 
 from __future__ import annotations

@@ -393,12 +393,13 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
     ) -> BlockSpec:
         """The blocks that :meth:`fit` and :meth:`transform` read (:func:`resolve_blocks` of the
         parameters); with ``reuse``, the last one while the parameters and ``device`` are the same."""
-        source = tuple(getattr(self, name) for name in _SPEC_PARAMS)
+        values = (getattr(self, name) for name in _SPEC_PARAMS)  # lists copied: edited in place, they differ
+        source = tuple(list(v) if isinstance(v, (list, tuple)) else v for v in values)
         cached = getattr(self, "_spec_cache", None)
         if reuse and cached is not None and cached[0] == source and cached[1].device == device:
             return cached[1]
         if transforms is None:
-            transforms = expand_per_layer(self.reshape_transform, len(self.layers), "reshape_transform")
+            transforms = expand_per_layer(self.reshape_transform, len(self.layers or ()), "reshape_transform")
         params = dict(zip(_SPEC_PARAMS[:-1], source))  # reshape_transform comes as transforms
         spec = resolve_blocks(transforms=transforms, device=device, inputs=inputs, **params)
         self._spec_cache = (source, spec)
