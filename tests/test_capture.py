@@ -16,7 +16,7 @@ from torch import nn
 from captum_concepts._utils.hooks import ModelGuard
 from captum_concepts.attr import EmbeddingAttribution
 from captum_concepts.concept import CoupledNMFConcepts, SemanticVector
-from captum_concepts.concept._core.activations import collect_blocks
+from captum_concepts.concept._core.activations import collect_blocks, resolve_blocks
 from captum_concepts.testing import assert_same_state, model_state
 
 
@@ -74,7 +74,7 @@ def test_coupled_nmf_collects_the_layer_output_not_what_an_inplace_op_left(case,
     reference = _cloned_output(model, layer, images)
     assert reference.min() < 0, "the reference must have negative values (else in-place ReLU is invisible)"
     before = model_state(model)
-    got = collect_blocks(model, [layer], images, include_pixels=False)
+    got = collect_blocks(resolve_blocks(model, [layer], include_pixels=False), images)
     assert_same_state(before, model)
     torch.testing.assert_close(got.activation_blocks[0].t(), reference.reshape(2, -1), rtol=1e-5, atol=1e-6)
     # the public path: negative activations are seen, so a fit without shift refuses them

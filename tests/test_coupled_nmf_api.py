@@ -3,6 +3,7 @@ verbose, progress bars."""
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 
@@ -141,3 +142,69 @@ def test_every_fit_shows_a_progress_bar_with_the_loss(monkeypatch, entry, random
     assert _Recorder.made[0].show is False
     with pytest.raises(ValueError, match="show_progress must be"):
         est.fit_matrices(pix, act, show_progress="no")
+
+
+@pytest.mark.parametrize("out_of_core", [False, True])
+def test_a_fit_resolves_its_layers_once_and_transform_reuses_them(out_of_core, tmp_path):
+    """One resolution per fit, whatever the number of batches (in memory and on disk), none in
+    ``transform``; a loaded estimator resolves its layers once, at its first ``transform``."""
+    from unittest import mock
+
+    from captum_concepts._utils import layers
+    from captum_concepts.concept import OutOfCore
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(108, 5),
+        torch.nn.ReLU(),
+    ).eval()
+    x = torch.rand(30, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    settings = OutOfCore("4MB", directory=str(tmp_path)) if out_of_core else None
+    est = CoupledNMFConcepts(2, model, layers=["1", "4"], batch_size=8, max_iter=3, out_of_core=settings)
+    with mock.patch.object(layers, "resolve_layer", wraps=layers.resolve_layer) as resolve:
+        est.fit(x)  # 4 batches
+        assert resolve.call_count == 2  # one call per layer
+        got = est.transform(x[:5], samples_first=True)
+        est.fit_transform(x)
+        assert resolve.call_count == 4
+        est.transform(x[:5], samples_first=True)
+        est.save(tmp_path / "cnmf.pt")
+        loaded = CoupledNMFConcepts.load(tmp_path / "cnmf.pt", model=model)
+        assert resolve.call_count == 4
+        torch.testing.assert_close(
+            loaded.transform(x[:5], samples_first=True), est.transform(x[:5], samples_first=True)
+        )
+        loaded.transform(x[:5], samples_first=True)
+        assert resolve.call_count == 6
+        # a new model after the fit: transform resolves again (once) and reads it
+        other = copy.deepcopy(model)
+        other[0].weight.data.mul_(2.0)
+        est.model = other
+        changed = est.transform(x[:5], samples_first=True)
+        assert resolve.call_count == 8
+        reference = CoupledNMFConcepts.load(tmp_path / "cnmf.pt", model=other)
+        torch.testing.assert_close(changed, reference.transform(x[:5], samples_first=True))
+        assert not torch.allclose(changed, got)
+    torch.testing.assert_close(got, est.set_params(model=model).fit(x).transform(x[:5], samples_first=True))
+
+
+@pytest.mark.parametrize("out_of_core", [False, True])
+def test_a_loader_block_weights_and_groups_are_checked_once_counted(out_of_core, tmp_path):
+    """A loader's block and example counts are known only after collection: the same errors as
+    for a tensor, before the factorisation."""
+    from captum_concepts.concept import OutOfCore
+
+    x = torch.rand(10, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    loader = [x[:6], x[6:]]
+    kw = dict(max_iter=2, out_of_core=OutOfCore("4MB", directory=str(tmp_path)) if out_of_core else None)
+    with pytest.raises(ValueError, match="block_weights must hold 2 weights, one per block"):
+        CoupledNMFConcepts(2, block_weights=[1.0], **kw).fit(loader)
+    with pytest.raises(
+        ValueError, match=r"groups must be 1-D with one entry per example \(N=10\), got shape \(9,\)"
+    ):
+        CoupledNMFConcepts(2, **kw).fit(loader, groups=list(range(9)))
+    assert CoupledNMFConcepts(2, block_weights=[1.0, 2.0], **kw).fit(
+        loader, groups=[0, 1] * 5
+    ).block_weights_ == [1.0, 2.0]

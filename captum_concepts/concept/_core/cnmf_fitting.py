@@ -5,13 +5,16 @@ Saini & Papalexakis, §3.2, Equations 3.1 and 3.2. The estimator's public entrie
 the data to :class:`_CoupledNMFFitting`: blocks are checked and shifted
 (:mod:`.nonnegative_blocks`), block weights and groups resolved, and one in-memory
 (:class:`~.cnmf_solvers.CoupledProblem`) or streamed (:class:`~.out_of_core.StreamedProblem`)
-problem solved from a random start; the results become the fitted attributes.
+problem solved from a random start, into a :class:`FitResult` that the estimator assigns to its
+fitted attributes in one place. The blocks themselves come from one pass over the inputs with a
+block specification resolved once per fit (:func:`~.activations.resolve_blocks`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -22,10 +25,10 @@ from ..._utils import distributed as dist_utils
 from ..._utils.progress import progress_bar
 from . import cnmf_solvers as solvers
 from . import nonnegative_blocks
-from .activations import CollectedBlocks, collect_blocks
+from .activations import CollectedBlocks
 from .out_of_core import ActivationStore, OutOfCore, StreamedProblem, plan_chunk_rows
 
-__all__ = ["_CoupledNMFFitting", "Matrix", "matrix_lists"]
+__all__ = ["_CoupledNMFFitting", "FitResult", "Matrix", "matrix_lists"]
 
 Matrix = Union[Tensor, np.ndarray]
 
@@ -40,8 +43,37 @@ def matrix_lists(
     return list(pixel_blocks or ()), list(activation_blocks or ())
 
 
+@dataclass
+class FitResult:
+    """What one fit found, assigned to the estimator's fitted attributes in one place: the blocks
+    (``n_pixel_blocks`` pixel blocks, then the layers described by ``layer_names`` and
+    ``layer_shapes``), their shifts, weights and offsets, and the solver's factors."""
+
+    n_pixel_blocks: int
+    input_shape: Optional[Tuple[int, ...]]
+    layer_names: List[str]
+    layer_shapes: List[Tuple[int, ...]]
+    shifts: List[Optional[Tensor]] = field(default_factory=list)
+    block_weights: List[float] = field(default_factory=list)
+    offsets: List[int] = field(default_factory=list)
+    solution: Optional[solvers.SolverResult] = None
+
+    @classmethod
+    def of_blocks(cls, n_pixel: int, rows: Sequence[int], layout: Any) -> FitResult:
+        """Blocks of ``rows`` rows described by ``layout`` (a :class:`CollectedBlocks` or an
+        :class:`ActivationStore`); activation blocks without names are ``activation_blocks[j]``,
+        of shape ``(a_j,)``."""
+        names = list(layout.layer_names) or [f"activation_blocks[{j}]" for j in range(len(rows) - n_pixel)]
+        shapes = list(layout.layer_shapes) or [(int(r),) for r in rows[n_pixel:]]
+        return cls(n_pixel, layout.input_shape, names, shapes)
+
+    @property
+    def block_names(self) -> List[str]:
+        return [f"pixels[{i}]" for i in range(self.n_pixel_blocks)] + self.layer_names
+
+
 class _CoupledNMFFitting:
-    """Blocks in, fitted factors out (the parameters are the estimator's)."""
+    """Blocks in, a :class:`FitResult` out (the parameters are the estimator's; it writes nothing)."""
 
     def _as_block(self, x: Matrix, argument: str, device: torch.device) -> Tensor:
         if isinstance(x, np.ndarray):
@@ -54,21 +86,23 @@ class _CoupledNMFFitting:
             raise TypeError(f"{argument} must hold real numbers, got dtype {x.dtype}")
         return x.to(device=device, dtype=self.dtype)
 
-    def _prepare_blocks(
-        self,
-        pixel_blocks: Sequence[Matrix],
-        activation_blocks: Sequence[Matrix],
-        names: List[str],
-        device: torch.device,
-        fitting: bool,
+    def _as_blocks(
+        self, pixel_blocks: Sequence[Matrix], activation_blocks: Sequence[Matrix], device: torch.device
     ) -> List[Tensor]:
-        """Validated blocks on ``device`` in ``dtype``; negatives raise or are shifted (``shift``)."""
+        """The blocks as ``(rows, N)`` tensors on ``device`` in ``dtype``, pixel blocks first."""
         blocks = [self._as_block(x, f"pixel_blocks[{i}]", device) for i, x in enumerate(pixel_blocks)]
         blocks += [
             self._as_block(x, f"activation_blocks[{j}]", device) for j, x in enumerate(activation_blocks)
         ]
         if not blocks:
             raise ValueError("no data: give at least one pixel or activation block")
+        return blocks
+
+    def _shifted(
+        self, blocks: List[Tensor], names: List[str], n_pixel: int, fitting: bool
+    ) -> Tuple[List[Tensor], List[Optional[Tensor]]]:
+        """The blocks checked, and shifted (``shift``, the fitted ``shift_`` when not ``fitting``),
+        with their shifts; negatives raise unless ``shift="min"``."""
         n = blocks[0].shape[1]
         dist_utils.declare(block_rows=[x.shape[0] for x in blocks])
         for b, (name, x) in enumerate(zip(names, blocks)):
@@ -85,40 +119,30 @@ class _CoupledNMFFitting:
         extrema = [nonnegative_blocks.row_extrema(x) for x in blocks]
         shifts = nonnegative_blocks.block_shifts(
             names,
-            len(pixel_blocks),
+            n_pixel,
             [lo for lo, _ in extrema],
             [hi for _, hi in extrema],
             self.shift,
             fitted=None if fitting else self.shift_,
             reduce_min=self._reduce_min,
         )
-        if fitting:
-            self.shift_ = [None if s is None else s.to(device=device, dtype=self.dtype) for s in shifts]
-        return [nonnegative_blocks.apply_shift(x, s) for x, s in zip(blocks, shifts)]
+        return [nonnegative_blocks.apply_shift(x, s) for x, s in zip(blocks, shifts)], shifts
 
-    def _block_weights(self, blocks: List[Tensor], moments: Tensor) -> List[float]:
-        n = len(blocks)
+    def _block_weights(self, n: int, moments: Tensor) -> List[float]:
+        """``w`` per block (their count was checked against ``block_weights`` with the parameters)."""
         if self.block_weights is None:
             return [1.0] * n
         if isinstance(self.block_weights, str):  # "balanced" (the constraint table allows no other)
             energy = moments[:, 1].clamp_min(1e-30)
             w = energy.sum() / (n * energy)
             return [float(v) for v in w]
-        if len(self.block_weights) != n:  # a loader's block count is known only after collection
-            raise ValueError(
-                f"block_weights must hold {n} weights, one per block (pixel blocks then layers), "
-                f"got {len(self.block_weights)}"
-            )
         return [float(v) for v in self.block_weights]
 
-    def _group_index(self, groups: Any, n: int, device: torch.device) -> Tuple[Optional[Tensor], int]:
-        if groups is None:  # group_sparsity > 0 without groups was refused by _check_params
+    def _group_index(self, groups: Any, device: torch.device) -> Tuple[Optional[Tensor], int]:
+        """Group ids in ``[0, n_groups)`` and ``n_groups`` (their shape was checked with the parameters)."""
+        if groups is None:
             return None, 0
         values = groups.detach().cpu().numpy() if isinstance(groups, Tensor) else np.asarray(groups)
-        if values.ndim != 1 or len(values) != n:
-            raise ValueError(
-                f"groups must be 1-D with one entry per example (N={n}), got shape {values.shape}"
-            )
         if self.distributed:
             known = np.unique(np.concatenate(dist_utils.all_gather_objects(np.unique(values))))
             inverse = np.searchsorted(known, values)
@@ -128,27 +152,6 @@ class _CoupledNMFFitting:
 
     def _reduce_min(self, t: Tensor) -> Tensor:
         return dist_utils.all_reduce_min(t) if self.distributed else t
-
-    def _collect(
-        self, inputs: Any, device: torch.device, additional_forward_args: Any, has_labels: bool
-    ) -> CollectedBlocks:
-        """The pixel and activation blocks of ``inputs``, as this estimator's parameters define them."""
-        return collect_blocks(
-            self.model,
-            list(self.layers),
-            inputs,
-            include_pixels=self.include_pixels,
-            pool=self.pool,
-            batch_size=int(self.batch_size),
-            device=device,
-            dtype=self.dtype,
-            additional_forward_args=additional_forward_args,
-            has_labels=has_labels,
-            reshape_transform=self.reshape_transform,
-        )
-
-    def _resolve_device(self, fallback: torch.device) -> torch.device:
-        return torch.device(self.device) if self.device is not None else fallback
 
     @contextlib.contextmanager
     def _monitor(self, show_progress: bool) -> Iterator[Callable[[int, float], None]]:
@@ -182,17 +185,13 @@ class _CoupledNMFFitting:
 
     def _fit_store(
         self, store: ActivationStore, groups: Any, device: torch.device, show_progress: bool = True
-    ) -> Any:
+    ) -> FitResult:
         if store.n_examples == 0:
             raise ValueError("store holds no examples; append at least one batch before fitting")
         dist_utils.declare(block_rows=list(store.block_rows))
-        n_act = len(store.block_rows) - store.n_pixel_blocks
-        self.input_shape_ = store.input_shape
-        self.layer_names_ = list(store.layer_names) or [f"activation_blocks[{j}]" for j in range(n_act)]
-        self.layer_shapes_ = list(store.layer_shapes) or [
-            (r,) for r in store.block_rows[store.n_pixel_blocks :]
-        ]
-        names = [f"pixels[{i}]" for i in range(store.n_pixel_blocks)] + list(self.layer_names_)
+        n_pixel = store.n_pixel_blocks
+        result = FitResult.of_blocks(n_pixel, store.block_rows, store)
+        names = result.block_names
         overflow = self._reduce_min(-torch.tensor(store.overflow, dtype=torch.int32)).neg()
         if bool(overflow.any()):
             name = names[int(torch.nonzero(overflow)[0])]
@@ -202,24 +201,21 @@ class _CoupledNMFFitting:
             )
         offsets = np.cumsum([0] + store.block_rows)
         bounds = list(zip(offsets[:-1], offsets[1:]))
-        shifts = nonnegative_blocks.block_shifts(
+        result.shifts = nonnegative_blocks.block_shifts(
             names,
-            store.n_pixel_blocks,
+            n_pixel,
             [store.row_min[a:c] for a, c in bounds],
             [store.row_max[a:c] for a, c in bounds],
             self.shift,
             reduce_min=self._reduce_min,
         )
-        self.shift_ = [None if s is None else s.to(device=device, dtype=self.dtype) for s in shifts]
         shift = None
-        if any(s is not None for s in shifts):
-            shift = torch.cat(
-                [
-                    torch.zeros(c - a, dtype=torch.float64) if s is None else s.cpu()
-                    for (a, c), s in zip(bounds, shifts)
-                ]
-            )
-            shift = shift.to(device=device, dtype=self.dtype)
+        if any(s is not None for s in result.shifts):  # then shift="min": a zero shift for the others
+            parts = [
+                nonnegative_blocks.read_shift(s, self.shift, c - a)
+                for (a, c), s in zip(bounds, result.shifts)
+            ]
+            shift = torch.cat(parts).to(device=device, dtype=self.dtype)
         settings = self.out_of_core or OutOfCore()
         chunk_rows = plan_chunk_rows(
             settings.budget_bytes(),
@@ -229,47 +225,50 @@ class _CoupledNMFFitting:
             self.dtype,
             store.storage_dtype,
         )
-        lambdas = [self.lambda_p] * store.n_pixel_blocks + [self.lambda_o] * n_act
         placeholders = [torch.empty(r, 0, dtype=self.dtype, device=device) for r in store.block_rows]
         buffers: dict = {}  # chunk buffers shared by the problems built below
 
         new_problem = functools.partial(
             StreamedProblem, store, chunk_rows, shift, placeholders, buffers=buffers
         )
-        return self._fit_problem(
-            new_problem, lambdas, store.n_pixel_blocks, names, groups, device, show_progress
+        return self._solve(result, new_problem, groups, device, show_progress)
+
+    def _fit_blocks(
+        self, collected: CollectedBlocks, groups: Any, device: torch.device, show_progress: bool = True
+    ) -> FitResult:
+        n_pixel = len(collected.pixel_blocks)
+        blocks = self._as_blocks(collected.pixel_blocks, collected.activation_blocks, device)
+        result = FitResult.of_blocks(n_pixel, [x.shape[0] for x in blocks], collected)
+        blocks, result.shifts = self._shifted(blocks, result.block_names, n_pixel, fitting=True)
+        return self._solve(
+            result, functools.partial(solvers.CoupledProblem, blocks), groups, device, show_progress
         )
 
-    def _fit_blocks(self, pixel_blocks, activation_blocks, groups, device, show_progress: bool = True) -> Any:
-        n_pixel = len(pixel_blocks)
-        names = [f"pixels[{i}]" for i in range(n_pixel)] + list(self.layer_names_)
-        blocks = self._prepare_blocks(pixel_blocks, activation_blocks, names, device, fitting=True)
-        lambdas = [self.lambda_p] * n_pixel + [self.lambda_o] * len(activation_blocks)
-
-        new_problem = functools.partial(solvers.CoupledProblem, blocks)
-        return self._fit_problem(new_problem, lambdas, n_pixel, names, groups, device, show_progress)
-
-    def _fit_problem(self, new_problem, lambdas, n_pixel, names, groups, device, show_progress=True) -> Any:
-        """Random start, solve and fitted attributes.
+    def _solve(
+        self, result: FitResult, new_problem: Callable, groups: Any, device: torch.device, show_progress: bool
+    ) -> FitResult:
+        """Random start and solve; ``result`` gets the block weights, offsets and solution.
 
         ``new_problem(weights, lambdas, lambda_f, group_index, n_groups, group_sparsity)`` builds
         the in-memory or streamed problem; only the block weights and groups vary here.
         """
+        n_blocks, n_pixel = len(result.block_names), result.n_pixel_blocks
+        lambdas = [self.lambda_p] * n_pixel + [self.lambda_o] * (n_blocks - n_pixel)
 
         def make_problem(weights, group_index=None, n_groups=0):
             return new_problem(
                 weights, lambdas, float(self.lambda_f), group_index, n_groups, float(self.group_sparsity)
             )
 
-        problem = make_problem([1.0] * len(names))
+        problem = make_problem([1.0] * n_blocks)
         n_local = problem.n_examples
-        group_index, n_groups = self._group_index(groups, n_local, device)
+        group_index, n_groups = self._group_index(groups, device)
         # sharded: sums over examples are all-reduced, F's start is the global one's columns
         reduce = dist_utils.all_reduce_sum if self.distributed else (lambda t: t)
         offset, n = dist_utils.shard_offset(n_local) if self.distributed else (0, n_local)
         moments = problem.moments(reduce)
-        weights = self._block_weights(names, moments)
-        problem = make_problem(weights, group_index, n_groups)
+        result.block_weights = self._block_weights(n_blocks, moments)
+        problem = make_problem(result.block_weights, group_index, n_groups)
         seed = self.random_state
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
@@ -280,7 +279,7 @@ class _CoupledNMFFitting:
         if n != n_local:
             F = F[:, offset : offset + n_local].contiguous()
         with self._monitor(show_progress) as report:
-            result = solvers.solve(
+            result.solution = solvers.solve(
                 problem,
                 Wt,
                 F,
@@ -292,18 +291,5 @@ class _CoupledNMFFitting:
                 moments=moments,
                 callback=report,
             )
-        self._components = result.Wt
-        self._offsets = problem.offsets
-        self._n_pixel_blocks = n_pixel
-        self.example_factors_ = result.F
-        factors = [
-            result.Wt[:, a:b].t().contiguous() for a, b in zip(problem.offsets[:-1], problem.offsets[1:])
-        ]
-        self.pixel_factors_ = factors[:n_pixel]
-        self.neuron_factors_ = factors[n_pixel:]
-        self.loss_history_ = result.loss_history
-        self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
-        self.block_weights_ = weights
-        self.block_names_ = names
-        return self
+        result.offsets = problem.offsets
+        return result

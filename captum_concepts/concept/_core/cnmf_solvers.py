@@ -295,7 +295,8 @@ def objective(
     if not _unweighted(problem):
         cross.mul_(problem.row_weight)
     value = energy - 2.0 * cross.sum(dtype=f64) + (B.double() * Gd).sum()
-    if F is not None and float(value) < _trace_limit(stats.St.dtype) * float(energy):
+    limit = min(1.0, _TRACE_DIGITS * float(torch.finfo(stats.St.dtype).eps))
+    if F is not None and float(value) < limit * float(energy):
         value = (w.to(Wt.device) * problem.residuals(Wt, F, reduce).to(Wt.device)).sum()
     if torch.is_tensor(problem.row_reg):
         value = value + (Wt * Wt).mul_(problem.row_lambda).sum(dtype=f64)
@@ -306,21 +307,11 @@ def objective(
     return float(value)
 
 
-def _trace_limit(dtype: torch.dtype) -> float:
-    return min(1.0, _TRACE_DIGITS * float(torch.finfo(dtype).eps))
-
-
 def rounding_floor(moments: Tensor, problem: CoupledProblem, dtype: torch.dtype) -> float:
     """The objective change that rounding alone explains: ``16 eps^2`` of the data energy."""
     w = torch.as_tensor(list(problem.block_weights), dtype=torch.float64, device=moments.device)
     eps = float(torch.finfo(accumulation_dtype(dtype)).eps)
     return 16.0 * eps * eps * float((w * moments[:, 1]).sum())
-
-
-def _group_norms(problem: CoupledProblem, F: Tensor, reduce: Reduce) -> Tensor:
-    """``||F[k, I_g(n)]||`` gathered per example ``(d, N)``."""
-    sq = reduce(_group_sq(F, problem.group_index, problem.n_groups))
-    return sq.sqrt_()[:, problem.group_index]
 
 
 def mu_update(
@@ -501,7 +492,8 @@ def _update_f(problem, solver, F, A, B, reduce, max_sweeps):
     if solver == "mu":
         group_term = None
         if problem.uses_groups:
-            norms = _group_norms(problem, F, reduce).add_(eps_for(F.dtype))
+            sq = reduce(_group_sq(F, problem.group_index, problem.n_groups))  # (d, n_groups)
+            norms = sq.sqrt_()[:, problem.group_index].add_(eps_for(F.dtype))  # per example (d, N)
             group_term = F.div(norms).mul_(0.5 * problem.group_sparsity)
         mu_update(F, A, B, problem.lambda_f, group_term)
     else:
@@ -524,11 +516,6 @@ NORMALIZE_WITH_PENALTIES = (
     "penalties, so the stated objective is not minimised and loss_history_ can rise; pass "
     "normalize_columns=False to minimise it, or drop the penalties (unit norms replace them)"
 )
-
-
-def has_penalties(problem: CoupledProblem) -> bool:
-    """True when an L2 penalty on ``W`` or ``F`` is active."""
-    return torch.is_tensor(problem.row_reg) or problem.lambda_f > 0
 
 
 def solve(
@@ -565,7 +552,7 @@ def solve(
     """
     if solver not in ("mu", "hals"):
         raise ValueError(f"solver must be 'mu' or 'hals', got {solver!r}")
-    if normalize and has_penalties(problem):
+    if normalize and (torch.is_tensor(problem.row_reg) or problem.lambda_f > 0):  # an L2 penalty
         warn_user(NORMALIZE_WITH_PENALTIES)
     if moments is None:
         moments = problem.moments(reduce)

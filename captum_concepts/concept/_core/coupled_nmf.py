@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..._utils import distributed as dist_utils
-from ..._utils.layers import LayerSpec, resolve_layers
+from ..._utils.layers import LayerSpec
 from ..._utils.layout import expand_per_layer
 from ..._utils.persistence import PathLike
 from ..._utils.validation import (
@@ -30,10 +30,10 @@ from ..._utils.validation import (
 )
 from ..._utils.warn import warn_user
 from . import cnmf_solvers as solvers
-from .activations import POOLS
+from .activations import POOLS, BlockSpec, CollectedBlocks, collect_blocks, pick_device, resolve_blocks
 from .base import COMMON_CONSTRAINTS, MODEL, _ConceptEstimator
 from .cnmf_analyses import _CoupledNMFAnalyses
-from .cnmf_fitting import Matrix, _CoupledNMFFitting, matrix_lists
+from .cnmf_fitting import FitResult, Matrix, _CoupledNMFFitting, matrix_lists
 from .estimator_io import (
     Derived,
     Fitted,
@@ -49,6 +49,8 @@ __all__ = ["CoupledNMFConcepts"]
 SOLVERS = ("mu", "hals")
 SHIFTS = (None, "min")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# what resolve_blocks reads, and the reshape transform: transform reuses the fit's blocks while they stay
+_SPEC_PARAMS = ("model", "layers", "include_pixels", "pool", "batch_size", "dtype", "reshape_transform")
 State = Dict[str, Any]
 
 
@@ -356,16 +358,23 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
 
     def _check_params(
         self, n_blocks: Optional[int] = None, groups: Any = None, n_examples: Optional[int] = None
-    ) -> None:
+    ) -> List[Any]:
         """The cross-parameter rules, before any data is read (``validated`` has checked every
-        parameter against the constraint table).
+        parameter against the constraint table); returns the per-layer reshape transforms.
 
-        ``n_blocks`` / ``n_examples``: known before reading the data for tensor
-        inputs, matrices and stores (None: checked once known).
+        ``n_blocks`` / ``n_examples``: known before reading the data for tensor inputs, matrices
+        and stores (None: :meth:`_check_counts` again once known).
         """
-        expand_per_layer(self.reshape_transform, len(self.layers or ()), "reshape_transform")
+        transforms = expand_per_layer(self.reshape_transform, len(self.layers or ()), "reshape_transform")
         if self.out_of_core is not None:
             self.out_of_core.check()
+        if groups is None and self.group_sparsity > 0:
+            raise ValueError("group_sparsity > 0 needs groups: one group id (e.g. the label) per example")
+        self._check_counts(n_blocks, groups, n_examples)
+        return transforms
+
+    def _check_counts(self, n_blocks: Optional[int], groups: Any, n_examples: Optional[int]) -> None:
+        """``block_weights`` and ``groups`` against the number of blocks and of examples."""
         if not isinstance(self.block_weights, (type(None), str)) and n_blocks is not None:
             if len(self.block_weights) != n_blocks:
                 raise ValueError(
@@ -373,13 +382,43 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
                     f"layers), got {len(self.block_weights)}"
                 )
         if groups is None:
-            if self.group_sparsity > 0:
-                raise ValueError("group_sparsity > 0 needs groups: one group id (e.g. the label) per example")
             return
         shape = tuple(groups.shape) if hasattr(groups, "shape") else np.shape(groups)
         if len(shape) != 1 or (n_examples is not None and shape[0] != n_examples):
             expected = f"N={n_examples}" if n_examples is not None else "N"
             raise ValueError(f"groups must be 1-D with one entry per example ({expected}), got shape {shape}")
+
+    def _block_spec(
+        self, transforms: Any = None, device: Any = None, inputs: Any = None, reuse: bool = False
+    ) -> BlockSpec:
+        """The blocks that :meth:`fit` and :meth:`transform` read (:func:`resolve_blocks` of the
+        parameters); with ``reuse``, the last one while the parameters and ``device`` are the same."""
+        values = (getattr(self, name) for name in _SPEC_PARAMS)  # lists copied: edited in place, they differ
+        source = tuple(list(v) if isinstance(v, (list, tuple)) else v for v in values)
+        cached = getattr(self, "_spec_cache", None)
+        if reuse and cached is not None and cached[0] == source and cached[1].device == device:
+            return cached[1]
+        if transforms is None:
+            transforms = expand_per_layer(self.reshape_transform, len(self.layers or ()), "reshape_transform")
+        params = dict(zip(_SPEC_PARAMS[:-1], source))  # reshape_transform comes as transforms
+        spec = resolve_blocks(transforms=transforms, device=device, inputs=inputs, **params)
+        self._spec_cache = (source, spec)
+        return spec
+
+    def _set_fitted(self, result: FitResult, on_inputs: bool) -> CoupledNMFConcepts:
+        """The one place a fit's result becomes the fitted attributes (``on_inputs``: by :meth:`fit`)."""
+        solution, n_pixel = result.solution, result.n_pixel_blocks
+        self._components, self._offsets, self._n_pixel_blocks = solution.Wt, result.offsets, n_pixel
+        factors = _factors({"_offsets": result.offsets, "_components": solution.Wt})
+        self.pixel_factors_, self.neuron_factors_ = factors[:n_pixel], factors[n_pixel:]
+        self.example_factors_, self.loss_history_ = solution.F, solution.loss_history
+        self.n_iter_, self.converged_ = solution.n_iter, solution.converged
+        self.block_weights_, self.block_names_ = result.block_weights, result.block_names
+        self.shift_ = [None if s is None else s.to(solution.Wt.device, self.dtype) for s in result.shifts]
+        self.input_shape_, self.layer_names_ = result.input_shape, result.layer_names
+        self.layer_shapes_ = result.layer_shapes
+        self._fitted_on_inputs = on_inputs
+        return self
 
     # ------------------------------------------------------------------ fitting
     @dist_utils.synchronized
@@ -420,52 +459,27 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         n_pixel = 0
         if tensor_input and self.include_pixels:
             n_pixel = inputs_or_loader.shape[1] if inputs_or_loader.dim() > 2 else 1
-        self._check_params(
+        transforms = self._check_params(
             n_blocks=n_pixel + len(self.layers) if tensor_input else None,
             groups=groups,
             n_examples=len(inputs_or_loader) if tensor_input and inputs_or_loader.dim() else None,
         )
-        if not self.include_pixels and not self.layers:
-            raise ValueError("nothing to factorise: include_pixels=False and no layers")
-        if self.layers and self.model is None:
-            raise ValueError("layers were given but model is None; pass the model whose layers to read")
-        if self.layers:
-            resolve_layers(self.model, list(self.layers), argument="layers")
-        fallback = None
-        if self.model is not None:
-            p = next(self.model.parameters(), None)
-            fallback = p.device if p is not None else None
-        if fallback is None:
-            fallback = inputs_or_loader.device if tensor_input else torch.device("cpu")
-        device = self._resolve_device(fallback)
-        if self.out_of_core is not None:
-            store = collect_to_store(
-                self.model,
-                list(self.layers),
-                inputs_or_loader,
-                self.out_of_core,
-                include_pixels=self.include_pixels,
-                pool=self.pool,
-                batch_size=int(self.batch_size),
-                device=device,
-                additional_forward_args=additional_forward_args,
-                has_labels=has_labels,
-                reshape_transform=self.reshape_transform,
-            )
-            try:
-                self._fit_store(store, groups, device, show_progress)
-            finally:
-                store.delete()
-            self._fitted_on_inputs = True
-            return self
-        collected = self._collect(inputs_or_loader, device, additional_forward_args, has_labels)
-        self.input_shape_ = collected.input_shape
-        self.layer_names_ = collected.layer_names
-        self.layer_shapes_ = collected.layer_shapes
-        self._fitted_on_inputs = True
-        return self._fit_blocks(
-            collected.pixel_blocks, collected.activation_blocks, groups, device, show_progress
+        spec = self._block_spec(transforms, self.device, inputs_or_loader)
+        if self.out_of_core is None:
+            collected = collect_blocks(spec, inputs_or_loader, additional_forward_args, has_labels)
+            blocks = collected.pixel_blocks + collected.activation_blocks
+            if not tensor_input:  # a loader's counts are known only now
+                self._check_counts(len(blocks), groups, blocks[0].shape[1])
+            return self._set_fitted(self._fit_blocks(collected, groups, spec.device, show_progress), True)
+        store = collect_to_store(
+            spec, inputs_or_loader, self.out_of_core, additional_forward_args, has_labels
         )
+        try:
+            if not tensor_input:
+                self._check_counts(len(store.block_rows), groups, store.n_examples)
+            return self._set_fitted(self._fit_store(store, groups, spec.device, show_progress), True)
+        finally:
+            store.delete()
 
     @validated(args={"has_labels": Bool(), "show_progress": Bool()})
     def fit_transform(
@@ -511,14 +525,9 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
             groups=groups,
             n_examples=int(np.shape(first[0])[1]) if first and len(np.shape(first[0])) == 2 else None,
         )
-        fallback = first[0].device if first and isinstance(first[0], Tensor) else torch.device("cpu")
-        self.input_shape_ = None
-        self.layer_names_ = [f"activation_blocks[{j}]" for j in range(len(activation_blocks))]
-        self.layer_shapes_ = [(int(np.shape(x)[0]),) for x in activation_blocks]
-        self._fitted_on_inputs = False
-        return self._fit_blocks(
-            pixel_blocks, activation_blocks, groups, self._resolve_device(fallback), show_progress
-        )
+        collected = CollectedBlocks(pixel_blocks, activation_blocks, input_shape=None)
+        device = pick_device(self.device, *first)
+        return self._set_fitted(self._fit_blocks(collected, groups, device, show_progress), False)
 
     @dist_utils.synchronized
     @validated(args={"show_progress": Bool()})
@@ -535,8 +544,8 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         if not isinstance(store, ActivationStore):
             raise TypeError(f"store must be an ActivationStore, got {type(store).__name__}")
         self._check_params(n_blocks=len(store.block_rows), groups=groups, n_examples=store.n_examples)
-        self._fitted_on_inputs = False
-        return self._fit_store(store, groups, self._resolve_device(torch.device("cpu")), show_progress)
+        device = pick_device(self.device)
+        return self._set_fitted(self._fit_store(store, groups, device, show_progress), False)
 
     # ------------------------------------------------------------------ projection
     @dist_utils.synchronized
@@ -615,7 +624,9 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
                 "pass pixel_blocks= and activation_blocks= to transform"
             )
         else:
-            collected = self._collect(inputs, device, additional_forward_args, has_labels)
+            collected = collect_blocks(
+                self._block_spec(device=device, reuse=True), inputs, additional_forward_args, has_labels
+            )
             pixel_blocks, activation_blocks = collected.pixel_blocks, collected.activation_blocks
         n_act = len(self._offsets) - 1 - self._n_pixel_blocks
         if len(pixel_blocks) != self._n_pixel_blocks or len(activation_blocks) != n_act:
@@ -624,9 +635,8 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
                 f"like fit, "
                 f"got {len(pixel_blocks)} and {len(activation_blocks)}"
             )
-        blocks = self._prepare_blocks(
-            pixel_blocks, activation_blocks, self.block_names_, device, fitting=False
-        )
+        blocks = self._as_blocks(pixel_blocks, activation_blocks, device)
+        blocks, _ = self._shifted(blocks, self.block_names_, self._n_pixel_blocks, fitting=False)
         problem = solvers.CoupledProblem(
             blocks, self.block_weights_, [self.lambda_p] * len(blocks), float(self.lambda_f)
         )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..._utils.validation import InvalidParameterError, RealNumber, check_int, check_option
 from . import cnmf_solvers as solvers
+from .activations import BlockSpec, CollectedBlocks, stream_blocks
 from .nonnegative_blocks import apply_shift
 
 __all__ = ["OutOfCore", "ActivationStore", "StreamedProblem", "collect_to_store", "parse_bytes"]
@@ -383,60 +384,33 @@ def plan_chunk_rows(
 
 
 def collect_to_store(
-    model: Any,
-    layers: Sequence[Any],
+    spec: BlockSpec,
     inputs: Any,
     settings: OutOfCore,
-    include_pixels: bool = True,
-    pool: str = "none",
-    batch_size: int = 256,
-    device: Optional[torch.device] = None,
     additional_forward_args: Any = None,
     has_labels: bool = False,
-    reshape_transform: Any = None,
 ) -> ActivationStore:
     """One pass over ``inputs`` (tensor or loader) writing pixel and layer rows to a new store.
 
-    Each batch goes through the same collection as the in-memory fit
-    (:func:`.activations.collect_blocks`), then straight to disk.
+    The batches are read as the in-memory fit reads them (:func:`.activations.stream_blocks`), in
+    float32, and go straight to disk.
     """
-    from ..._utils.batches import iter_batches
-    from .activations import collect_blocks
-
+    meta = CollectedBlocks(layer_names=list(spec.names))
+    spec = replace(spec, dtype=torch.float32)  # the store rounds the rows to its storage dtype
+    stream = stream_blocks(spec, inputs, meta, additional_forward_args, has_labels)
     store = None
     try:
-        for batch in iter_batches(inputs, batch_size, "inputs", labels=has_labels):
-            got = collect_blocks(
-                model,
-                layers,
-                [batch],
-                include_pixels=include_pixels,
-                pool=pool,
-                batch_size=batch_size,
-                device=device,
-                additional_forward_args=additional_forward_args,
-                reshape_transform=reshape_transform,
-            )
-            blocks = got.pixel_blocks + got.activation_blocks
+        for _, rows in stream:
             if store is None:
+                n_pixel = len(rows) - len(spec.modules)
                 store = ActivationStore(
-                    None,
-                    [x.shape[0] for x in blocks],
-                    settings.storage_dtype,
-                    len(got.pixel_blocks),
-                    directory=settings.directory,
+                    None, [x.shape[1] for x in rows], settings.storage_dtype, n_pixel, settings.directory
                 )
-                store.layer_names, store.layer_shapes = got.layer_names, got.layer_shapes
-                store.input_shape = got.input_shape
-            elif got.input_shape != store.input_shape:
-                raise ValueError(
-                    f"inputs: every batch must have example shape {store.input_shape}, got {got.input_shape}"
-                )
-            store.append([x.t() for x in blocks])
+            store.append(rows)
     except BaseException:
         if store is not None:
             store.delete()
         raise
-    if store is None:
-        raise ValueError("inputs yielded no examples")
+    store.layer_names, store.layer_shapes = meta.layer_names, meta.layer_shapes
+    store.input_shape = meta.input_shape
     return store.close()
