@@ -9,7 +9,9 @@ is read or any forward pass runs. :func:`check_fitted` is the one not-fitted
 check; it raises scikit-learn's ``NotFittedError``. :func:`validated` is the one
 decorator that runs these checks at a public entry (``fit*``, ``transform``,
 ``attribute``, analyses), together with :func:`check_grad_mode` for entries that
-need gradients.
+need gradients; a public entry the package calls from inside another skips the checks its
+caller made. The constraints every subpackage shares (:data:`MODEL`, :data:`LAYER`,
+:class:`ListOf`) and the one parser of Captum's ``target`` (:func:`target_index`) live here.
 
 Every error names the parameter and the expected type or range. Wrong types
 and wrong values both raise :class:`InvalidParameterError`, a subclass of
@@ -19,12 +21,15 @@ either ``except`` clause catches it.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import math
-from dataclasses import dataclass
+import sys
+import threading
+from dataclasses import dataclass, replace
 from numbers import Integral, Real
-from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -48,9 +53,13 @@ __all__ = [
     "Positives",
     "AnyOf",
     "LayerList",
+    "ListOf",
+    "MODEL",
+    "LAYER",
     "DeviceSpec",
     "Indices",
     "index_tensor",
+    "target_index",
     "NONE",
     "validate_params",
     "validated",
@@ -239,6 +248,19 @@ class LayerList(Constraint):
         )
 
 
+class ListOf(Constraint):
+    """A JSON list (exactly a ``list``) whose every item satisfies ``item``."""
+
+    def __init__(self, item: Constraint) -> None:
+        self.item = item
+
+    def describe(self) -> str:
+        return f"a list (each item {self.item.describe()})"
+
+    def holds(self, value: Any) -> bool:
+        return type(value) is list and all(self.item.holds(v) for v in value)
+
+
 class DeviceSpec(Constraint):
     """None, a ``torch.device`` or a string ``torch.device`` accepts (``"cpu"``, ``"cuda:0"``)."""
 
@@ -260,6 +282,8 @@ class DeviceSpec(Constraint):
 
 
 NONE = Options((None,))
+MODEL = InstanceOf((torch.nn.Module,), "a torch.nn.Module")
+LAYER = InstanceOf((str, torch.nn.Module), "a dotted layer name (str) or a module of the model")
 
 
 _INDICES = "an int, a 1-D sequence, array or tensor of ints, or a 1-D boolean mask"
@@ -312,6 +336,47 @@ def index_tensor(value: Any, name: str, size: Optional[int] = None) -> torch.Ten
         where = f"for D = {size}" if size is not None else "(indices are >= 0)"
         raise InvalidParameterError(f"{name} {bad.tolist()[:10]} out of range {where}")
     return t
+
+
+_TARGET = (
+    "target must be integer indices: an int, a list of N ints or an integer tensor of shape () or (N,) "
+    "(Captum's meaning: an index into the model output, flattened to (N, D)), got {!r:.80}; tuple targets "
+    "of multi-dimensional outputs are not supported: pass the flattened index"
+)
+
+
+def target_index(target: Any, n: int, required: str = "target is required") -> torch.Tensor:
+    """Captum's ``target`` as ``(N,)`` long indices, one per example (the package's one parser).
+
+    Accepted: an int (numpy ints too, never ``bool``), a list of them, or an integer array or
+    tensor of shape ``()``, ``(1,)`` or ``(N,)``; a single index is used for every example. The
+    range is the caller's to check (it knows the number of outputs).
+
+    Raises:
+        ValueError: ``target`` is None (the message is ``required``), or it holds neither one
+            index nor ``N``.
+        TypeError: any other form (tuples, floats, bools).
+    """
+    if target is None:
+        raise ValueError(required)
+    bad = TypeError(_TARGET.format(target))
+    if isinstance(target, (bool, np.bool_, tuple)) or (
+        isinstance(target, list) and not all(_is_int(t) for t in target)
+    ):
+        raise bad
+    if _is_int(target):
+        return torch.full((n,), int(target), dtype=torch.long)
+    if not isinstance(target, (list, np.ndarray, torch.Tensor)):
+        raise bad
+    index = torch.as_tensor(target).detach()
+    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise bad
+    if index.dim() > 1 or index.numel() not in (1, n):
+        raise ValueError(
+            f"target has {index.numel()} entries for {n} examples (shape {tuple(index.shape)}); expected one "
+            f"index per example, ({n},), or one for all"
+        )
+    return index.long().reshape(-1).expand(n).clone()
 
 
 class Indices(Constraint):
@@ -458,6 +523,72 @@ def flag_parameters(signature: inspect.Signature) -> List[str]:
     ]
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """What the validated entries running in this thread checked: the thread (a context copied
+    into another thread checks again), whether gradients, the objects whose parameters and
+    whose fitted state, and ``(id(value), rule)`` of every argument."""
+
+    thread: int = -1
+    grad: bool = False
+    params: FrozenSet[int] = frozenset()
+    fitted: FrozenSet[int] = frozenset()
+    arguments: FrozenSet[Tuple[int, Constraint]] = frozenset()
+
+
+_CHECKED: contextvars.ContextVar[_Checked] = contextvars.ContextVar(
+    "captum_concepts_checked",
+    default=_Checked(),  # noqa: B039 - frozen
+)
+
+
+def _from_package() -> bool:
+    """Whether the caller of the validated wrapper (two frames up) is the package's own code."""
+    return sys._getframe(2).f_globals.get("__name__", "").startswith("captum_concepts.")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """The checks of one :func:`validated` entry (see there)."""
+
+    func: Callable[..., Any]
+    signature: inspect.Signature
+    method: bool
+    params: bool
+    fitted: bool
+    grad: bool
+    rules: Mapping[str, Constraint]
+
+    def check(
+        self, receiver: Any, call_args: Tuple[Any, ...], call_kwargs: Mapping[str, Any], done: _Checked
+    ) -> _Checked:
+        """Every check that ``done`` does not hold, in order; returns ``done`` with them added."""
+        bound = None
+        if self.grad or self.rules:
+            bound = self.signature.bind_partial(*call_args, **call_kwargs)
+        if self.grad and not done.grad:
+            # a method is named after the class it is called on, not the (private) base defining it
+            func = self.func
+            where = func.__qualname__ if receiver is None else f"{type(receiver).__name__}.{func.__name__}"
+            check_grad_mode(where, {k: v for k, v in bound.arguments.items() if k != "self"})
+        key = id(receiver)
+        if self.method and self.params and key not in done.params:
+            if hasattr(type(receiver), "_parameter_constraints"):
+                validate_params(receiver)
+            done = replace(done, params=done.params | {key})
+        if self.method and self.fitted and key not in done.fitted:
+            receiver._check_fitted()
+            done = replace(done, fitted=done.fitted | {key})
+        if self.rules:
+            bound.apply_defaults()
+            pairs = {(id(bound.arguments[name]), rule) for name, rule in self.rules.items()}
+            for name, rule in self.rules.items():
+                if (id(bound.arguments[name]), rule) not in done.arguments:
+                    rule.check(bound.arguments[name], name)
+            done = replace(done, arguments=done.arguments | pairs)
+        return replace(done, grad=done.grad or self.grad)
+
+
 def validated(
     *,
     params: bool = True,
@@ -475,6 +606,13 @@ def validated(
     ``args`` gives it another rule, so ``"False"`` or ``None`` is never read by its truthiness.
     All of this happens before any data is read or any forward pass runs. The wrapper carries
     ``__validated__ = True`` (tests find undecorated entries by it).
+
+    A validated entry that the package's own code calls while another one runs, in the same
+    thread, skips the checks its callers made: the gradient check, the parameters and the fitted
+    state of an object already checked (``fit_transform`` calling ``fit`` and ``transform``), an
+    argument rule already checked on the same value; the rest runs. The record is a context
+    variable holding the thread, reset when the entry returns or raises, so a call from a user's
+    code (a callback run inside an entry, another thread) is checked as any other.
 
     The wrapper keeps ``__name__``, ``__doc__`` and the signature (``functools.wraps``). It adds a
     frame: warnings raised inside go through :func:`~captum_concepts._utils.warn.warn_user`.
@@ -496,27 +634,19 @@ def validated(
             raise TypeError(f"validated: {func.__qualname__} has no argument(s) {sorted(unknown)}")
         rules = {**{name: Bool() for name in flag_parameters(signature)}, **(args or {})}
 
+        entry = _Entry(func, signature, method, params, fitted, grad, rules)
+
         @functools.wraps(func)
         def wrapper(*call_args: Any, **call_kwargs: Any) -> Any:
             self = (call_args[0] if call_args else call_kwargs["self"]) if method else None
-            bound = None
-            if grad or rules:
-                bound = signature.bind_partial(*call_args, **call_kwargs)
-            if grad:
-                # a method is named after the class it is called on, not the (private) base defining it
-                where = func.__qualname__ if self is None else f"{type(self).__name__}.{func.__name__}"
-                named = {k: v for k, v in bound.arguments.items() if k != "self"}
-                check_grad_mode(where, named)
-            if method:
-                if params and hasattr(type(self), "_parameter_constraints"):
-                    validate_params(self)
-                if fitted:
-                    self._check_fitted()
-            if rules:
-                bound.apply_defaults()
-                for name, rule in rules.items():
-                    rule.check(bound.arguments[name], name)
-            return func(*call_args, **call_kwargs)
+            done = _CHECKED.get()
+            if done.thread != threading.get_ident() or not _from_package():
+                done = _Checked(threading.get_ident())  # a user's call (a callback, another thread)
+            token = _CHECKED.set(entry.check(self, call_args, call_kwargs, done))
+            try:
+                return func(*call_args, **call_kwargs)
+            finally:
+                _CHECKED.reset(token)
 
         wrapper.__validated__ = True  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]

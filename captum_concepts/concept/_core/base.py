@@ -45,17 +45,14 @@ from ..._utils.validation import (
     Bool,
     Constraint,
     DeviceSpec,
-    InstanceOf,
     Int,
     check_fitted,
     validated,
 )
 from .estimator_io import FittedSpec, clone_with_layer_names, load_estimator, save_estimator
 
-__all__ = ["_ConceptEstimator", "COMMON_CONSTRAINTS", "MODEL", "LAYER"]
+__all__ = ["_ConceptEstimator", "COMMON_CONSTRAINTS"]
 
-MODEL = InstanceOf((nn.Module,), "a torch.nn.Module")
-LAYER = InstanceOf((str, nn.Module), "a dotted layer name (str) or a module of the model")
 COMMON_CONSTRAINTS: Dict[str, Constraint] = {
     "batch_size": Int(1),
     "device": DeviceSpec(),

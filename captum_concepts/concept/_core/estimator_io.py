@@ -33,11 +33,10 @@ from torch import nn
 
 from ..._utils.layers import layer_name
 from ..._utils.persistence import UNSAVED, PathLike, decode_params, encode_params, load_state, save_state
-from ..._utils.validation import Constraint, Int, validate_params
+from ..._utils.validation import Constraint, Int, ListOf, validate_params
 from ..._utils.warn import warn_user
 
 __all__ = [
-    "ListOf",
     "StateReader",
     "Fitted",
     "FittedTensor",
@@ -53,19 +52,6 @@ __all__ = [
     "tag_names",
     "untag_names",
 ]
-
-
-class ListOf(Constraint):
-    """A JSON list (exactly a ``list``) whose every item satisfies ``item``."""
-
-    def __init__(self, item: Constraint) -> None:
-        self.item = item
-
-    def describe(self) -> str:
-        return f"a list (each item {self.item.describe()})"
-
-    def holds(self, value: Any) -> bool:
-        return type(value) is list and all(self.item.holds(v) for v in value)
 
 
 class _TaggedName(Constraint):

@@ -43,10 +43,13 @@ from ..._utils.layers import LayerSpec, resolve_layer, uncompiled
 from ..._utils.persistence import PathLike
 from ..._utils.progress import progress_bar
 from ..._utils.validation import (
+    LAYER,
+    MODEL,
     NONE,
     AnyOf,
     Bool,
     Int,
+    ListOf,
     Options,
     RealNumber,
     check_real,
@@ -54,9 +57,9 @@ from ..._utils.validation import (
     validated,
 )
 from .activations import stream_layer_outputs
-from .base import COMMON_CONSTRAINTS, LAYER, MODEL, _ConceptEstimator
+from .base import COMMON_CONSTRAINTS, _ConceptEstimator
 from .basis import ConceptBasis
-from .estimator_io import CONCEPT_NAMES, Fitted, FittedTensor, ListOf, tag_names, untag_names
+from .estimator_io import CONCEPT_NAMES, Fitted, FittedTensor, tag_names, untag_names
 from .semantic_sums import _ConceptSums, _membership
 
 __all__ = ["SemanticVector", "ConceptRanking", "PerturbationResult"]
