@@ -40,6 +40,7 @@ from torch import nn
 
 from ..._utils.persistence import PathLike
 from ..._utils.validation import (
+    MODEL,
     NONE,
     AnyOf,
     Bool,
@@ -90,6 +91,7 @@ class _ConceptEstimator(BaseEstimator):
         save_estimator(self, path)
 
     @classmethod
+    @validated(params=False, args={"model": AnyOf(NONE, MODEL)})
     def load(cls, path: PathLike, model: Optional[nn.Module] = None, **params: Any) -> Any:
         """A new estimator with the parameters and fitted state of a ``save`` file."""
         return load_estimator(cls, path, model, params)

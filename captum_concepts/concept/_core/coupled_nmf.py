@@ -664,6 +664,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         super().save(path)
 
     @classmethod
+    @validated(params=False)
     def load(cls, path: PathLike, model: Optional[nn.Module] = None, **params: Any) -> CoupledNMFConcepts:
         """Load a :meth:`save` file (factors on the CPU). The analyses and ``transform`` of
         matrices work at once; ``transform`` of inputs runs the model: pass ``model=``

@@ -505,6 +505,7 @@ class SemanticVector(_ConceptEstimator):
         super().save(path)
 
     @classmethod
+    @validated(params=False)
     def load(cls, path: PathLike, model: Optional[nn.Module] = None, **params: Any) -> SemanticVector:
         """Load a :meth:`save` file. ``relevance``/``masks`` work at once; ``transform``,
         ``similarity`` & co. run the model: pass ``model=`` here (or set ``sv.model``).
