@@ -605,7 +605,7 @@ def validated(
     does for parameters. Every flag (see :func:`flag_parameters`) gets :class:`Bool` unless
     ``args`` gives it another rule, so ``"False"`` or ``None`` is never read by its truthiness.
     All of this happens before any data is read or any forward pass runs. The wrapper carries
-    ``__validated__ = True`` (tests find undecorated entries by it).
+    ``__validated__``, the record of its checks (tests find undecorated entries by it).
 
     A validated entry that the package's own code calls while another one runs, in the same
     thread, skips the checks its callers made: the gradient check, the parameters and the fitted
@@ -648,7 +648,7 @@ def validated(
             finally:
                 _CHECKED.reset(token)
 
-        wrapper.__validated__ = True  # type: ignore[attr-defined]
+        wrapper.__validated__ = entry  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate
