@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .._utils.validation import check_option, validated
+from .._utils.validation import Options, validated
 from ._common import (
     ArrayLike,
     call_forms,
@@ -32,7 +32,7 @@ _METHODS = ("heat_map", "blended_heat_map")
 
 
 @call_forms(renamed={"row_labels": "labels"})
-@validated()
+@validated(args={"method": Options(_METHODS)})
 def visualize_attribution_grid(
     attributions: ArrayLike,
     original_images: Optional[ArrayLike] = None,
@@ -96,7 +96,6 @@ def visualize_attribution_grid(
     check_ndim(maps, (4,), "attributions", "(rows, columns, H, W)")
     check_sign(sign)
     check_outlier_perc(outlier_perc)
-    check_option(method, "method", _METHODS)
     if method == "blended_heat_map" and original_images is None:
         raise ValueError("method='blended_heat_map' needs original_images")
     n_rows, n_cols = maps.shape[:2]
