@@ -90,7 +90,7 @@ def test_a_call_from_another_thread_started_inside_is_checked(sv, counts):
 def test_the_record_is_reset_when_an_entry_raises(sv, counts):
     with pytest.raises(ValueError, match="nope"):
         sv.rank(X, concept="nope", k=2)
-    assert validation._CHECKED.get() == validation._Checked()
+    assert validation._CHECKED.get() == (-1, frozenset())
     sv.transform(X)
     assert counts == {"fitted": 2, "params": 2}
 

@@ -27,7 +27,7 @@ import inspect
 import math
 import sys
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, Callable, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
@@ -523,22 +523,10 @@ def flag_parameters(signature: inspect.Signature) -> List[str]:
     ]
 
 
-@dataclass(frozen=True)
-class _Checked:
-    """What the validated entries running in this thread checked: the thread (a context copied
-    into another thread checks again), whether gradients, the objects whose parameters and
-    whose fitted state, and ``(id(value), rule)`` of every argument."""
-
-    thread: int = -1
-    grad: bool = False
-    params: FrozenSet[int] = frozenset()
-    fitted: FrozenSet[int] = frozenset()
-    arguments: FrozenSet[Tuple[int, Constraint]] = frozenset()
-
-
-_CHECKED: contextvars.ContextVar[_Checked] = contextvars.ContextVar(
-    "captum_concepts_checked",
-    default=_Checked(),  # noqa: B039 - frozen
+# (thread, what the validated entries running in it checked), see validated: "grad",
+# ("params", id(obj)), ("fitted", id(obj)) and (id(value), rule) per argument
+_CHECKED: contextvars.ContextVar[Tuple[int, FrozenSet[Any]]] = contextvars.ContextVar(
+    "captum_concepts_checked", default=(-1, frozenset())
 )
 
 
@@ -559,34 +547,31 @@ class _Entry:
     grad: bool
     rules: Mapping[str, Constraint]
 
-    def check(
-        self, receiver: Any, call_args: Tuple[Any, ...], call_kwargs: Mapping[str, Any], done: _Checked
-    ) -> _Checked:
-        """Every check that ``done`` does not hold, in order; returns ``done`` with them added."""
-        bound = None
-        if self.grad or self.rules:
-            bound = self.signature.bind_partial(*call_args, **call_kwargs)
-        if self.grad and not done.grad:
+    def check(self, receiver: Any, call: Tuple[Any, Any], done: FrozenSet[Any]) -> FrozenSet[Any]:
+        """The checks of ``call`` (``(args, kwargs)``) not in ``done``, in order; ``done`` with them."""
+        bound = self.signature.bind_partial(*call[0], **call[1]) if self.grad or self.rules else None
+        if self.grad and "grad" not in done:
             # a method is named after the class it is called on, not the (private) base defining it
             func = self.func
             where = func.__qualname__ if receiver is None else f"{type(receiver).__name__}.{func.__name__}"
             check_grad_mode(where, {k: v for k, v in bound.arguments.items() if k != "self"})
         key = id(receiver)
-        if self.method and self.params and key not in done.params:
+        if self.method and self.params and ("params", key) not in done:
             if hasattr(type(receiver), "_parameter_constraints"):
                 validate_params(receiver)
-            done = replace(done, params=done.params | {key})
-        if self.method and self.fitted and key not in done.fitted:
+        if self.method and self.fitted and ("fitted", key) not in done:
             receiver._check_fitted()
-            done = replace(done, fitted=done.fitted | {key})
-        if self.rules:
+        if bound is not None:
             bound.apply_defaults()
-            pairs = {(id(bound.arguments[name]), rule) for name, rule in self.rules.items()}
-            for name, rule in self.rules.items():
-                if (id(bound.arguments[name]), rule) not in done.arguments:
-                    rule.check(bound.arguments[name], name)
-            done = replace(done, arguments=done.arguments | pairs)
-        return replace(done, grad=done.grad or self.grad)
+        values = {name: bound.arguments[name] for name in self.rules}
+        for name, rule in self.rules.items():
+            if (id(values[name]), rule) not in done:
+                rule.check(values[name], name)
+        own = {"grad"} if self.grad else set()
+        own |= {(id(values[name]), rule) for name, rule in self.rules.items()}
+        if self.method:
+            own |= {(kind, key) for kind, on in (("params", self.params), ("fitted", self.fitted)) if on}
+        return done | own
 
 
 def validated(
@@ -639,10 +624,10 @@ def validated(
         @functools.wraps(func)
         def wrapper(*call_args: Any, **call_kwargs: Any) -> Any:
             self = (call_args[0] if call_args else call_kwargs["self"]) if method else None
-            done = _CHECKED.get()
-            if done.thread != threading.get_ident() or not _from_package():
-                done = _Checked(threading.get_ident())  # a user's call (a callback, another thread)
-            token = _CHECKED.set(entry.check(self, call_args, call_kwargs, done))
+            thread, done = _CHECKED.get()
+            if thread != threading.get_ident() or not _from_package():
+                done = frozenset()  # a user's call (a callback, another thread): checked in full
+            token = _CHECKED.set((threading.get_ident(), entry.check(self, (call_args, call_kwargs), done)))
             try:
                 return func(*call_args, **call_kwargs)
             finally:
