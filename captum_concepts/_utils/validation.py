@@ -338,39 +338,31 @@ def index_tensor(value: Any, name: str, size: Optional[int] = None) -> torch.Ten
     return t
 
 
-_TARGET = (
-    "target must be integer indices: an int, a list of N ints or an integer tensor of shape () or (N,) "
-    "(Captum's meaning: an index into the model output, flattened to (N, D)), got {!r:.80}; tuple targets "
-    "of multi-dimensional outputs are not supported: pass the flattened index"
-)
-
-
 def target_index(target: Any, n: int, required: str = "target is required") -> torch.Tensor:
-    """Captum's ``target`` as ``(N,)`` long indices, one per example (the package's one parser).
-
-    Accepted: an int (numpy ints too, never ``bool``), a list of them, or an integer array or
-    tensor of shape ``()``, ``(1,)`` or ``(N,)``; a single index is used for every example. The
-    range is the caller's to check (it knows the number of outputs).
+    """Captum's ``target`` as ``(N,)`` long indices (the package's one parser): an int (numpy ints
+    too, never ``bool``), a list of them, or an integer array or tensor of shape ``()``, ``(1,)``
+    or ``(N,)``; a single index is used for every example. The caller checks the range.
 
     Raises:
-        ValueError: ``target`` is None (the message is ``required``), or it holds neither one
-            index nor ``N``.
+        ValueError: ``target`` is None (the message is ``required``), or holds neither 1 nor N indices.
         TypeError: any other form (tuples, floats, bools).
     """
     if target is None:
         raise ValueError(required)
-    bad = TypeError(_TARGET.format(target))
-    if isinstance(target, (bool, np.bool_, tuple)) or (
-        isinstance(target, list) and not all(_is_int(t) for t in target)
+    index = None
+    if (
+        _is_int(target)
+        or isinstance(target, (np.ndarray, torch.Tensor))
+        or (isinstance(target, list) and all(_is_int(t) for t in target))
     ):
-        raise bad
-    if _is_int(target):
-        return torch.full((n,), int(target), dtype=torch.long)
-    if not isinstance(target, (list, np.ndarray, torch.Tensor)):
-        raise bad
-    index = torch.as_tensor(target).detach()
-    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
-        raise bad
+        index = torch.as_tensor(int(target) if _is_int(target) else target).detach()
+    if index is None or index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise TypeError(
+            "target must be integer indices: an int, a list of N ints or an integer tensor of shape () "
+            "or (N,) (Captum's meaning: an index into the model output, flattened to (N, D)), got "
+            f"{target!r:.80}; tuple targets of multi-dimensional outputs are not supported: pass the "
+            "flattened index"
+        )
     if index.dim() > 1 or index.numel() not in (1, n):
         raise ValueError(
             f"target has {index.numel()} entries for {n} examples (shape {tuple(index.shape)}); expected one "

@@ -26,6 +26,8 @@ Explanation = Union[torch.nn.Module, Callable[..., Any], Any]
 # the checks of the arguments every score shares, before any forward pass
 _SHARED_ARGS = {"eval_mode": AnyOf(Bool(), NONE), "show_progress": Bool()}
 _THRESHOLD = AnyOf(NONE, RealNumber(0.0, 1.0, high_open=True))  # of the variance score
+# the arguments that only apply when explanation_func is a model (see resolve_explainer)
+_MODEL_ONLY = "embedding_layer layer method channel_aggregator embedding_aggregator reshape_transform".split()
 
 
 def _stack_heads(values: list) -> torch.Tensor:
@@ -168,10 +170,7 @@ def noise_score(
         ns = noise_score(model, x, embedding_layer="embedding_relu", layer="block3.pool")  # (16,)
         # 0: the attributions look like those of noise; higher: more informative
     """
-    settings = dict(
-        embedding_layer=embedding_layer, layer=layer, method=method, channel_aggregator=channel_aggregator,
-        embedding_aggregator=embedding_aggregator, reshape_transform=reshape_transform,
-    )  # fmt: skip
+    settings = {k: v for k, v in locals().items() if k in _MODEL_ONLY}
     ex = resolve_explainer(
         explanation_func, kwargs, False, differentiable, settings, eval_mode, show_progress, "noise score"
     )
@@ -247,10 +246,7 @@ def noise_benchmark(
             "noise_func of noise_benchmark must be None or a callable (independent draws are needed), "
             f"got {type(noise_func).__name__}"
         )
-    settings = dict(
-        embedding_layer=embedding_layer, layer=layer, method=method, channel_aggregator=channel_aggregator,
-        embedding_aggregator=embedding_aggregator, reshape_transform=reshape_transform,
-    )  # fmt: skip
+    settings = {k: v for k, v in locals().items() if k in _MODEL_ONLY}
     ex = resolve_explainer(
         explanation_func, kwargs, False, False, settings, eval_mode, show_progress, "noise benchmark"
     )
@@ -335,10 +331,7 @@ def variance_score(
         raise ValueError(
             "threshold binarises the maps and has no gradient; use threshold=None with differentiable=True"
         )
-    settings = dict(
-        embedding_layer=embedding_layer, layer=layer, method=method, channel_aggregator=channel_aggregator,
-        reshape_transform=reshape_transform,
-    )  # fmt: skip
+    settings = {k: v for k, v in locals().items() if k in _MODEL_ONLY}
     ex = resolve_explainer(
         explanation_func, kwargs, True, differentiable, settings, eval_mode, show_progress, "variance score"
     )
@@ -463,10 +456,7 @@ def drift_score(
     eps = torch.as_tensor(epsilons, dtype=torch.float64).flatten()
     if eps.numel() == 0 or not torch.isfinite(eps).all() or (eps < 0).any():
         raise ValueError(f"epsilons must be a non-empty sequence of finite values >= 0, got {epsilons!r}")
-    settings = dict(
-        embedding_layer=embedding_layer, layer=layer, method=method, channel_aggregator=channel_aggregator,
-        embedding_aggregator=embedding_aggregator, reshape_transform=reshape_transform,
-    )  # fmt: skip
+    settings = {k: v for k, v in locals().items() if k in _MODEL_ONLY}
     ex = resolve_explainer(
         explanation_func, kwargs, False, False, settings, eval_mode, show_progress, "drift score"
     )
