@@ -269,6 +269,8 @@ class _SemanticGradientBase(GradientAttribution):
                         guard.register_forward_pre_hook(module, _guide_relu_input)
             guard.register_forward_hook(self.layer, mask_layer_gradient)
             forward = self._checked_forward(classes, inputs_t)
+            # Captum's own form of the parsed target (it refuses numpy ints)
+            target = None if target is None else classes.to(grad_inputs[0].device)
             gradients = self.gradient_func(forward, grad_inputs, target, additional_forward_args)
         if not calls:
             raise ValueError(

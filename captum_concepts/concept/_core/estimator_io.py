@@ -295,16 +295,6 @@ def _layers_as_names(model: Optional[nn.Module], argument: str, value: Any) -> A
     return value
 
 
-def saveable_params(est: Any) -> Dict[str, Any]:
-    """``get_params(deep=False)`` without the runtime parameters, layers as names."""
-    params = est.get_params(deep=False)
-    return {
-        name: _layers_as_names(getattr(est, "model", None), name, value)
-        for name, value in params.items()
-        if name not in type(est)._runtime_params
-    }
-
-
 def clone_with_layer_names(est: Any) -> Any:
     """scikit-learn's ``clone`` for estimators holding a model: layers that are modules of the
     model become their dotted names, so the clone's layers resolve inside the clone's (deep
@@ -325,8 +315,11 @@ def clone_with_layer_names(est: Any) -> Any:
 
 
 def save_estimator(est: Any, path: PathLike) -> None:
-    """Write a fitted estimator (parameters and fitted state, never the model) to ``path``."""
-    params, unsaved = encode_params(saveable_params(est))
+    """Write a fitted estimator to ``path``: its parameters (``get_params(deep=False)`` but the
+    runtime ones, layers as names) and fitted state, never the model."""
+    model, params = getattr(est, "model", None), est.get_params(deep=False)
+    saved = {k: _layers_as_names(model, k, v) for k, v in params.items() if k not in est._runtime_params}
+    params, unsaved = encode_params(saved)
     tensors: Dict[str, torch.Tensor] = {}
     fitted: State = {}
     for spec in type(est)._fitted_attributes:
