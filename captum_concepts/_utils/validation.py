@@ -239,12 +239,10 @@ class LayerList(Constraint):
         return "a sequence of layers (dotted names or modules of the model)"
 
     def holds(self, value: Any) -> bool:
-        from torch import nn
-
         return (
             isinstance(value, Sequence)
             and not isinstance(value, (str, bytes))
-            and all(isinstance(v, (str, nn.Module)) for v in value)
+            and all(isinstance(v, (str, torch.nn.Module)) for v in value)
         )
 
 
@@ -268,8 +266,6 @@ class DeviceSpec(Constraint):
         return "None, a torch.device or a device string such as 'cpu' or 'cuda:0'"
 
     def holds(self, value: Any) -> bool:
-        import torch
-
         if value is None or isinstance(value, torch.device):
             return True
         if not isinstance(value, str):

@@ -248,15 +248,11 @@ class SimilarityAttribution:
         self._transforms = _per_tower(self.shared, reshape_transform, tower_reshape_transforms)
         self.kwargs = dict(kwargs)
         check_upsample(self.kwargs.get("upsample", "nearest"))
-        # each side's per-dimension explainer, built (and its options checked) once
+        # each side's per-dimension explainer (one for a shared encoder), built and checked once
+        sides = [(model, self.layer, self.embedding_layer), (model_b, self.layer_b, self.embedding_layer_b)]
         self._sides = [
             self._explainer(m, lay, fn, embedding_layer=emb, upsample=None)
-            for m, lay, fn, emb in zip(
-                (model, self.model_b)[: 1 if self.shared else 2],
-                (self.layer, self.layer_b),
-                self._transforms,
-                (self.embedding_layer, self.embedding_layer_b),
-            )
+            for (m, lay, emb), fn in zip(sides[: 1 if self.shared else 2], self._transforms)
         ]
 
     @property
@@ -276,12 +272,10 @@ class SimilarityAttribution:
         )
 
     def _towers(self) -> List[LayerReadout]:
-        if self.shared:
-            return [LayerReadout(self.model, self.embedding_layer, "embedding_layer")]
-        return [
-            LayerReadout(self.model, self.embedding_layer, "embedding_layer"),
-            LayerReadout(self.model_b, self.embedding_layer_b, "embedding_layer_b"),
-        ]
+        towers = [LayerReadout(self.model, self.embedding_layer, "embedding_layer")]
+        if not self.shared:
+            towers.append(LayerReadout(self.model_b, self.embedding_layer_b, "embedding_layer_b"))
+        return towers
 
     def _pair(self, inputs_a: TensorOrTuple, inputs_b: TensorOrTuple, extra_a: Any, extra_b: Any) -> _Pair:
         """The one prelude of every entry: both sides checked, their extra arguments, the batch plan."""
