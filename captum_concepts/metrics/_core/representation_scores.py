@@ -24,7 +24,11 @@ NoiseSpec = Union[None, Callable[..., TensorOrTuple], torch.Tensor, Tuple[torch.
 Explanation = Union[torch.nn.Module, Callable[..., Any], Any]
 
 # the checks of the arguments every score shares, before any forward pass
-_SHARED_ARGS = {"eval_mode": AnyOf(Bool(), NONE), "show_progress": Bool()}
+_SHARED_ARGS = {
+    "eval_mode": AnyOf(Bool(), NONE),
+    "show_progress": Bool(),
+    "max_examples_per_batch": AnyOf(NONE, Int(1)),
+}
 _THRESHOLD = AnyOf(NONE, RealNumber(0.0, 1.0, high_open=True))  # of the variance score
 # the arguments that only apply when explanation_func is a model (see resolve_explainer)
 _MODEL_ONLY = "embedding_layer layer method channel_aggregator embedding_aggregator reshape_transform".split()
