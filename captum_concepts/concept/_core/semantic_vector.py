@@ -501,7 +501,6 @@ class SemanticVector(_ConceptEstimator):
         renamed). The model is not saved; a ``layer`` given as a module is stored
         by its name. Concept names must be ``str`` or ``int``.
         """
-
         super().save(path)
 
     @classmethod
@@ -515,7 +514,6 @@ class SemanticVector(_ConceptEstimator):
         Raises:
             ValueError: a corrupted, damaged, truncated or foreign file.
         """
-
         return super().load(path, model, **params)
 
     # ------------------------------------------------------------------ new data
@@ -564,7 +562,6 @@ class SemanticVector(_ConceptEstimator):
             into ``inputs``, best first (``k`` is capped at ``N``).
         """
         index = self.concept_index(concept)
-        k = int(k)
         sim = self.similarity(inputs, additional_forward_args)[:, index]
         return torch.topk(sim, min(k, sim.shape[0]))
 
@@ -591,7 +588,6 @@ class SemanticVector(_ConceptEstimator):
         )
         if not vocab:
             raise ValueError("vocabulary must name at least one concept")
-        k = int(k)
         sim = self.similarity(inputs, additional_forward_args)[:, vocab]
         scores, pos = torch.topk(sim, min(k, len(vocab)), dim=1)
         indices = torch.tensor(vocab, device=pos.device)[pos]
