@@ -104,3 +104,11 @@ def test_an_argument_not_checked_by_the_caller_is_still_checked(sv, counts):
     assert counts == {"fitted": 1, "params": 1}  # similarity skipped what outer checked
     with pytest.raises(validation.InvalidParameterError, match="binarize must be True or False"):
         outer(sv, X, "no")
+
+
+def test_fit_transform_checks_the_parameters_once(counts):
+    from captum_concepts.concept import CoupledNMFConcepts
+
+    model = CallbackModel().eval()
+    CoupledNMFConcepts(2, model, layers=["net.block3.pool"], max_iter=3).fit_transform(X)
+    assert counts["params"] == 1  # fit_transform's check covers the fit it runs
