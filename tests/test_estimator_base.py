@@ -70,7 +70,7 @@ CASES = [(cls, name) for cls in UNFITTED for name in _public_methods(cls)]
 def test_every_public_method_that_needs_a_fit_is_validated_and_refuses_an_unfitted_estimator(cls, name):
     wrapper = _validated_layer(getattr(cls, name))
     assert wrapper is not None, f"{cls.__name__}.{name} does not go through the validated decorator"
-    assert inspect.getclosurevars(wrapper).nonlocals["fitted"], f"{cls.__name__}.{name}: fitted=False"
+    assert wrapper.__validated__.fitted, f"{cls.__name__}.{name}: fitted=False"
     with pytest.raises(NotFittedError, match=f"{cls.__name__} instance is not fitted yet; call fit"):
         getattr(UNFITTED[cls](), name)()  # refused before the arguments are even needed
 

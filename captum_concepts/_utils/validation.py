@@ -9,7 +9,9 @@ is read or any forward pass runs. :func:`check_fitted` is the one not-fitted
 check; it raises scikit-learn's ``NotFittedError``. :func:`validated` is the one
 decorator that runs these checks at a public entry (``fit*``, ``transform``,
 ``attribute``, analyses), together with :func:`check_grad_mode` for entries that
-need gradients.
+need gradients; a public entry the package calls from inside another skips the checks its
+caller made. The constraints every subpackage shares (:data:`MODEL`, :data:`LAYER`,
+:class:`ListOf`) and the one parser of Captum's ``target`` (:func:`target_index`) live here.
 
 Every error names the parameter and the expected type or range. Wrong types
 and wrong values both raise :class:`InvalidParameterError`, a subclass of
@@ -19,12 +21,15 @@ either ``except`` clause catches it.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import math
+import sys
+import threading
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -48,9 +53,13 @@ __all__ = [
     "Positives",
     "AnyOf",
     "LayerList",
+    "ListOf",
+    "MODEL",
+    "LAYER",
     "DeviceSpec",
     "Indices",
     "index_tensor",
+    "target_index",
     "NONE",
     "validate_params",
     "validated",
@@ -230,13 +239,24 @@ class LayerList(Constraint):
         return "a sequence of layers (dotted names or modules of the model)"
 
     def holds(self, value: Any) -> bool:
-        from torch import nn
-
         return (
             isinstance(value, Sequence)
             and not isinstance(value, (str, bytes))
-            and all(isinstance(v, (str, nn.Module)) for v in value)
+            and all(isinstance(v, (str, torch.nn.Module)) for v in value)
         )
+
+
+class ListOf(Constraint):
+    """A JSON list (exactly a ``list``) whose every item satisfies ``item``."""
+
+    def __init__(self, item: Constraint) -> None:
+        self.item = item
+
+    def describe(self) -> str:
+        return f"a list (each item {self.item.describe()})"
+
+    def holds(self, value: Any) -> bool:
+        return type(value) is list and all(self.item.holds(v) for v in value)
 
 
 class DeviceSpec(Constraint):
@@ -246,8 +266,6 @@ class DeviceSpec(Constraint):
         return "None, a torch.device or a device string such as 'cpu' or 'cuda:0'"
 
     def holds(self, value: Any) -> bool:
-        import torch
-
         if value is None or isinstance(value, torch.device):
             return True
         if not isinstance(value, str):
@@ -260,6 +278,8 @@ class DeviceSpec(Constraint):
 
 
 NONE = Options((None,))
+MODEL = InstanceOf((torch.nn.Module,), "a torch.nn.Module")
+LAYER = InstanceOf((str, torch.nn.Module), "a dotted layer name (str) or a module of the model")
 
 
 _INDICES = "an int, a 1-D sequence, array or tensor of ints, or a 1-D boolean mask"
@@ -312,6 +332,39 @@ def index_tensor(value: Any, name: str, size: Optional[int] = None) -> torch.Ten
         where = f"for D = {size}" if size is not None else "(indices are >= 0)"
         raise InvalidParameterError(f"{name} {bad.tolist()[:10]} out of range {where}")
     return t
+
+
+def target_index(target: Any, n: int, required: str = "target is required") -> torch.Tensor:
+    """Captum's ``target`` as ``(N,)`` long indices (the package's one parser): an int (numpy ints
+    too, never ``bool``), a list of them, or an integer array or tensor of shape ``()``, ``(1,)``
+    or ``(N,)``; a single index is used for every example. The caller checks the range.
+
+    Raises:
+        ValueError: ``target`` is None (the message is ``required``), or holds neither 1 nor N indices.
+        TypeError: any other form (tuples, floats, bools).
+    """
+    if target is None:
+        raise ValueError(required)
+    index = None
+    if (
+        _is_int(target)
+        or isinstance(target, (np.ndarray, torch.Tensor))
+        or (isinstance(target, list) and all(_is_int(t) for t in target))
+    ):
+        index = torch.as_tensor(int(target) if _is_int(target) else target).detach()
+    if index is None or index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise TypeError(
+            "target must be integer indices: an int, a list of N ints or an integer tensor of shape () "
+            "or (N,) (Captum's meaning: an index into the model output, flattened to (N, D)), got "
+            f"{target!r:.80}; tuple targets of multi-dimensional outputs are not supported: pass the "
+            "flattened index"
+        )
+    if index.dim() > 1 or index.numel() not in (1, n):
+        raise ValueError(
+            f"target has {index.numel()} entries for {n} examples (shape {tuple(index.shape)}); expected one "
+            f"index per example, ({n},), or one for all"
+        )
+    return index.long().reshape(-1).expand(n).clone()
 
 
 class Indices(Constraint):
@@ -458,6 +511,57 @@ def flag_parameters(signature: inspect.Signature) -> List[str]:
     ]
 
 
+# (thread, what the validated entries running in it checked), see validated: "grad",
+# ("params", id(obj)), ("fitted", id(obj)) and (id(value), rule) per argument
+_CHECKED: contextvars.ContextVar[Tuple[int, FrozenSet[Any]]] = contextvars.ContextVar(
+    "captum_concepts_checked", default=(-1, frozenset())
+)
+
+
+def _from_package() -> bool:
+    """Whether the caller of the validated wrapper (two frames up) is the package's own code."""
+    return sys._getframe(2).f_globals.get("__name__", "").startswith("captum_concepts.")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """The checks of one :func:`validated` entry (see there)."""
+
+    func: Callable[..., Any]
+    signature: inspect.Signature
+    method: bool
+    params: bool
+    fitted: bool
+    grad: bool
+    rules: Mapping[str, Constraint]
+
+    def check(self, receiver: Any, call: Tuple[Any, Any], done: FrozenSet[Any]) -> FrozenSet[Any]:
+        """The checks of ``call`` (``(args, kwargs)``) not in ``done``, in order; ``done`` with them."""
+        bound = self.signature.bind_partial(*call[0], **call[1]) if self.grad or self.rules else None
+        if self.grad and "grad" not in done:
+            # a method is named after the class it is called on, not the (private) base defining it
+            func = self.func
+            where = func.__qualname__ if receiver is None else f"{type(receiver).__name__}.{func.__name__}"
+            check_grad_mode(where, {k: v for k, v in bound.arguments.items() if k != "self"})
+        key = id(receiver)
+        if self.method and self.params and ("params", key) not in done:
+            if hasattr(type(receiver), "_parameter_constraints"):
+                validate_params(receiver)
+        if self.method and self.fitted and ("fitted", key) not in done:
+            receiver._check_fitted()
+        if bound is not None:
+            bound.apply_defaults()
+        values = {name: bound.arguments[name] for name in self.rules}
+        for name, rule in self.rules.items():
+            if (id(values[name]), rule) not in done:
+                rule.check(values[name], name)
+        own = {"grad"} if self.grad else set()
+        own |= {(id(values[name]), rule) for name, rule in self.rules.items()}
+        if self.method:
+            own |= {(kind, key) for kind, on in (("params", self.params), ("fitted", self.fitted)) if on}
+        return done | own
+
+
 def validated(
     *,
     params: bool = True,
@@ -474,7 +578,14 @@ def validated(
     does for parameters. Every flag (see :func:`flag_parameters`) gets :class:`Bool` unless
     ``args`` gives it another rule, so ``"False"`` or ``None`` is never read by its truthiness.
     All of this happens before any data is read or any forward pass runs. The wrapper carries
-    ``__validated__ = True`` (tests find undecorated entries by it).
+    ``__validated__``, the record of its checks (tests find undecorated entries by it).
+
+    A validated entry that the package's own code calls while another one runs, in the same
+    thread, skips the checks its callers made: the gradient check, the parameters and the fitted
+    state of an object already checked (``fit_transform`` calling ``fit`` and ``transform``), an
+    argument rule already checked on the same value; the rest runs. The record is a context
+    variable holding the thread, reset when the entry returns or raises, so a call from a user's
+    code (a callback run inside an entry, another thread) is checked as any other.
 
     The wrapper keeps ``__name__``, ``__doc__`` and the signature (``functools.wraps``). It adds a
     frame: warnings raised inside go through :func:`~captum_concepts._utils.warn.warn_user`.
@@ -496,29 +607,21 @@ def validated(
             raise TypeError(f"validated: {func.__qualname__} has no argument(s) {sorted(unknown)}")
         rules = {**{name: Bool() for name in flag_parameters(signature)}, **(args or {})}
 
+        entry = _Entry(func, signature, method, params, fitted, grad, rules)
+
         @functools.wraps(func)
         def wrapper(*call_args: Any, **call_kwargs: Any) -> Any:
             self = (call_args[0] if call_args else call_kwargs["self"]) if method else None
-            bound = None
-            if grad or rules:
-                bound = signature.bind_partial(*call_args, **call_kwargs)
-            if grad:
-                # a method is named after the class it is called on, not the (private) base defining it
-                where = func.__qualname__ if self is None else f"{type(self).__name__}.{func.__name__}"
-                named = {k: v for k, v in bound.arguments.items() if k != "self"}
-                check_grad_mode(where, named)
-            if method:
-                if params and hasattr(type(self), "_parameter_constraints"):
-                    validate_params(self)
-                if fitted:
-                    self._check_fitted()
-            if rules:
-                bound.apply_defaults()
-                for name, rule in rules.items():
-                    rule.check(bound.arguments[name], name)
-            return func(*call_args, **call_kwargs)
+            thread, done = _CHECKED.get()
+            if thread != threading.get_ident() or not _from_package():
+                done = frozenset()  # a user's call (a callback, another thread): checked in full
+            token = _CHECKED.set((threading.get_ident(), entry.check(self, (call_args, call_kwargs), done)))
+            try:
+                return func(*call_args, **call_kwargs)
+            finally:
+                _CHECKED.reset(token)
 
-        wrapper.__validated__ = True  # type: ignore[attr-defined]
+        wrapper.__validated__ = entry  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate

@@ -13,7 +13,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .._utils.validation import check_int, check_option
+from .._utils.validation import Int, Options, check_int, validated
 from .digits import load_digits_tensors
 
 __all__ = ["TwoDigitCanvas", "make_two_digit_canvas"]
@@ -46,6 +46,7 @@ class TwoDigitCanvas:
     boxes: torch.Tensor
     multi_hot: torch.Tensor
 
+    @validated()
     def box_masks(self) -> torch.Tensor:
         """Boolean masks ``(N, 2, H, W)``, True inside each digit's box."""
         n, _, h, w = self.images.shape
@@ -60,6 +61,7 @@ class TwoDigitCanvas:
         )
 
 
+@validated(args={"n": Int(1), "split": Options(("train", "test"))})
 def make_two_digit_canvas(
     n: int,
     canvas_size: Union[int, Tuple[int, int]] = 24,
@@ -86,8 +88,7 @@ def make_two_digit_canvas(
         canvas = make_two_digit_canvas(8, canvas_size=24, split="test", random_state=0)
         assert canvas.multi_hot.sum(1).le(2).all()  # at most two classes per canvas
     """
-    check_option(split, "split", ("train", "test"))
-    n = check_int(n, "n", low=1)
+    n = int(n)
     if isinstance(canvas_size, Integral):
         canvas_size = (canvas_size, canvas_size)
     h, w = (check_int(v, "canvas_size") for v in canvas_size)

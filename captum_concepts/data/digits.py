@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._utils.validation import check_int, check_option, check_real
+from .._utils.validation import Int, Options, RealNumber, validated
 
 __all__ = ["DigitsData", "load_digits_tensors"]
 
@@ -42,6 +42,13 @@ class DigitsData:
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
 
+@validated(
+    args={
+        "upscale": Int(1),
+        "test_size": RealNumber(0.0, 1.0, low_open=True, high_open=True),
+        "mode": Options(("nearest", "bilinear")),
+    }
+)
 def load_digits_tensors(
     upscale: int = 1,
     test_size: float = 0.2,
@@ -70,9 +77,7 @@ def load_digits_tensors(
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    upscale = check_int(upscale, "upscale", low=1)
-    test_size = check_real(test_size, "test_size", low=0.0, high=1.0, low_open=True, high_open=True)
-    check_option(mode, "mode", ("nearest", "bilinear"))
+    upscale, test_size = int(upscale), float(test_size)
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)
     labels = digits.target.astype(np.int64)

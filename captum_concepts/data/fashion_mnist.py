@@ -21,7 +21,7 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .._utils.validation import NONE, AnyOf, InstanceOf
+from .._utils.validation import NONE, AnyOf, InstanceOf, validated
 from .digits import DigitsData
 
 __all__ = ["FASHION_MNIST_CLASSES", "FashionMNISTData", "load_fashion_mnist", "read_idx"]
@@ -122,6 +122,7 @@ def _find(directory: str, stem: str) -> Optional[str]:
     return None
 
 
+@validated(args={"root": AnyOf(InstanceOf((str, os.PathLike), "a path (str or os.PathLike)"), NONE)})
 def load_fashion_mnist(root: Optional[Union[str, os.PathLike[str]]] = None) -> FashionMNISTData:
     """Load Fashion-MNIST from local IDX files (never downloads).
 
@@ -150,7 +151,6 @@ def load_fashion_mnist(root: Optional[Union[str, os.PathLike[str]]] = None) -> F
         except FileNotFoundError as err:  # says where it looked and how to get the files
             print(err)
     """
-    AnyOf(InstanceOf((str, os.PathLike), "a path (str or os.PathLike)"), NONE).check(root, "root")
     root_str = None if root is None else os.fspath(root)
     searched = _candidates(root_str)
     for directory in searched:

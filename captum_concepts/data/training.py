@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .._utils.hooks import ModelGuard
-from .._utils.validation import validated
+from .._utils.validation import NONE, AnyOf, InstanceOf, Int, validated
 from .digits import DigitsData, load_digits_tensors
 from .models import DigitsCNN
 
@@ -117,6 +117,7 @@ def train_classifier(
     return TrainResult(model, acc, time.perf_counter() - start, epochs)
 
 
+@validated(args={"data": AnyOf(NONE, InstanceOf((DigitsData,), "a DigitsData"))})
 def train_digits_cnn(
     data: Optional[DigitsData] = None,
     seed: int = 0,
@@ -154,6 +155,7 @@ def _cached_digits_cnn(seed: int, upscale: int, epochs: int) -> TrainResult:
     return train_digits_cnn(load_digits_tensors(upscale=upscale), seed=seed, epochs=epochs)
 
 
+@validated(args={"upscale": Int(1)})
 def pretrained_digits_cnn(seed: int = 0, upscale: int = 1, epochs: int = 15) -> TrainResult:
     """A trained :class:`DigitsCNN`, trained once per process and cached.
 

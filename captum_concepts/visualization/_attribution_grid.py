@@ -11,13 +11,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .._utils.validation import check_option, validated
+from .._utils.validation import Options, validated
 from ._common import (
+    MAP_ARGS,
     ArrayLike,
     call_forms,
     check_ndim,
-    check_outlier_perc,
-    check_sign,
     clear_ticks,
     draw_map,
     finish,
@@ -32,7 +31,7 @@ _METHODS = ("heat_map", "blended_heat_map")
 
 
 @call_forms(renamed={"row_labels": "labels"})
-@validated()
+@validated(args={**MAP_ARGS, "method": Options(_METHODS)})
 def visualize_attribution_grid(
     attributions: ArrayLike,
     original_images: Optional[ArrayLike] = None,
@@ -94,9 +93,6 @@ def visualize_attribution_grid(
     """
     maps = to_numpy(attributions, "attributions")
     check_ndim(maps, (4,), "attributions", "(rows, columns, H, W)")
-    check_sign(sign)
-    check_outlier_perc(outlier_perc)
-    check_option(method, "method", _METHODS)
     if method == "blended_heat_map" and original_images is None:
         raise ValueError("method='blended_heat_map' needs original_images")
     n_rows, n_cols = maps.shape[:2]
@@ -149,7 +145,7 @@ def visualize_attribution_grid(
 
 
 @call_forms(renamed={"aggregators": "labels", "layers": "col_labels"})
-@validated()
+@validated(args=MAP_ARGS)
 def visualize_embedding_attributions(
     attributions: Union[ArrayLike, Mapping[str, Any]],
     original_image: Optional[ArrayLike] = None,

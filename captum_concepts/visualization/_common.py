@@ -23,12 +23,14 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .._utils.validation import check_option, check_real
+from .._utils.validation import Options, RealNumber
 from .._utils.warn import warn_user
 
 ArrayLike = Any  # numpy array, torch tensor or nested sequence of numbers
 
 _SIGNS = ("all", "positive", "negative", "absolute_value")
+MAP_ARGS = {"sign": Options(_SIGNS), "outlier_perc": RealNumber(0, 100, high_open=True)}
+"""The rules of the arguments every map figure takes (Captum's ``sign`` and ``outlier_perc``)."""
 _DEFAULT_CMAPS = {"all": "bwr", "positive": "Greens", "negative": "Reds", "absolute_value": "Blues"}
 
 # The ``Args:`` entries every plotting function shares, written once (Google style: a continuation
@@ -118,20 +120,12 @@ def prepare_figure(
     return fig, (axes[0, 0] if squeeze and axes.size == 1 else axes)
 
 
-def check_sign(sign: str) -> None:
-    check_option(sign, "sign", _SIGNS)
-
-
-def check_outlier_perc(outlier_perc: float) -> float:
-    return check_real(outlier_perc, "outlier_perc", low=0, high=100, high_open=True)
-
-
 def scale_map(attr: np.ndarray, sign: str = "all", outlier_perc: float = 2.0) -> np.ndarray:
     """Scale a 2-D map like Captum's ``visualize_image_attr``: the chosen sign, divided by the
     ``100 - outlier_perc`` percentile of its magnitude and clipped to ``[-1, 1]`` (``[0, 1]`` for
     one-signed choices). An all-zero map stays zero."""
-    check_sign(sign)
-    check_outlier_perc(outlier_perc)
+    MAP_ARGS["sign"].check(sign, "sign")
+    MAP_ARGS["outlier_perc"].check(outlier_perc, "outlier_perc")
     if sign == "positive":
         attr = np.clip(attr, 0, None)
     elif sign == "negative":

@@ -8,12 +8,11 @@ import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 
-from .._utils.validation import check_real
+from .._utils.validation import RealNumber, validated
 from ._common import (
+    MAP_ARGS,
     ArrayLike,
     check_ndim,
-    check_outlier_perc,
-    check_sign,
     clear_ticks,
     image_for_display,
     scale_map,
@@ -24,6 +23,7 @@ from ._common import (
 __all__ = ["overlay_attribution"]
 
 
+@validated(args={**MAP_ARGS, "alpha": RealNumber(0, 1)})
 def overlay_attribution(
     attribution: ArrayLike,
     image: ArrayLike,
@@ -74,9 +74,6 @@ def overlay_attribution(
     if heat.ndim == 3 and heat.shape[0] == 1:
         heat = heat[0]
     check_ndim(heat, (2,), "attribution", "(H, W) (one map: maps[i])")
-    check_sign(sign)
-    check_outlier_perc(outlier_perc)
-    alpha = check_real(alpha, "alpha", low=0, high=1)
     if ax is not None and not isinstance(ax, Axes):
         raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
     shown = image_for_display(image, "image")

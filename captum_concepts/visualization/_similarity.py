@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import ConnectionPatch
 
-from .._utils.validation import check_int, check_option, validated
+from .._utils.validation import Int, Options, validated
 from ._common import (
     ArrayLike,
     call_forms,
@@ -132,7 +132,7 @@ def _centres(grid: Sequence[int], size: Sequence[int]) -> np.ndarray:
     old_order=("image_a", "image_b", "correspondence"), looks_old=_images_first_correspondence
 )
 @fill_doc
-@validated()
+@validated(args={"sign": Options(("positive", "negative", "absolute_value")), "k": Int(1)})
 def visualize_correspondence(
     correspondence: ArrayLike,
     image_a: ArrayLike,
@@ -188,8 +188,6 @@ def visualize_correspondence(
         raise ValueError(
             f"grid_a {tuple(grid_a)} and grid_b {tuple(grid_b)} must have {m.shape[0]} and {m.shape[1]} cells"
         )
-    check_option(sign, "sign", ("positive", "negative", "absolute_value"))
-    k = check_int(k, "k", low=1)
     key = {"positive": m, "negative": -m, "absolute_value": np.abs(m)}[sign]
     order = np.argsort(key, axis=None)[::-1][: min(k, m.size)]
     a, b = image_for_display(image_a, "image_a"), image_for_display(image_b, "image_b")

@@ -10,6 +10,8 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from ..._utils.validation import validated
+
 __all__ = ["Aggregator", "AGGREGATORS", "aggregate", "check_aggregator", "is_mean"]
 
 Aggregator = Union[str, Callable[[torch.Tensor, int], torch.Tensor]]
@@ -60,6 +62,7 @@ def _shares_memory(out: object, scratch: torch.Tensor) -> bool:
     )
 
 
+@validated()
 def aggregate(
     t: torch.Tensor, dim: int, how: Aggregator = "mean", scratch: Optional[torch.Tensor] = None
 ) -> torch.Tensor:

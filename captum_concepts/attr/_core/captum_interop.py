@@ -28,6 +28,8 @@ from typing import Any, List, Union
 import numpy as np
 import torch
 
+from ..._utils.validation import validated
+
 __all__ = ["as_captum_layer_attr", "as_image_attr", "as_captum_image", "as_input_attr"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
@@ -40,6 +42,7 @@ def _shape(value: Any) -> str:
 Maps = Union[torch.Tensor, List[torch.Tensor]]
 
 
+@validated()
 def as_captum_layer_attr(maps: Maps) -> Maps:
     """Maps ``(N, *S)`` as a Captum layer attribution ``(N, 1, *S)`` (a view, one channel).
 
@@ -79,6 +82,7 @@ def _numpy(value: ArrayLike, argument: str) -> np.ndarray:
     raise TypeError(f"{argument} must be a tensor or a numpy array, got {type(value).__name__}")
 
 
+@validated()
 def as_image_attr(attribution: ArrayLike) -> np.ndarray:
     """One map ``(H, W)`` (or ``(1, H, W)``) as Captum's image attribution: ``(H, W, 1)`` float64
     numpy, divided by its largest magnitude (an all-zero map stays zero; the sign is kept).
@@ -114,6 +118,7 @@ def as_image_attr(attribution: ArrayLike) -> np.ndarray:
     return (a / top if top > 0 else a)[..., None]
 
 
+@validated()
 def as_captum_image(image: ArrayLike) -> np.ndarray:
     """One image ``(C, H, W)`` (PyTorch's layout) or ``(H, W)`` as the ``(H, W, C)`` float64 numpy
     array Captum's ``visualize_image_attr`` takes as ``original_image`` (values unchanged).
@@ -138,6 +143,7 @@ def as_captum_image(image: ArrayLike) -> np.ndarray:
     return np.moveaxis(a, 0, -1)
 
 
+@validated()
 def as_input_attr(maps: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """Maps ``(N, *S)`` broadcast over the input channels: ``inputs``' shape ``(N, C, *S)``.
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from captum._utils.typing import TargetType
 from captum.attr import GradientAttribution, LayerAttribution
@@ -21,7 +20,15 @@ from ..._utils.first_pass import first_forward, first_layer, integer_input_hint
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layer, uncompiled
 from ..._utils.layout import ReshapeTransform, layer_transforms, layout_hint
-from ..._utils.validation import Indices, check_int, check_option, index_tensor, validated
+from ..._utils.validation import (
+    MODEL,
+    Indices,
+    check_int,
+    check_option,
+    index_tensor,
+    target_index,
+    validated,
+)
 from ..._utils.warn import warn_user
 from .aggregators import Aggregator, check_aggregator
 from .costs import WorkProbe, warn_if_costly
@@ -191,7 +198,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         per_dim = ea.attribute(images, return_per_dim=True)  # (4, 32, 8, 8): one map per component
     """
 
-    @validated(params=False)
+    @validated(params=False, args={"model": MODEL})
     def __init__(
         self,
         model: nn.Module,
@@ -206,8 +213,6 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
         eval_mode: bool = True,
         reshape_transform: Union[None, ReshapeTransform, Sequence[Optional[ReshapeTransform]]] = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         model = uncompiled(model)
         check_option(method, "method", METHODS)
         check_option(strategy, "strategy", STRATEGIES)
@@ -394,7 +399,7 @@ class EmbeddingAttribution(LayerAttribution, GradientAttribution):
                 "target indexes the model output (Captum's meaning) and needs embedding_layer=None; to "
                 "explain components of embedding_layer pass embedding_dims=[...] instead"
             )
-        index = _target_index(target, n)
+        index = target_index(target, n)
         return lambda z: _select_target(z, index)
 
     def _first_pass(self, guard: ModelGuard, inputs_t, additional_forward_args, select, job: Job):
@@ -524,29 +529,6 @@ def _prepare_input(
             "EmbeddingAttribution(model, layer='embedding', reshape_transform=channels_last) "
             "(from captum_concepts.attr import channels_last): one value per token, maps (N, L)"
         )
-
-
-def _target_index(target: Any, n: int) -> torch.Tensor:
-    """Captum's ``target`` (an int, a list of ints, a 0-d or ``(N,)`` integer tensor) as ``(N,)``."""
-    bad = TypeError(
-        "target must be an int, a list of N ints or an integer tensor of shape () or (N,) (Captum's "
-        f"meaning: an index into the model output, flattened to (N, D)), got {target!r:.80}; tuple targets "
-        "of multi-dimensional outputs are not supported: pass the flattened index"
-    )
-    if isinstance(target, (bool, tuple)) or (isinstance(target, list) and any(
-        isinstance(t, (bool, tuple)) or not isinstance(t, (int, np.integer)) for t in target
-    )):  # fmt: skip
-        raise bad
-    if isinstance(target, (int, np.integer)):
-        return torch.full((n,), int(target), dtype=torch.long)
-    index = torch.as_tensor(target) if isinstance(target, (list, np.ndarray, torch.Tensor)) else None
-    if index is None or index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
-        raise bad
-    if index.dim() == 0:
-        return index.long().expand(n).clone()
-    if index.dim() != 1 or index.shape[0] != n:
-        raise ValueError(f"target has shape {tuple(index.shape)}; expected one index per example, ({n},)")
-    return index.long()
 
 
 def _select_target(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from ..._utils.finite import check_finite_result
 from ..._utils.first_pass import first_forward, integer_input_hint
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, layer_name, resolve_layer, uncompiled
-from ..._utils.validation import validated
+from ..._utils.validation import MODEL, target_index, validated
 from ..._utils.warn import warn_user
 
 __all__ = ["SemanticGuidedBackprop", "SemanticGradientInput", "SemanticMaskSource"]
@@ -137,28 +137,10 @@ def _mask_table(
 
 
 def _target_classes(target: TargetType, n: int, num_classes: int) -> torch.Tensor:
-    """The mask row of each example: ``(n,)`` or ``(1,)`` long tensor."""
-    if target is None:
-        if num_classes == 1:
-            return torch.zeros(1, dtype=torch.long)
-        raise ValueError(f"target is required to choose among the {num_classes} semantic masks")
-    if isinstance(target, tuple):
-        raise TypeError(
-            "semantic masks need integer class targets; tuple targets (multi-dim outputs) are not supported"
-        )
-    if isinstance(target, bool) or not isinstance(target, (int, torch.Tensor, list)):
-        raise TypeError(f"target must be an int, a tensor or a list of ints, got {type(target).__name__}")
-    if isinstance(target, list) and any(not isinstance(t, int) or isinstance(t, bool) for t in target):
-        raise TypeError("target lists must contain one integer class per example")
-    classes = torch.as_tensor(target).detach().cpu()
-    if classes.dtype.is_floating_point or classes.dtype == torch.bool or classes.dim() > 1:
-        raise TypeError(
-            f"target must be integer class indices of shape () or (N,), got {classes.dtype} "
-            f"{tuple(classes.shape)}"
-        )
-    classes = classes.reshape(-1).long()
-    if classes.numel() not in (1, n):
-        raise ValueError(f"target has {classes.numel()} entries for {n} examples")
+    """The mask row of each example, ``(n,)`` long (:func:`target_index`, within the masks)."""
+    if target is None and num_classes == 1:
+        return torch.zeros(n, dtype=torch.long)
+    classes = target_index(target, n, f"target is required to choose among the {num_classes} semantic masks")
     if int(classes.min()) < 0 or int(classes.max()) >= num_classes:
         raise ValueError(
             f"target out of range: got classes {int(classes.min())}..{int(classes.max())}, "
@@ -170,7 +152,7 @@ def _target_classes(target: TargetType, n: int, num_classes: int) -> torch.Tenso
 class _SemanticGradientBase(GradientAttribution):
     _guided = False
 
-    @validated(params=False)
+    @validated(params=False, args={"model": MODEL})
     def __init__(
         self,
         model: nn.Module,
@@ -180,8 +162,6 @@ class _SemanticGradientBase(GradientAttribution):
         concepts: Optional[Sequence[ConceptKey]] = None,
         eval_mode: bool = True,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         model = uncompiled(model)
         GradientAttribution.__init__(self, model)
         self.eval_mode = bool(eval_mode)
@@ -289,6 +269,8 @@ class _SemanticGradientBase(GradientAttribution):
                         guard.register_forward_pre_hook(module, _guide_relu_input)
             guard.register_forward_hook(self.layer, mask_layer_gradient)
             forward = self._checked_forward(classes, inputs_t)
+            # Captum's own form of the parsed target (it refuses numpy ints)
+            target = None if target is None else classes.to(grad_inputs[0].device)
             gradients = self.gradient_func(forward, grad_inputs, target, additional_forward_args)
         if not calls:
             raise ValueError(

@@ -14,10 +14,11 @@ from ..._utils.common import TensorOrTuple, check_batch, format_additional_args,
 from ..._utils.finite import check_finite_result, check_finite_rows, max_scaled
 from ..._utils.layers import LayerSpec, resolve_layer
 from ..._utils.layout import ReshapeTransform, expand_per_layer
-from ..._utils.validation import check_option, validated
+from ..._utils.validation import MODEL, NONE, AnyOf, Options, validated
 from ..._utils.warn import warn_user
 from .embedding_attribution import METHODS, EmbeddingAttribution
 from .layer_readout import LayerReadout, Readouts
+from .upsampling import check_upsample
 
 __all__ = ["SimilarityAttribution", "SIMILARITIES"]
 
@@ -189,6 +190,15 @@ class SimilarityAttribution:
         scores = sa.similarity_scores(a, b)  # (4,) cosine similarities of the embeddings
     """
 
+    @validated(
+        params=False,
+        args={
+            "model": MODEL,
+            "model_b": AnyOf(NONE, MODEL),
+            "method": Options(METHODS),
+            "similarity": Options(SIMILARITIES),
+        },
+    )
     def __init__(
         self,
         model: nn.Module,
@@ -203,12 +213,6 @@ class SimilarityAttribution:
         tower_reshape_transforms: Optional[Sequence[Optional[ReshapeTransform]]] = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if model_b is not None and not isinstance(model_b, nn.Module):
-            raise TypeError(f"model_b must be a torch.nn.Module or None, got {type(model_b).__name__}")
-        check_option(method, "method", METHODS)
-        check_option(similarity, "similarity", SIMILARITIES)
         for key in ("channel_aggregator", "embedding_aggregator", "embedding_layer", "layer"):
             if key in kwargs:
                 raise TypeError(f"SimilarityAttribution() got an unexpected keyword argument {key!r}")
@@ -243,8 +247,13 @@ class SimilarityAttribution:
         self.tower_reshape_transforms = tower_reshape_transforms
         self._transforms = _per_tower(self.shared, reshape_transform, tower_reshape_transforms)
         self.kwargs = dict(kwargs)
-        # validate the EmbeddingAttribution options once, here
-        self._explainer(model, self.layer, self._transforms[0], embedding_layer=self.embedding_layer)
+        check_upsample(self.kwargs.get("upsample", "nearest"))
+        # each side's per-dimension explainer (one for a shared encoder), built and checked once
+        sides = [(model, self.layer, self.embedding_layer), (model_b, self.layer_b, self.embedding_layer_b)]
+        self._sides = [
+            self._explainer(m, lay, fn, embedding_layer=emb, upsample=None)
+            for (m, lay, emb), fn in zip(sides[: 1 if self.shared else 2], self._transforms)
+        ]
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -263,12 +272,10 @@ class SimilarityAttribution:
         )
 
     def _towers(self) -> List[LayerReadout]:
-        if self.shared:
-            return [LayerReadout(self.model, self.embedding_layer, "embedding_layer")]
-        return [
-            LayerReadout(self.model, self.embedding_layer, "embedding_layer"),
-            LayerReadout(self.model_b, self.embedding_layer_b, "embedding_layer_b"),
-        ]
+        towers = [LayerReadout(self.model, self.embedding_layer, "embedding_layer")]
+        if not self.shared:
+            towers.append(LayerReadout(self.model_b, self.embedding_layer_b, "embedding_layer_b"))
+        return towers
 
     def _pair(self, inputs_a: TensorOrTuple, inputs_b: TensorOrTuple, extra_a: Any, extra_b: Any) -> _Pair:
         """The one prelude of every entry: both sides checked, their extra arguments, the batch plan."""
@@ -344,6 +351,7 @@ class SimilarityAttribution:
                 maps_b = got_b[len(p.xa) :] if self.layer_b is None else got_b
         return _form(maps_a, self.layer, p.a_tuple), _form(maps_b, self.layer_b, p.b_tuple)
 
+    @validated()
     def similarity_scores(
         self,
         inputs_a: TensorOrTuple,
@@ -394,18 +402,12 @@ class SimilarityAttribution:
         return self._per_dim(p, attribute_kwargs)
 
     def _per_dim(self, p: _Pair, attribute_kwargs: Any) -> Tuple[Any, Any]:
-        sides = [
-            (self.model, self.embedding_layer, self.layer, p.xa, p.extra_a, p.a_tuple),
-            (self.model_b, self.embedding_layer_b, self.layer_b, p.xb, p.extra_b, p.b_tuple),
-        ]
-        out = []
-        for (model, emb, lay, x, extra, was_tuple), transform in zip(sides, self._transforms):
-            ea = self._explainer(model, lay, transform, embedding_layer=emb, upsample=None)
-            maps = ea.attribute(
-                x, additional_forward_args=extra or None, return_per_dim=True, **attribute_kwargs
-            )
-            out.append(_form(maps, lay, was_tuple))
-        return out[0], out[1]
+        """Each side's per-dimension maps, in Captum's form (the inputs' form for ``layer=None``)."""
+        a, b = self._sides[0], self._sides[-1]
+        return tuple(
+            ea.attribute(x if was_tuple else x[0], extra or None, return_per_dim=True, **attribute_kwargs)
+            for ea, x, extra, was_tuple in ((a, p.xa, p.extra_a, p.a_tuple), (b, p.xb, p.extra_b, p.b_tuple))
+        )
 
     @validated(grad=True)
     def correspondence(

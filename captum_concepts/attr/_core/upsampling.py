@@ -7,6 +7,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..._utils.validation import validated
+
 __all__ = ["UPSAMPLE_MODES", "upsample_maps", "check_upsample"]
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
@@ -19,6 +21,7 @@ def check_upsample(mode: Optional[str], argument: str = "upsample") -> Optional[
     raise ValueError(f"{argument} must be one of {UPSAMPLE_MODES} or None, got {mode!r}")
 
 
+@validated()
 def upsample_maps(
     maps: torch.Tensor,
     size: Sequence[int],

@@ -40,22 +40,20 @@ from torch import nn
 
 from ..._utils.persistence import PathLike
 from ..._utils.validation import (
+    MODEL,
     NONE,
     AnyOf,
     Bool,
     Constraint,
     DeviceSpec,
-    InstanceOf,
     Int,
     check_fitted,
     validated,
 )
 from .estimator_io import FittedSpec, clone_with_layer_names, load_estimator, save_estimator
 
-__all__ = ["_ConceptEstimator", "COMMON_CONSTRAINTS", "MODEL", "LAYER"]
+__all__ = ["_ConceptEstimator", "COMMON_CONSTRAINTS"]
 
-MODEL = InstanceOf((nn.Module,), "a torch.nn.Module")
-LAYER = InstanceOf((str, nn.Module), "a dotted layer name (str) or a module of the model")
 COMMON_CONSTRAINTS: Dict[str, Constraint] = {
     "batch_size": Int(1),
     "device": DeviceSpec(),
@@ -93,6 +91,7 @@ class _ConceptEstimator(BaseEstimator):
         save_estimator(self, path)
 
     @classmethod
+    @validated(params=False, args={"model": AnyOf(NONE, MODEL)})
     def load(cls, path: PathLike, model: Optional[nn.Module] = None, **params: Any) -> Any:
         """A new estimator with the parameters and fitted state of a ``save`` file."""
         return load_estimator(cls, path, model, params)

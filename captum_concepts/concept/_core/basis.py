@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
 from ..._utils.layout import ReshapeTransform, apply_reshape
+from ..._utils.validation import target_index
 from ...attr._core.layer_readout import LayerReadout, Readouts
 from .activations import pool_rows
 from .nonnegative_blocks import apply_shift
@@ -33,7 +34,6 @@ __all__ = [
     "ConceptBasis",
     "BasisSource",
     "concept_basis",
-    "check_targets",
     "check_target_range",
     "explained_batch",
 ]
@@ -146,23 +146,6 @@ def concept_basis(concepts: Concepts, layer: Union[int, str] = 0, argument: str 
     return concepts._concept_basis(layer, argument)
 
 
-def check_targets(target: TargetType, n: int) -> Tensor:
-    """``target`` (an int, a list of ints or a ``(N,)`` tensor) as ``(N,)`` long class indices."""
-    if target is None:
-        raise ValueError("target is required: the class (logit index) whose score is explained")
-    if isinstance(target, bool):
-        raise TypeError("target must be an int, a list of ints or a (N,) tensor, got a bool")
-    t = torch.as_tensor(target)
-    if t.is_floating_point() or t.dim() > 1:
-        raise TypeError(f"target must be an int, a list of ints or a (N,) tensor, got {target!r}")
-    t = t.long().reshape(-1)
-    if t.numel() == 1:
-        return t.expand(n).clone()
-    if t.numel() != n:
-        raise ValueError(f"target has {t.numel()} entries, expected 1 or N = {n}")
-    return t
-
-
 def explained_batch(
     concepts: Concepts,
     inputs: TensorOrTuple,
@@ -178,7 +161,7 @@ def explained_batch(
     b = concept_basis(concepts, layer)
     x, _ = format_inputs(inputs)
     n = check_batch(x)
-    t = check_targets(target, n)
+    t = target_index(target, n, "target is required: the class (logit index) whose score is explained")
     if coefficients is None and len(x) > 1:
         raise ValueError("pass coefficients= for tuple inputs (transform takes one input tensor)")
     if coefficients is not None:

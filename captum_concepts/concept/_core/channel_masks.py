@@ -8,11 +8,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..._utils.validation import Int, InvalidParameterError
+from ..._utils.validation import Int, InvalidParameterError, validated
 
 __all__ = ["channel_masks"]
 
 
+@validated()
 def channel_masks(activation_rates: torch.Tensor, layer_shape: Sequence[int]) -> torch.Tensor:
     r"""Masks that keep whole channels where a concept fires more than the concepts do on average.
 

@@ -17,7 +17,7 @@ from ..._utils.common import TensorOrTuple, check_batch, format_additional_args,
 from ..._utils.finite import check_finite_rows, max_scaled
 from ..._utils.hooks import ModelGuard
 from ..._utils.layers import LayerSpec, resolve_layer
-from ..._utils.validation import check_int, validated
+from ..._utils.validation import Int, validated
 from ...attr._core.embedding_attribution import EmbeddingAttribution
 from ...attr._core.layer_readout import Readouts
 from ...attr._core.upsampling import check_upsample, upsample_maps
@@ -80,6 +80,7 @@ def _nnls_per_position(acts: Tensor, basis: Tensor, n_iter: int) -> Tensor:
     return c.clamp_min(0).reshape(n, p_count, d).float()
 
 
+@validated(args={"n_iter": Int(1)})
 def concept_presence_maps(
     concepts: Concepts,
     inputs: TensorOrTuple,
@@ -132,7 +133,6 @@ def concept_presence_maps(
                                   random_state=0).fit(data.x_train[:256])
         presence = concept_presence_maps(cnmf, data.x_test[:4])  # (4, 5, 8, 8): where each concept is
     """
-    n_iter = check_int(n_iter, "n_iter", low=1)
     upsample = check_upsample(upsample, "upsample")
     b = concept_basis(concepts, layer)
     x, _ = format_inputs(inputs)
@@ -271,6 +271,7 @@ class ConceptImportance:
     coefficients: Tensor
     target: Tensor
 
+    @validated()
     def per_class(self, labels: Any = None) -> Tuple[Tensor, Tensor, Tensor]:
         """Mean importance and residual per class: see :func:`class_importance`."""
         return class_importance(self, self.target if labels is None else labels)
@@ -371,6 +372,7 @@ def _layer_gradient(
     return acts, grads
 
 
+@validated()
 def class_importance(
     result: Union[ConceptImportance, Tensor], labels: Any, residual: Optional[Tensor] = None
 ) -> Tuple[Tensor, Tensor, Tensor]:

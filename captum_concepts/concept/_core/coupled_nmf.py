@@ -17,12 +17,14 @@ from ..._utils.layers import LayerSpec
 from ..._utils.layout import expand_per_layer
 from ..._utils.persistence import PathLike
 from ..._utils.validation import (
+    MODEL,
     NONE,
     AnyOf,
     Bool,
     InstanceOf,
     Int,
     LayerList,
+    ListOf,
     Options,
     Positives,
     RealNumber,
@@ -31,7 +33,7 @@ from ..._utils.validation import (
 from ..._utils.warn import warn_user
 from . import cnmf_solvers as solvers
 from .activations import POOLS, BlockSpec, CollectedBlocks, collect_blocks, pick_device, resolve_blocks
-from .base import COMMON_CONSTRAINTS, MODEL, _ConceptEstimator
+from .base import COMMON_CONSTRAINTS, _ConceptEstimator
 from .cnmf_analyses import _CoupledNMFAnalyses
 from .cnmf_fitting import FitResult, Matrix, _CoupledNMFFitting, matrix_lists
 from .estimator_io import (
@@ -39,7 +41,6 @@ from .estimator_io import (
     Fitted,
     FittedTensor,
     FittedTensorList,
-    ListOf,
 )
 from .out_of_core import ActivationStore, OutOfCore, collect_to_store
 from .tcav_export import _CaptumExport
@@ -673,6 +674,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         super().save(path)
 
     @classmethod
+    @validated(params=False)
     def load(cls, path: PathLike, model: Optional[nn.Module] = None, **params: Any) -> CoupledNMFConcepts:
         """Load a :meth:`save` file (factors on the CPU). The analyses and ``transform`` of
         matrices work at once; ``transform`` of inputs runs the model: pass ``model=``

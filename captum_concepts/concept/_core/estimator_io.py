@@ -12,8 +12,8 @@ pickle-free files). The estimator owns what is saved:
   again (a ``UserWarning`` says so when it is not);
 - the fitted state is the class's declared ``_fitted_attributes`` (:class:`Fitted` JSON
   values, :class:`FittedTensor` tensors, :class:`FittedTensorList` lists of optional tensors,
-  :class:`Derived` attributes rebuilt on load), written by :func:`fitted_state` and read back
-  by :func:`restore_fitted_state`, where :class:`StateReader` checks every value's presence,
+  :class:`Derived` attributes rebuilt on load), written by :func:`save_estimator` and read back
+  by :func:`load_estimator`, where :class:`StateReader` checks every value's presence,
   type (with the package's constraints), dtype, shape, finiteness and range, with a
   ``ValueError`` naming the file; no attribute is set before all of them are read.
 
@@ -33,52 +33,22 @@ from torch import nn
 
 from ..._utils.layers import layer_name
 from ..._utils.persistence import UNSAVED, PathLike, decode_params, encode_params, load_state, save_state
-from ..._utils.validation import Constraint, Int, validate_params
+from ..._utils.validation import Constraint, Int, ListOf, validate_params
 from ..._utils.warn import warn_user
 
 __all__ = [
-    "ListOf",
-    "StateReader",
+    "FittedSpec",
     "Fitted",
     "FittedTensor",
     "FittedTensorList",
     "Derived",
-    "fitted_state",
-    "restore_fitted_state",
     "CONCEPT_NAMES",
+    "tag_names",
+    "untag_names",
     "save_estimator",
     "load_estimator",
     "clone_with_layer_names",
-    "fingerprint",
-    "tag_names",
-    "untag_names",
 ]
-
-
-class ListOf(Constraint):
-    """A JSON list (exactly a ``list``) whose every item satisfies ``item``."""
-
-    def __init__(self, item: Constraint) -> None:
-        self.item = item
-
-    def describe(self) -> str:
-        return f"a list (each item {self.item.describe()})"
-
-    def holds(self, value: Any) -> bool:
-        return type(value) is list and all(self.item.holds(v) for v in value)
-
-
-class _TaggedName(Constraint):
-    """A concept name saved by :func:`tag_names`: ``["int", int]`` or ``["str", str]``."""
-
-    def describe(self) -> str:
-        return "a [type, value] concept name pair (['int', 3] or ['str', 'dog'])"
-
-    def holds(self, value: Any) -> bool:
-        if type(value) is not list or len(value) != 2:
-            return False
-        kind, name = value
-        return (kind == "int" and Int().holds(name)) or (kind == "str" and isinstance(name, str))
 
 
 class StateReader:
@@ -152,18 +122,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _run_check(check: Optional[Check], value: Any, state: State, est: Any, reader: StateReader) -> None:
-    problem = None if check is None else check(value, state, est)
-    if problem is not None:
-        raise reader.error(problem)
-
-
-def _resolve(spec: Any, est: Any, state: State) -> Any:
-    return spec(est, state) if callable(spec) else spec
-
-
 @dataclass(frozen=True)
-class _FittedSpec:
+class FittedSpec:
     """One declared fitted attribute: ``dump`` writes it, ``read`` restores it (checked)."""
 
     attr: str
@@ -179,9 +139,19 @@ class _FittedSpec:
     def read(self, reader: StateReader, state: State, est: Any) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def _check(check: Optional[Check], value: Any, state: State, est: Any, reader: StateReader) -> None:
+        problem = None if check is None else check(value, state, est)
+        if problem is not None:
+            raise reader.error(problem)
+
+
+def _resolve(spec: Any, est: Any, state: State) -> Any:
+    return spec(est, state) if callable(spec) else spec
+
 
 @dataclass(frozen=True)
-class Fitted(_FittedSpec):
+class Fitted(FittedSpec):
     """A fitted attribute saved as a JSON value under ``attr`` without its underscores.
 
     Attributes:
@@ -205,12 +175,12 @@ class Fitted(_FittedSpec):
 
     def read(self, reader: StateReader, state: State, est: Any) -> None:
         value = reader.value(self.key, self.rule)
-        _run_check(self.check, value, state, est, reader)
+        self._check(self.check, value, state, est, reader)
         state[self.attr] = value if self.decode is None else self.decode(value)
 
 
 @dataclass(frozen=True)
-class FittedTensor(_FittedSpec):
+class FittedTensor(FittedSpec):
     """A fitted tensor saved under ``attr`` without its underscores.
 
     ``dtype`` and ``shape`` are values or callables ``(est, state)`` (a shape entry None: any
@@ -229,12 +199,12 @@ class FittedTensor(_FittedSpec):
     def read(self, reader: StateReader, state: State, est: Any) -> None:
         dtype, shape = _resolve(self.dtype, est, state), _resolve(self.shape, est, state)
         value = reader.tensor(self.key, dtype, shape, self.low, self.high)
-        _run_check(self.check, value, state, est, reader)
+        self._check(self.check, value, state, est, reader)
         state[self.attr] = value
 
 
 @dataclass(frozen=True)
-class FittedTensorList(_FittedSpec):
+class FittedTensorList(FittedSpec):
     """A fitted list holding a tensor or None per entry: the indices of the tensors are saved
     under ``index_key``, tensor ``i`` under ``f"{key}_{i}"``; ``shapes(est, state)`` gives every
     entry's shape (its length is the list's)."""
@@ -262,7 +232,7 @@ class FittedTensorList(_FittedSpec):
 
 
 @dataclass(frozen=True)
-class Derived(_FittedSpec):
+class Derived(FittedSpec):
     """A fitted attribute that is not saved: ``compute(state, est)`` rebuilds it on load."""
 
     compute: Callable[[State, Any], Any]
@@ -272,37 +242,6 @@ class Derived(_FittedSpec):
 
     def read(self, reader: StateReader, state: State, est: Any) -> None:
         state[self.attr] = self.compute(state, est)
-
-
-FittedSpec = _FittedSpec
-
-
-def fitted_state(est: Any) -> Tuple[Dict[str, torch.Tensor], State]:
-    """The tensors and JSON values of ``est``'s declared fitted attributes."""
-    tensors: Dict[str, torch.Tensor] = {}
-    values: State = {}
-    for spec in type(est)._fitted_attributes:
-        spec.dump(est, tensors, values)
-    return tensors, values
-
-
-def restore_fitted_state(est: Any, reader: StateReader) -> None:
-    """Read every declared fitted attribute (checked, in declaration order), then set them all."""
-    state: State = {}
-    for spec in type(est)._fitted_attributes:
-        spec.read(reader, state, est)
-    for attr, value in state.items():
-        setattr(est, attr, value)
-
-
-def fingerprint(*tensors: torch.Tensor, length: int = 10) -> str:
-    """A short hex digest of the tensors' bytes (identifies one fit's factors)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:length]
 
 
 # ---------------------------------------------------------------------- concept names
@@ -318,21 +257,20 @@ def tag_names(names: List[Any]) -> List[List[Any]]:
     return tagged
 
 
-class _ConceptNames(ListOf):
-    """The saved form of :func:`tag_names`: a list of distinct ``[type, value]`` pairs."""
-
-    def __init__(self) -> None:
-        super().__init__(_TaggedName())
+class _ConceptNames(Constraint):
+    """The saved form of :func:`tag_names`: a list of distinct ``["int", int]`` / ``["str", str]`` pairs."""
 
     def describe(self) -> str:
-        return f"{super().describe()}, all different"
+        return "a list of distinct [type, value] concept name pairs (['int', 3] or ['str', 'dog'])"
 
     def holds(self, value: Any) -> bool:
-        return super().holds(value) and len({tuple(v) for v in value}) == len(value)
+        if type(value) is not list or not all(type(v) is list and len(v) == 2 for v in value):
+            return False
+        named = all((k == "int" and Int().holds(v)) or (k == "str" and isinstance(v, str)) for k, v in value)
+        return named and len({tuple(v) for v in value}) == len(value)
 
 
 CONCEPT_NAMES = _ConceptNames()
-"""The saved form of :func:`tag_names` (distinct names)."""
 
 
 def untag_names(tagged: List[List[Any]]) -> List[Any]:
@@ -357,16 +295,6 @@ def _layers_as_names(model: Optional[nn.Module], argument: str, value: Any) -> A
     return value
 
 
-def saveable_params(est: Any) -> Dict[str, Any]:
-    """``get_params(deep=False)`` without the runtime parameters, layers as names."""
-    params = est.get_params(deep=False)
-    return {
-        name: _layers_as_names(getattr(est, "model", None), name, value)
-        for name, value in params.items()
-        if name not in type(est)._runtime_params
-    }
-
-
 def clone_with_layer_names(est: Any) -> Any:
     """scikit-learn's ``clone`` for estimators holding a model: layers that are modules of the
     model become their dotted names, so the clone's layers resolve inside the clone's (deep
@@ -387,9 +315,15 @@ def clone_with_layer_names(est: Any) -> Any:
 
 
 def save_estimator(est: Any, path: PathLike) -> None:
-    """Write a fitted estimator (parameters and fitted state, never the model) to ``path``."""
-    params, unsaved = encode_params(saveable_params(est))
-    tensors, fitted = fitted_state(est)
+    """Write a fitted estimator to ``path``: its parameters (``get_params(deep=False)`` but the
+    runtime ones, layers as names) and fitted state, never the model."""
+    model, params = getattr(est, "model", None), est.get_params(deep=False)
+    saved = {k: _layers_as_names(model, k, v) for k, v in params.items() if k not in est._runtime_params}
+    params, unsaved = encode_params(saved)
+    tensors: Dict[str, torch.Tensor] = {}
+    fitted: State = {}
+    for spec in type(est)._fitted_attributes:
+        spec.dump(est, tensors, fitted)
     meta = {"params": params, "unsaved_params": unsaved, "fitted": fitted}
     save_state(path, type(est)._persistence_kind, tensors, meta)
 
@@ -413,7 +347,18 @@ def load_estimator(cls: type, path: PathLike, model: Optional[nn.Module], overri
     tensors, meta = load_state(path, cls._persistence_kind)
     path = str(path)
     try:
-        return _build(cls, path, model, overrides, tensors, meta, names)
+        params, checked = _file_params(cls, path, meta, overrides)
+        est = cls(**params, **({"model": model} if "model" in names else {}))
+        try:
+            validate_params(est, {k: v for k, v in cls._parameter_constraints.items() if k in checked})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"path={path!r} is corrupted: {err}") from None
+        reader, state = StateReader(tensors, meta.get("fitted"), path), {}
+        for spec in cls._fitted_attributes:  # all read and checked before any is set
+            spec.read(reader, state, est)
+        for attr, value in state.items():
+            setattr(est, attr, value)
+        return est
     except (TypeError, ValueError, OverflowError, RuntimeError, IndexError, KeyError, AttributeError) as err:
         if isinstance(err, ValueError) and str(err).startswith(f"path={path!r}"):
             raise
@@ -422,19 +367,14 @@ def load_estimator(cls: type, path: PathLike, model: Optional[nn.Module], overri
         ) from None
 
 
-def _build(
-    cls: type,
-    path: str,
-    model: Optional[nn.Module],
-    overrides: Dict[str, Any],
-    tensors: Dict[str, torch.Tensor],
-    meta: Dict[str, Any],
-    names: set,
-) -> Any:
-    """The estimator of a loaded file's parameters and fitted state (errors are the file's)."""
+def _file_params(
+    cls: type, path: str, meta: Dict[str, Any], overrides: Dict[str, Any]
+) -> Tuple[Dict[str, Any], set]:
+    """A loaded file's constructor parameters with ``overrides`` (unsaved ones None, with a
+    warning), and the names of those read from the file (checked against the constraints)."""
     params = decode_params(meta.get("params"), f"path={path!r}")
     unsaved = meta.get("unsaved_params", [])
-    unknown = sorted(set(params) - (names - {"model"}))
+    unknown = sorted(set(params) - (set(cls._get_param_names()) - {"model"}))
     if unknown:
         raise ValueError(
             f"path={path!r} holds parameters {unknown} that {cls.__name__} does not take "
@@ -443,8 +383,6 @@ def _build(
     if not isinstance(unsaved, list) or any(params.get(n, None) != UNSAVED for n in unsaved):
         raise ValueError(f"path={path!r} is corrupted: bad list of unsaved parameters")
     missing = [n for n in unsaved if n not in overrides]
-    for name in unsaved:
-        params[name] = None
     if missing:
         warn_user(
             f"{cls.__name__}.load: {missing} could not be saved (no JSON form, e.g. a callable) and "
@@ -452,15 +390,5 @@ def _build(
             + ", ".join(f"{n}=..." for n in missing)
             + ")"
         )
-    saved = set(params) - set(unsaved)
-    params.update(overrides)
-    if "model" in names:
-        params["model"] = model
-    est = cls(**params)
-    rules = {k: v for k, v in cls._parameter_constraints.items() if k in saved - set(overrides)}
-    try:
-        validate_params(est, rules)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"path={path!r} is corrupted: {err}") from None
-    restore_fitted_state(est, StateReader(tensors, meta.get("fitted"), path))
-    return est
+    checked = set(params) - set(unsaved) - set(overrides)
+    return {**params, **dict.fromkeys(unsaved), **overrides}, checked

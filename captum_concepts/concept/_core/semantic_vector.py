@@ -43,10 +43,13 @@ from ..._utils.layers import LayerSpec, resolve_layer, uncompiled
 from ..._utils.persistence import PathLike
 from ..._utils.progress import progress_bar
 from ..._utils.validation import (
+    LAYER,
+    MODEL,
     NONE,
     AnyOf,
     Bool,
     Int,
+    ListOf,
     Options,
     RealNumber,
     check_real,
@@ -54,9 +57,9 @@ from ..._utils.validation import (
     validated,
 )
 from .activations import stream_layer_outputs
-from .base import COMMON_CONSTRAINTS, LAYER, MODEL, _ConceptEstimator
+from .base import COMMON_CONSTRAINTS, _ConceptEstimator
 from .basis import ConceptBasis
-from .estimator_io import CONCEPT_NAMES, Fitted, FittedTensor, ListOf, tag_names, untag_names
+from .estimator_io import CONCEPT_NAMES, Fitted, FittedTensor, tag_names, untag_names
 from .semantic_sums import _ConceptSums, _membership
 
 __all__ = ["SemanticVector", "ConceptRanking", "PerturbationResult"]
@@ -498,10 +501,10 @@ class SemanticVector(_ConceptEstimator):
         renamed). The model is not saved; a ``layer`` given as a module is stored
         by its name. Concept names must be ``str`` or ``int``.
         """
-
         super().save(path)
 
     @classmethod
+    @validated(params=False)
     def load(cls, path: PathLike, model: Optional[nn.Module] = None, **params: Any) -> SemanticVector:
         """Load a :meth:`save` file. ``relevance``/``masks`` work at once; ``transform``,
         ``similarity`` & co. run the model: pass ``model=`` here (or set ``sv.model``).
@@ -511,7 +514,6 @@ class SemanticVector(_ConceptEstimator):
         Raises:
             ValueError: a corrupted, damaged, truncated or foreign file.
         """
-
         return super().load(path, model, **params)
 
     # ------------------------------------------------------------------ new data
@@ -560,7 +562,6 @@ class SemanticVector(_ConceptEstimator):
             into ``inputs``, best first (``k`` is capped at ``N``).
         """
         index = self.concept_index(concept)
-        k = int(k)
         sim = self.similarity(inputs, additional_forward_args)[:, index]
         return torch.topk(sim, min(k, sim.shape[0]))
 
@@ -587,7 +588,6 @@ class SemanticVector(_ConceptEstimator):
         )
         if not vocab:
             raise ValueError("vocabulary must name at least one concept")
-        k = int(k)
         sim = self.similarity(inputs, additional_forward_args)[:, vocab]
         scores, pos = torch.topk(sim, min(k, len(vocab)), dim=1)
         indices = torch.tensor(vocab, device=pos.device)[pos]

@@ -7,17 +7,26 @@ fit, so Captum's activation and CAV caches never mix two fits.
 
 from __future__ import annotations
 
+import hashlib
 from typing import List, Optional, Sequence
 
+import torch
 from captum.concept import Concept
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..._utils.validation import NONE, AnyOf, InstanceOf, Int, validated
 from .cnmf_analyses import FITTED_INPUTS
-from .estimator_io import fingerprint
 
 __all__ = ["_CaptumExport"]
+
+
+def _fingerprint(*tensors: Tensor, length: int = 10) -> str:
+    """A short hex digest of the tensors' bytes (identifies one fit's factors)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:length]
 
 
 class _ExampleDataset(Dataset):
@@ -88,7 +97,7 @@ class _CaptumExport:
             raise ValueError(f"inputs must hold the {n} fitted examples in fit order, got {inputs.shape[0]}")
         top = self.top_examples(k).cpu()
         chosen = range(self.n_concepts) if concepts is None else [int(c) for c in concepts]
-        fp = fingerprint(self._components, self.example_factors_, top)
+        fp = _fingerprint(self._components, self.example_factors_, top)
         if first_id is None:  # Captum keeps class ids as int32: stay below 2**31
             slots = 2**31 // self.n_concepts
             first_id = int(fp, 16) % (slots - 1) * self.n_concepts

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..._utils.common import format_inputs
 from ..._utils.layers import LayerSpec, resolve_layer
-from ..._utils.validation import check_bool, check_int, check_option, validated
+from ..._utils.validation import MODEL, InstanceOf, Int, Options, validated
 from ...attr._core.captum_interop import as_input_attr
 from ...attr._core.embedding_attribution import EmbeddingAttribution, _select_dims
 from ...attr._core.layer_readout import LayerReadout, Readouts
@@ -48,7 +48,7 @@ class _EmbeddingScalar:
         return z.mean(1) if self.reduction == "mean" else z.sum(1)
 
 
-@validated()
+@validated(args={"model": MODEL, "reduction": Options(REDUCTIONS)})
 def embedding_forward_func(
     model: nn.Module,
     embedding_layer: Optional[LayerSpec] = None,
@@ -90,14 +90,17 @@ def embedding_forward_func(
 
         infidelity(f, perturb, x, as_input_attr(maps, x))  # (4,)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_option(reduction, "reduction", REDUCTIONS)
     layer = None if embedding_layer is None else resolve_layer(model, embedding_layer, "embedding_layer")
-    return _EmbeddingScalar(model, layer, embedding_dims, reduction, check_bool(eval_mode, "eval_mode"))
+    return _EmbeddingScalar(model, layer, embedding_dims, reduction, eval_mode)
 
 
-@validated()
+@validated(
+    args={
+        "attribution": InstanceOf((EmbeddingAttribution,), "an EmbeddingAttribution"),
+        "reduction": Options(REDUCTIONS),
+        "n_perturb_samples": Int(1),
+    }
+)
 def embedding_infidelity(
     attribution: EmbeddingAttribution,
     perturb_func: Callable,
@@ -136,14 +139,11 @@ def embedding_infidelity(
 
         embedding_infidelity(ea, perturb, x, maps)  # (4,): lower is better
     """
-    if not isinstance(attribution, EmbeddingAttribution):
-        raise TypeError(f"attribution must be an EmbeddingAttribution, got {type(attribution).__name__}")
     from captum.metrics import infidelity
 
     x, _ = format_inputs(inputs)
     if len(x) != 1:
         raise ValueError("inputs must be one tensor (N, C, *S): the maps are broadcast over its channels")
-    n_perturb_samples = check_int(n_perturb_samples, "n_perturb_samples", low=1)
     ea = attribution
     forward = embedding_forward_func(
         ea.forward_func, ea.embedding_layer, embedding_dims, reduction, ea.eval_mode
@@ -154,7 +154,7 @@ def embedding_infidelity(
         x[0],
         as_input_attr(maps, x[0]),
         additional_forward_args=additional_forward_args,
-        n_perturb_samples=n_perturb_samples,
+        n_perturb_samples=int(n_perturb_samples),
         max_examples_per_batch=max_examples_per_batch,
-        normalize=check_bool(normalize, "normalize"),
+        normalize=normalize,
     )

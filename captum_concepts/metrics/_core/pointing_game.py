@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ..._utils.validation import check_int, check_option, check_real
+from ..._utils.validation import Int, Options, RealNumber, validated
 
 __all__ = ["pointing_game", "pointing_game_curve"]
 
@@ -72,10 +72,11 @@ def _dilate(region: torch.Tensor, tolerance: int) -> torch.Tensor:
     return grown[:, 0] > 0
 
 
-def _check_args(hit_fraction: float, tolerance: int, on_empty: str) -> None:
-    check_real(hit_fraction, "hit_fraction", low=0.0, high=1.0, low_open=True)
-    check_int(tolerance, "tolerance", low=0)
-    check_option(on_empty, "on_empty", ("raise", "nan"))
+_ARGS = {
+    "hit_fraction": RealNumber(0.0, 1.0, low_open=True),
+    "tolerance": Int(0),
+    "on_empty": Options(("raise", "nan")),
+}
 
 
 def _hits(
@@ -88,7 +89,6 @@ def _hits(
     on_empty: str,
 ) -> torch.Tensor:
     """Hits ``(E, N)`` as float (1 hit, 0 miss, NaN empty region) for every energy."""
-    _check_args(hit_fraction, tolerance, on_empty)
     sal = _saliency(attributions)
     n, h, w = sal.shape
     if energies.numel() == 0 or float(energies.min()) < 0 or float(energies.max()) > 1:
@@ -126,6 +126,7 @@ def _hits(
     return hits
 
 
+@validated(args={**_ARGS, "energy": RealNumber()})
 def pointing_game(
     attributions: torch.Tensor,
     boxes: Optional[torch.Tensor] = None,
@@ -183,6 +184,7 @@ def pointing_game(
     )[0]
 
 
+@validated(args=_ARGS)
 def pointing_game_curve(
     attributions: torch.Tensor,
     boxes: Optional[torch.Tensor] = None,

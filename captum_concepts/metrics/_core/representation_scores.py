@@ -14,7 +14,7 @@ import torch
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
 from ..._utils.layers import LayerSpec
-from ..._utils.validation import NONE, AnyOf, Bool, RealNumber, check_bool, check_int, check_real, validated
+from ..._utils.validation import NONE, AnyOf, Bool, Int, RealNumber, validated
 from .normalization import minmax_normalize
 from .stacked_copies import draw_noise, explain_copies, resolve_explainer
 
@@ -24,7 +24,14 @@ NoiseSpec = Union[None, Callable[..., TensorOrTuple], torch.Tensor, Tuple[torch.
 Explanation = Union[torch.nn.Module, Callable[..., Any], Any]
 
 # the checks of the arguments every score shares, before any forward pass
-_SHARED_ARGS = {"eval_mode": AnyOf(Bool(), NONE), "show_progress": Bool()}
+_SHARED_ARGS = {
+    "eval_mode": AnyOf(Bool(), NONE),
+    "show_progress": Bool(),
+    "max_examples_per_batch": AnyOf(NONE, Int(1)),
+}
+_THRESHOLD = AnyOf(NONE, RealNumber(0.0, 1.0, high_open=True))  # of the variance score
+# the arguments that only apply when explanation_func is a model (see resolve_explainer)
+_MODEL_ONLY = "embedding_layer layer method channel_aggregator embedding_aggregator reshape_transform".split()
 
 
 def _stack_heads(values: list) -> torch.Tensor:
@@ -39,11 +46,7 @@ def _mae_to_reference(maps: torch.Tensor, n_ref: int) -> torch.Tensor:
     return (ref.unsqueeze(1) - other.unsqueeze(0)).abs().mean(dim=-1).mean(dim=1)
 
 
-def _check_differentiable(differentiable: Any) -> bool:
-    return check_bool(differentiable, "differentiable")
-
-
-@validated(grad=True, args=_SHARED_ARGS)
+@validated(grad=True, args={**_SHARED_ARGS, "n_noise": Int(1)})
 def noise_score(
     explanation_func: Explanation,
     inputs: TensorOrTuple,
@@ -171,12 +174,7 @@ def noise_score(
         ns = noise_score(model, x, embedding_layer="embedding_relu", layer="block3.pool")  # (16,)
         # 0: the attributions look like those of noise; higher: more informative
     """
-    differentiable = _check_differentiable(differentiable)
-    check_int(n_noise, "n_noise", low=1)
-    settings = dict(
-        embedding_layer=embedding_layer, layer=layer, method=method, channel_aggregator=channel_aggregator,
-        embedding_aggregator=embedding_aggregator, reshape_transform=reshape_transform,
-    )  # fmt: skip
+    settings = {k: v for k, v in locals().items() if k in _MODEL_ONLY}
     ex = resolve_explainer(
         explanation_func, kwargs, False, differentiable, settings, eval_mode, show_progress, "noise score"
     )
@@ -187,7 +185,7 @@ def noise_score(
     return _stack_heads([_mae_to_reference(h, 1)[0] for h in heads])
 
 
-@validated(grad=True, args=_SHARED_ARGS)
+@validated(grad=True, args={**_SHARED_ARGS, "n_draws": Int(1)})
 def noise_benchmark(
     explanation_func: Explanation,
     inputs: TensorOrTuple,
@@ -247,16 +245,12 @@ def noise_benchmark(
         bench = noise_benchmark(model, x, embedding_layer="embedding_relu", layer="block3.pool")
         float(ns.mean()), float(bench.mean())  # a trained network's score lies above its benchmark
     """
-    check_int(n_draws, "n_draws", low=1)
     if noise_func is not None and not callable(noise_func):
         raise TypeError(
             "noise_func of noise_benchmark must be None or a callable (independent draws are needed), "
             f"got {type(noise_func).__name__}"
         )
-    settings = dict(
-        embedding_layer=embedding_layer, layer=layer, method=method, channel_aggregator=channel_aggregator,
-        embedding_aggregator=embedding_aggregator, reshape_transform=reshape_transform,
-    )  # fmt: skip
+    settings = {k: v for k, v in locals().items() if k in _MODEL_ONLY}
     ex = resolve_explainer(
         explanation_func, kwargs, False, False, settings, eval_mode, show_progress, "noise benchmark"
     )
@@ -273,7 +267,7 @@ def _benchmark_from_maps(maps: torch.Tensor) -> torch.Tensor:
     return (nrm[0::2] - nrm[1::2]).abs().mean(dim=-1).mean(dim=0)
 
 
-@validated(grad=True, args=_SHARED_ARGS)
+@validated(grad=True, args={**_SHARED_ARGS, "threshold": _THRESHOLD})
 def variance_score(
     explanation_func: Explanation,
     inputs: TensorOrTuple,
@@ -337,18 +331,11 @@ def variance_score(
         vs = variance_score(model, data.x_test[:16], embedding_layer="embedding_relu", layer="block3.pool")
         assert float(vs.max()) <= 0.25  # the variance of maps in [0, 1] is at most 1/4
     """
-    differentiable = _check_differentiable(differentiable)
-    if threshold is not None:
-        threshold = check_real(threshold, "threshold", low=0.0, high=1.0, high_open=True)
-        if differentiable:
-            raise ValueError(
-                "threshold binarises the maps and has no gradient; use threshold=None "
-                "with differentiable=True"
-            )
-    settings = dict(
-        embedding_layer=embedding_layer, layer=layer, method=method, channel_aggregator=channel_aggregator,
-        reshape_transform=reshape_transform,
-    )  # fmt: skip
+    if threshold is not None and differentiable:
+        raise ValueError(
+            "threshold binarises the maps and has no gradient; use threshold=None with differentiable=True"
+        )
+    settings = {k: v for k, v in locals().items() if k in _MODEL_ONLY}
     ex = resolve_explainer(
         explanation_func, kwargs, True, differentiable, settings, eval_mode, show_progress, "variance score"
     )
@@ -389,7 +376,7 @@ def _clip_bounds(clip_range: Any, inputs: Tuple[torch.Tensor, ...]) -> list:
     raise ValueError(f"clip_range must be 'data', None or (lo, hi) with lo <= hi, got {clip_range!r}")
 
 
-@validated(grad=True, args=_SHARED_ARGS)
+@validated(grad=True, args={**_SHARED_ARGS, "n_noise": Int(1)})
 def drift_score(
     explanation_func: Explanation,
     inputs: TensorOrTuple,
@@ -473,11 +460,7 @@ def drift_score(
     eps = torch.as_tensor(epsilons, dtype=torch.float64).flatten()
     if eps.numel() == 0 or not torch.isfinite(eps).all() or (eps < 0).any():
         raise ValueError(f"epsilons must be a non-empty sequence of finite values >= 0, got {epsilons!r}")
-    check_int(n_noise, "n_noise", low=1)
-    settings = dict(
-        embedding_layer=embedding_layer, layer=layer, method=method, channel_aggregator=channel_aggregator,
-        embedding_aggregator=embedding_aggregator, reshape_transform=reshape_transform,
-    )  # fmt: skip
+    settings = {k: v for k, v in locals().items() if k in _MODEL_ONLY}
     ex = resolve_explainer(
         explanation_func, kwargs, False, False, settings, eval_mode, show_progress, "drift score"
     )

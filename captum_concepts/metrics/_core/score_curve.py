@@ -10,10 +10,16 @@ from torch import nn
 
 from ..._utils.common import TensorOrTuple, check_batch, format_inputs
 from ..._utils.layers import LayerSpec, layer_name, uncompiled
-from ..._utils.validation import check_int, check_option, validated
+from ..._utils.validation import Int, Options, validated
 from ..._utils.warn import warn_user
 from .normalization import minmax_normalize
-from .representation_scores import _SHARED_ARGS, _benchmark_from_maps, _mae_to_reference, _variance_from_maps
+from .representation_scores import (
+    _SHARED_ARGS,
+    _THRESHOLD,
+    _benchmark_from_maps,
+    _mae_to_reference,
+    _variance_from_maps,
+)
 from .stacked_copies import (
     SCORE_CHANNEL_AGGREGATOR,
     SCORE_EMBEDDING_AGGREGATOR,
@@ -116,7 +122,16 @@ def _resolve_layer_list(
     return layers
 
 
-@validated(grad=True, args=_SHARED_ARGS)
+@validated(
+    grad=True,
+    args={
+        **_SHARED_ARGS,
+        "score": Options(SCORES),
+        "n_noise": Int(1),
+        "n_benchmark_draws": Int(1),
+        "threshold": _THRESHOLD,
+    },
+)
 def score_curve(
     model: nn.Module,
     embedding_layer: Optional[LayerSpec],
@@ -240,9 +255,6 @@ def score_curve(
         curve = score_curve(model, "embedding_relu", layers, data.x_test[:32])  # one backward pass
         variance = score_curve(model, "embedding_relu", layers, data.x_test[:32], score="variance")
     """
-    check_option(score, "score", SCORES)
-    check_int(n_noise, "n_noise", low=1)
-    check_int(n_benchmark_draws, "n_benchmark_draws", low=1)
     if threshold is not None and score != "variance":
         raise ValueError("threshold applies to score='variance' only")
     model = uncompiled(model)

@@ -28,7 +28,6 @@ from torch import nn
 from ..._utils.common import format_inputs, restore_form
 from ..._utils.hooks import ModelGuard
 from ..._utils.progress import progress_bar
-from ..._utils.validation import check_int
 from ..._utils.warn import warn_user
 
 __all__ = [
@@ -375,11 +374,8 @@ def explain_copies(
     """
     n = copies[0][0].shape[0]
     c = len(copies)
-    if max_examples_per_batch is None:
-        per_call = c
-    else:
-        check_int(max_examples_per_batch, "max_examples_per_batch", low=1)
-        per_call = min(max(max_examples_per_batch // n, 1), c)
+    # max_examples_per_batch (>= 1) is checked by every score's decorator
+    per_call = c if max_examples_per_batch is None else min(max(max_examples_per_batch // n, 1), c)
     chunks: List[List[torch.Tensor]] = []
     _warn_train_mode(ex)
     with _model_kept(ex) as training:
