@@ -16,12 +16,15 @@ Paper (MNIST): the constraints give higher test accuracy overall; VS helps large
 NS small ones, NS+VS beats the original everywhere.
 
 Run:  python experiments/fmnist_constraints.py --seeds 5 [--data DIR] [--device cpu] [--quick]
+Split: run ``--sizes 8 > a.log`` and ``--sizes 64 > b.log`` in two processes, then
+``--from-log a.log b.log`` prints the tables and writes the figure from their per-run lines.
 Writes ``fmnist_constraints.png`` (paired accuracy differences with 95 % intervals).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 
@@ -50,6 +53,28 @@ def _extra(p) -> None:
         help="which settings, as indices into " + ", ".join(f"{i}: {c}" for i, c in enumerate(CONFIGS))
         + " (0, the unconstrained original, is always run)",
     )
+    p.add_argument(
+        "--from-log",
+        nargs="+",
+        default=None,
+        metavar="LOG",
+        help="build the tables and the figure from the per-run lines of earlier runs' output "
+        "(runs split over processes by --sizes or --first-seed) instead of training",
+    )
+
+
+RUN_LINE = re.compile(r"D=(\d+) \('([^']+)', ([\d.]+), ([\d.]+)\) seed (\d+): accuracy ([\d.]+)")
+
+
+def _read_logs(paths) -> dict:
+    """``{(config, D, seed): accuracy}`` from the lines ``main`` prints per run."""
+    acc = {}
+    for path in paths:
+        with open(path) as f:
+            for m in filter(None, map(RUN_LINE.match, f)):
+                d, label, g_ns, g_vs, seed, a = m.groups()
+                acc[((label, float(g_ns), float(g_vs)), int(d), int(seed))] = float(a)
+    return acc
 
 
 def main() -> None:
@@ -60,6 +85,15 @@ def main() -> None:
     configs = CONFIGS[:2] if args.quick else [CONFIGS[i] for i in chosen]
     sizes = sizes[:1] if args.quick else sizes
     epochs = 1 if args.quick else args.epochs
+    if args.from_log:
+        acc = _read_logs(args.from_log)
+        configs = [c for c in configs if any(k[0] == c for k in acc)]
+        sizes = sorted({k[1] for k in acc})
+        complete = [s for s in args.seed_list if all((c, d, s) in acc for c in configs for d in sizes)]
+        print(f"from {len(args.from_log)} log(s): {len(acc)} runs, complete seeds {complete}")
+        args.seed_list, args.seeds = complete, len(complete)
+        _report(acc, configs, sizes, args, n_test=10000, t0=t0)
+        return
     data = load(args)
     # The SI's constraint uses embedding_aggregator='var' on purpose; its advice warning is noise here.
     warnings.filterwarnings("ignore", message="the EmbeddingAttribution passed uses embedding_aggregator")
@@ -88,13 +122,17 @@ def main() -> None:
                     f"D={d} {cfg} seed {seed}: accuracy {r['accuracy']:.4f} ({r['seconds']:.0f} s)",
                     flush=True,
                 )
+    _report(acc, configs, sizes, args, n_test=len(data.x_test), t0=t0)
+
+
+def _report(acc: dict, configs, sizes, args, n_test: int, t0: float) -> None:
     seeds = args.seed_list
     rows = [
         [c[0], c[1], c[2], *[fmt_ci([100 * acc[(c, d, s)] for s in seeds], 2) for d in sizes]]
         for c in configs
     ]
     print_table(
-        f"Test accuracy (%), mean [95 % t-interval] over {args.seeds} seeds, {len(data.x_test)} test images",
+        f"Test accuracy (%), mean [95 % t-interval] over {args.seeds} seeds, {n_test} test images",
         ["model", "g_NS", "g_VS", *[f"D={d}" for d in sizes]],
         rows,
     )
