@@ -36,12 +36,7 @@ from .activations import POOLS, BlockSpec, CollectedBlocks, collect_blocks, pick
 from .base import COMMON_CONSTRAINTS, _ConceptEstimator
 from .cnmf_analyses import _CoupledNMFAnalyses
 from .cnmf_fitting import FitResult, Matrix, _CoupledNMFFitting, matrix_lists
-from .estimator_io import (
-    Derived,
-    Fitted,
-    FittedTensor,
-    FittedTensorList,
-)
+from .estimator_io import Fitted, FittedSpec, FittedTensor, StateReader
 from .out_of_core import ActivationStore, OutOfCore, collect_to_store
 from .tcav_export import _CaptumExport
 
@@ -95,6 +90,37 @@ def _floats(values: list) -> List[float]:
     return [float(v) for v in values]
 
 
+class _Shifts(FittedSpec):
+    """``shift_``, a ``(r_b,)`` tensor (``<= 0``) or None per block: the indices of the shifted
+    blocks are saved under ``"shifted_blocks"``, block ``b``'s shift as ``f"shift_{b}"``."""
+
+    def dump(self, est: Any, tensors: Dict[str, Tensor], values: State) -> None:
+        values["shifted_blocks"] = [b for b, t in enumerate(est.shift_) if t is not None]
+        tensors.update({f"shift_{b}": t for b, t in enumerate(est.shift_) if t is not None})
+
+    def read(self, reader: StateReader, state: State, est: Any) -> None:
+        present = reader.value("shifted_blocks", ListOf(Int(0)))
+        sizes = [b - a for a, b in zip(state["_offsets"][:-1], state["_offsets"][1:])]
+        if any(b >= len(sizes) for b in present):
+            raise reader.error(f"'shifted_blocks': an index beyond the {len(sizes)} entries")
+        state["shift_"] = [
+            reader.tensor(f"shift_{b}", est.dtype, (r,), high=0.0) if b in present else None
+            for b, r in enumerate(sizes)
+        ]
+
+
+class _Factors(FittedSpec):
+    """``pixel_factors_`` / ``neuron_factors_``: not saved, the blocks' columns of ``_components``."""
+
+    def dump(self, est: Any, tensors: Dict[str, Tensor], values: State) -> None:
+        pass
+
+    def read(self, reader: StateReader, state: State, est: Any) -> None:
+        n_pixel = state["_n_pixel_blocks"]
+        factors = _factors(state)
+        state[self.attr] = factors[:n_pixel] if self.attr == "pixel_factors_" else factors[n_pixel:]
+
+
 _FITTED_ATTRIBUTES = (
     Fitted("_offsets", ListOf(Int(0)), check=_check_offsets),
     Fitted("_n_pixel_blocks", Int(0), check=_check_pixel_blocks),
@@ -114,15 +140,9 @@ _FITTED_ATTRIBUTES = (
     Fitted("converged_", Bool()),
     FittedTensor("_components", _dtype, lambda est, state: (est.n_concepts, state["_offsets"][-1]), low=0.0),
     FittedTensor("example_factors_", _dtype, lambda est, state: (est.n_concepts, None), low=0.0),
-    FittedTensorList(
-        "shift_",
-        "shifted_blocks",
-        lambda est, state: [(b - a,) for a, b in zip(state["_offsets"][:-1], state["_offsets"][1:])],
-        _dtype,
-        high=0.0,
-    ),
-    Derived("pixel_factors_", lambda state, est: _factors(state)[: state["_n_pixel_blocks"]]),
-    Derived("neuron_factors_", lambda state, est: _factors(state)[state["_n_pixel_blocks"] :]),
+    _Shifts("shift_"),
+    _Factors("pixel_factors_"),
+    _Factors("neuron_factors_"),
 )
 
 
