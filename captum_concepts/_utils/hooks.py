@@ -493,8 +493,3 @@ class ModelGuard:
         self._check_active()
         return forward_once(self, self._captures, fn, *args, **kwargs)
 
-    @property
-    def n_hooks(self) -> int:
-        """Number of hooks currently registered through this guard."""
-        return len(self._hooks)
-
