@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ._utils.hooks import _MODULE_HOOK_DICTS
 from ._utils.validation import MODEL, NONE, AnyOf, InstanceOf, Int, RealNumber, validated
 
 __all__ = ["count_hooks", "model_state", "assert_same_state", "run_local_ranks"]
@@ -38,16 +39,7 @@ def count_hooks(model: nn.Module) -> int:
         ea.attribute(data.x_test[:2])
         assert count_hooks(model) == 0  # nothing left behind
     """
-    total = 0
-    for m in model.modules():
-        for attr in (
-            "_forward_hooks",
-            "_forward_pre_hooks",
-            "_backward_hooks",
-            "_backward_pre_hooks",
-        ):
-            total += len(getattr(m, attr, {}) or {})
-    return total
+    return sum(len(getattr(m, attr, {}) or {}) for m in model.modules() for attr in _MODULE_HOOK_DICTS)
 
 
 @validated(args={"model": MODEL})
