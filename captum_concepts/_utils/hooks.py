@@ -487,4 +487,3 @@ class ModelGuard:
         """
         self._check_active()
         return forward_once(self, self._captures, fn, *args, **kwargs)
-
