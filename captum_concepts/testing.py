@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import datetime
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ._utils.hooks import _MODULE_HOOK_DICTS
+from ._utils.validation import MODEL, NONE, AnyOf, InstanceOf, Int, RealNumber, validated
+
 __all__ = ["count_hooks", "model_state", "assert_same_state", "run_local_ranks"]
 
+_SECONDS = AnyOf(NONE, RealNumber(0, low_open=True))
+
+
+@validated(args={"model": MODEL})
 def count_hooks(model: nn.Module) -> int:
     """Total number of module hooks registered anywhere in ``model``.
 
@@ -32,18 +39,10 @@ def count_hooks(model: nn.Module) -> int:
         ea.attribute(data.x_test[:2])
         assert count_hooks(model) == 0  # nothing left behind
     """
-    total = 0
-    for m in model.modules():
-        for attr in (
-            "_forward_hooks",
-            "_forward_pre_hooks",
-            "_backward_hooks",
-            "_backward_pre_hooks",
-        ):
-            total += len(getattr(m, attr, {}) or {})
-    return total
+    return sum(len(getattr(m, attr, {}) or {}) for m in model.modules() for attr in _MODULE_HOOK_DICTS)
 
 
+@validated(args={"model": MODEL})
 def model_state(model: nn.Module) -> Dict[str, Any]:
     """A snapshot of what every call of the package promises to restore.
 
@@ -64,6 +63,7 @@ def model_state(model: nn.Module) -> Dict[str, Any]:
     }
 
 
+@validated(args={"before": InstanceOf((dict,), "a model_state() snapshot"), "model": MODEL})
 def assert_same_state(before: Dict[str, Any], model: nn.Module) -> None:
     """Raise ``AssertionError`` if ``model`` differs from the snapshot ``before``.
 
@@ -128,6 +128,17 @@ def _spawned(
         dist.destroy_process_group()
 
 
+@validated(
+    args={
+        "fn": InstanceOf((Callable,), "a callable"),
+        "world_size": Int(1),
+        "args": InstanceOf((tuple, list), "a tuple of arguments"),
+        "backend": InstanceOf((str,), "a torch.distributed backend name (str)"),
+        "threads_per_rank": Int(0),
+        "timeout_s": _SECONDS,
+        "wall_timeout_s": _SECONDS,
+    }
+)
 def run_local_ranks(
     fn,
     world_size: int = 2,

@@ -3,6 +3,8 @@ references, the residual identity, one backward pass per target."""
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -296,6 +298,24 @@ def test_gradient_entries_refuse_inference_mode_naming_it(setup, call):
         call(fits["mean"], made_inside, y[:2])
     with torch.no_grad():  # no_grad is fine: gradients are switched on where needed
         assert call(fits["mean"], x[:2], y[:2]) is not None
+
+
+def test_the_basis_module_reads_no_private_state_of_an_estimator():
+    """``basis.py`` asks fitted concepts only through ``_concept_basis`` (and their public API)."""
+    import ast
+
+    from captum_concepts.concept._core import basis
+
+    tree = ast.parse(inspect.getsource(basis))
+    private = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "concepts"
+        and node.attr.startswith("_")
+    }
+    assert private == {"_concept_basis"}
 
 
 def test_concept_basis_asks_the_estimator_through_its_protocol(setup):

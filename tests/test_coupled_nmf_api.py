@@ -190,6 +190,32 @@ def test_a_fit_resolves_its_layers_once_and_transform_reuses_them(out_of_core, t
     torch.testing.assert_close(got, est.set_params(model=model).fit(x).transform(x[:5], samples_first=True))
 
 
+class _CountedName(str):
+    """A layer name that counts its lookups: ``resolve_layer`` reads a name's prefix once per lookup."""
+
+    lookups = 0
+
+    def startswith(self, *args):
+        _CountedName.lookups += 1
+        return str.startswith(self, *args)
+
+
+def test_the_concept_basis_reads_the_layers_the_fit_resolved(random_digits_cnn, x):
+    """Concept maps read a coupled fit's layer through its block specification, as ``transform``
+    does: after ``fit`` no layer is looked up again, whatever the entry."""
+    from captum_concepts.concept._core.basis import concept_basis
+
+    _CountedName.lookups = 0
+    est = CoupledNMFConcepts(3, random_digits_cnn, layers=[_CountedName("block2.pool")], max_iter=3)
+    est.fit(x, show_progress=False)
+    assert _CountedName.lookups == 1
+    by_name, by_index = concept_basis(est, "block2.pool"), concept_basis(est, 0)
+    est.transform(x[:4], samples_first=True)
+    assert _CountedName.lookups == 1
+    assert by_name.module is by_index.module is random_digits_cnn.block2.pool
+    assert torch.equal(by_name.basis, est.neuron_factors_[0].float())
+
+
 @pytest.mark.parametrize("out_of_core", [False, True])
 def test_a_loader_block_weights_and_groups_are_checked_once_counted(out_of_core, tmp_path):
     """A loader's block and example counts are known only after collection: the same errors as

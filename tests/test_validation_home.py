@@ -15,7 +15,9 @@ from captum_concepts.attr import EmbeddingAttribution, SemanticGradientInput, Si
 from captum_concepts.attr._core import similarity as similarity_module
 from captum_concepts.concept import CoupledNMFConcepts, SemanticVector, concept_importance
 from captum_concepts.data import DigitsCNN
+from captum_concepts.distributed import gather_columns, get_world_size, shard_range
 from captum_concepts.metrics import embedding_forward_func, pointing_game, score_curve
+from captum_concepts.testing import model_state, run_local_ranks
 
 torch.manual_seed(0)
 MODEL = DigitsCNN(width=4, embedding_dim=6).eval()  # 10 logits
@@ -112,13 +114,13 @@ def test_every_entry_taking_a_target_refuses_the_same_forms_alike(explain, targe
 
 
 # ---------------------------------------------------------------------- every public entry decorated
-PUBLIC = ["attr", "concept", "metrics", "visualization", "data"]
+PUBLIC = ["attr", "concept", "metrics", "visualization", "data", "distributed", "testing"]
 # not entries: records, protocols, nn.Module internals, layout transforms called inside forward passes
 EXEMPT = {
     "EmbeddingAttribution.has_convergence_delta", "SemanticMaskSource", "tokens_to_grid", "channels_last",
     "Plan", "PassCosts",
     "PerturbationResult", "ConceptImportance.__init__", "ScoreCurve.__init__", "TrainResult", "DigitsData",
-    "FashionMNISTData", "DigitsCNN", "TinyTextTransformer", "TwoDigitCanvas.__init__",
+    "FashionMNISTData", "DigitsCNN", "TinyTextTransformer", "TwoDigitCanvas.__init__", "RankFailedError",
     # the estimators' constructors only store their parameters (their tables are checked in fit*)
     "SemanticVector.__init__", "CoupledNMFConcepts.__init__",
     # the out-of-core store is restructured with the coupled-NMF fit (issue 31, item 2)
@@ -156,7 +158,8 @@ def test_the_sweep_finds_the_entries_of_the_issue():
         "pointing_game",
     } <= names
     assert {"concept_presence_maps", "class_importance", "channel_masks", "SemanticVector.load"} <= names
-    assert len(ENTRIES) >= 70
+    assert {"shard_range", "gather_columns", "all_reduce_mean", "model_state", "run_local_ranks"} <= names
+    assert len(ENTRIES) >= 85
 
 
 @pytest.mark.parametrize("name, entry", ENTRIES, ids=[name for name, _ in ENTRIES])
@@ -165,6 +168,16 @@ def test_every_public_entry_is_validated(name, entry):
 
 
 def test_new_rules_refuse_before_any_work():
+    with pytest.raises(InvalidParameterError, match=r"n must be an int >= 0, got 10.5 \(float\)"):
+        shard_range(10.5, 0, 2)
+    with pytest.raises(InvalidParameterError, match="world_size must be an int >= 1 or None, got 0"):
+        shard_range(10, 0, 0)
+    with pytest.raises(InvalidParameterError, match="t must be a tensor, got"):
+        gather_columns(np.ones(3))
+    with pytest.raises(InvalidParameterError, match="model must be a torch.nn.Module, got 'net'"):
+        model_state("net")
+    with pytest.raises(InvalidParameterError, match="world_size must be an int >= 1, got 0"):
+        run_local_ranks(get_world_size, world_size=0)  # before any process starts
     with pytest.raises(InvalidParameterError, match="threshold must be"):
         score_curve(MODEL, "embedding", [LAYER], X, score="variance", threshold=1.5)
     with pytest.raises(InvalidParameterError, match="energy must be a finite real number"):

@@ -138,11 +138,6 @@ def _split(batch: Batch, batch_size: int) -> Iterator[Batch]:
         )
 
 
-def is_dataset(data: Any) -> bool:
-    """True for one data set (tensor, tuple or dict of tensors), False for an iterable of batches."""
-    return isinstance(data, (Tensor, tuple, Mapping))
-
-
 def iter_batches(
     data: Any, batch_size: int, argument: str = "inputs", labels: bool = False
 ) -> Iterator[Batch]:
@@ -159,7 +154,7 @@ def iter_batches(
         TypeError: ``data`` or one of its batches has an unsupported type, or labels are missing.
         ValueError: a batch is empty or its tensors disagree on the batch size.
     """
-    if is_dataset(data):
+    if isinstance(data, (Tensor, tuple, Mapping)):  # one data set, not an iterable of batches
         if labels and isinstance(data, Tensor):
             raise TypeError(
                 f"{argument} must be a tuple (inputs..., labels) of tensors, a dict with a 'labels' entry "

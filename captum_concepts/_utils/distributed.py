@@ -41,6 +41,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .validation import NONE, AnyOf, InstanceOf, Int, validated
+
 __all__ = [
     "is_distributed",
     "get_rank",
@@ -59,7 +61,10 @@ __all__ = [
     "estimator_signature",
 ]
 
+_TENSOR = InstanceOf((Tensor,), "a tensor")
 
+
+@validated()
 def is_distributed() -> bool:
     """True when a default process group is initialised and has more than one rank.
 
@@ -72,6 +77,7 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+@validated()
 def get_rank() -> int:
     """This process's rank in the default process group, or 0 without one.
 
@@ -84,6 +90,7 @@ def get_rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+@validated()
 def get_world_size() -> int:
     """The number of ranks in the default process group, or 1 without one.
 
@@ -114,6 +121,7 @@ def _all_reduce(t: Tensor, op) -> Tensor:
     return buf.to(t.device)
 
 
+@validated(args={"t": _TENSOR})
 def all_reduce_sum(t: Tensor) -> Tensor:
     """The sum of ``t`` over all ranks (a new tensor); ``t`` itself without a process group.
 
@@ -129,6 +137,7 @@ def all_reduce_sum(t: Tensor) -> Tensor:
     return _all_reduce(t, dist.ReduceOp.SUM if dist.is_available() else None)
 
 
+@validated(args={"t": _TENSOR})
 def all_reduce_min(t: Tensor) -> Tensor:
     """Element-wise minimum over ranks.
 
@@ -141,6 +150,7 @@ def all_reduce_min(t: Tensor) -> Tensor:
     return _all_reduce(t, dist.ReduceOp.MIN if dist.is_available() else None)
 
 
+@validated(args={"t": _TENSOR})
 def all_reduce_max(t: Tensor) -> Tensor:
     """Element-wise maximum over ranks.
 
@@ -153,6 +163,7 @@ def all_reduce_max(t: Tensor) -> Tensor:
     return _all_reduce(t, dist.ReduceOp.MAX if dist.is_available() else None)
 
 
+@validated(args={"values": _TENSOR, "dim": Int()})
 def all_reduce_mean(values: Tensor, dim: int = -1) -> Tensor:
     """Mean along ``dim`` over the examples of every rank (shards may differ in size).
 
@@ -173,6 +184,7 @@ def all_reduce_mean(values: Tensor, dim: int = -1) -> Tensor:
     return (total / count).to(values.dtype)
 
 
+@validated(args={"n_local": Int(0)})
 def shard_offset(n_local: int) -> Tuple[int, int]:
     """``(offset, n_total)``: this rank's first global example index and the global count.
 
@@ -188,6 +200,7 @@ def shard_offset(n_local: int) -> Tuple[int, int]:
     return int(sum(counts[: get_rank()])), int(sum(counts))
 
 
+@validated(args={"n": Int(0), "rank": AnyOf(NONE, Int(0)), "world_size": AnyOf(NONE, Int(1))})
 def shard_range(n: int, rank: Optional[int] = None, world_size: Optional[int] = None) -> range:
     """Contiguous shard of ``range(n)`` for ``rank`` (default: this process's).
 
@@ -202,13 +215,14 @@ def shard_range(n: int, rank: Optional[int] = None, world_size: Optional[int] = 
     """
     rank = get_rank() if rank is None else int(rank)
     world_size = get_world_size() if world_size is None else int(world_size)
-    if world_size < 1 or not 0 <= rank < world_size:
+    if rank >= world_size:  # both >= 0 and >= 1 by the decorator's rules
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
     base, extra = divmod(int(n), world_size)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (rank < extra))
 
 
+@validated()
 def all_gather_objects(obj: Any) -> List[Any]:
     """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects); ``[obj]`` without a group.
 
@@ -227,6 +241,7 @@ def all_gather_objects(obj: Any) -> List[Any]:
     return out
 
 
+@validated(args={"t": _TENSOR, "dim": Int()})
 def gather_columns(t: Tensor, dim: int = -1) -> Tensor:
     """Concatenate every rank's ``t`` along ``dim`` in rank order (shards may differ in size).
 

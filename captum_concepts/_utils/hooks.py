@@ -419,11 +419,6 @@ class ModelGuard:
         record = _Hook(module, hook, _MODULE_HOOK_DICTS, _MODULE_EXTRA_DICTS)
         return self._register(record, module.register_full_backward_hook, **kwargs)
 
-    def register_tensor_hook(self, tensor: torch.Tensor, hook: Callable) -> RemovableHandle:
-        """``tensor.register_hook(hook)``, removed on exit."""
-        self._check_active()
-        return self._register(_Hook(tensor, hook, ("_backward_hooks",)), tensor.register_hook)
-
     def set_attribute(self, obj: Any, name: str, value: Any) -> None:
         """Set ``obj.name = value`` for the duration of the block (e.g. ``ReLU.inplace``)."""
         self._check_active()
@@ -492,9 +487,3 @@ class ModelGuard:
         """
         self._check_active()
         return forward_once(self, self._captures, fn, *args, **kwargs)
-
-    @property
-    def n_hooks(self) -> int:
-        """Number of hooks currently registered through this guard."""
-        return len(self._hooks)
-

@@ -50,10 +50,6 @@ def uncompiled(model: nn.Module, warn: bool = True) -> nn.Module:
     return orig
 
 
-def _module_names(model: nn.Module) -> List[str]:
-    return [name for name, _ in model.named_modules() if name]
-
-
 def resolve_layer(model: nn.Module, layer: LayerSpec, argument: str = "layer") -> nn.Module:
     """Return the submodule of ``model`` that ``layer`` names.
 
@@ -82,7 +78,7 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, argument: str = "layer") -
         modules = dict(model.named_modules())
         if layer in modules:
             return modules[layer]
-        names = _module_names(model)
+        names = [name for name in modules if name]
         close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
         shown = ", ".join(repr(n) for n in names[:30]) + (", ..." if len(names) > 30 else "")

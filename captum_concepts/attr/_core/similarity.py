@@ -25,10 +25,6 @@ __all__ = ["SimilarityAttribution", "SIMILARITIES"]
 SIMILARITIES = ("cosine", "dot")
 
 
-def _channel_sum(t: torch.Tensor, dim: int) -> torch.Tensor:
-    return t.sum(dim)
-
-
 def similarity_weights(
     za: torch.Tensor, zb: torch.Tensor, similarity: str
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -268,7 +264,7 @@ class SimilarityAttribution:
             layer=layer,
             method=self.method,
             reshape_transform=transform,
-            **{"channel_aggregator": _channel_sum, **self.kwargs, **options},
+            **{"channel_aggregator": torch.sum, **self.kwargs, **options},
         )
 
     def _towers(self) -> List[LayerReadout]:

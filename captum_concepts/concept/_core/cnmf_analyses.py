@@ -15,8 +15,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..._utils.layers import resolve_layer
-from ..._utils.layout import expand_per_layer
 from ..._utils.validation import Bool, InstanceOf, Int, RealNumber, check_fitted, check_int, validated
 from .basis import ConceptBasis
 from .nonnegative_blocks import read_shift
@@ -160,18 +158,17 @@ class _CoupledNMFAnalyses:
         return out
 
     def _concept_basis(self, layer: Union[int, str], argument: str) -> ConceptBasis:
-        """The basis at fitted ``layer``: ``neuron_factors_[j]``, with the layer's shift and transform."""
+        """The basis at fitted ``layer``: ``neuron_factors_[j]``, with the layer's shift, read where
+        the fit's block specification (``_block_spec``, shared with ``transform``) says."""
         check_fitted(self, "neuron_factors_", "fit")
         if not isinstance(self.model, nn.Module) or self.input_shape_ is None:
             raise ValueError(f"{argument} must be fitted with fit() on a model (fit_matrices has no layers)")
-        layers = list(self.layers) if isinstance(self.layers, (list, tuple)) else [self.layers]
         j = self._layer_index(layer)
-        module = resolve_layer(self.model, layers[j], f"layers[{j}]")
+        spec = self._block_spec(device=self.example_factors_.device, reuse=True)
         basis = self.neuron_factors_[j].float()
         fitted = self.shift_[len(self.pixel_factors_) + j] if self.shift_ else None
-        transform = expand_per_layer(self.reshape_transform, len(layers), "concepts.reshape_transform")[j]
         shift = read_shift(fitted, self.shift, basis.shape[0])
-        return ConceptBasis(self.model, module, basis, self.pool, shift, transform)
+        return ConceptBasis(self.model, spec.modules[j], basis, self.pool, shift, spec.transforms[j])
 
     def _layer_index(self, layer: Union[int, str]) -> int:
         n = len(self.neuron_factors_)

@@ -28,7 +28,7 @@ from . import nonnegative_blocks
 from .activations import CollectedBlocks
 from .out_of_core import ActivationStore, OutOfCore, StreamedProblem, plan_chunk_rows
 
-__all__ = ["_CoupledNMFFitting", "FitResult", "Matrix", "matrix_lists"]
+__all__ = ["_CoupledNMFFitting", "FitResult", "Matrix", "is_matrix_pair", "matrix_lists"]
 
 Matrix = Union[Tensor, np.ndarray]
 
@@ -41,6 +41,11 @@ def matrix_lists(
         if isinstance(value, (Tensor, np.ndarray)):
             raise TypeError(f"{argument} must be a list of matrices, got one {type(value).__name__}")
     return list(pixel_blocks or ()), list(activation_blocks or ())
+
+
+def is_matrix_pair(value: Any) -> bool:
+    """The deprecated ``transform((pixel_blocks, activation_blocks))`` argument: a pair of lists."""
+    return isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, (list, tuple)) for v in value)
 
 
 @dataclass

@@ -34,10 +34,6 @@ __all__ = [
 ]
 
 
-def _channel_sum(t: Tensor, dim: int) -> Tensor:
-    return t.sum(dim)
-
-
 def _nnls_per_position(acts: Tensor, basis: Tensor, n_iter: int) -> Tensor:
     """``argmin_{c >= 0} ||a_p - B_p c||^2`` for every example and position, exactly.
 
@@ -234,7 +230,7 @@ def concept_attribution_maps(
     check_batch(x)
     head = _ConceptHead(b, format_additional_args(additional_forward_args))
     call = {k: kwargs.pop(k) for k in ("internal_batch_size", "show_progress") if k in kwargs}
-    kwargs.setdefault("channel_aggregator", _channel_sum)
+    kwargs.setdefault("channel_aggregator", torch.sum)
     source = None if source_layer is None else resolve_layer(b.model, source_layer, "source_layer")
     ea = EmbeddingAttribution(head, layer=source, method=method, **kwargs)
     with Readouts([head._readout]):

@@ -35,13 +35,8 @@ from . import cnmf_solvers as solvers
 from .activations import POOLS, BlockSpec, CollectedBlocks, collect_blocks, pick_device, resolve_blocks
 from .base import COMMON_CONSTRAINTS, _ConceptEstimator
 from .cnmf_analyses import _CoupledNMFAnalyses
-from .cnmf_fitting import FitResult, Matrix, _CoupledNMFFitting, matrix_lists
-from .estimator_io import (
-    Derived,
-    Fitted,
-    FittedTensor,
-    FittedTensorList,
-)
+from .cnmf_fitting import FitResult, Matrix, _CoupledNMFFitting, is_matrix_pair, matrix_lists
+from .estimator_io import Fitted, FittedSpec, FittedTensor, StateReader
 from .out_of_core import ActivationStore, OutOfCore, collect_to_store
 from .tcav_export import _CaptumExport
 
@@ -83,8 +78,8 @@ def _dtype(est: Any, state: State) -> torch.dtype:
     return est.dtype
 
 
-def _factors(state: State) -> List[Tensor]:
-    offsets, components = state["_offsets"], state["_components"]
+def _factors(offsets: List[int], components: Tensor) -> List[Tensor]:
+    """Each block's factor ``(r_b, d)``: its columns of the stacked ``(d, R)`` components."""
     return [components[:, a:b].t().contiguous() for a, b in zip(offsets[:-1], offsets[1:])]
 
 
@@ -93,6 +88,36 @@ _STR = InstanceOf((str,), "a str")
 
 def _floats(values: list) -> List[float]:
     return [float(v) for v in values]
+
+
+class _Shifts(FittedSpec):
+    """``shift_``, a ``(r_b,)`` tensor (``<= 0``) or None per block: the indices of the shifted
+    blocks are saved under ``"shifted_blocks"``, block ``b``'s shift as ``f"shift_{b}"``."""
+
+    def dump(self, est: Any, tensors: Dict[str, Tensor], values: State) -> None:
+        values["shifted_blocks"] = [b for b, t in enumerate(est.shift_) if t is not None]
+        tensors.update({f"shift_{b}": t for b, t in enumerate(est.shift_) if t is not None})
+
+    def read(self, reader: StateReader, state: State, est: Any) -> None:
+        present = reader.value("shifted_blocks", ListOf(Int(0)))
+        sizes = [b - a for a, b in zip(state["_offsets"][:-1], state["_offsets"][1:])]
+        if any(b >= len(sizes) for b in present):
+            raise reader.error(f"'shifted_blocks': an index beyond the {len(sizes)} entries")
+        state["shift_"] = [
+            reader.tensor(f"shift_{b}", est.dtype, (r,), high=0.0) if b in present else None
+            for b, r in enumerate(sizes)
+        ]
+
+
+class _Factors(FittedSpec):
+    """``pixel_factors_`` / ``neuron_factors_``: not saved, the blocks' columns of ``_components``."""
+
+    def dump(self, est: Any, tensors: Dict[str, Tensor], values: State) -> None:
+        pass
+
+    def read(self, reader: StateReader, state: State, est: Any) -> None:
+        n_pixel, factors = state["_n_pixel_blocks"], _factors(state["_offsets"], state["_components"])
+        state[self.attr] = factors[:n_pixel] if self.attr == "pixel_factors_" else factors[n_pixel:]
 
 
 _FITTED_ATTRIBUTES = (
@@ -114,21 +139,10 @@ _FITTED_ATTRIBUTES = (
     Fitted("converged_", Bool()),
     FittedTensor("_components", _dtype, lambda est, state: (est.n_concepts, state["_offsets"][-1]), low=0.0),
     FittedTensor("example_factors_", _dtype, lambda est, state: (est.n_concepts, None), low=0.0),
-    FittedTensorList(
-        "shift_",
-        "shifted_blocks",
-        lambda est, state: [(b - a,) for a, b in zip(state["_offsets"][:-1], state["_offsets"][1:])],
-        _dtype,
-        high=0.0,
-    ),
-    Derived("pixel_factors_", lambda state, est: _factors(state)[: state["_n_pixel_blocks"]]),
-    Derived("neuron_factors_", lambda state, est: _factors(state)[state["_n_pixel_blocks"] :]),
+    _Shifts("shift_"),
+    _Factors("pixel_factors_"),
+    _Factors("neuron_factors_"),
 )
-
-
-def _is_matrix_pair(value: Any) -> bool:
-    """The deprecated ``transform((pixel_blocks, activation_blocks))`` argument: a pair of lists."""
-    return isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, (list, tuple)) for v in value)
 
 
 class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport, _ConceptEstimator):
@@ -410,7 +424,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         """The one place a fit's result becomes the fitted attributes (``on_inputs``: by :meth:`fit`)."""
         solution, n_pixel = result.solution, result.n_pixel_blocks
         self._components, self._offsets, self._n_pixel_blocks = solution.Wt, result.offsets, n_pixel
-        factors = _factors({"_offsets": result.offsets, "_components": solution.Wt})
+        factors = _factors(result.offsets, solution.Wt)
         self.pixel_factors_, self.neuron_factors_ = factors[:n_pixel], factors[n_pixel:]
         self.example_factors_, self.loss_history_ = solution.F, solution.loss_history
         self.n_iter_, self.converged_ = solution.n_iter, solution.converged
@@ -601,7 +615,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         examples have no group).
         """
         device = self.example_factors_.device
-        if _is_matrix_pair(inputs):
+        if is_matrix_pair(inputs):
             if pixel_blocks is not None or activation_blocks is not None:
                 raise TypeError("transform: give the matrices as pixel_blocks= / activation_blocks= only")
             warn_user(
@@ -633,8 +647,7 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         if len(pixel_blocks) != self._n_pixel_blocks or len(activation_blocks) != n_act:
             raise ValueError(
                 f"transform needs {self._n_pixel_blocks} pixel blocks and {n_act} activation blocks "
-                f"like fit, "
-                f"got {len(pixel_blocks)} and {len(activation_blocks)}"
+                f"like fit, got {len(pixel_blocks)} and {len(activation_blocks)}"
             )
         blocks = self._as_blocks(pixel_blocks, activation_blocks, device)
         blocks, _ = self._shifted(blocks, self.block_names_, self._n_pixel_blocks, fitting=False)
@@ -670,7 +683,6 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         ``out_of_core`` is saved; layers given as modules are stored by their
         names; parameters with no JSON form (callables) are recorded as unsaved.
         """
-
         super().save(path)
 
     @classmethod
@@ -685,5 +697,4 @@ class CoupledNMFConcepts(_CoupledNMFFitting, _CoupledNMFAnalyses, _CaptumExport,
         Raises:
             ValueError: a corrupted, damaged, truncated or foreign file.
         """
-
         return super().load(path, model, **params)

@@ -11,11 +11,11 @@ pickle-free files). The estimator owns what is saved:
   ``reshape_transform``) is recorded as unsaved and must be passed to ``load``
   again (a ``UserWarning`` says so when it is not);
 - the fitted state is the class's declared ``_fitted_attributes`` (:class:`Fitted` JSON
-  values, :class:`FittedTensor` tensors, :class:`FittedTensorList` lists of optional tensors,
-  :class:`Derived` attributes rebuilt on load), written by :func:`save_estimator` and read back
-  by :func:`load_estimator`, where :class:`StateReader` checks every value's presence,
-  type (with the package's constraints), dtype, shape, finiteness and range, with a
-  ``ValueError`` naming the file; no attribute is set before all of them are read.
+  values, :class:`FittedTensor` tensors; an estimator subclasses :class:`FittedSpec` for any
+  other kind), written by :func:`save_estimator` and read back by :func:`load_estimator`,
+  where :class:`StateReader` checks every value's presence, type (with the package's
+  constraints), dtype, shape, finiteness and range, with a ``ValueError`` naming the file;
+  no attribute is set before all of them are read.
 
 The model is never saved: a loaded estimator gets the ``model`` passed to
 ``load`` (or ``est.model = model`` later), and only methods that run the model
@@ -33,15 +33,13 @@ from torch import nn
 
 from ..._utils.layers import layer_name
 from ..._utils.persistence import UNSAVED, PathLike, decode_params, encode_params, load_state, save_state
-from ..._utils.validation import Constraint, Int, ListOf, validate_params
+from ..._utils.validation import Constraint, Int, validate_params
 from ..._utils.warn import warn_user
 
 __all__ = [
     "FittedSpec",
     "Fitted",
     "FittedTensor",
-    "FittedTensorList",
-    "Derived",
     "CONCEPT_NAMES",
     "tag_names",
     "untag_names",
@@ -201,47 +199,6 @@ class FittedTensor(FittedSpec):
         value = reader.tensor(self.key, dtype, shape, self.low, self.high)
         self._check(self.check, value, state, est, reader)
         state[self.attr] = value
-
-
-@dataclass(frozen=True)
-class FittedTensorList(FittedSpec):
-    """A fitted list holding a tensor or None per entry: the indices of the tensors are saved
-    under ``index_key``, tensor ``i`` under ``f"{key}_{i}"``; ``shapes(est, state)`` gives every
-    entry's shape (its length is the list's)."""
-
-    index_key: str
-    shapes: Callable[[Any, State], List[Sequence[Optional[int]]]]
-    dtype: Any = None
-    low: Optional[float] = None
-    high: Optional[float] = None
-
-    def dump(self, est: Any, tensors: Dict[str, torch.Tensor], values: State) -> None:
-        items = getattr(est, self.attr)
-        values[self.index_key] = [i for i, t in enumerate(items) if t is not None]
-        tensors.update({f"{self.key}_{i}": t for i, t in enumerate(items) if t is not None})
-
-    def read(self, reader: StateReader, state: State, est: Any) -> None:
-        present = reader.value(self.index_key, ListOf(Int(0)))
-        shapes, dtype = self.shapes(est, state), _resolve(self.dtype, est, state)
-        if any(i >= len(shapes) for i in present):
-            raise reader.error(f"{self.index_key!r}: an index beyond the {len(shapes)} entries")
-        state[self.attr] = [
-            reader.tensor(f"{self.key}_{i}", dtype, shape, self.low, self.high) if i in present else None
-            for i, shape in enumerate(shapes)
-        ]
-
-
-@dataclass(frozen=True)
-class Derived(FittedSpec):
-    """A fitted attribute that is not saved: ``compute(state, est)`` rebuilds it on load."""
-
-    compute: Callable[[State, Any], Any]
-
-    def dump(self, est: Any, tensors: Dict[str, torch.Tensor], values: State) -> None:
-        pass
-
-    def read(self, reader: StateReader, state: State, est: Any) -> None:
-        state[self.attr] = self.compute(state, est)
 
 
 # ---------------------------------------------------------------------- concept names
