@@ -52,7 +52,7 @@ FIRST_K = 3
 def _extra(p) -> None:
     p.add_argument("--epochs", type=int, default=3, help="ResNet epochs (as fmnist_scores_resnet.py)")
     p.add_argument("--width", type=int, default=8)
-    p.add_argument("--n-fit", type=int, default=60000, help="training images factorised (default: all 60,000)")
+    p.add_argument("--n-fit", type=int, default=60000, help="training images factorised (default: all)")
     p.add_argument("--max-iter", type=int, default=200)
     p.add_argument("--cache", default=CACHE)
 
