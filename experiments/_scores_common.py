@@ -29,6 +29,19 @@ ATTRIBUTION_CONFIGS = [
 ]
 
 
+# Bertolini et al. §4.5: the (label, gamma_ns, gamma_vs) settings of the score-constraint runs (the
+# SI's grid is not legible in our copy: these are our choices) and how often the scores are applied.
+CONSTRAINT_CONFIGS = [
+    ("orig.", 0.0, 0.0),
+    ("NS", 0.01, 0.0),
+    ("NS", 0.1, 0.0),
+    ("VS", 0.0, 0.01),
+    ("VS", 0.0, 0.1),
+    ("NS+VS", 0.1, 0.1),
+]
+SCORE_EVERY = 20  # mini-batches, as in the paper
+
+
 FIGURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
 
 

@@ -30,17 +30,8 @@ import warnings
 
 import torch
 from _fmnist_common import fmt_ci, header, load, parse_args, save_figure, t_interval, verdict
-from _scores_common import DigitsAutoencoder, print_table, train_autoencoder
-
-CONFIGS = [  # (label, gamma_ns, gamma_vs)
-    ("orig.", 0.0, 0.0),
-    ("NS", 0.01, 0.0),
-    ("NS", 0.1, 0.0),
-    ("VS", 0.0, 0.01),
-    ("VS", 0.0, 0.1),
-    ("NS+VS", 0.1, 0.1),
-]
-SCORE_EVERY = 20
+from _scores_common import CONSTRAINT_CONFIGS as CONFIGS
+from _scores_common import SCORE_EVERY, DigitsAutoencoder, print_table, train_autoencoder
 
 
 def _extra(p) -> None:

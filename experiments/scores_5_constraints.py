@@ -18,20 +18,12 @@ import time
 from multiprocessing import get_context
 
 import torch
-from _scores_common import DigitsAutoencoder, print_table, train_autoencoder
+from _scores_common import CONSTRAINT_CONFIGS as CONFIGS
+from _scores_common import SCORE_EVERY, DigitsAutoencoder, print_table, train_autoencoder
 
 SIZES = (8, 16, 32, 64)
-CONFIGS = [  # (label, gamma_ns, gamma_vs)
-    ("orig.", 0.0, 0.0),
-    ("NS", 0.01, 0.0),
-    ("NS", 0.1, 0.0),
-    ("VS", 0.0, 0.01),
-    ("VS", 0.0, 0.1),
-    ("NS+VS", 0.1, 0.1),
-]
 SEEDS = (0, 1, 2)
 EPOCHS = 5
-SCORE_EVERY = 20
 
 
 def run(job):
