@@ -13,11 +13,10 @@ import argparse
 import math
 import os
 import time
-from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from _scores_common import ATTRIBUTION_CONFIGS, FIGURES
+from _scores_common import ATTRIBUTION_CONFIGS, FIGURES, conv_encoder
 from torch import nn
 
 from captum_concepts.data import FashionMNISTData, load_fashion_mnist
@@ -78,28 +77,14 @@ class SIAutoencoder(nn.Module):
     2x2 max pooling, then a linear 32-d bottleneck (``encoder.bottleneck``). Decoder: a linear
     map back to ``(2w, 7, 7)``, then three conv layers, the first two preceded by a x2 upsampling
     and followed by batch norm + ReLU, the last by a sigmoid. The SI's unit counts are not
-    legible in our copy of the paper: widths ``w, 2w`` with ``w = 16`` are our choice; the SI's
-    third upsampling would overshoot 28 px from a 7x7 start, so the last conv keeps 28x28.
+    legible in our copy of the paper: widths ``w, 2w`` (``w``: the script's ``--width``) are our
+    choice; the SI's third upsampling would overshoot 28 px from a 7x7 start, so the last conv keeps 28x28.
     """
 
     def __init__(self, bottleneck: int = 32, width: int = 16, activation: str = "relu") -> None:
         super().__init__()
-        act = nn.Softplus if activation == "softplus" else nn.ReLU
         w = width
-        self.encoder = nn.Sequential(
-            OrderedDict(
-                conv1=nn.Conv2d(1, w, 3, padding=1),
-                bn1=nn.BatchNorm2d(w),
-                act1=act(),
-                pool1=nn.MaxPool2d(2),
-                conv2=nn.Conv2d(w, 2 * w, 3, padding=1),
-                bn2=nn.BatchNorm2d(2 * w),
-                act2=act(),
-                pool2=nn.MaxPool2d(2),
-                flatten=nn.Flatten(),
-                bottleneck=nn.Linear(2 * w * 7 * 7, bottleneck),
-            )
-        )
+        self.encoder = conv_encoder(bottleneck, w, 28, activation)
         self.decoder = nn.Sequential(
             nn.Linear(bottleneck, 2 * w * 7 * 7),
             nn.Unflatten(1, (2 * w, 7, 7)),

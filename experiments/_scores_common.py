@@ -76,6 +76,28 @@ def _fmt(c: object) -> str:
     return str(c)
 
 
+def conv_encoder(bottleneck: int, width: int, image_size: int, activation: str = "softplus") -> nn.Sequential:
+    """The SI 0.B encoder: two 3x3 conv layers (``width``, ``2 * width``), each followed by batch
+    norm, the activation (``"softplus"`` or ReLU) and 2x2 max pooling, then a linear bottleneck.
+    ``conv2`` is the layer the scores are computed at."""
+    act = nn.Softplus if activation == "softplus" else nn.ReLU
+    s = image_size // 4
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(1, width, 3, padding=1),
+            bn1=nn.BatchNorm2d(width),
+            act1=act(),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(width, 2 * width, 3, padding=1),
+            bn2=nn.BatchNorm2d(2 * width),
+            act2=act(),
+            pool2=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            bottleneck=nn.Linear(2 * width * s * s, bottleneck),
+        )
+    )
+
+
 class DigitsAutoencoder(nn.Module):
     """Conv encoder (two conv layers + linear bottleneck), MLP decoder, linear classifier on
     the bottleneck: the paper's §4.4/§4.5 set-up (SI 0.B) scaled to 8x8 (or 16x16) digits.
@@ -87,23 +109,8 @@ class DigitsAutoencoder(nn.Module):
         self, bottleneck: int = 32, activation: str = "softplus", image_size: int = 8, width: int = 16
     ) -> None:
         super().__init__()
-        act = nn.Softplus if activation == "softplus" else nn.ReLU
-        s = image_size // 4
         self.image_size = image_size
-        self.encoder = nn.Sequential(
-            OrderedDict(
-                conv1=nn.Conv2d(1, width, 3, padding=1),
-                bn1=nn.BatchNorm2d(width),
-                act1=act(),
-                pool1=nn.MaxPool2d(2),
-                conv2=nn.Conv2d(width, 2 * width, 3, padding=1),
-                bn2=nn.BatchNorm2d(2 * width),
-                act2=act(),
-                pool2=nn.MaxPool2d(2),
-                flatten=nn.Flatten(),
-                bottleneck=nn.Linear(2 * width * s * s, bottleneck),
-            )
-        )
+        self.encoder = conv_encoder(bottleneck, width, image_size, activation)
         self.decoder = nn.Sequential(
             nn.Linear(bottleneck, 128), nn.ReLU(), nn.Linear(128, image_size * image_size), nn.Sigmoid()
         )
